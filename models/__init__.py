@@ -1,0 +1,1 @@
+"""Models: the online FTRL-Proximal delta layer and the model registry."""

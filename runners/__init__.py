@@ -1,0 +1,1 @@
+"""Runners: the command line and the thin adapters that run pipelines on an engine."""

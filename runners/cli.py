@@ -1,0 +1,148 @@
+"""The ``driftline`` command line. Every subcommand has ``--help``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.config import DataDirMissing, data_dir
+from pipelines.eventlog import FORMATS, read_manifest
+from pipelines.events import KINDS, SOURCES, get_source
+from pipelines.sources.generator import GeneratorConfig
+
+app = typer.Typer(help="driftline: a TFX base model + an online FTRL delta learned in Flink, "
+                       "with delayed labels joined in event time.", no_args_is_help=True,
+                  add_completion=False)
+console = Console()
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"expected one of {FORMATS}")
+    return fmt
+
+
+def print_summary(manifest: dict, title: str, seconds: float | None = None) -> None:
+    c = manifest["counts"]
+    t = Table(title=title)
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    t.add_row("input records", f"{c['input']:,}")
+    for k, v in c["valid"].items():
+        t.add_row(f"valid {k}s", f"{v:,}")
+    for k, v in c["dead_letter"].items():
+        t.add_row(f"dead letter: {k}", f"{v:,}")
+    t.add_row("dead letter total", f"{c['dead_letter_total']:,}")
+    t.add_row("reconciles (input = valid + dead letter)", "yes" if c["reconciles"] else "NO")
+    console.print(t)
+    console.print(f"source={manifest['source']['name']} fingerprint={manifest['fingerprint']} "
+                  f"format={manifest['format']}" + (f" time={seconds:.2f}s" if seconds else ""))
+
+
+@app.command()
+def run(out: Path = typer.Option(Path("runs/local"), help="Run folder."),
+        events: int = typer.Option(100_000, help="Impressions to generate."),
+        seed: int = typer.Option(7, help="Generator seed."),
+        fmt: str = typer.Option("jsonl", "--format", callback=_check_format, help="jsonl | parquet")):
+    """The main job on embedded defaults: generate a seeded stream, validate it, write it to an
+    event directory, and print a summary."""
+    from runners.local import main_job
+
+    manifest, secs = main_job(out, GeneratorConfig(events=events, seed=seed), fmt)
+    print_summary(manifest, f"driftline run -> {out / 'events'}", secs)
+    if not manifest["counts"]["reconciles"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def generate(out: Path = typer.Option(..., help="Event directory to write."),
+             events: int = typer.Option(100_000, help="Impressions to generate."),
+             seed: int = typer.Option(7, help="Seed: the same seed gives the same bytes."),
+             config: Optional[Path] = typer.Option(None, help="YAML/JSON GeneratorConfig overrides."),
+             fmt: str = typer.Option("jsonl", "--format", callback=_check_format, help="jsonl | parquet"),
+             raw: bool = typer.Option(True, help="Also keep the as-received stream in raw/.")):
+    """Generate a seeded synthetic CTR stream (drift, delayed labels, dirt) with its ground truth."""
+    import yaml
+
+    from runners.local import generate_event_dir
+
+    overrides = yaml.safe_load(config.read_text()) if config else {}
+    cfg = GeneratorConfig.from_dict({**overrides, "events": events, "seed": seed})
+    print_summary(generate_event_dir(out, cfg, fmt, keep_raw=raw), f"generated -> {out}")
+
+
+@app.command()
+def load(source: str = typer.Argument(..., help="talkingdata | elec2"),
+         out: Path = typer.Option(..., help="Event directory to write."),
+         data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir",
+                                                     help="Data folder (default $DRIFTLINE_DATA_DIR "
+                                                          "or ../shared/data)."),
+         fmt: str = typer.Option("jsonl", "--format", callback=_check_format, help="jsonl | parquet")):
+    """Turn a real data set into a validated event directory."""
+    from runners.local import LOADERS, load_event_dir
+    from pipelines.sources import elec2, talkingdata
+
+    rel = {"talkingdata": talkingdata.RELATIVE_PATH, "elec2": elec2.RELATIVE_PATH}
+    if source not in LOADERS:
+        raise typer.BadParameter(f"expected one of {sorted(LOADERS)}", param_hint="SOURCE")
+    try:
+        path = data_dir(data_dir_opt, need=rel[source]) / rel[source]
+    except DataDirMissing as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    print_summary(load_event_dir(source, out, path, fmt), f"{source} -> {out}")
+
+
+@app.command()
+def ingest(paths: List[Path] = typer.Argument(..., help="Files or folders (JSONL, CSV, Parquet)."),
+           out: Path = typer.Option(..., help="Event directory to write."),
+           source: str = typer.Option(..., help=f"A built-in source {sorted(SOURCES)} or a spec file."),
+           kind: Optional[str] = typer.Option(None, help=f"Kind for files without a 'kind' field: {KINDS}"),
+           fmt: str = typer.Option("jsonl", "--format", callback=_check_format, help="jsonl | parquet")):
+    """Validate a user's event files into an event directory (bad records to dead_letter/)."""
+    from runners.local import ingest_event_dir
+
+    try:
+        spec = get_source(source)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--source")
+    print_summary(ingest_event_dir([str(p) for p in paths], spec, out, kind, fmt), f"ingested -> {out}")
+
+
+@app.command()
+def summary(event_dir: Path = typer.Argument(..., help="An event directory."),
+            as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")):
+    """Print the counts of an event directory."""
+    try:
+        manifest = read_manifest(event_dir)
+    except FileNotFoundError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+    else:
+        print_summary(manifest, str(event_dir))
+
+
+@app.command()
+def sources():
+    """List the built-in data sources and their fields."""
+    t = Table(title="sources")
+    for col in ("name", "entity ids", "categorical", "numeric", "labels", "fingerprint"):
+        t.add_column(col)
+    for s in SOURCES.values():
+        t.add_row(s.name, ", ".join(s.entity_fields), ", ".join(s.categorical_fields),
+                  ", ".join(s.numeric_fields), ", ".join(s.label_types), s.fingerprint())
+    console.print(t)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

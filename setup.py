@@ -1,0 +1,34 @@
+"""driftline: hybrid offline (TFX) + online (Flink, FTRL) learning for click/conversion models."""
+from setuptools import find_packages, setup
+
+setup(
+    name="driftline",
+    version="0.1.0",
+    description="Stream-processing ML job: TFX base model + per-event FTRL delta learned in Flink",
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
+                                    "models", "models.*", "runners", "runners.*"]),
+    include_package_data=True,
+    package_data={"pipelines": ["specs/*.yaml"]},
+    install_requires=[
+        # Exact versions come from constraints.txt (see Makefile); these are the direct needs.
+        "apache-beam[gcp]==2.61.0",
+        "apache-flink==2.3.0",
+        "tfx==1.16.0",
+        "tensorflow==2.16.2",
+        "tf-keras==2.16.0",
+        "pyarrow==10.0.1",
+        "protobuf==3.20.3",
+        "numpy",
+        "pyyaml",
+        "typer",
+        "rich",
+        "tqdm",
+        "scikit-learn",
+        "matplotlib",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "hypothesis"],
+    },
+    entry_points={"console_scripts": ["driftline = runners.cli:main"]},
+)

@@ -1,0 +1,1 @@
+"""Feature transforms defined once, shared by batch training and streaming serving."""
