@@ -179,7 +179,14 @@ class Validator:
 
     def _sized(self, name: str, s: str) -> str:
         limit = self.config.max_string_bytes
-        if len(s) * 4 > limit and len(s.encode("utf-8")) > limit:
+        if s.isascii():
+            size = len(s)
+        else:
+            try:  # JSON escapes can smuggle lone surrogates, which are not UTF-8
+                size = len(s.encode("utf-8"))
+            except UnicodeEncodeError as e:
+                raise _Bad(Reason.INVALID_UTF8, f"{name}: {e}") from None
+        if size > limit:
             raise _Bad(Reason.OVERSIZE_STRING, f"{name} is longer than {limit} bytes")
         return s
 

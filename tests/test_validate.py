@@ -48,6 +48,7 @@ BAD_LINES = [
     (b'{"kind": "impression", "event_id": ', Reason.MALFORMED_JSON),
     (b'[1, 2, 3]', Reason.MALFORMED_JSON),
     (b'{"kind":"label","event_id":"\xff\xfe","label_time":1,"label":1,"label_type":"c"}', Reason.INVALID_UTF8),
+    (b'{"kind":"label","event_id":"\\ud800","label_time":1,"label":1,"label_type":"c"}', Reason.INVALID_UTF8),
     (line(with_(GOOD_IMP, pad="x" * 70_000)), Reason.OVERSIZE_RECORD),
     (line(with_(GOOD_IMP, kind="purchase")), Reason.UNKNOWN_EVENT_KIND),
     (line(with_(GOOD_IMP, kind=...)), Reason.UNKNOWN_EVENT_KIND),
