@@ -9,7 +9,7 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
                                     "models", "models.*", "runners", "runners.*"]),
     include_package_data=True,
-    package_data={"pipelines": ["specs/*.yaml"]},
+    package_data={"transforms": ["specs/*.yaml"]},
     install_requires=[
         # Exact versions come from constraints.txt (see Makefile); these are the direct needs.
         "apache-beam[gcp]==2.61.0",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -114,8 +115,14 @@ class EventDirWriter:
     """Writes impressions, labels and dead letters of one source into an event directory."""
 
     def __init__(self, root: str | Path, spec: SourceSpec, fmt: str = "jsonl",
-                 rows_per_file: int = 100_000):
+                 rows_per_file: int = 100_000, overwrite: bool = False):
         self.root, self.spec, self.fmt = Path(root), spec, fmt
+        existing = [self.root / d for d in (*STREAM_DIRS.values(), MANIFEST) if (self.root / d).exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{self.root} already holds an event directory; "
+                                  f"choose a new folder or overwrite it")
+        for p in existing:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
         self.root.mkdir(parents=True, exist_ok=True)
         schemas = {IMPRESSION: spec.impression_schema(), LABEL: spec.schema(LABEL),
                    "dead_letter": DEAD_LETTER_SCHEMA}

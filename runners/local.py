@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -26,9 +27,10 @@ LOADERS = {"talkingdata": talkingdata.load, "elec2": elec2.load}
 
 def write_event_dir(out: str | Path, spec: SourceSpec, batches: Iterable[dict[str, pa.Table]],
                     collector: BatchCollector, fmt: str = "jsonl", rows_per_file: int = 100_000,
-                    extra: dict | None = None) -> dict:
-    """Drain validated batches into an event directory; returns its manifest (with counts)."""
-    writer = EventDirWriter(out, spec, fmt, rows_per_file)
+                    extra: dict | None = None, overwrite: bool = False) -> dict:
+    """Drain validated batches into an event directory; returns its manifest (with counts).
+    Refuses a folder that already holds one unless ``overwrite``."""
+    writer = EventDirWriter(out, spec, fmt, rows_per_file, overwrite)
     for tables in batches:
         writer.write(tables)
     return writer.close(collector.counts, extra)
@@ -46,10 +48,13 @@ def write_raw_lines(folder: Path, lines: list[bytes], rows_per_file: int = 100_0
 
 def generate_event_dir(out: str | Path, cfg: GeneratorConfig, fmt: str = "jsonl",
                        rows_per_file: int = 100_000, keep_raw: bool = True,
-                       validation: ValidationConfig | None = None) -> dict:
+                       validation: ValidationConfig | None = None, overwrite: bool = False) -> dict:
     """Generate a seeded stream, validate it, and write events, dead letters and ground truth."""
     out = Path(out)
+    writer = EventDirWriter(out, GENERATOR, fmt, rows_per_file, overwrite)  # checks the folder first
     stream = generate(cfg)
+    for extra_dir in ("raw", "ground_truth"):
+        shutil.rmtree(out / extra_dir, ignore_errors=True)
     if keep_raw:
         write_raw_lines(out / "raw", stream.lines, rows_per_file)
     validator = Validator(GENERATOR, validation)
@@ -61,30 +66,32 @@ def generate_event_dir(out: str | Path, cfg: GeneratorConfig, fmt: str = "jsonl"
     (truth_dir / "truth.json").write_text(json.dumps({
         "config": cfg.to_dict(), "drift_points_ms": stream.drift_points_ms,
         "counts": stream.counts, "malformed": stream.malformed}, indent=1) + "\n")
-    return write_event_dir(out, GENERATOR, batches, collector, fmt, rows_per_file,
-                           {"generator": cfg.to_dict(), "generator_counts": stream.counts})
+    for tables in batches:
+        writer.write(tables)
+    return writer.close(collector.counts, {"generator": cfg.to_dict(), "generator_counts": stream.counts})
 
 
 def load_event_dir(source: str, out: str | Path, path: str | Path | None = None,
-                   fmt: str = "jsonl", rows_per_file: int = 100_000) -> dict:
+                   fmt: str = "jsonl", rows_per_file: int = 100_000, overwrite: bool = False) -> dict:
     """A real data set (talkingdata | elec2) as a validated event directory."""
     if source not in LOADERS:
         raise ValueError(f"unknown data set {source!r}; expected one of {sorted(LOADERS)}")
     collector = LOADERS[source](path)
-    return write_event_dir(out, collector.spec, [collector.drain()], collector, fmt, rows_per_file)
+    return write_event_dir(out, collector.spec, [collector.drain()], collector, fmt, rows_per_file,
+                           overwrite=overwrite)
 
 
 def ingest_event_dir(paths: list[str], spec: SourceSpec, out: str | Path, kind: str | None = None,
-                     fmt: str = "jsonl", rows_per_file: int = 100_000) -> dict:
+                     fmt: str = "jsonl", rows_per_file: int = 100_000, overwrite: bool = False) -> dict:
     """A user's JSONL/CSV/Parquet files as a validated event directory."""
     collector = BatchCollector(spec)
     batches = read_files(paths, spec, kind, collector=collector)
-    return write_event_dir(out, spec, batches, collector, fmt, rows_per_file)
+    return write_event_dir(out, spec, batches, collector, fmt, rows_per_file, overwrite=overwrite)
 
 
 def main_job(out: str | Path, cfg: GeneratorConfig, fmt: str = "jsonl") -> tuple[dict, float]:
     """The job `make run` runs. For now: generate -> validate -> event directory.
     Returns (manifest, seconds)."""
     t0 = time.perf_counter()
-    manifest = generate_event_dir(Path(out) / "events", cfg, fmt)
+    manifest = generate_event_dir(Path(out) / "events", cfg, fmt, overwrite=True)
     return manifest, time.perf_counter() - t0
