@@ -1,13 +1,14 @@
 """driftline: hybrid offline (TFX) + online (Flink, FTRL) learning for click/conversion models."""
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="driftline",
     version="0.1.0",
     description="Stream-processing ML job: TFX base model + per-event FTRL delta learned in Flink",
     python_requires=">=3.10,<3.11",
-    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
-                                    "models", "models.*", "runners", "runners.*"]),
+    packages=find_namespace_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
+                                              "models", "models.*", "runners", "runners.*"],
+                                     exclude=["*.__pycache__"]),
     include_package_data=True,
     package_data={"transforms": ["specs/*.yaml"]},
     install_requires=[

@@ -140,6 +140,95 @@ def sources():
     console.print(t)
 
 
+transforms_app = typer.Typer(help="Feature transforms: show specs, fit artifacts, backfill aggregates.",
+                             no_args_is_help=True)
+app.add_typer(transforms_app, name="transforms")
+
+
+def _spec(name: str):
+    from transforms.spec import load_spec
+
+    try:
+        return load_spec(name)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="SPEC")
+
+
+@transforms_app.command("show")
+def transforms_show(spec: str = typer.Argument(..., help="A shipped spec (generator, talkingdata, "
+                                                         "elec2) or a YAML path."),
+                    artifact: Optional[Path] = typer.Option(None, help="Also show a fitted artifact.")):
+    """Print a feature spec, its fingerprint and its sparse layout (and a fitted artifact)."""
+    s = _spec(spec)
+    t = Table(title=f"spec {s.name} fingerprint={s.fingerprint()} dimension={s.dimension:,}")
+    t.add_column("sparse feature")
+    t.add_column("offset", justify="right")
+    t.add_column("buckets", justify="right")
+    offsets = s.offsets()
+    for name, buckets in s.sparse_features():
+        t.add_row(name, f"{offsets[name]:,}", f"{buckets:,}")
+    console.print(t)
+    for a in s.aggregates:
+        console.print(f"aggregate {a.name}: count of impressions with the same {'+'.join(a.keys)} "
+                      f"in [t - {a.window_ms} ms, t), ties at t excluded")
+    if artifact:
+        from transforms.artifact import TransformArtifact
+
+        try:
+            art = TransformArtifact.load(artifact)
+        except (OSError, ValueError) as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2)
+        if art.spec_fingerprint != s.fingerprint():
+            console.print(f"[red]error:[/red] artifact was fitted for spec {art.spec_fingerprint}, "
+                          f"not {s.fingerprint()}")
+            raise typer.Exit(2)
+        console.print(f"artifact version={art.version} rows={art.rows:,} "
+                      f"event_time_range={list(art.event_time_range)}")
+        for k, v in sorted(art.numeric.items()):
+            console.print(f"  {k}: mean={v.mean:.6g} std={v.std:.6g} boundaries={len(v.boundaries)}")
+
+
+def _impressions_of(event_dir: Path) -> None:
+    try:
+        read_manifest(event_dir)
+    except FileNotFoundError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+
+
+@transforms_app.command("fit")
+def transforms_fit(spec: str = typer.Argument(..., help="Spec name or YAML path."),
+                   event_dir: Path = typer.Argument(..., help="Event directory (JSONL) to analyze."),
+                   out: Path = typer.Option(..., help="Folder for transform_artifact.json."),
+                   beam_arg: List[str] = typer.Option([], "--beam-arg",
+                                                      help="Beam pipeline option, repeatable "
+                                                           "(default --runner=DirectRunner).")):
+    """Fit (analyze) a transform artifact over an event directory with Beam."""
+    from transforms.beam import fit_event_dir
+
+    _impressions_of(event_dir)
+    s = _spec(spec)
+    source = get_source(read_manifest(event_dir)["source"]["name"])
+    art = fit_event_dir(s, source, event_dir, out, beam_arg or None)
+    console.print(f"artifact version={art.version} spec={art.spec_fingerprint} rows={art.rows:,} "
+                  f"-> {out}")
+
+
+@transforms_app.command("backfill")
+def transforms_backfill(spec: str = typer.Argument(..., help="Spec name or YAML path."),
+                        event_dir: Path = typer.Argument(..., help="Event directory (JSONL)."),
+                        out: Path = typer.Option(..., help="JSONL file to write."),
+                        beam_arg: List[str] = typer.Option([], "--beam-arg",
+                                                           help="Beam pipeline option, repeatable.")):
+    """Backfill the windowed aggregate features of every impression with Beam (batch)."""
+    from transforms.beam import backfill_event_dir
+
+    _impressions_of(event_dir)
+    backfill_event_dir(_spec(spec), event_dir, out, beam_arg or None)
+    console.print(f"aggregates -> {out}")
+
+
 def main() -> None:
     app()
 

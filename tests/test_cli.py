@@ -20,10 +20,36 @@ def test_help_lists_subcommands():
         assert cmd in out
 
 
-@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+@pytest.mark.parametrize("cmd", SUBCOMMANDS + ["transforms", "transforms show", "transforms fit",
+                                               "transforms backfill"])
 def test_every_subcommand_has_help(cmd):
-    r = runner.invoke(app, [cmd, "--help"])
+    r = runner.invoke(app, [*cmd.split(), "--help"])
     assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_transforms_fit_show_backfill(tmp_path):
+    r = runner.invoke(app, ["generate", "--out", str(tmp_path / "ev"), "--events", "1500"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["transforms", "fit", "generator", str(tmp_path / "ev"), "--out", str(tmp_path / "art")])
+    assert r.exit_code == 0, r.output
+    art = json.loads((tmp_path / "art" / "transform_artifact.json").read_text())
+    assert art["rows"] >= 1500 and art["version"] in r.output
+    r = runner.invoke(app, ["transforms", "show", "generator", "--artifact", str(tmp_path / "art")])
+    assert r.exit_code == 0 and art["version"] in r.output and art["spec_fingerprint"] in r.output
+    # an artifact fitted for another spec is refused
+    r = runner.invoke(app, ["transforms", "show", "talkingdata", "--artifact", str(tmp_path / "art")])
+    assert r.exit_code == 2 and "fitted for spec" in r.output
+    r = runner.invoke(app, ["transforms", "backfill", "generator", str(tmp_path / "ev"),
+                            "--out", str(tmp_path / "agg.jsonl")])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "agg.jsonl").read_text().splitlines()]
+    counts = [row["user_count_1h"] for row in rows]
+    assert len(rows) == art["rows"] and min(counts) == 0 and max(counts) > 0
+
+
+def test_transforms_unknown_spec_is_a_clear_error():
+    r = runner.invoke(app, ["transforms", "show", "nope"])
+    assert r.exit_code == 2 and "unknown feature spec" in r.output
 
 
 def test_run_writes_a_reconciled_event_dir(tmp_path):

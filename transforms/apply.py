@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from transforms.artifact import TransformArtifact, column_as_float, column_as_int, prepare_numeric
-from transforms.hashing import NUL_REPLACEMENT, canonical, dictionary, hash_codes, hash_cross
+from transforms.hashing import NUL_REPLACEMENT, dictionary, hash_codes, hash_cross
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -71,7 +71,7 @@ def apply(artifact: TransformArtifact, table: pa.Table) -> Features:
         codes, values, null = dictionary(table.column(f.source))
         cols[f.name] = hash_codes(codes, values, null, f.buckets, missing=f.buckets)
         # for crosses: nulls become an extra distinct value
-        vals = [canonical(v) for v in values] + [MISSING_IN_CROSS]
+        vals = values + [MISSING_IN_CROSS]
         cross_parts[f.name] = (np.where(null, len(values), codes), vals)
 
     if spec.time or spec.crosses:

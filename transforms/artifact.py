@@ -36,10 +36,18 @@ ARTIFACT_FILE = "transform_artifact.json"
 VOCAB_SIZE = 100
 
 
+def to_wire_float(x: np.ndarray) -> np.ndarray:
+    """Raw numerics travel as float32 (tf.Example has no float64), so every path (numpy, Flink,
+    TFX reading tf.Examples) first rounds to float32; beyond its range a value becomes inf and
+    so missing, as a float32 tf.Example would carry it. Returns float64."""
+    with np.errstate(over="ignore"):
+        return np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
 def prepare_numeric(x: np.ndarray, f: Numeric, output_clip: float) -> tuple[np.ndarray, np.ndarray]:
-    """(value before standardization, present mask): clip -> signed log1p -> clamp.
-    Nulls (NaN here) and non-finite inputs are missing."""
-    x = np.asarray(x, dtype=np.float64)
+    """(value before standardization, present mask): float32 wire rounding -> clip -> signed
+    log1p -> clamp. Nulls (NaN here) and non-finite inputs (after rounding) are missing."""
+    x = to_wire_float(x)
     present = np.isfinite(x)
     v = np.where(present, x, 0.0)
     if f.clip is not None:

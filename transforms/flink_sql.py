@@ -71,11 +71,8 @@ def aggregates_sql(spec: FeatureSpec, source_table: str, columns: list[str]) -> 
     return f"SELECT {', '.join(out)} FROM ({sql})"
 
 
-def run_aggregates(spec: FeatureSpec, source: SourceSpec, impressions_path: str,
-                   watermark_delay_ms: int, parallelism: int = 1):
-    """Run the aggregates on a Flink mini-cluster over a folder of JSONL impressions; returns a
-    pandas DataFrame ``event_id, event_time, <aggregates...>`` (fetched as Arrow batches).
-    For tests and backfills; the streaming job embeds ``aggregates_sql`` in its own plan."""
+def _run_in_this_process(spec: FeatureSpec, source: SourceSpec, impressions_path: str,
+                         watermark_delay_ms: int, parallelism: int):
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
@@ -84,3 +81,38 @@ def run_aggregates(spec: FeatureSpec, source: SourceSpec, impressions_path: str,
     sql = aggregates_sql(spec, "impressions", ["event_id", "event_time"])
     names = ", ".join(_q(a.name) for a in spec.aggregates)
     return env.sql_query(f"SELECT `event_id`, `event_time`, {names} FROM ({sql})").to_pandas()
+
+
+def run_aggregates(spec: FeatureSpec, source: SourceSpec, impressions_path: str,
+                   watermark_delay_ms: int, parallelism: int = 1):
+    """Run the aggregates on a Flink mini-cluster over a folder of JSONL impressions; returns a
+    pandas DataFrame ``event_id, event_time, <aggregates...>`` (fetched as Arrow batches).
+
+    The job runs in a child process: PyFlink registers its own operations in Beam's worker
+    registry on import, which breaks Beam pipelines later in the same process. For tests and
+    backfills; the streaming job embeds ``aggregates_sql`` in its own plan."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = {"spec": spec.to_dict(), "source": source.to_dict(), "path": impressions_path,
+                "delay": watermark_delay_ms, "parallelism": parallelism, "out": f"{tmp}/out.parquet"}
+        proc = subprocess.run([sys.executable, "-m", "transforms.flink_sql", json.dumps(args)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"Flink aggregates job failed:\n{proc.stderr[-5000:]}")
+        return pd.read_parquet(f"{tmp}/out.parquet")
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    a = json.loads(sys.argv[1])
+    df = _run_in_this_process(FeatureSpec.from_dict(a["spec"]), SourceSpec.from_dict(a["source"]),
+                              a["path"], a["delay"], a["parallelism"])
+    df.to_parquet(a["out"])

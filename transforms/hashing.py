@@ -36,24 +36,27 @@ def fingerprint64(s: str) -> int:
 
 
 def _fingerprints(values: list[str]) -> np.ndarray:
-    fp = farmhash.fingerprint64
-    return np.fromiter((fp(canonical(v)) for v in values), dtype=np.uint64, count=len(values))
+    """Fingerprints of values already in canonical form (see ``dictionary``)."""
+    return np.fromiter(map(farmhash.fingerprint64, values), dtype=np.uint64, count=len(values))
 
 
 def dictionary(col: pa.Array | pa.ChunkedArray | list) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(codes int64 with -1 for null, distinct values, null mask) of a string column."""
+    """(codes int64 with -1 for null, distinct values in canonical form, null mask) of a
+    string column. Encoding and canonicalization run in Arrow's C++ kernels."""
     arr = col if isinstance(col, (pa.Array, pa.ChunkedArray)) else pa.array(col, pa.string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     enc = pc.dictionary_encode(arr)
-    codes = enc.indices.to_numpy(zero_copy_only=False)
     null = np.asarray(pc.is_null(enc.indices).to_numpy(zero_copy_only=False), dtype=bool)
-    codes = np.where(null, -1, np.nan_to_num(codes, nan=-1)).astype(np.int64)
-    return codes, enc.dictionary.to_pylist(), null
+    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = enc.dictionary
+    if pa.types.is_string(values.type) and pc.any(pc.match_substring(values, "\x00")).as_py():
+        values = pc.replace_substring(values, "\x00", NUL_REPLACEMENT)
+    return codes, values.to_numpy(zero_copy_only=False).tolist(), null
 
 
 def hash_values(values: list[str], buckets: int) -> np.ndarray:
-    """Bucket id (int64) of each value."""
+    """Bucket id (int64) of each value (values in canonical form)."""
     return (_fingerprints(values) % np.uint64(buckets)).astype(np.int64)
 
 

@@ -4,9 +4,11 @@ exported serving graph.
 
 Inputs are a dict of tensors keyed by raw field name: dense 1-D tensors for required fields,
 or ``tf.SparseTensor`` [batch, 1] for optional ones (what tf.Transform gives for
-VarLenFeature); a missing entry of a SparseTensor is a missing value. Arithmetic is float64 and
-the outputs are cast to float32, like the numpy path; hashing is ``to_hash_bucket_fast``
-(FarmHash Fingerprint64, see ``transforms.hashing``).
+VarLenFeature); a missing entry of a SparseTensor is a missing value. Raw numerics are first
+rounded to float32 (the tf.Example wire type; beyond its range inf, so missing; float32 and
+float64 inputs give the same result), arithmetic is float64 and the outputs are cast to
+float32, like the numpy path; hashing is ``to_hash_bucket_fast`` (FarmHash Fingerprint64, see
+``transforms.hashing``).
 
 >>> import tensorflow as tf, pyarrow as pa
 >>> from transforms.spec import load_spec
@@ -70,7 +72,7 @@ def transform_tensors(artifact: TransformArtifact, inputs: dict) -> dict:
     for f in spec.numeric:
         p = artifact.numeric[f.name]
         x, present = _dense(tf, inputs[f.source], tf.constant(0, inputs[f.source].dtype))
-        x = tf.cast(x, tf.float64)
+        x = tf.cast(tf.cast(x, tf.float32), tf.float64)  # the float32 wire rounding
         present = tf.logical_and(present, tf.math.is_finite(x))
         v = tf.where(present, x, tf.zeros_like(x))
         if f.clip is not None:
