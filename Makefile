@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 venv:
 	@tools/bootstrap.sh
 
-## run: the main job locally on embedded defaults (seeded generator -> validated event directory)
+## run: the main job on embedded defaults: seeded generator -> Flink mini-cluster job -> summary
 run: venv
 	$(VENV)/bin/driftline run --out runs/local
 

@@ -63,6 +63,7 @@ class Reason(str, Enum):
     INVALID_LABEL = "invalid_label"
     # Decided by the label join (later stages), not by record validation:
     DUPLICATE_EVENT_ID = "duplicate_event_id"
+    DUPLICATE_LABEL = "duplicate_label"
     UNKNOWN_IMPRESSION = "unknown_impression"
     EXPIRED_IMPRESSION = "expired_impression"
     LABEL_BEFORE_IMPRESSION = "label_before_impression"

@@ -43,18 +43,66 @@ def print_summary(manifest: dict, title: str, seconds: float | None = None) -> N
                   f"format={manifest['format']}" + (f" time={seconds:.2f}s" if seconds else ""))
 
 
-@app.command()
-def run(out: Path = typer.Option(Path("runs/local"), help="Run folder."),
-        events: int = typer.Option(100_000, help="Impressions to generate."),
-        seed: int = typer.Option(7, help="Generator seed."),
-        fmt: str = typer.Option("jsonl", "--format", callback=_check_format, help="jsonl | parquet")):
-    """The main job on embedded defaults: generate a seeded stream, validate it, write it to an
-    event directory, and print a summary."""
-    from runners.local import main_job
+def _print_run(summary: dict) -> None:
+    c, r, pr = summary["counts"], summary["reconciliation"], summary["progressive"]
+    t = Table(title=f"driftline run -> {summary['run_dir']}")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    if r:
+        t.add_row("impressions in / labels in", f"{r['impressions_in']:,} / {r['labels_in']:,}")
+    t.add_row("predictions", f"{c['predictions']:,}")
+    t.add_row("joined examples (positives)", f"{c['examples']:,} ({c['positives']:,})")
+    t.add_row("weight updates", f"{c['updates']:,}")
+    t.add_row("late labels", f"{c['late_labels']:,}")
+    for k, v in sorted(c["dead_letter"].items()):
+        t.add_row(f"dead letter: {k}", f"{v:,}")
+    t.add_row("pending", f"{c['pending']:,}")
+    if r:
+        t.add_row("reconciles", "yes" if r["reconciles"] else "NO")
+    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    t.add_row("progressive logloss (hybrid / base only)", f"{fmt(pr['logloss'])} / {fmt(pr['base_only_logloss'])}")
+    t.add_row("progressive AUC (hybrid / base only)", f"{fmt(pr['auc'])} / {fmt(pr['base_only_auc'])}")
+    if summary.get("seconds"):
+        t.add_row("job seconds (incl. start-up)", f"{summary['seconds']:.1f}")
+    console.print(t)
+    console.print("outputs: " + ", ".join(f"{k}={v}" for k, v in summary["outputs"].items()))
+    console.print(f"summary: {summary['run_dir']}/summary.json")
 
-    manifest, secs = main_job(out, GeneratorConfig(events=events, seed=seed), fmt)
-    print_summary(manifest, f"driftline run -> {out / 'events'}", secs)
-    if not manifest["counts"]["reconciles"]:
+
+@app.command()
+def run(data: str = typer.Option("generator", help="generator | talkingdata | elec2 | an event directory"),
+        out: Path = typer.Option(Path("runs/local"), help="Run folder (RUN_DIR)."),
+        events: int = typer.Option(20_000, help="Impressions to generate (--data generator)."),
+        seed: int = typer.Option(7, help="Generator seed."),
+        spec: Optional[str] = typer.Option(None, help="Feature spec (default: the source's)."),
+        artifact: Optional[Path] = typer.Option(None, help="A fitted transform artifact (default: fit "
+                                                           "on the first 10% of impressions)."),
+        window_ms: int = typer.Option(3_600_000, help="Attribution window W."),
+        watermark_delay_ms: int = typer.Option(60_000, help="Bounded out-of-orderness."),
+        late_policy: str = typer.Option("sink", help="sink | correction"),
+        hybrid_share: float = typer.Option(1.0, help="A/B: share of units served hybrid."),
+        follow: bool = typer.Option(False, help="Keep monitoring the event directory (unbounded)."),
+        data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
+    """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
+    -> FTRL; writes outputs and RUN_DIR/summary.json, prints a summary."""
+    from pipelines.join import JoinConfig
+    from models.online import OnlineConfig
+    from runners.local import prepare_events
+    from runners.stream import run_stream
+
+    try:
+        join = JoinConfig(window_ms=window_ms, watermark_delay_ms=watermark_delay_ms, late_policy=late_policy)
+        online = OnlineConfig(hybrid_share=hybrid_share)
+    except ValueError as e:
+        raise typer.BadParameter(str(e))
+    try:
+        event_dir, source = prepare_events(data, out, events, seed, data_dir_opt)
+    except (DataDirMissing, ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    summary = run_stream(event_dir, out, spec or source, join, online, artifact, follow=follow)
+    _print_run(summary)
+    if summary["reconciliation"] and not summary["reconciliation"]["reconciles"]:
         raise typer.Exit(1)
 
 

@@ -89,9 +89,21 @@ def ingest_event_dir(paths: list[str], spec: SourceSpec, out: str | Path, kind: 
     return write_event_dir(out, spec, batches, collector, fmt, rows_per_file, overwrite=overwrite)
 
 
-def main_job(out: str | Path, cfg: GeneratorConfig, fmt: str = "jsonl") -> tuple[dict, float]:
-    """The job `make run` runs. For now: generate -> validate -> event directory.
-    Returns (manifest, seconds)."""
-    t0 = time.perf_counter()
-    manifest = generate_event_dir(Path(out) / "events", cfg, fmt, overwrite=True)
-    return manifest, time.perf_counter() - t0
+def prepare_events(data: str, run_dir: str | Path, events: int = 20_000, seed: int = 7,
+                   data_dir_opt: str | Path | None = None) -> tuple[Path, str]:
+    """The event directory a run reads: generated or loaded into ``RUN_DIR/events``, or an
+    existing event directory. Returns (event_dir, source name)."""
+    from pipelines.config import data_dir
+    from pipelines.eventlog import read_manifest
+
+    run_dir = Path(run_dir)
+    if data == "generator":
+        generate_event_dir(run_dir / "events", GeneratorConfig(events=events, seed=seed), overwrite=True)
+        return run_dir / "events", "generator"
+    if data in LOADERS:
+        rel = {"talkingdata": talkingdata.RELATIVE_PATH, "elec2": elec2.RELATIVE_PATH}[data]
+        path = data_dir(data_dir_opt, need=rel) / rel
+        load_event_dir(data, run_dir / "events", path, overwrite=True)
+        return run_dir / "events", data
+    manifest = read_manifest(data)  # FileNotFoundError with a clear message otherwise
+    return Path(data), manifest["source"]["name"]

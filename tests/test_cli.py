@@ -52,13 +52,19 @@ def test_transforms_unknown_spec_is_a_clear_error():
     assert r.exit_code == 2 and "unknown feature spec" in r.output
 
 
-def test_run_writes_a_reconciled_event_dir(tmp_path):
-    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "2000"])
+def test_run_the_streaming_job_end_to_end(tmp_path):
+    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "1500", "--window-ms", "600000"])
     assert r.exit_code == 0, r.output
-    assert "reconciles" in r.output
-    r = runner.invoke(app, ["summary", str(tmp_path / "events"), "--json"])
-    m = json.loads(r.output)
-    assert m["counts"]["reconciles"] and m["counts"]["valid"]["impression"] >= 2000
+    assert "reconciles" in r.output and "progressive logloss" in r.output
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["reconciliation"]["reconciles"] and s["counts"]["predictions"] >= 1500
+    m = json.loads(runner.invoke(app, ["summary", str(tmp_path / "events"), "--json"]).output)
+    assert m["counts"]["reconciles"] and m["counts"]["valid"]["impression"] >= 1500
+
+
+def test_run_rejects_a_bad_policy(tmp_path):
+    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "100", "--late-policy", "drop"])
+    assert r.exit_code != 0 and "late_policy" in r.output
 
 
 def test_load_without_data_is_a_clear_error(tmp_path):

@@ -54,6 +54,23 @@ class Features:
         cols["ftrl_values"] = pa.FixedSizeListArray.from_arrays(pa.array(self.values.ravel()), k)
         return pa.table(cols)
 
+    def packed(self) -> list[bytes]:
+        """One compact value per row (int32 indices then float32 values, little endian): what
+        the streaming job carries from serving to the joined example, so an example has exactly
+        the features that were served."""
+        n, k = self.indices.shape
+        both = np.concatenate([self.indices.astype("<i4").view("<u4"), self.values.astype("<f4").view("<u4")],
+                              axis=1)
+        raw = both.tobytes()
+        return [raw[i * 8 * k:(i + 1) * 8 * k] for i in range(n)]
+
+
+def unpack(packed: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(indices int64, values float64) of one ``Features.packed`` row."""
+    a = np.frombuffer(packed, dtype="<u4")
+    k = len(a) // 2
+    return a[:k].view("<i4").astype(np.int64), a[k:].view("<f4").astype(np.float64)
+
 
 def time_features(event_time: np.ndarray) -> dict[str, np.ndarray]:
     t = np.asarray(event_time, dtype=np.int64)

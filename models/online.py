@@ -1,0 +1,121 @@
+"""The online layer as the streaming job runs it, engine-free: serve p = sigmoid(base_logit +
+delta_logit) for every impression, and learn FTRL on the residual from resolved examples.
+
+Order is the caller's job: examples must be passed to ``learn`` in (resolution_time, event_id)
+order (the Flink job buffers them until the watermark passes; a replay sorts them). Then the
+same event log always gives the same weights.
+
+Until a TFX base model exists, the base is a constant prior: the positive rate of the examples
+whose attribution window has closed (with ``prior_strength`` pseudo-examples at
+``prior_rate``). Counting a positive only when its window closes, as its negatives are, keeps
+the rate unbiased by label delay; it is a function of the example order only.
+
+>>> from models.ftrl import FTRLParams
+>>> layer = OnlineLayer(OnlineConfig(ftrl=FTRLParams(l1=0.0)), dimension=8, spec_fingerprint="f")
+>>> rec = layer.score("e1", 0, [1, 5], [1.0, 1.0], unit="u1")
+>>> rec["delta_version"], rec["base_version"]
+(0, 'prior')
+>>> upd = layer.learn("e1", 10, [1, 5], [1.0, 1.0], label=1)
+>>> upd["seq"], upd["indices"]
+(1, [1, 5])
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import asdict, dataclass, field
+
+from models.ftrl import FTRL, FTRLParams, LOGIT_CLIP, sigmoid
+from transforms.hashing import fingerprint64
+
+ARM_BUCKETS = 10_000
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    ftrl: FTRLParams = field(default_factory=FTRLParams)
+    hybrid_share: float = 1.0  # A/B: share of units served hybrid; the rest base-only
+    enabled: bool = True  # False: serve base-only (marked), keep learning
+    prior_rate: float = 0.01
+    prior_strength: float = 100.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hybrid_share <= 1.0:
+            raise ValueError(f"hybrid_share must be in [0, 1], got {self.hybrid_share}")
+        if not 0.0 < self.prior_rate < 1.0 or self.prior_strength <= 0:
+            raise ValueError("prior_rate must be in (0, 1) and prior_strength > 0")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OnlineConfig":
+        d = dict(d)
+        if isinstance(d.get("ftrl"), dict):
+            d["ftrl"] = FTRLParams(**d["ftrl"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def arm_of(unit: str, hybrid_share: float) -> str:
+    """Deterministic A/B arm of a unit id (FarmHash, the same on every machine and run)."""
+    return "hybrid" if fingerprint64(unit or "") % ARM_BUCKETS < round(hybrid_share * ARM_BUCKETS) else "base"
+
+
+def logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return max(min(math.log(p / (1 - p)), LOGIT_CLIP), -LOGIT_CLIP)
+
+
+class OnlineLayer:
+    def __init__(self, cfg: OnlineConfig, dimension: int, spec_fingerprint: str):
+        self.cfg = cfg
+        self.spec_fingerprint = spec_fingerprint
+        self.ftrl = FTRL(cfg.ftrl, dimension)
+        self.positives = 0.0
+        self.examples = 0
+        self._open: list[tuple[int, int, float]] = []  # heap: (window close, seq, label) to count
+
+    # ---- the base model (a constant prior until the registry has a TFX model) --------------
+    @property
+    def base_version(self) -> str:
+        return "prior"
+
+    def base_logit(self) -> float:
+        c = self.cfg
+        return logit((self.positives + c.prior_rate * c.prior_strength) / (self.examples + c.prior_strength))
+
+    # ---- serving ---------------------------------------------------------------------------
+    def score(self, event_id: str, event_time: int, indices, values, unit: str) -> dict:
+        base = self.base_logit()
+        delta = self.ftrl.predict_logit(indices, values)
+        arm = arm_of(unit, self.cfg.hybrid_share)
+        if not self.cfg.enabled:
+            served, why = "base_only", "disabled"
+        elif arm == "base":
+            served, why = "base_only", "ab_arm"
+        else:
+            served, why = "hybrid", ""
+        p = sigmoid(base + delta) if served == "hybrid" else sigmoid(base)
+        return {"event_id": event_id, "event_time": int(event_time), "p": p, "base_logit": base,
+                "delta_logit": delta, "base_version": self.base_version,
+                "delta_version": self.ftrl.updates, "spec_fingerprint": self.spec_fingerprint,
+                "arm": arm, "served": served, "base_only_reason": why}
+
+    # ---- learning --------------------------------------------------------------------------
+    def learn(self, event_id: str, resolution_time: int, indices, values, label: int,
+              weight: float = 1.0, window_close: int | None = None) -> dict:
+        """One example, on the residual of the base logit; returns the weight-update record.
+        ``window_close`` (impression time + W) is when the example counts for the prior;
+        default: now."""
+        while self._open and self._open[0][0] <= resolution_time:
+            self.positives += heapq.heappop(self._open)[2]
+            self.examples += 1
+        base = self.base_logit()
+        p, idx, w = self.ftrl.learn_one(indices, values, label, base_logit=base, weight=weight)
+        if window_close is not None and window_close > resolution_time:
+            heapq.heappush(self._open, (window_close, self.ftrl.updates, float(label)))
+        else:
+            self.positives += label
+            self.examples += 1
+        return {"seq": self.ftrl.updates, "event_id": event_id, "resolution_time": int(resolution_time),
+                "p_before": p, "label": int(label), "indices": idx.tolist(), "weights": w.tolist()}

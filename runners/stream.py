@@ -1,0 +1,141 @@
+"""Run the streaming job locally (Flink mini-cluster) and summarize a run folder.
+
+``run_stream`` prepares the inputs (an event directory, a fitted transform artifact, the job
+config) in ``RUN_DIR`` and runs ``python -m runners.flink_job RUN_DIR/job.json`` in a child
+process: the same entry point ``flink run -py`` uses on a cluster (and PyFlink must not share
+a process with Beam). ``summarize`` reads the outputs back and writes ``RUN_DIR/summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.join import JoinConfig
+from models.online import OnlineConfig
+from runners.flink_job import OUTPUTS, JobConfig
+
+
+def output_files(folder: Path) -> list[Path]:
+    """Committed part files of a Flink filesystem sink (skips in-progress/hidden files)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+
+
+def read_output(run_dir: str | Path, name: str) -> list[dict]:
+    rows = []
+    for p in output_files(Path(run_dir) / name):
+        with open(p, encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    return rows
+
+
+def fit_warmup_artifact(event_dir: Path, spec_name: str, out_dir: Path, warmup_fraction: float = 0.1):
+    """Fit the transform artifact on the first ``warmup_fraction`` of impressions (by event
+    time), so the job never normalizes with statistics from its own future."""
+    from pipelines.eventlog import read_stream
+    from transforms.aggregates import add_aggregates
+    from transforms.artifact import fit
+    from transforms.spec import load_spec
+
+    spec = load_spec(spec_name)
+    imps = read_stream(event_dir, "impression").sort_by("event_time")
+    n = max(1, int(imps.num_rows * warmup_fraction))
+    art = fit(spec, add_aggregates(spec, imps).slice(0, n))
+    art.save(out_dir)
+    return art
+
+
+def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> float:
+    """Write ``job.json`` and run the job to completion in a child process; returns seconds."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "job.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    t0 = time.perf_counter()
+    with open(run_dir / "flink.log", "w") as log:
+        proc = subprocess.run([cfg.python_executable, "-m", "runners.flink_job", str(run_dir / "job.json")],
+                              stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (run_dir / "flink.log").read_text()[-4000:]
+        raise RuntimeError(f"streaming job failed (exit {proc.returncode}); log {run_dir / 'flink.log'}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+def _logloss_auc(p: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    if len(y) == 0:
+        return None, None
+    ll = float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]))
+    auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+    return ll, auc
+
+
+def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float | None = None) -> dict:
+    """Counts (and whether they reconcile), progressive logloss/AUC of the served predictions
+    against their eventual labels, the label-delay distribution; written to summary.json."""
+    run_dir = Path(run_dir)
+    out = {name: read_output(run_dir, name) for name in OUTPUTS}
+    preds, examples = out["predictions"], out["examples"]
+    dead = Counter(r["reason"] for r in out["dead_letter"])
+    kinds = Counter(e["kind"] for e in examples)
+    first_examples = {e["event_id"]: e for e in examples if e["kind"] != "correction"}
+    y = np.array([first_examples[p["event_id"]]["label"] for p in preds if p["event_id"] in first_examples])
+    pp = np.array([p["p"] for p in preds if p["event_id"] in first_examples])
+    ll, auc = _logloss_auc(pp, y)
+    base_p = 1 / (1 + np.exp(-np.array([p["base_logit"] for p in preds if p["event_id"] in first_examples])))
+    base_ll, base_auc = _logloss_auc(base_p, y)
+    delays = np.array([e["label_delay_ms"] for e in examples if e["label_delay_ms"] is not None], dtype=float)
+    counts = {
+        "predictions": len(preds), "examples": len(examples), "examples_by_kind": dict(kinds),
+        "positives": int(sum(e["label"] for e in examples if e["kind"] != "correction")),
+        "updates": len(out["updates"]), "late_labels": len(out["late_labels"]),
+        "dead_letter": dict(dead), "pending": 0,
+    }
+    label_reasons = ("duplicate_label", "unknown_impression", "label_before_impression")
+    rec = {}
+    if manifest:
+        valid = manifest["counts"]["valid"]
+        imp_in, lab_in = valid.get("impression", 0), valid.get("label", 0)
+        labels_out = kinds.get("label", 0) + counts["late_labels"] + sum(dead[r] for r in label_reasons)
+        rec = {"impressions_in": imp_in, "labels_in": lab_in,
+               "impressions_out": len(preds) + dead["duplicate_event_id"],
+               "labels_out": labels_out,
+               "every_impression_one_example": len(first_examples) == len(preds) == len(
+                   {p["event_id"] for p in preds}),
+               "reconciles": imp_in == len(preds) + dead["duplicate_event_id"] and lab_in == labels_out}
+    summary = {
+        "run_dir": str(run_dir), "seconds": seconds, "counts": counts, "reconciliation": rec,
+        "progressive": {"logloss": ll, "auc": auc, "base_only_logloss": base_ll, "base_only_auc": base_auc,
+                        "n": int(len(y)), "positive_rate": float(y.mean()) if len(y) else None},
+        "label_delay_ms": {f"p{q}": float(np.percentile(delays, q)) for q in (50, 90, 99)} if len(delays) else {},
+        "final_delta_version": max((u["seq"] for u in out["updates"]), default=0),
+        "outputs": {name: str(run_dir / name) for name in OUTPUTS},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    return summary
+
+
+def run_stream(event_dir: str | Path, run_dir: str | Path, spec: str, join: JoinConfig | None = None,
+               online: OnlineConfig | None = None, artifact: str | Path | None = None, **job) -> dict:
+    """Fit (or take) an artifact, run the job over ``event_dir`` into ``run_dir``, summarize."""
+    from pipelines.eventlog import read_manifest
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in (*OUTPUTS, "registry", "summary.json"):  # a fresh run: Flink sinks only add files
+        p = run_dir / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    if artifact is None:
+        fit_warmup_artifact(Path(event_dir), spec, run_dir / "transform")
+        artifact = run_dir / "transform"
+    cfg = JobConfig(event_dir=str(Path(event_dir).resolve()), out=str(run_dir.resolve()),
+                    artifact=str(Path(artifact).resolve()), join=join or JoinConfig(),
+                    online=online or OnlineConfig(), **job)
+    secs = run_job(cfg, run_dir)
+    return summarize(run_dir, read_manifest(event_dir), secs)

@@ -1,0 +1,90 @@
+"""The engine-free core of the streaming job: FTRL, the online layer, the join semantics."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.ftrl import FTRL, FTRLParams, ReferenceFTRL
+from models.online import OnlineConfig, OnlineLayer, arm_of
+from pipelines.join import JoinConfig, reference_join
+from transforms.apply import Features, unpack
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), l1=st.sampled_from([0.0, 0.5, 3.0]), l2=st.sampled_from([0.0, 1.0]))
+def test_ftrl_equals_algorithm_1_in_plain_python(seed, l1, l2):
+    rng = np.random.default_rng(seed)
+    params = FTRLParams(alpha=0.1, beta=1.0, l1=l1, l2=l2)
+    m, ref = FTRL(params, 50), ReferenceFTRL(params)
+    for _ in range(300):
+        idx = rng.choice(50, size=6, replace=False).tolist()
+        x = rng.normal(size=6).tolist()
+        y, base, w = int(rng.random() < 0.3), float(rng.normal()), float(rng.choice([1.0, 0.5, 2.0]))
+        p, _, _ = m.learn_one(idx, x, y, base, w)
+        assert p == pytest.approx(ref.learn_one(idx, x, y, base, w), abs=1e-12)
+    np.testing.assert_allclose(m.weights(), [ref.weight(i) for i in range(50)], rtol=0, atol=1e-9)
+    if l1 > 0:  # L1: exactly zero where |z| <= l1
+        assert all(m.weights()[i] == 0.0 for i in range(50) if abs(m.z[i]) <= l1)
+
+
+def test_snapshot_round_trip_without_pickle():
+    m = FTRL(FTRLParams(l1=0.0), 10)
+    m.learn_one([1, 3], [1.0, 2.0], 1)
+    back = FTRL.from_bytes(m.to_bytes())
+    assert back.updates == 1 and back.params == m.params
+    assert back.z.tobytes() == m.z.tobytes() and back.n.tobytes() == m.n.tobytes()
+
+
+def test_packed_features_round_trip():
+    f = Features({}, np.array([[1, 70000], [2, 3]], dtype=np.int64), np.array([[1.0, 0.25], [1.0, -3.5]], np.float32))
+    rows = f.packed()
+    idx, val = unpack(rows[1])
+    assert idx.tolist() == [2, 3] and val.tolist() == [1.0, -3.5]
+
+
+def test_ab_arms_are_deterministic_and_split():
+    arms = [arm_of(f"u{i}", 0.3) for i in range(5000)]
+    assert arms == [arm_of(f"u{i}", 0.3) for i in range(5000)]
+    assert 0.27 < arms.count("hybrid") / 5000 < 0.33
+    assert set(arm_of(f"u{i}", 1.0) for i in range(100)) == {"hybrid"}
+
+
+def test_disabled_layer_serves_base_only_and_marks_it():
+    layer = OnlineLayer(OnlineConfig(enabled=False, ftrl=FTRLParams(l1=0.0)), 4, "fp")
+    layer.learn("a", 1, [0], [1.0], 1)
+    rec = layer.score("b", 2, [0], [1.0], "u")
+    assert rec["served"] == "base_only" and rec["base_only_reason"] == "disabled"
+    assert rec["delta_logit"] != 0 and rec["p"] == pytest.approx(1 / (1 + math.exp(-rec["base_logit"])))
+
+
+def test_join_semantics_at_the_boundaries():
+    W, H = 100, 1000
+    cfg = JoinConfig(window_ms=W, late_horizon_ms=H, late_policy="correction")
+    imps = [{"event_id": e, "event_time": 1000} for e in "abcdef"] + [{"event_id": "a", "event_time": 1000}]
+    labs = [{"event_id": "a", "label_time": 1000, "label": 1},   # at t: in window
+            {"event_id": "a", "label_time": 1050, "label": 1},   # duplicate label
+            {"event_id": "b", "label_time": 1099, "label": 1},   # last ms of the window
+            {"event_id": "c", "label_time": 1100, "label": 1},   # at t + W: late
+            {"event_id": "d", "label_time": 999, "label": 1},    # before its impression
+            {"event_id": "e", "label_time": 2001, "label": 1},   # beyond the late horizon: unknown
+            {"event_id": "zz", "label_time": 1000, "label": 1}]  # no such impression
+    r = reference_join(imps, labs, cfg)
+    ex = {(e["event_id"], e["kind"]): e for e in r["examples"]}
+    assert ex[("a", "label")]["resolution_time"] == 1000 and ex[("b", "label")]["label"] == 1
+    assert ex[("c", "expired")]["label"] == 0 and ex[("c", "correction")]["label"] == 1
+    assert ex[("d", "expired")]["resolution_time"] == 1100 and ex[("f", "expired")]["label"] == 0
+    assert [x["event_id"] for x in r["late"]] == ["c"]
+    assert r["dead_letter"] == sorted([("duplicate_event_id", "a"), ("duplicate_label", "a"),
+                                       ("label_before_impression", "d"), ("unknown_impression", "e"),
+                                       ("unknown_impression", "zz")])
+    # every unique impression: exactly one non-correction example
+    assert sorted(e["event_id"] for e in r["examples"] if e["kind"] != "correction") == list("abcdef")
+
+
+def test_join_config_is_checked():
+    with pytest.raises(ValueError):
+        JoinConfig(late_policy="drop")
+    with pytest.raises(ValueError):
+        JoinConfig(window_ms=10, late_horizon_ms=5)
