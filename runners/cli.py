@@ -277,6 +277,105 @@ def transforms_backfill(spec: str = typer.Argument(..., help="Spec name or YAML 
     console.print(f"aggregates -> {out}")
 
 
+cluster_app = typer.Typer(help="A standalone Flink cluster from the pip-installed PyFlink "
+                                "(127.0.0.1 only).", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+ROOT_OPT = typer.Option(Path("runs/cluster"), "--root", help="Folder for its conf, logs, pids, checkpoints.")
+PORT_OPT = typer.Option(18081, "--rest-port", help="REST port (bound to 127.0.0.1).")
+
+
+def _cluster(root: Path, rest_port: int):
+    from runners.cluster import ClusterConfig
+
+    return ClusterConfig(root=str(root), rest_port=rest_port)
+
+
+@cluster_app.command("up")
+def cluster_up(root: Path = ROOT_OPT, rest_port: int = PORT_OPT,
+               slots: int = typer.Option(2, help="Task slots of the TaskManager.")):
+    """Start one JobManager and one TaskManager with our conf dir."""
+    from runners.cluster import ClusterConfig, up
+
+    try:
+        s = up(ClusterConfig(root=str(root), rest_port=rest_port, slots=slots, parallelism=slots))
+    except RuntimeError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1)
+    console.print(f"cluster up: {s['rest']} pids={s['pids']} taskmanagers={s['overview']['taskmanagers']} "
+                  f"slots={s['overview']['slots-total']}")
+
+
+@cluster_app.command("down")
+def cluster_down(root: Path = ROOT_OPT, rest_port: int = PORT_OPT):
+    """Stop only the processes that `cluster up` started from this folder."""
+    from runners.cluster import down
+
+    console.print(f"stopped pids {down(_cluster(root, rest_port))}")
+
+
+@cluster_app.command("status")
+def cluster_status(root: Path = ROOT_OPT, rest_port: int = PORT_OPT):
+    """Is the cluster up (our pids alive and its REST endpoint answering)?"""
+    from runners.cluster import status
+
+    s = status(_cluster(root, rest_port))
+    print(json.dumps(s, indent=1))
+    raise typer.Exit(0 if s["up"] else 1)
+
+
+@app.command()
+def submit(data: str = typer.Option("generator", help="generator | talkingdata | elec2 | an event directory"),
+           out: Path = typer.Option(Path("runs/submitted"), help="Run folder (RUN_DIR) for the outputs."),
+           events: int = typer.Option(20_000, help="Impressions to generate (--data generator)."),
+           parallelism: int = typer.Option(2, help="Parallelism of the SQL operators."),
+           wait_for_end: bool = typer.Option(True, "--wait/--no-wait", help="Wait for a bounded job to end."),
+           from_savepoint: Optional[str] = typer.Option(None, help="Resume from this savepoint path."),
+           root: Path = ROOT_OPT, rest_port: int = PORT_OPT,
+           data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
+    """Package the job config and run it on the standalone cluster with `flink run -py`;
+    prints the job id."""
+    from runners import cluster
+    from runners.local import prepare_events
+    from runners.stream import prepare_run, summarize
+    from pipelines.eventlog import read_manifest
+
+    cfg = _cluster(root, rest_port)
+    if not cluster.status(cfg)["up"]:
+        console.print(f"[red]error:[/red] no cluster at {cfg.rest_url}; run `driftline cluster up` first")
+        raise typer.Exit(2)
+    event_dir, source = prepare_events(data, out, events, 7, data_dir_opt)
+    job = prepare_run(event_dir, out, source, parallelism=parallelism)
+    job_id = cluster.submit(cfg, out / "job.json", savepoint=from_savepoint)
+    console.print(f"job id: {job_id}")
+    if wait_for_end:
+        state = cluster.wait(cfg, job_id)
+        console.print(f"job {job_id}: {state}")
+        if state == "FINISHED":
+            _print_run(summarize(out, read_manifest(event_dir)))
+        else:
+            raise typer.Exit(1)
+    return job
+
+
+@app.command()
+def savepoint(job_id: str = typer.Argument(...), stop: bool = typer.Option(False, help="Stop the job with it."),
+              root: Path = ROOT_OPT, rest_port: int = PORT_OPT):
+    """Trigger a savepoint (`flink savepoint` / `flink stop`) on the standalone cluster."""
+    from runners.cluster import flink_cli
+
+    cfg = _cluster(root, rest_port)
+    args = ["stop", job_id] if stop else ["savepoint", job_id]
+    console.print(flink_cli(cfg, *args, "-m", f"127.0.0.1:{rest_port}"))
+
+
+@app.command()
+def cancel(job_id: str = typer.Argument(...), root: Path = ROOT_OPT, rest_port: int = PORT_OPT):
+    """Cancel a job on the standalone cluster."""
+    from runners.cluster import flink_cli
+
+    console.print(flink_cli(_cluster(root, rest_port), "cancel", "-m", f"127.0.0.1:{rest_port}", job_id))
+
+
 def main() -> None:
     app()
 

@@ -23,15 +23,13 @@ date and hour), committed on checkpoints: exactly-once.
 """
 from __future__ import annotations
 
-import base64
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from models.online import OnlineConfig
-from pipelines.events import LABEL, SourceSpec
+from pipelines.events import SourceSpec
 from pipelines.join import JoinConfig
 from transforms.flink_sql import _q, aggregates_sql, impressions_ddl, interval
 
@@ -50,13 +48,14 @@ class JobConfig:
     follow: bool = False  # keep monitoring the event directory for new part files
     monitor_interval_ms: int = 1_000
     idle_timeout_ms: int = 5_000
+    restart_attempts: int = 3
+    dedup_ttl_ms: int = 2 * 86_400_000
     learn_tick_ms: int = 10_000  # examples are learned once the watermark passes this grid
     snapshot_every: int = 0  # write a full FTRL snapshot every N updates (0: only at the end)
     python_executable: str = field(default_factory=lambda: sys.executable)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "JobConfig":
@@ -137,19 +136,27 @@ def configure(cfg: JobConfig):
     conf.set_string("python.client.executable", cfg.python_executable)
     conf.set_string("parallelism.default", str(cfg.parallelism))
     conf.set_string("execution.checkpointing.interval", f"{cfg.checkpoint_interval_ms} ms")
+    # the JobManager's memory storage caps state at 5 MB: checkpoints go to the run folder
+    conf.set_string("execution.checkpointing.storage", "filesystem")
+    conf.set_string("execution.checkpointing.dir", (Path(cfg.out).resolve() / "checkpoints").as_uri())
+    # a fault restarts from the last checkpoint a few times; a deterministic failure then fails
+    # the job instead of looping
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
+    conf.set_string("restart-strategy.fixed-delay.delay", "1 s")
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     if cfg.follow:
         t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.idle_timeout_ms} ms")
+    # keyed SQL state without a time bound (first-of-event_id counts) expires after this much
+    # processing time: duplicates further apart than that are not recognized
+    t_env.get_config().set("table.exec.state.ttl", f"{cfg.dedup_ttl_ms} ms")
     return env, t_env
 
 
 def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     """Add the whole job to ``env``/``t_env`` (executed by the caller)."""
-    from pyflink.datastream.functions import KeyedProcessFunction  # noqa: F401 (import check)
     from pyflink.common import Types
-    from pyflink.table import DataTypes
-    from pyflink.table.udf import udf
 
     from runners.learner import Learner, OUTPUT_TAGS
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from pipelines.join import JoinConfig
 from models.online import OnlineConfig
@@ -53,9 +51,7 @@ def fit_warmup_artifact(event_dir: Path, spec_name: str, out_dir: Path, warmup_f
 
 
 def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> float:
-    """Write ``job.json`` and run the job to completion in a child process; returns seconds."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "job.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    """Run the job of ``run_dir/job.json`` to completion in a child process; returns seconds."""
     t0 = time.perf_counter()
     with open(run_dir / "flink.log", "w") as log:
         proc = subprocess.run([cfg.python_executable, "-m", "runners.flink_job", str(run_dir / "job.json")],
@@ -95,7 +91,9 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
         "predictions": len(preds), "examples": len(examples), "examples_by_kind": dict(kinds),
         "positives": int(sum(e["label"] for e in examples if e["kind"] != "correction")),
         "updates": len(out["updates"]), "late_labels": len(out["late_labels"]),
-        "dead_letter": dict(dead), "pending": 0,
+        "dead_letter": dict(dead),
+        # impressions served but not yet resolved into an example (0 once a bounded replay ends)
+        "pending": len({p["event_id"] for p in preds} - set(first_examples)),
     }
     label_reasons = ("duplicate_label", "unknown_impression", "label_before_impression")
     rec = {}
@@ -121,14 +119,13 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
     return summary
 
 
-def run_stream(event_dir: str | Path, run_dir: str | Path, spec: str, join: JoinConfig | None = None,
-               online: OnlineConfig | None = None, artifact: str | Path | None = None, **job) -> dict:
-    """Fit (or take) an artifact, run the job over ``event_dir`` into ``run_dir``, summarize."""
-    from pipelines.eventlog import read_manifest
-
+def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: JoinConfig | None = None,
+                online: OnlineConfig | None = None, artifact: str | Path | None = None, **job) -> JobConfig:
+    """Clear a run folder's outputs, fit (or take) the transform artifact, and write
+    ``RUN_DIR/job.json``: everything a job needs, locally or submitted to a cluster."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in (*OUTPUTS, "registry", "summary.json"):  # a fresh run: Flink sinks only add files
+    for name in (*OUTPUTS, "registry", "checkpoints", "summary.json"):  # Flink sinks only add files
         p = run_dir / name
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if artifact is None:
@@ -137,5 +134,15 @@ def run_stream(event_dir: str | Path, run_dir: str | Path, spec: str, join: Join
     cfg = JobConfig(event_dir=str(Path(event_dir).resolve()), out=str(run_dir.resolve()),
                     artifact=str(Path(artifact).resolve()), join=join or JoinConfig(),
                     online=online or OnlineConfig(), **job)
-    secs = run_job(cfg, run_dir)
+    (run_dir / "job.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    return cfg
+
+
+def run_stream(event_dir: str | Path, run_dir: str | Path, spec: str, join: JoinConfig | None = None,
+               online: OnlineConfig | None = None, artifact: str | Path | None = None, **job) -> dict:
+    """Prepare ``run_dir``, run the job over ``event_dir`` on the mini-cluster, summarize."""
+    from pipelines.eventlog import read_manifest
+
+    cfg = prepare_run(event_dir, run_dir, spec, join, online, artifact, **job)
+    secs = run_job(cfg, Path(run_dir))
     return summarize(run_dir, read_manifest(event_dir), secs)

@@ -1,0 +1,199 @@
+"""A standalone Flink cluster from the pip-installed PyFlink, and job submission to it.
+
+``up`` writes our own conf dir (every endpoint bound to 127.0.0.1, ``python.executable`` the
+venv's interpreter) and starts one JobManager and one TaskManager with Flink's own daemon
+scripts, their pid files in our folder; ``down`` stops exactly those processes and nothing
+else. ``submit`` runs ``bin/flink run -py`` on the job's entry point (``runners/flink_job.py``)
+with the job config, and returns the job id.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+JOB_ENTRY = Path(__file__).resolve().parent / "flink_job.py"
+
+
+def flink_home() -> Path:
+    import pyflink
+
+    return Path(pyflink.__file__).resolve().parent
+
+
+@dataclass
+class ClusterConfig:
+    root: str = "runs/cluster"  # conf/, log/, pid/, checkpoints/ live here
+    rest_port: int = 18081
+    rpc_port: int = 16123
+    slots: int = 2
+    parallelism: int = 2
+    python_executable: str = field(default_factory=lambda: sys.executable)
+    taskmanager_memory: str = "2g"
+    jobmanager_memory: str = "1g"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root).resolve()
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+
+def write_conf(cfg: ClusterConfig) -> Path:
+    conf_dir = cfg.path / "conf"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    base = yaml.safe_load((flink_home() / "conf" / "config.yaml").read_text())
+    local = "127.0.0.1"
+    base["jobmanager"].update({"bind-host": local, "rpc": {"address": local, "port": cfg.rpc_port},
+                               "memory": {"process": {"size": cfg.jobmanager_memory}}})
+    base["taskmanager"].update({"bind-host": local, "host": local, "numberOfTaskSlots": cfg.slots,
+                                "memory": {"process": {"size": cfg.taskmanager_memory}}})
+    base["parallelism"] = {"default": cfg.parallelism}
+    base["rest"] = {"address": local, "bind-address": local, "port": cfg.rest_port}
+    base["blob"] = {"server": {"port": "0"}}
+    base["python"] = {"executable": cfg.python_executable, "client": {"executable": cfg.python_executable}}
+    base["execution"] = {"checkpointing": {"dir": (cfg.path / "checkpoints").as_uri(),
+                                           "savepoint-dir": (cfg.path / "savepoints").as_uri()}}
+    (conf_dir / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):
+        (conf_dir / name).write_text((flink_home() / "conf" / name).read_text())
+    (conf_dir / "masters").write_text(f"{local}:{cfg.rest_port}\n")
+    (conf_dir / "workers").write_text(f"{local}\n")
+    return conf_dir
+
+
+def _env(cfg: ClusterConfig) -> dict:
+    env = dict(os.environ)
+    env.update({"FLINK_HOME": str(flink_home()), "FLINK_CONF_DIR": str(cfg.path / "conf"),
+                "FLINK_LOG_DIR": str(cfg.path / "log"), "FLINK_PID_DIR": str(cfg.path / "pid"),
+                "PATH": f"{Path(cfg.python_executable).parent}:{env.get('PATH', '')}"})
+    return env
+
+
+def _daemon(cfg: ClusterConfig, script: str, action: str) -> None:
+    subprocess.run(["bash", str(flink_home() / "bin" / script), action], env=_env(cfg), check=True,
+                   capture_output=True, text=True)
+
+
+def _is_ours(pid: int, cfg: ClusterConfig) -> bool:
+    """A pid from our pid files that is still a Flink process of this folder's conf (a pid
+    file can outlive its process, and the pid be reused by someone else's)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return "org.apache.flink" in cmd and str(cfg.path) in cmd
+
+
+def pids(cfg: ClusterConfig) -> list[int]:
+    """Live pids of the daemons this folder's ``up`` started, and only those."""
+    out = []
+    for f in sorted((cfg.path / "pid").glob("*.pid")) if (cfg.path / "pid").is_dir() else []:
+        out += [int(x) for x in f.read_text().split() if x.strip().isdigit()]
+    return [p for p in out if _is_ours(p, cfg)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def status(cfg: ClusterConfig) -> dict:
+    alive = [p for p in pids(cfg) if _alive(p)]
+    try:
+        with urllib.request.urlopen(f"{cfg.rest_url}/overview", timeout=2) as r:
+            overview = json.loads(r.read())
+    except OSError:
+        overview = None
+    return {"rest": cfg.rest_url, "pids": alive, "overview": overview,
+            "up": bool(alive) and overview is not None and overview.get("taskmanagers", 0) > 0}
+
+
+def up(cfg: ClusterConfig, timeout: float = 90) -> dict:
+    if any(_alive(p) for p in pids(cfg)):
+        raise RuntimeError(f"a cluster from {cfg.path} is already running: {status(cfg)}")
+    write_conf(cfg)
+    (cfg.path / "log").mkdir(parents=True, exist_ok=True)
+    _daemon(cfg, "jobmanager.sh", "start")
+    _daemon(cfg, "taskmanager.sh", "start")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = status(cfg)
+        if s["up"]:
+            return s
+        time.sleep(1)
+    down(cfg)
+    raise RuntimeError(f"cluster did not come up in {timeout:.0f}s; see {cfg.path / 'log'}")
+
+
+def down(cfg: ClusterConfig, timeout: float = 30) -> list[int]:
+    """Stop the processes this folder's ``up`` started (by their pid files); returns them."""
+    mine = [p for p in pids(cfg) if _alive(p)]
+    for p in mine:
+        os.kill(p, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(_alive(p) for p in mine):
+        time.sleep(0.5)
+    for p in mine:
+        if _alive(p):
+            os.kill(p, signal.SIGKILL)
+    for f in (cfg.path / "pid").glob("*.pid") if (cfg.path / "pid").is_dir() else []:
+        f.unlink()
+    return mine
+
+
+def flink_cli(cfg: ClusterConfig, *args: str, timeout: float | None = None) -> str:
+    proc = subprocess.run(["bash", str(flink_home() / "bin" / "flink"), *args], env=_env(cfg),
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"flink {' '.join(args[:1])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def submit(cfg: ClusterConfig, job_json: Path, detached: bool = True, savepoint: str | None = None) -> str:
+    """``flink run -py runners/flink_job.py JOB_JSON``; returns the job id."""
+    args = ["run", "-m", f"127.0.0.1:{cfg.rest_port}", "-pyexec", cfg.python_executable,
+            "-pyclientexec", cfg.python_executable]
+    if detached:
+        args.append("-d")
+    if savepoint:
+        args += ["-s", savepoint]
+    args += ["-py", str(JOB_ENTRY), str(Path(job_json).resolve())]
+    out = flink_cli(cfg, *args)
+    m = re.search(r"JobID ([0-9a-f]{32})", out) or re.search(r"\b([0-9a-f]{32})\b", out)
+    if not m:
+        raise RuntimeError(f"no job id in flink's output:\n{out[-2000:]}")
+    return m.group(1)
+
+
+def job_state(cfg: ClusterConfig, job_id: str) -> str:
+    with urllib.request.urlopen(f"{cfg.rest_url}/jobs/{job_id}", timeout=5) as r:
+        return json.loads(r.read())["state"]
+
+
+def wait(cfg: ClusterConfig, job_id: str, timeout: float = 600) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = job_state(cfg, job_id)
+        if state in ("FINISHED", "FAILED", "CANCELED"):
+            return state
+        time.sleep(1)
+    raise TimeoutError(f"job {job_id} still running after {timeout:.0f}s")
+
+
+def to_dict(cfg: ClusterConfig) -> dict:
+    return asdict(cfg)
