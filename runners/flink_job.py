@@ -80,13 +80,17 @@ def _first_flag(table: str, rowtime: str) -> str:
             f"ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS nth FROM {table}")
 
 
-def sink_ddl(name: str, path: str, columns: list[tuple[str, str]], partitioned: bool = False) -> str:
+def sink_ddl(name: str, path: str, columns: list[tuple[str, str]], partitioned: bool = False,
+             roll_ms: int = 60_000) -> str:
+    """A JSON-lines filesystem sink. Part files become visible (committed) on the first
+    checkpoint after they roll, at the latest ``roll_ms`` after they were opened."""
     cols = ", ".join(f"{_q(n)} {t}" for n, t in columns)
     part = " PARTITIONED BY (`dt`, `hr`)" if partitioned else ""
     extra = (", 'sink.partition-commit.policy.kind' = 'success-file', "
              "'partition.time-extractor.timestamp-pattern' = '$dt $hr:00:00'") if partitioned else ""
     return (f"CREATE TABLE {name} ({cols}){part} WITH ('connector' = 'filesystem', "
-            f"'path' = '{path}', 'format' = 'json', 'sink.rolling-policy.rollover-interval' = '1 min'{extra})")
+            f"'path' = '{path}', 'format' = 'json', 'sink.rolling-policy.rollover-interval' = '{roll_ms} ms', "
+            f"'sink.rolling-policy.check-interval' = '{min(roll_ms, 1000)} ms'{extra})")
 
 
 PREDICTION_COLUMNS = [("event_id", "STRING"), ("event_time", "BIGINT"), ("p", "DOUBLE"),
@@ -211,7 +215,8 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     learner_in = t_env.sql_query(f"{scoring} UNION ALL {examples}" + (f" UNION ALL {outcomes}" if through_learner else ""))
 
     for name in OUTPUTS:
-        t_env.execute_sql(sink_ddl(f"sink_{name}", str(out / name), COLUMNS[name], name == "examples"))
+        t_env.execute_sql(sink_ddl(f"sink_{name}", str(out / name), COLUMNS[name], name == "examples",
+                                   max(cfg.checkpoint_interval_ms, 1000)))
     stmts = t_env.create_statement_set()
     # duplicates never reach the learner: straight to the dead-letter output, with their reason
     dups = t_env.sql_query(
