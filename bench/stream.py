@@ -4,7 +4,7 @@
 
 Runs a tiny generated stream (start-up cost), TalkingData replayed at full speed, and a
 generated stream of N impressions; prints impressions/s end to end and with start-up
-subtracted, and the label -> weight visibility lag in event time (from a label's resolution to
+subtracted, checkpoint bytes per pending impression, and the label -> weight visibility lag in event time (from a label's resolution to
 the first prediction served with a delta version that includes it). Last line: one JSON object.
 """
 from __future__ import annotations
@@ -44,6 +44,70 @@ def visibility_lag(run_dir: Path) -> dict:
     return {"n": len(lags), "p50_ms": float(np.percentile(lags, 50)), "p99_ms": float(np.percentile(lags, 99))}
 
 
+def _dir_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def _latest_checkpoint(root: Path) -> Path | None:
+    chks = [p for p in root.rglob("chk-*") if p.is_dir() and (p / "_metadata").exists()]
+    return max(chks, key=lambda p: int(p.name.split("-")[1])) if chks else None
+
+
+def checkpoint_bytes_per_pending(root: Path, events: int = 6_000) -> dict:
+    """Marginal checkpoint bytes per pending impression: a follow-mode job with a window so
+    long that nothing resolves; publish half the impressions, let checkpoints settle, measure
+    the newest checkpoint; publish the rest, measure again; divide the growth by the growth in
+    pending impressions."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from pipelines.sources.generator import GeneratorConfig
+    from runners.local import generate_event_dir
+    from runners.stream import fit_warmup_artifact, prepare_run, summarize
+
+    generate_event_dir(root / "ev", GeneratorConfig(events=events, seed=3, duplicate_rate=0.0,
+                                                   out_of_order_rate=0.0))
+    lines = next((root / "ev" / "impressions").glob("part-*")).read_text().splitlines(keepends=True)
+    live = root / "live"
+    (live / "impressions").mkdir(parents=True)
+    (live / "labels").mkdir()
+    shutil.copy(root / "ev" / "_manifest.json", live / "_manifest.json")
+    fit_warmup_artifact(root / "ev", "generator", root / "art")
+    day = 86_400_000
+    join = JoinConfig(window_ms=30 * day, late_horizon_ms=30 * day, watermark_delay_ms=1_000)
+    cfg = prepare_run(live, root / "run", "generator", join, artifact=root / "art", follow=True,
+                      checkpoint_interval_ms=2_000, monitor_interval_ms=500, idle_timeout_ms=1_000)
+    proc = subprocess.Popen([cfg.python_executable, "-m", "runners.flink_job", str(root / "run" / "job.json")],
+                            stdout=open(root / "flink.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    sizes = []
+    try:
+        time.sleep(10)
+        half = len(lines) // 2
+        for i, chunk in enumerate((lines[:half], lines[half:])):
+            tmp = live / "impressions" / f".part-{i:06d}.jsonl.inprogress"
+            tmp.write_text("".join(chunk))
+            os.replace(tmp, live / "impressions" / f"part-{i:06d}.jsonl")
+            want = half if i == 0 else len(lines)
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                n = summarize(root / "run")["counts"]["predictions"]
+                if n >= want - 5:  # the newest wait for the watermark
+                    break
+                time.sleep(2)
+            time.sleep(8)  # a few more checkpoints with the state settled
+            chk = _latest_checkpoint(root / "run" / "checkpoints")
+            sizes.append((n, _dir_bytes(chk) if chk else 0))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    (n1, s1), (n2, s2) = sizes
+    return {"pending_1": n1, "checkpoint_bytes_1": s1, "pending_2": n2, "checkpoint_bytes_2": s2,
+            "bytes_per_pending_impression": round((s2 - s1) / (n2 - n1), 1) if n2 > n1 else None}
+
+
 def one(data: str, root: Path, events: int, data_dir: str | None) -> dict:
     run_dir = root / data
     event_dir, source = prepare_events(data, run_dir, events, 7, data_dir)
@@ -65,6 +129,7 @@ def main() -> None:
         root = Path(tmp)
         startup = one("generator", root / "startup", 200, None)
         rows = [one("talkingdata", root, 0, args.data_dir), one("generator", root, args.events, None)]
+        ckpt = checkpoint_bytes_per_pending(root / "ckpt")
     for r in rows:
         busy = r["seconds"] - startup["seconds"]
         r["startup_seconds"] = startup["seconds"]
@@ -77,8 +142,11 @@ def main() -> None:
               f"{r['impressions_per_s_excl_startup'] or 0:>17,.0f} {lag.get('p50_ms', float('nan')) / 1000:>10.1f} "
               f"{lag.get('p99_ms', float('nan')) / 1000:>10.1f}")
     print(f"start-up (200-impression run): {startup['seconds']:.1f}s; goal >= 50,000 impressions/s steady state")
+    print(f"checkpoint: {ckpt['checkpoint_bytes_1']:,} B with {ckpt['pending_1']:,} pending impressions, "
+          f"{ckpt['checkpoint_bytes_2']:,} B with {ckpt['pending_2']:,}: "
+          f"{ckpt['bytes_per_pending_impression']} B per pending impression (goal <= 200)")
     result = {"startup_seconds": startup["seconds"], "runs": rows, "goal_impressions_per_s": 50_000,
-              "checkpoint_bytes_per_pending_impression": None}
+              "checkpoint": ckpt, "checkpoint_bytes_per_pending_impression": ckpt["bytes_per_pending_impression"]}
     print(json.dumps(result))
 
 
