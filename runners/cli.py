@@ -344,7 +344,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         console.print(f"[red]error:[/red] no cluster at {cfg.rest_url}; run `driftline cluster up` first")
         raise typer.Exit(2)
     event_dir, source = prepare_events(data, out, events, 7, data_dir_opt)
-    job = prepare_run(event_dir, out, source, parallelism=parallelism)
+    prepare_run(event_dir, out, source, parallelism=parallelism)
     job_id = cluster.submit(cfg, out / "job.json", savepoint=from_savepoint)
     console.print(f"job id: {job_id}")
     if wait_for_end:
@@ -354,7 +354,6 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
             _print_run(summarize(out, read_manifest(event_dir)))
         else:
             raise typer.Exit(1)
-    return job
 
 
 @app.command()
