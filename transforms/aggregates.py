@@ -8,8 +8,9 @@ number of impressions with the same key and event time in ``[t - window_ms, t)``
   value does not depend on arrival order (it cannot leak "future" events that share a stamp);
 * late events: the value depends only on event times, never on arrival order. Engines that
   evaluate in event time (Flink's OVER window) must see an event before the watermark passes
-  it; the streaming job sizes its watermark delay for the source's disorder and sends events
-  later than that to the dead-letter output (see the README) instead of dropping them.
+  it, so the watermark delay must cover the source's disorder. Flink's OVER operator drops
+  rows behind the watermark; the streaming job does not yet route them to the dead-letter
+  output, but its summary's reconciliation (impressions in = served + duplicates) shows them.
 * a null key is a key of its own.
 
 The Beam backfill (``transforms.beam``) runs this function per key; Flink evaluates the same
