@@ -120,7 +120,8 @@ def status(cfg: ClusterConfig) -> dict:
     except OSError:
         overview = None
     return {"rest": cfg.rest_url, "pids": alive, "overview": overview,
-            "up": bool(alive) and overview is not None and overview.get("taskmanagers", 0) > 0}
+            "up": bool(alive) and overview is not None and overview.get("taskmanagers", 0) > 0
+            and overview.get("slots-total", 0) > 0}
 
 
 def up(cfg: ClusterConfig, timeout: float = 90) -> dict:
@@ -133,7 +134,7 @@ def up(cfg: ClusterConfig, timeout: float = 90) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
         s = status(cfg)
-        if s["up"]:
+        if s["up"] and s["overview"]["slots-total"] >= cfg.slots:
             return s
         time.sleep(1)
     down(cfg)

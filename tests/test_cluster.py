@@ -28,10 +28,12 @@ def _examples(run_dir):
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
     cfg = cluster.ClusterConfig(root=str(tmp_path_factory.mktemp("cluster")), rest_port=18391, rpc_port=16391)
-    s = cluster.up(cfg)
-    assert s["overview"]["slots-total"] == 2
-    yield cfg
-    stopped = cluster.down(cfg)
+    try:
+        s = cluster.up(cfg)
+        assert s["overview"]["slots-total"] == 2
+        yield cfg
+    finally:
+        stopped = cluster.down(cfg)
     assert stopped and not any(cluster._alive(p) for p in stopped)
     assert not cluster.status(cfg)["up"]
 
