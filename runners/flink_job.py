@@ -258,6 +258,7 @@ def make_featurize(artifact_dict: dict, columns: list[str], source: SourceSpec):
     from pyflink.table.udf import udf
 
     numeric, strings = set(source.numeric_fields), set(source.string_fields)
+    loaded: dict = {}
 
     def featurize(*cols):
         import numpy as np
@@ -267,8 +268,9 @@ def make_featurize(artifact_dict: dict, columns: list[str], source: SourceSpec):
         from transforms.apply import apply
         from transforms.artifact import TransformArtifact
 
-        art = featurize.__dict__.setdefault("_art", None) or TransformArtifact.from_dict(artifact_dict)
-        featurize._art = art
+        if "art" not in loaded:  # parsed once per worker, not per batch
+            loaded["art"] = TransformArtifact.from_dict(artifact_dict)
+        art = loaded["art"]
         arrays = {}
         for name, col in zip(columns, cols):
             if name not in numeric and name not in strings:  # event_time, aggregates: BIGINT
@@ -289,12 +291,9 @@ def make_featurize(artifact_dict: dict, columns: list[str], source: SourceSpec):
 def run(cfg: JobConfig) -> str:
     """Build and execute the job (blocks until a bounded replay ends); returns the job id."""
     from pipelines.eventlog import read_manifest
-    from pipelines.events import get_source
     from transforms.artifact import TransformArtifact
 
-    manifest = read_manifest(cfg.event_dir)
-    source = get_source(manifest["source"]["name"]) if manifest["source"]["name"] in _builtin() \
-        else SourceSpec.from_dict(manifest["source"])
+    source = SourceSpec.from_dict(read_manifest(cfg.event_dir)["source"])  # as read_stream does
     artifact = TransformArtifact.load(cfg.artifact)
     if artifact.spec.source != source.name:
         raise ValueError(f"artifact is for source {artifact.spec.source!r}, events are {source.name!r}")
@@ -302,12 +301,6 @@ def run(cfg: JobConfig) -> str:
     build(env, t_env, cfg, source, artifact)
     result = env.execute(f"driftline {source.name}")
     return str(result.get_job_id()) if hasattr(result, "get_job_id") else ""
-
-
-def _builtin() -> set[str]:
-    from pipelines.events import SOURCES
-
-    return set(SOURCES)
 
 
 if __name__ == "__main__":  # `python -m runners.flink_job CONFIG.json`, also what `flink run -py` runs

@@ -117,15 +117,15 @@ class Learner(KeyedProcessFunction):
             return
         self.buffer.remove(t)
         rows.sort(key=lambda x: (x[0], x[2], 0 if x[1] == "ex" else 1))  # example_order
-        for t, kind, eid, event_time, feat, label, label_time, info in rows:
+        for resolution, kind, eid, event_time, feat, label, label_time, info in rows:
             if kind == "ex":
-                yield from self._learn(layer, eid, t, event_time, feat, label, label_time, info, 1.0)
+                yield from self._learn(layer, eid, resolution, event_time, feat, label, label_time, info, 1.0)
             elif info == "late":
                 self.m_late.inc()
                 yield OUTPUT_TAGS["late_labels"], Row(eid, event_time, label_time, label,
                                                       label_time - event_time, self.join.late_policy)
                 if self.join.late_policy == "correction" and feat is not None:
-                    yield from self._learn(layer, eid, t, event_time, feat, label, label_time, "correction",
+                    yield from self._learn(layer, eid, resolution, event_time, feat, label, label_time, "correction",
                                            self.join.correction_weight)
             else:
                 self.m_dead.inc()
