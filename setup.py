@@ -21,6 +21,7 @@ setup(
         "pyarrow==10.0.1",
         "protobuf==3.20.3",
         "numpy",
+        "numba==0.60.0",  # the compiled FTRL kernel (models.ftrl_kernel)
         "pyyaml",
         "typer",
         "rich",

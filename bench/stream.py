@@ -79,7 +79,7 @@ def checkpoint_bytes_per_pending(root: Path, events: int = 6_000) -> dict:
     day = 86_400_000
     join = JoinConfig(window_ms=30 * day, late_horizon_ms=30 * day, watermark_delay_ms=1_000)
     cfg = prepare_run(live, root / "run", "generator", join, artifact=root / "art", follow=True,
-                      checkpoint_interval_ms=2_000, monitor_interval_ms=500, idle_timeout_ms=1_000)
+                      checkpoint_interval_ms=2_000, monitor_interval_ms=500)
     proc = subprocess.Popen([cfg.python_executable, "-m", "runners.flink_job", str(root / "run" / "job.json")],
                             stdout=open(root / "flink.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     sizes = []

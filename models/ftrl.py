@@ -89,6 +89,30 @@ class FTRL:
         self.updates += 1
         return p, idx, self.weights_at(idx)
 
+    # ---- batches: the compiled kernel (models.ftrl_kernel), same arithmetic ---------------
+    def predict_logits(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """w·x for each row of ``indices``/``values`` [m, k]."""
+        from models.ftrl_kernel import predict_logits
+
+        p = self.params
+        return predict_logits(self.z, self.n, np.ascontiguousarray(indices, np.int64),
+                              np.ascontiguousarray(values, np.float64), p.alpha, p.beta, p.l1, p.l2)
+
+    def learn_batch(self, indices: np.ndarray, values: np.ndarray, y: np.ndarray,
+                    base_logits: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``learn_one`` for each row in order; returns (p before each update, each row's new
+        weights [m, k])."""
+        from models.ftrl_kernel import learn_batch
+
+        m = len(y)
+        p = self.params
+        sw = np.ones(m) if weights is None else np.asarray(weights, np.float64)
+        p_before, w = learn_batch(self.z, self.n, np.ascontiguousarray(indices, np.int64),
+                                  np.ascontiguousarray(values, np.float64), np.asarray(y, np.float64),
+                                  np.asarray(base_logits, np.float64), sw, p.alpha, p.beta, p.l1, p.l2)
+        self.updates += m
+        return p_before, w
+
     def weights(self) -> np.ndarray:
         return self.weights_at(np.arange(self.dimension))
 

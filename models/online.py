@@ -25,7 +25,9 @@ import heapq
 import math
 from dataclasses import asdict, dataclass, field
 
-from models.ftrl import FTRL, FTRLParams, LOGIT_CLIP, sigmoid
+import numpy as np
+
+from models.ftrl import FTRL, LOGIT_CLIP, FTRLParams, sigmoid
 from transforms.hashing import fingerprint64
 
 ARM_BUCKETS = 10_000
@@ -100,6 +102,44 @@ class OnlineLayer:
                 "delta_logit": delta, "base_version": self.base_version,
                 "delta_version": self.ftrl.updates, "spec_fingerprint": self.spec_fingerprint,
                 "arm": arm, "served": served, "base_only_reason": why}
+
+    def score_batch(self, indices: np.ndarray, values: np.ndarray, units: list[str]) -> dict:
+        """``score`` for a batch [m, k] with the current weights: columns ``p``, ``delta_logit``,
+        ``arm``, ``served``, ``base_only_reason`` and the scalars every row shares."""
+        base = self.base_logit()
+        delta = self.ftrl.predict_logits(indices, values) if len(units) else np.zeros(0)
+        share = self.cfg.hybrid_share
+        arms = [("hybrid" if share >= 1.0 else "base" if share <= 0.0 else arm_of(u, share)) for u in units]
+        hybrid = np.array([a == "hybrid" for a in arms], bool) & self.cfg.enabled
+        logits = np.clip(base + np.where(hybrid, delta, 0.0), -LOGIT_CLIP, LOGIT_CLIP)
+        why = ["" if h else ("disabled" if not self.cfg.enabled else "ab_arm") for h in hybrid]
+        return {"p": 1.0 / (1.0 + np.exp(-logits)), "delta_logit": delta, "arm": arms,
+                "served": np.where(hybrid, "hybrid", "base_only").tolist(), "base_only_reason": why,
+                "base_logit": base, "base_version": self.base_version, "delta_version": self.ftrl.updates,
+                "spec_fingerprint": self.spec_fingerprint}
+
+    def learn_batch(self, resolution_times: np.ndarray, indices: np.ndarray, values: np.ndarray,
+                    labels: np.ndarray, weights: np.ndarray, window_close: np.ndarray) -> dict:
+        """``learn`` for a batch already in learning order: the prior's base logit per example
+        (it moves as windows close), then the compiled kernel. Returns ``seq``, ``p_before``
+        and each row's new weights."""
+        m = len(labels)
+        base = np.empty(m)
+        for j in range(m):
+            r = int(resolution_times[j])
+            while self._open and self._open[0][0] <= r:
+                self.positives += heapq.heappop(self._open)[2]
+                self.examples += 1
+            base[j] = self.base_logit()
+            seq = self.ftrl.updates + j + 1
+            if window_close[j] > r:
+                heapq.heappush(self._open, (int(window_close[j]), seq, float(labels[j])))
+            else:
+                self.positives += float(labels[j])
+                self.examples += 1
+        first = self.ftrl.updates + 1
+        p_before, w = self.ftrl.learn_batch(indices, values, labels, base, weights)
+        return {"seq": np.arange(first, first + m), "p_before": p_before, "weights": w, "base_logit": base}
 
     # ---- learning --------------------------------------------------------------------------
     def learn(self, event_id: str, resolution_time: int, indices, values, label: int,

@@ -1,25 +1,27 @@
 """The streaming job on PyFlink: one plan for the embedded mini-cluster and a standalone cluster.
 
-Plan (state-heavy work in Flink's native operators, Python only where it must be):
+Plan (state-heavy work in Flink's native operators, Python only where it must be, and rows
+cross into Python in batches: one packed value per event-time tick, ``runners.packing``):
 
-    impressions (JSONL, watermark) ─ OVER: aggregates ─ OVER: first of its event_id? ─┬─ dup ─▶ dead letter
-                                                         pandas UDF: features (packed) ┤
-    labels (JSONL, watermark) ─ OVER: first label of its event_id? ─┬─ dup ─▶ dead letter
-                                                                    │
-    impressions ⟕ first labels, interval [t, t+W)  ─▶ one example per impression
-    first labels ⟕ impressions, interval [lt−H, lt+W] ─▶ late / unknown / label-before-impression
-                         │
-    impressions ∪ examples ∪ label outcomes ─▶ key 0 ─▶ Learner (Python, parallelism 1):
-        impression: score now (base + delta, A/B arm)            ─▶ predictions
-        example / label outcome: buffer until the watermark passes its resolution time, then
-        learn in (resolution_time, event_id) order                ─▶ weight updates, joined
-                                                                      examples, late labels,
-                                                                      dead letters, snapshots
+    impressions ─ OVER: aggregates ─ OVER: first of its event_id? ─┬─ dup ─▶ dead letter
+                                     pandas UDF: features (packed) ─┤
+                                                                    ├─ TUMBLE tick: pack ─┐
+    impressions ∪ labels (at lt+1) ∪ deadlines (impressions at t+W+1)                       │
+      ─ OVER per event_id, in event time: positive at the first label in [t, t+W),          │
+        negative at the deadline otherwise; stamped at resolution time (no hold-back)       │
+      ─ TUMBLE tick: pack ──────────────────────────────────────────────────────────────────┤
+    first labels ⟕ impressions, interval [lt−H, lt+W] ─▶ late / unknown / before ─▶ sinks   │
+                                                (policy correction: TUMBLE tick, pack) ─────┤
+                                                                                            ▼
+    key 0 ─▶ Learner (Python, parallelism 1): score impression ticks at once (base + delta, A/B
+        arm); learn example ticks in (resolution_time, event_id) order with the compiled FTRL
+        kernel ─▶ predictions, weight updates, joined examples, late labels, dead letters,
+        snapshots, each as JSON lines, one value per tick
 
-Pending impressions live in the interval join's state (Java); the Learner's state is the online
-layer (FTRL z/n arrays) and the few examples between their emission and the watermark.
-Outputs are Flink filesystem sinks (JSON lines; joined examples partitioned by event-time
-date and hour), committed on checkpoints: exactly-once.
+Pending impressions live in the join OVER's state (Java); the Learner's state is the online
+layer (FTRL z/n arrays). Outputs are Flink filesystem sinks (``raw`` format: the JSON lines as
+written; joined examples partitioned by event-time date and hour), committed on checkpoints:
+exactly-once.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from pipelines.events import SourceSpec
 from pipelines.join import JoinConfig
 from transforms.flink_sql import _q, aggregates_sql, impressions_ddl, interval
 
+NO_TIME = -1  # a NULL time inside packed batches
 OUTPUTS = ("predictions", "updates", "examples", "late_labels", "dead_letter")
 
 
@@ -47,12 +50,16 @@ class JobConfig:
     checkpoint_interval_ms: int = 5_000
     follow: bool = False  # keep monitoring the event directory for new part files
     monitor_interval_ms: int = 1_000
-    idle_timeout_ms: int = 5_000
+    # follow mode: a source quiet this long stops holding the watermark back (0: never). Off by
+    # default: the join's deadline source runs W ahead, so an idle impression source lets the
+    # join's watermark jump past impressions still inside a Python function (then dropped late)
+    idle_timeout_ms: int = 0
     restart_attempts: int = 3
     dedup_ttl_ms: int = 2 * 86_400_000
-    learn_tick_ms: int = 10_000  # examples are learned once the watermark passes this grid
+    learn_tick_ms: int = 60_000  # rows reach Python in batches of this much event time
     snapshot_every: int = 0  # write a full FTRL snapshot every N updates (0: only at the end)
     python_executable: str = field(default_factory=lambda: sys.executable)
+    flink_conf: dict = field(default_factory=dict)  # extra Flink options, e.g. python.fn-execution.*
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,19 +87,6 @@ def _first_flag(table: str, rowtime: str) -> str:
             f"ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS nth FROM {table}")
 
 
-def sink_ddl(name: str, path: str, columns: list[tuple[str, str]], partitioned: bool = False,
-             roll_ms: int = 60_000) -> str:
-    """A JSON-lines filesystem sink. Part files become visible (committed) on the first
-    checkpoint after they roll, at the latest ``roll_ms`` after they were opened."""
-    cols = ", ".join(f"{_q(n)} {t}" for n, t in columns)
-    part = " PARTITIONED BY (`dt`, `hr`)" if partitioned else ""
-    extra = (", 'sink.partition-commit.policy.kind' = 'success-file', "
-             "'partition.time-extractor.timestamp-pattern' = '$dt $hr:00:00'") if partitioned else ""
-    return (f"CREATE TABLE {name} ({cols}){part} WITH ('connector' = 'filesystem', "
-            f"'path' = '{path}', 'format' = 'json', 'sink.rolling-policy.rollover-interval' = '{roll_ms} ms', "
-            f"'sink.rolling-policy.check-interval' = '{min(roll_ms, 1000)} ms'{extra})")
-
-
 PREDICTION_COLUMNS = [("event_id", "STRING"), ("event_time", "BIGINT"), ("p", "DOUBLE"),
                       ("base_logit", "DOUBLE"), ("delta_logit", "DOUBLE"), ("base_version", "STRING"),
                       ("delta_version", "BIGINT"), ("spec_fingerprint", "STRING"), ("arm", "STRING"),
@@ -110,22 +104,6 @@ DEAD_COLUMNS = [("reason", "STRING"), ("detail", "STRING"), ("kind", "STRING"), 
                 ("raw", "STRING")]
 COLUMNS = {"predictions": PREDICTION_COLUMNS, "updates": UPDATE_COLUMNS, "examples": EXAMPLE_COLUMNS,
            "late_labels": LATE_COLUMNS, "dead_letter": DEAD_COLUMNS}
-
-
-def _flink_type(sql_type: str):
-    from pyflink.common import Types
-
-    if sql_type.startswith("ARRAY<"):
-        inner = _flink_type(sql_type[6:-1])
-        return Types.LIST(inner)
-    return {"STRING": Types.STRING(), "BIGINT": Types.LONG(), "DOUBLE": Types.DOUBLE(),
-            "INT": Types.INT()}[sql_type]
-
-
-def row_type(columns: list[tuple[str, str]]):
-    from pyflink.common import Types
-
-    return Types.ROW_NAMED([n for n, _ in columns], [_flink_type(t) for _, t in columns])
 
 
 # ---- the job --------------------------------------------------------------------------------
@@ -148,9 +126,11 @@ def configure(cfg: JobConfig):
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", "1 s")
+    for key, value in cfg.flink_conf.items():  # the user's own Flink options win
+        conf.set_string(key, str(value))
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
-    if cfg.follow:
+    if cfg.follow and cfg.idle_timeout_ms > 0:
         t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.idle_timeout_ms} ms")
     # keyed SQL state without a time bound (first-of-event_id counts) expires after this much
     # processing time: duplicates further apart than that are not recognized
@@ -158,11 +138,90 @@ def configure(cfg: JobConfig):
     return env, t_env
 
 
+def deadlines_ddl(table: str, path: str, window_ms: int, watermark_delay_ms: int, monitor: str = "") -> str:
+    """The impressions again, stamped at the end of their attribution window (t + W, + 1 ms so
+    that a label at t + W - 1 always comes first): the event that resolves a negative."""
+    return (f"CREATE TABLE {table} (`event_id` STRING, `event_time` BIGINT, "
+            f"dts AS TO_TIMESTAMP_LTZ(`event_time` + {window_ms + 1}, 3), "
+            f"WATERMARK FOR dts AS dts - {interval(watermark_delay_ms + 1)}) WITH ("
+            f"'connector' = 'filesystem', 'path' = '{path}', 'format' = 'json', "
+            f"'json.fail-on-missing-field' = 'false'{monitor})")
+
+
+def labels_join_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str = "") -> str:
+    """The labels stamped at label time + 1 ms: a label at exactly the impression time comes
+    after its impression."""
+    return (f"CREATE TABLE {table} (`event_id` STRING, `label_time` BIGINT, `label` INT, "
+            f"jts AS TO_TIMESTAMP_LTZ(`label_time` + 1, 3), "
+            f"WATERMARK FOR jts AS jts - {interval(watermark_delay_ms + 1)}) WITH ("
+            f"'connector' = 'filesystem', 'path' = '{path}', 'format' = 'json', "
+            f"'json.fail-on-missing-field' = 'false'{monitor})")
+
+
+def join_sql(window_ms: int) -> str:
+    """The delayed-label join as one native OVER operator per event_id (no watermark hold-back).
+
+    Impressions (at t), labels (at lt + 1) and deadlines (at t + W + 1) of an event_id meet in
+    event-time order. At the first label: a positive if t <= lt < t + W. At the first deadline:
+    a negative unless the first label (the earliest) fell in [t, t + W). Each output row is
+    stamped with its resolution time + 1 ms, so windows over it are ticks of resolution time."""
+    W = int(window_ms)
+    union = ("SELECT `event_id`, ts AS rt, 0 AS k, `event_time`, feat, CAST(NULL AS BIGINT) AS `label_time`, "
+             "CAST(NULL AS INT) AS label FROM imp "
+             "UNION ALL SELECT `event_id`, jts, 1, CAST(NULL AS BIGINT), CAST(NULL AS BYTES), `label_time`, label "
+             "FROM labels_j "
+             "UNION ALL SELECT `event_id`, dts, 2, CAST(NULL AS BIGINT), CAST(NULL AS BYTES), "
+             "CAST(NULL AS BIGINT), CAST(NULL AS INT) FROM deadlines")
+    over = ("SELECT `event_id`, rt, k, `label_time`, label, MAX(`event_time`) OVER w AS imp_time, "
+            "LAST_VALUE(feat) OVER w AS feat, MIN(`label_time`) OVER w AS first_label, "
+            "SUM(CASE WHEN k = 1 THEN 1 ELSE 0 END) OVER w AS n_lab, "
+            "SUM(CASE WHEN k = 2 THEN 1 ELSE 0 END) OVER w AS n_dl "
+            f"FROM ({union}) WINDOW w AS (PARTITION BY `event_id` ORDER BY rt "
+            "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
+    in_window = f"first_label >= imp_time AND first_label < imp_time + {W}"
+    return (f"SELECT `event_id`, rt, CASE WHEN k = 1 THEN `label_time` ELSE imp_time + {W} END AS resolution_time, "
+            f"imp_time AS `event_time`, CASE WHEN k = 1 THEN label ELSE 0 END AS label, "
+            f"CASE WHEN k = 1 THEN `label_time` ELSE {NO_TIME} END AS `label_time`, "
+            f"CASE WHEN k = 1 THEN 'label' ELSE 'expired' END AS info, feat FROM ({over}) "
+            f"WHERE imp_time IS NOT NULL AND ((k = 1 AND n_lab = 1 AND `label_time` >= imp_time "
+            f"AND `label_time` < imp_time + {W}) OR (k = 2 AND n_dl = 1 AND NOT COALESCE({in_window}, FALSE)))")
+
+
+def tick_sql(kind: str, table: str, rowtime: str, tick_ms: int, pack_fn: str, cols: list[str]) -> str:
+    """One row per tick of event time: all rows of ``table`` in it, packed (``runners.packing``)."""
+    t = interval(tick_ms)
+    return (f"SELECT '{kind}' AS `kind`, TUMBLE_ROWTIME({rowtime}, {t}) AS tick, "
+            f"{pack_fn}({', '.join(_q(c) for c in cols)}) AS payload FROM {table} GROUP BY TUMBLE({rowtime}, {t})")
+
+
+def json_object(cols: list[str]) -> str:
+    return "JSON_OBJECT(" + ", ".join(f"'{c}' VALUE {_q(c)}" for c in cols) + ")"
+
+
+def add_source(t_env, name: str, folder: Path, ddl, follow: bool, align_ms: int = 3_600_000) -> None:
+    """Register ``name`` over an event folder. Flink's file source reads the part files of a
+    folder in an order of its own (not by name), and one watermark over all of them would
+    make whole earlier parts late (dropped). So a bounded replay reads each part as its own
+    source and unions them: the union's watermark is the minimum, every part stays in order.
+    A followed folder is one monitored source: parts must be published in event-time order."""
+    parts = sorted(p for p in folder.glob("part-*") if p.is_file())
+    if follow or len(parts) <= 1:
+        t_env.execute_sql(ddl(name, str(folder)))
+        return
+    for i, p in enumerate(parts):
+        # all parts in one watermark-alignment group: a part whose watermark runs ahead pauses
+        # until the earlier parts catch up, so the parts are read (nearly) one after another
+        t_env.execute_sql(ddl(f"{name}_p{i}", str(p))[:-1] + f", 'scan.watermark.alignment.group' = "
+                          f"'{name}', 'scan.watermark.alignment.max-drift' = '{align_ms} ms')")
+    t_env.create_temporary_view(name, t_env.sql_query(
+        " UNION ALL ".join(f"SELECT * FROM {name}_p{i}" for i in range(len(parts)))))
+
+
 def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     """Add the whole job to ``env``/``t_env`` (executed by the caller)."""
     from pyflink.common import Types
 
-    from runners.learner import Learner, OUTPUT_TAGS
+    from runners.learner import LINE, OUTPUT_TAGS, Learner
 
     spec = artifact.spec
     ev = Path(cfg.event_dir).resolve()
@@ -170,11 +229,14 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     W, H, D = cfg.join.window_ms, cfg.join.late_horizon_ms, cfg.join.watermark_delay_ms
     monitor = f", 'source.monitor-interval' = '{cfg.monitor_interval_ms} ms'" if cfg.follow else ""
 
-    ddl = impressions_ddl("impressions", source, str(ev / "impressions"), D)
-    if monitor:
-        ddl = ddl[:-1] + monitor + ")"
-    t_env.execute_sql(ddl)
-    t_env.execute_sql(labels_ddl("labels", str(ev / "labels"), D, monitor))
+    def imp_ddl(name: str, path: str) -> str:
+        ddl = impressions_ddl(name, source, path, D)
+        return ddl[:-1] + monitor + ")" if monitor else ddl
+
+    add_source(t_env, "impressions", ev / "impressions", imp_ddl, cfg.follow)
+    add_source(t_env, "labels", ev / "labels", lambda n, p: labels_ddl(n, p, D, monitor), cfg.follow)
+    add_source(t_env, "labels_j", ev / "labels", lambda n, p: labels_join_ddl(n, p, D, monitor), cfg.follow)
+    add_source(t_env, "deadlines", ev / "impressions", lambda n, p: deadlines_ddl(n, p, W, D, monitor), cfg.follow)
 
     raw_cols = ["event_id", "event_time", *source.string_fields, *source.numeric_fields]
     t_env.create_temporary_view("imp_agg", t_env.sql_query(aggregates_sql(spec, "impressions", raw_cols)))
@@ -190,66 +252,107 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
         f"SELECT `event_id`, `event_time`, ts, featurize({args}) AS feat, "
         f"COALESCE(CAST({_q(unit)} AS STRING), '') AS unit FROM imp_nth WHERE nth = 1"))
     t_env.create_temporary_view("lab", t_env.sql_query("SELECT * FROM lab_nth WHERE nth = 1"))
+    t_env.create_temporary_view("examples", t_env.sql_query(join_sql(W)))
 
     w, h = interval(W), interval(H)
-    examples = (f"SELECT 'ex' AS `kind`, i.`event_id`, COALESCE(l.`label_time`, i.`event_time` + {W}) AS t, "
-                f"i.`event_time`, i.feat, i.unit, COALESCE(l.`label`, 0) AS label, l.`label_time`, "
-                f"CASE WHEN l.`event_id` IS NULL THEN 'expired' ELSE 'label' END AS info "
-                f"FROM imp i LEFT JOIN lab l ON i.`event_id` = l.`event_id` "
-                f"AND l.lts >= i.ts AND l.lts < i.ts + {w}")
-    carry_feat = "i.feat" if cfg.join.late_policy == "correction" else "CAST(NULL AS BYTES)"
-    outcomes = (f"SELECT 'lab' AS `kind`, l.`event_id`, l.`label_time` AS t, i.`event_time`, {carry_feat} AS feat, "
-                f"'' AS unit, l.`label` AS label, l.`label_time`, "
+    carry_feat = "COALESCE(i.feat, X'')" if cfg.join.late_policy == "correction" else "X''"
+    outcomes = (f"SELECT l.`event_id`, l.lts, l.`label_time` AS resolution_time, "
+                f"COALESCE(i.`event_time`, {NO_TIME}) AS `event_time`, l.`label` AS label, l.`label_time`, "
                 f"CASE WHEN i.`event_id` IS NULL THEN 'unknown_impression' "
-                f"WHEN l.`label_time` < i.`event_time` THEN 'label_before_impression' ELSE 'late' END AS info "
+                f"WHEN l.`label_time` < i.`event_time` THEN 'label_before_impression' ELSE 'late' END AS info, "
+                f"{carry_feat} AS feat "
                 f"FROM lab l LEFT JOIN (SELECT `event_id`, `event_time`, ts, feat FROM imp) i "
                 f"ON l.`event_id` = i.`event_id` AND i.ts >= l.lts - {h} AND i.ts <= l.lts + {w} "
                 f"WHERE i.`event_id` IS NULL OR l.`label_time` < i.`event_time` "
                 f"OR l.`label_time` >= i.`event_time` + {W}")
-    scoring = ("SELECT 'imp' AS `kind`, `event_id`, `event_time` AS t, `event_time`, feat, unit, "
-               "CAST(NULL AS INT) AS label, CAST(NULL AS BIGINT) AS `label_time`, '' AS info FROM imp")
+    t_env.create_temporary_view("outcomes", t_env.sql_query(outcomes))
+
+    ex_cols = ["event_id", "resolution_time", "event_time", "label", "label_time", "info", "feat"]
+    t_env.create_temporary_function("pack_rows", make_pack(ex_cols))
+    t_env.create_temporary_function("pack_imps", make_pack(["event_id", "event_time", "unit", "feat"]))
+    tick = cfg.learn_tick_ms
+    ticks = [tick_sql("imp", "imp", "ts", tick, "pack_imps", ["event_id", "event_time", "unit", "feat"]),
+             tick_sql("ex", "examples", "rt", tick, "pack_rows", ex_cols)]
     # The label-side join holds the watermark back by the late horizon H. Under the "sink"
-    # policy its rows never touch the model, so they go straight to their sinks and learning
-    # only waits for W; under "correction" they must be learned in order, so learning waits H.
+    # policy its rows never touch the model, so they go straight to their sinks; under
+    # "correction" they must be learned in order, so learning waits H.
     through_learner = cfg.join.late_policy == "correction"
-    learner_in = t_env.sql_query(f"{scoring} UNION ALL {examples}" + (f" UNION ALL {outcomes}" if through_learner else ""))
+    if through_learner:
+        ticks.append(tick_sql("lab", "outcomes", "lts", tick, "pack_rows", ex_cols))
+    learner_in = t_env.sql_query(" UNION ALL ".join(ticks))
 
     for name in OUTPUTS:
-        t_env.execute_sql(sink_ddl(f"sink_{name}", str(out / name), COLUMNS[name], name == "examples",
-                                   max(cfg.checkpoint_interval_ms, 1000)))
+        t_env.execute_sql(raw_sink_ddl(f"sink_{name}", str(out / name), name == "examples",
+                                       max(cfg.checkpoint_interval_ms, 1000)))
     stmts = t_env.create_statement_set()
     # duplicates never reach the learner: straight to the dead-letter output, with their reason
+    dead_cols = ["reason", "detail", "kind", "origin", "raw"]
     dups = t_env.sql_query(
+        f"SELECT {json_object(dead_cols)} AS line FROM ("
         "SELECT 'duplicate_event_id' AS `reason`, CONCAT('occurrence ', CAST(nth AS STRING)) AS `detail`, "
         "'impression' AS `kind`, 'flink:impressions' AS `origin`, `event_id` AS `raw` FROM imp_nth WHERE nth > 1 "
         "UNION ALL SELECT 'duplicate_label', CONCAT('occurrence ', CAST(nth AS STRING)), 'label', "
-        "'flink:labels', `event_id` FROM lab_nth WHERE nth > 1")
+        "'flink:labels', `event_id` FROM lab_nth WHERE nth > 1)")
 
     ds = t_env.to_data_stream(learner_in)
     learner = Learner(json.dumps({"job": cfg.to_dict(), "dimension": spec.dimension,
                                   "spec_fingerprint": spec.fingerprint(), "registry": str(out / "registry")}))
     preds = (ds.key_by(lambda r: 0, key_type=Types.INT())
-             .process(learner, output_type=row_type(PREDICTION_COLUMNS))
+             .process(learner, output_type=LINE)
              .name("learner").set_parallelism(1))
     stmts.add_insert("sink_predictions", t_env.from_data_stream(preds))
+    late = bad = None
     if not through_learner:
-        t_env.create_temporary_view("outcomes", t_env.sql_query(outcomes))
-        late = t_env.sql_query(f"SELECT `event_id`, `event_time`, `label_time`, label, "
-                               f"`label_time` - `event_time` AS delay_ms, 'sink' AS policy "
-                               f"FROM outcomes WHERE info = 'late'")
-        bad = t_env.sql_query("SELECT info AS `reason`, CONCAT('label at ', CAST(`label_time` AS STRING)) AS `detail`, "
-                              "'label' AS `kind`, 'flink:labels' AS `origin`, JSON_OBJECT('event_id' VALUE `event_id`, "
-                              "'label_time' VALUE `label_time`, 'label' VALUE label, 'impression_time' VALUE `event_time`) "
-                              "AS `raw` FROM outcomes WHERE info <> 'late'")
+        late = t_env.sql_query(
+            f"SELECT {json_object(['event_id', 'event_time', 'label_time', 'label', 'delay_ms', 'policy'])} AS line "
+            f"FROM (SELECT `event_id`, `event_time`, `label_time`, label, `label_time` - `event_time` AS delay_ms, "
+            f"'sink' AS policy FROM outcomes WHERE info = 'late')")
+        bad = t_env.sql_query(
+            f"SELECT {json_object(dead_cols)} AS line FROM (SELECT info AS `reason`, "
+            "CONCAT('label at ', CAST(`label_time` AS STRING)) AS `detail`, 'label' AS `kind`, "
+            "'flink:labels' AS `origin`, CONCAT('', JSON_OBJECT('event_id' VALUE `event_id`, 'label_time' VALUE "
+            f"`label_time`, 'label' VALUE label, 'impression_time' VALUE NULLIF(`event_time`, {NO_TIME}))) AS `raw` "
+            "FROM outcomes WHERE info <> 'late')")
         dups = dups.union_all(bad)
     for name, tag in OUTPUT_TAGS.items():
         side = t_env.from_data_stream(preds.get_side_output(tag))
         if name == "dead_letter":
             side = side.union_all(dups)
-        elif name == "late_labels" and not through_learner:
+        elif name == "late_labels" and late is not None:
             side = side.union_all(late)
         stmts.add_insert(f"sink_{name}", side)
     stmts.attach_as_datastream()
+
+
+def raw_sink_ddl(name: str, path: str, partitioned: bool = False, roll_ms: int = 60_000) -> str:
+    """A filesystem sink of text values written verbatim (``raw`` format): each value is one
+    or more JSON lines. Part files become visible (committed) on the first checkpoint after
+    they roll, at the latest ``roll_ms`` after they were opened."""
+    cols = "`line` STRING" + (", `dt` STRING, `hr` STRING" if partitioned else "")
+    part = " PARTITIONED BY (`dt`, `hr`)" if partitioned else ""
+    extra = (", 'sink.partition-commit.policy.kind' = 'success-file', "
+             "'partition.time-extractor.timestamp-pattern' = '$dt $hr:00:00'") if partitioned else ""
+    return (f"CREATE TABLE {name} ({cols}){part} WITH ('connector' = 'filesystem', "
+            f"'path' = '{path}', 'format' = 'raw', 'sink.rolling-policy.rollover-interval' = '{roll_ms} ms', "
+            f"'sink.rolling-policy.check-interval' = '{min(roll_ms, 1000)} ms'{extra})")
+
+
+def make_pack(columns: list[str]):
+    """A pandas aggregate function: all rows of a window -> one Arrow IPC value."""
+    from pyflink.table import DataTypes
+    from pyflink.table.udf import udaf
+
+    types = {"event_id": DataTypes.STRING(), "event_time": DataTypes.BIGINT(), "unit": DataTypes.STRING(),
+             "feat": DataTypes.BYTES(), "resolution_time": DataTypes.BIGINT(), "label": DataTypes.INT(),
+             "label_time": DataTypes.BIGINT(), "info": DataTypes.STRING()}
+
+    def pack_rows(*cols):
+        from runners.packing import pack
+
+        return pack(dict(zip(columns, cols)))
+
+    return udaf(pack_rows, input_types=[types[c] for c in columns], result_type=DataTypes.BYTES(),
+                func_type="pandas")
 
 
 def make_featurize(artifact_dict: dict, columns: list[str], source: SourceSpec):

@@ -1,10 +1,19 @@
 """The Learner: the one Python operator of the streaming job (parallelism 1, one key).
 
-Impressions are scored at once with the weights learned so far. Examples and label outcomes
-wait in keyed state until the watermark passes their resolution time (event-time timers on a
-grid of ``learn_tick_ms``: one PyFlink timer costs a few milliseconds, so rows share them),
-then are handled in ``example_order``; so the weights depend only on the event log, never on
-arrival interleaving. The online layer lives in a ValueState (checkpointed with the job).
+It receives *ticks*, not rows (``runners.packing``): every ``learn_tick_ms`` of event time,
+one packed batch of served impressions and one of resolved examples (rows of the native
+join, stamped with their resolution time), plus, under the ``correction`` policy, one of label
+outcomes.
+
+* impressions: scored at once, as a batch, with the weights learned so far
+  (``OnlineLayer.score_batch``) -> one value of JSON-lines predictions.
+* examples / outcomes: kept in keyed state until the watermark reaches their tick, then
+  everything resolved before the tick is learned in ``example_order`` with the compiled
+  kernel (``OnlineLayer.learn_batch``). A batch of tick T is complete when the watermark
+  passes T (the window operators emit before they forward the watermark), so the weights
+  depend only on the event log, never on arrival interleaving.
+
+The online layer lives in a ValueState (checkpointed with the job).
 """
 from __future__ import annotations
 
@@ -13,24 +22,23 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from models.online import OnlineConfig, OnlineLayer
 from pipelines.join import JoinConfig
-from transforms.apply import unpack
+from runners.packing import features, json_lines, unpack
 
-MAX_TIME = 2**62  # beyond any event; below the final watermark, which joins hold back by their intervals
+MAX_TIME = 2**62  # beyond any event; below the final watermark
+NO_TIME = -1  # packed stand-in for a NULL time (Arrow batches carry no nullable ints here)
 
-
-def _tag(name: str):
-    from runners.flink_job import COLUMNS, row_type
-
-    return OutputTag(name, row_type(COLUMNS[name]))
-
-
-OUTPUT_TAGS = {name: _tag(name) for name in ("updates", "examples", "late_labels", "dead_letter")}
+LINE = Types.ROW_NAMED(["line"], [Types.STRING()])
+PARTITIONED_LINE = Types.ROW_NAMED(["line", "dt", "hr"], [Types.STRING(), Types.STRING(), Types.STRING()])
+OUTPUT_TAGS = {"updates": OutputTag("updates", LINE), "examples": OutputTag("examples", PARTITIONED_LINE),
+               "late_labels": OutputTag("late_labels", LINE), "dead_letter": OutputTag("dead_letter", LINE)}
+EXAMPLE_RANK = {"ex": 0, "lab": 1}  # a correction after the negative it fixes (example_order)
 
 
 def write_snapshot(registry: Path, layer: OnlineLayer, event_time: int) -> Path:
@@ -55,9 +63,14 @@ def write_snapshot(registry: Path, layer: OnlineLayer, event_time: int) -> Path:
     return final
 
 
-def _hour(t: int) -> tuple[str, str]:
-    g = time.gmtime(t // 1000)
-    return time.strftime("%Y-%m-%d", g), time.strftime("%H", g)
+def _hours(ms: np.ndarray) -> list[tuple[str, str]]:
+    """(date, hour) in UTC of epoch milliseconds."""
+    h = ms.astype("datetime64[ms]").astype("datetime64[h]")
+    return [(s[:10], s[11:13]) for s in np.datetime_as_string(h, unit="h")]
+
+
+def _opt(a: np.ndarray) -> list:
+    return [None if v == NO_TIME else v for v in a.tolist()]
 
 
 class Learner(KeyedProcessFunction):
@@ -72,7 +85,9 @@ class Learner(KeyedProcessFunction):
         self.fingerprint = c["spec_fingerprint"]
         self.registry = Path(c["registry"])
         self.snapshot_every = int(c["job"].get("snapshot_every") or 0)
-        self.tick_ms = max(1, int(c["job"].get("learn_tick_ms") or 1))
+        # label outcomes come through the learner as a second stream of ticks: then ticks wait
+        # for the watermark (timers) to be merged in order
+        self.through_learner = self.join.late_policy == "correction"
         self.layer_state = runtime_context.get_state(ValueStateDescriptor("online", Types.PICKLED_BYTE_ARRAY()))
         self.buffer = runtime_context.get_map_state(
             MapStateDescriptor("buffer", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
@@ -83,6 +98,8 @@ class Learner(KeyedProcessFunction):
         self.m_learned = g.counter("examples_learned")
         self.m_late = g.counter("late_labels")
         self.m_dead = g.counter("dead_letters")
+        self.m_ticks = g.counter("ticks_learned")
+        g.gauge("delta_version", lambda: self.layer.ftrl.updates if self.layer is not None else 0)
 
     def _layer(self) -> OnlineLayer:
         if self.layer is None:
@@ -96,56 +113,132 @@ class Learner(KeyedProcessFunction):
             timers.register_event_time_timer(MAX_TIME)  # end of a bounded input: final snapshot
             self.end_timer = True
         if r.kind == "imp":
-            idx, vals = unpack(r.feat)
-            self.m_scored.inc()
-            yield Row(*layer.score(r.event_id, r.event_time, idx, vals, r.unit).values())
+            yield from self._score(layer, unpack(r.payload))
             return
-        # one timer per tick of event time, not per row: each PyFlink timer costs a round trip
-        tick = -(-r.t // self.tick_ms) * self.tick_ms
+        tick = ctx.timestamp()
+        if not self.through_learner:
+            # one stream of example ticks, from one window operator: tick T arrives after every
+            # earlier tick and holds only rows resolved before T, so it is learnable at once
+            yield from self._learn_rows(layer, [(r.kind, unpack(r.payload))], MAX_TIME, ctx)
+            return
         pending = self.buffer.get(tick) or []
-        pending.append((r.t, r.kind, r.event_id, r.event_time, r.feat, r.label, r.label_time, r.info))
+        pending.append((r.kind, r.payload))
         self.buffer.put(tick, pending)
         timers.register_event_time_timer(tick)
 
+    def _score(self, layer: OnlineLayer, t):
+        n = t.num_rows
+        if n == 0:
+            return
+        idx, vals = features(t.column("feat").to_pylist())
+        s = layer.score_batch(idx, vals, t.column("unit").to_pylist())
+        self.m_scored.inc(n)
+        yield Row(json_lines({
+            "event_id": t.column("event_id").to_pylist(), "event_time": t.column("event_time").to_pylist(),
+            "p": s["p"].tolist(), "base_logit": s["base_logit"], "delta_logit": s["delta_logit"].tolist(),
+            "base_version": s["base_version"], "delta_version": s["delta_version"],
+            "spec_fingerprint": s["spec_fingerprint"], "arm": s["arm"], "served": s["served"],
+            "base_only_reason": s["base_only_reason"]}, n))
+
     def on_timer(self, t, ctx):
         layer = self._layer()
+        keys = [k for k in self.buffer.keys() if k <= t]
+        batches = []
+        for k in keys:
+            for kind, payload in self.buffer.get(k):
+                tab = unpack(payload)
+                batches.append((kind, tab))
+            self.buffer.remove(k)
+        if batches:
+            # everything resolved before the tick is complete; later resolutions wait
+            yield from self._learn_rows(layer, batches, t, ctx)
         if t == MAX_TIME:
             write_snapshot(self.registry, layer, -1)
+
+    def _learn_rows(self, layer: OnlineLayer, batches, t: int, ctx):
+        cols = ("event_id", "resolution_time", "event_time", "label", "label_time", "info", "feat")
+        rows = {c: [] for c in (*cols, "kind")}
+        for kind, tab in batches:
+            for c in cols:
+                rows[c] += tab.column(c).to_pylist()
+            rows["kind"] += [kind] * tab.num_rows
+        order = sorted(range(len(rows["event_id"])),
+                       key=lambda j: (rows["resolution_time"][j], rows["event_id"][j], EXAMPLE_RANK[rows["kind"][j]]))
+        now = [j for j in order if rows["resolution_time"][j] < t]
+        later = [j for j in order if rows["resolution_time"][j] >= t]
+        if later:  # resolved at or after the tick: with the next tick
+            from runners.packing import pack
+
+            keep = {c: [rows[c][j] for j in later] for c in cols}
+            for kind in ("ex", "lab"):
+                sel = [i for i, j in enumerate(later) if rows["kind"][j] == kind]
+                if sel:
+                    pending = self.buffer.get(t) or []
+                    pending.append((kind, pack({c: [keep[c][i] for i in sel] for c in cols})))
+                    self.buffer.put(t, pending)
+            ctx.timer_service().register_event_time_timer(min(rows["resolution_time"][j] for j in later) + 1)
+        if not now:
             return
-        rows = self.buffer.get(t)
-        if not rows:
-            return
-        self.buffer.remove(t)
-        rows.sort(key=lambda x: (x[0], x[2], 0 if x[1] == "ex" else 1))  # example_order
-        for resolution, kind, eid, event_time, feat, label, label_time, info in rows:
+        learn, late, dead = [], [], []
+        for j in now:
+            kind, info = rows["kind"][j], rows["info"][j]
             if kind == "ex":
-                yield from self._learn(layer, eid, resolution, event_time, feat, label, label_time, info, 1.0)
+                learn.append((j, info, 1.0))
             elif info == "late":
-                self.m_late.inc()
-                yield OUTPUT_TAGS["late_labels"], Row(eid, event_time, label_time, label,
-                                                      label_time - event_time, self.join.late_policy)
-                if self.join.late_policy == "correction" and feat is not None:
-                    yield from self._learn(layer, eid, resolution, event_time, feat, label, label_time, "correction",
-                                           self.join.correction_weight)
+                late.append(j)
+                if self.join.late_policy == "correction" and rows["feat"][j]:
+                    learn.append((j, "correction", self.join.correction_weight))
             else:
-                self.m_dead.inc()
-                raw = json.dumps({"event_id": eid, "label_time": label_time, "label": label,
-                                  "impression_time": event_time})
-                yield OUTPUT_TAGS["dead_letter"], Row(info, f"label at {label_time}", "label", "flink:labels", raw)
+                dead.append(j)
+        if late:
+            self.m_late.inc(len(late))
+            yield OUTPUT_TAGS["late_labels"], Row(json_lines({
+                "event_id": [rows["event_id"][j] for j in late], "event_time": [rows["event_time"][j] for j in late],
+                "label_time": [rows["label_time"][j] for j in late], "label": [rows["label"][j] for j in late],
+                "delay_ms": [rows["label_time"][j] - rows["event_time"][j] for j in late],
+                "policy": self.join.late_policy}, len(late)))
+        if dead:
+            self.m_dead.inc(len(dead))
+            yield OUTPUT_TAGS["dead_letter"], Row(json_lines({
+                "reason": [rows["info"][j] for j in dead],
+                "detail": [f"label at {rows['label_time'][j]}" for j in dead], "kind": "label",
+                "origin": "flink:labels",
+                "raw": [json.dumps({"event_id": rows["event_id"][j], "label_time": rows["label_time"][j],
+                                    "label": rows["label"][j],
+                                    "impression_time": None if rows["event_time"][j] == NO_TIME else rows["event_time"][j]})
+                        for j in dead]}, len(dead)))
+        if learn:
+            yield from self._learn(layer, rows, learn)
         self.layer_state.update(layer)
 
-    def _learn(self, layer, eid, t, event_time, feat, label, label_time, kind, weight):
-        idx, vals = unpack(feat)
+    def _learn(self, layer: OnlineLayer, rows: dict, learn: list):
+        js = [j for j, _, _ in learn]
+        m = len(js)
         before = layer.ftrl.updates
-        upd = layer.learn(eid, t, idx, vals, int(label), weight, window_close=event_time + self.join.window_ms)
-        self.m_learned.inc()
-        yield OUTPUT_TAGS["updates"], Row(*upd.values())
-        dt, hr = _hour(event_time)
-        feats = json.dumps({"indices": idx.tolist(), "values": vals.tolist()})
-        delay = None if label_time is None else label_time - event_time
-        yield OUTPUT_TAGS["examples"], Row(eid, event_time, t, int(label), label_time, delay, kind, weight,
-                                           feats, layer.spec_fingerprint, upd["seq"], dt, hr)
+        idx, vals = features([rows["feat"][j] for j in js])
+        res = np.array([rows["resolution_time"][j] for j in js], np.int64)
+        et = np.array([rows["event_time"][j] for j in js], np.int64)
+        lt = np.array([rows["label_time"][j] for j in js], np.int64)
+        y = np.array([rows["label"][j] for j in js], np.float64)
+        wts = np.array([w for _, _, w in learn], np.float64)
+        u = layer.learn_batch(res, idx, vals, y, wts, et + self.join.window_ms)
+        self.m_learned.inc(m)
+        seq = u["seq"].tolist()
+        eids = [rows["event_id"][j] for j in js]
+        yield OUTPUT_TAGS["updates"], Row(json_lines({
+            "seq": seq, "event_id": eids, "resolution_time": res.tolist(), "p_before": u["p_before"].tolist(),
+            "label": y.astype(int).tolist(), "indices": idx.tolist(), "weights": u["weights"].tolist()}, m))
+        kinds = [k for _, k, _ in learn]
+        label_time = _opt(lt)
+        delay = [None if x is None else x - e for x, e in zip(label_time, et.tolist())]
+        feats = [json.dumps({"indices": i, "values": v}) for i, v in zip(idx.tolist(), vals.tolist())]
+        cols = {"event_id": eids, "event_time": et.tolist(), "resolution_time": res.tolist(),
+                "label": y.astype(int).tolist(), "label_time": label_time, "label_delay_ms": delay, "kind": kinds,
+                "weight": wts.tolist(), "features": feats, "spec_fingerprint": layer.spec_fingerprint, "seq": seq}
+        hours = _hours(et)
+        for part in sorted(set(hours)):  # one value per event-time hour partition
+            sel = [i for i, h in enumerate(hours) if h == part]
+            sub = {k: ([v[i] for i in sel] if isinstance(v, list) else v) for k, v in cols.items()}
+            yield OUTPUT_TAGS["examples"], Row(json_lines(sub, len(sel)), part[0], part[1])
         if self.snapshot_every and before // self.snapshot_every != layer.ftrl.updates // self.snapshot_every:
-            write_snapshot(self.registry, layer, t)
-
-
+            write_snapshot(self.registry, layer, int(res[-1]))

@@ -23,6 +23,10 @@ from pipelines.sources.generator import GENERATOR, GeneratorConfig, generate
 from pipelines.validate import BatchCollector, ValidationConfig, Validator, validate_lines
 
 LOADERS = {"talkingdata": talkingdata.load, "elec2": elec2.load}
+# A replay's event directory is one part per stream: the Flink job reads a multi-part folder
+# as one source per part (its file source does not read parts in name order), which is
+# correct but buffers later parts in the join state until the earlier ones are done.
+REPLAY_ROWS_PER_FILE = 10_000_000
 
 
 def write_event_dir(out: str | Path, spec: SourceSpec, batches: Iterable[dict[str, pa.Table]],
@@ -98,12 +102,13 @@ def prepare_events(data: str, run_dir: str | Path, events: int = 20_000, seed: i
 
     run_dir = Path(run_dir)
     if data == "generator":
-        generate_event_dir(run_dir / "events", GeneratorConfig(events=events, seed=seed), overwrite=True)
+        generate_event_dir(run_dir / "events", GeneratorConfig(events=events, seed=seed),
+                           rows_per_file=REPLAY_ROWS_PER_FILE, overwrite=True)
         return run_dir / "events", "generator"
     if data in LOADERS:
         rel = {"talkingdata": talkingdata.RELATIVE_PATH, "elec2": elec2.RELATIVE_PATH}[data]
         path = data_dir(data_dir_opt, need=rel) / rel
-        load_event_dir(data, run_dir / "events", path, overwrite=True)
+        load_event_dir(data, run_dir / "events", path, rows_per_file=REPLAY_ROWS_PER_FILE, overwrite=True)
         return run_dir / "events", data
     manifest = read_manifest(data)  # FileNotFoundError with a clear message otherwise
     return Path(data), manifest["source"]["name"]

@@ -15,6 +15,9 @@ from runners.local import generate_event_dir
 from runners.stream import fit_warmup_artifact, prepare_run, read_output, summarize
 
 
+TICK = 10_000
+
+
 def _publish(src, dst_dir):
     """Atomically, as the event-directory writer does: hidden temp name, then rename."""
     dst_dir.mkdir(parents=True, exist_ok=True)
@@ -33,7 +36,7 @@ def test_follow_mode_picks_up_new_files(tmp_path):
     join = JoinConfig(window_ms=600_000, late_horizon_ms=3_600_000, watermark_delay_ms=10_000)
     fit_warmup_artifact(tmp_path / "ev", "generator", tmp_path / "art")
     prepare_run(live, tmp_path / "run", "generator", join, artifact=tmp_path / "art", follow=True,
-                checkpoint_interval_ms=2_000, monitor_interval_ms=500, idle_timeout_ms=2_000)
+                checkpoint_interval_ms=2_000, monitor_interval_ms=500, learn_tick_ms=TICK)
 
     proc = subprocess.Popen([sys.executable, "-m", "runners.flink_job", str(tmp_path / "run" / "job.json")],
                             stdout=open(tmp_path / "flink.log", "w"), stderr=subprocess.STDOUT,
@@ -44,10 +47,11 @@ def test_follow_mode_picks_up_new_files(tmp_path):
             for part in sorted((tmp_path / "ev" / stream).glob("part-*")):
                 _publish(part, live / stream)
         times = [json.loads(line)["event_time"] for line in open(next((tmp_path / "ev" / "impressions").glob("part-*")))]
-        # served once the watermark (newest event time - delay - 1 ms) passes them: the OVER
-        # aggregates are point-in-time, so the newest impressions wait for more input
+        # served once the watermark (newest event time - delay - 1 ms) passes the end of their
+        # tick: the OVER aggregates are point-in-time and impressions reach the scorer in ticks,
+        # so the newest impressions wait for more input
         watermark = max(times) - join.watermark_delay_ms - 1
-        n_imp = sum(t <= watermark for t in times)
+        n_imp = sum(t // TICK * TICK + TICK - 1 <= watermark for t in times)
         deadline = time.time() + 240
         s = None
         while time.time() < deadline:
