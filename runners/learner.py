@@ -29,7 +29,8 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from models.online import OnlineConfig, OnlineLayer
 from pipelines.join import JoinConfig
-from runners.packing import features, json_lines, unpack
+from runners.packing import json_lines, unpack
+from transforms.apply import unpack_many as features
 
 MAX_TIME = 2**62  # beyond any event; below the final watermark
 NO_TIME = -1  # packed stand-in for a NULL time (Arrow batches carry no nullable ints here)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pyarrow as pa
 
 
@@ -32,15 +31,6 @@ def pack(columns: dict) -> bytes:
 
 def unpack(payload: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
-
-
-def features(packed: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """``Features.packed`` rows (all the same width) -> (indices int64 [m, k], values float64)."""
-    if not packed:
-        return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float64)
-    a = np.frombuffer(b"".join(packed), dtype="<u4").reshape(len(packed), -1)
-    k = a.shape[1] // 2
-    return a[:, :k].view("<i4").astype(np.int64), a[:, k:].view("<f4").astype(np.float64)
 
 
 def json_lines(columns: dict[str, list], n: int) -> str:

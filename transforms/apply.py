@@ -72,6 +72,15 @@ def unpack(packed: bytes) -> tuple[np.ndarray, np.ndarray]:
     return a[:k].view("<i4").astype(np.int64), a[k:].view("<f4").astype(np.float64)
 
 
+def unpack_many(packed: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """``unpack`` for many rows of one spec at once: (indices int64 [m, k], values float64)."""
+    if not packed:
+        return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float64)
+    a = np.frombuffer(b"".join(packed), dtype="<u4").reshape(len(packed), -1)
+    k = a.shape[1] // 2
+    return a[:, :k].view("<i4").astype(np.int64), a[:, k:].view("<f4").astype(np.float64)
+
+
 def time_features(event_time: np.ndarray) -> dict[str, np.ndarray]:
     t = np.asarray(event_time, dtype=np.int64)
     return {"hour_of_day": (t % DAY_MS) // HOUR_MS, "day_of_week": (t // DAY_MS + 3) % 7}
