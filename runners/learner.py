@@ -1,18 +1,20 @@
 """The Learner: the one Python operator of the streaming job (parallelism 1, one key).
 
 It receives *ticks*, not rows (``runners.packing``): every ``learn_tick_ms`` of event time,
-one packed batch of served impressions and one of resolved examples (rows of the native
-join, stamped with their resolution time), plus, under the ``correction`` policy, one of label
-outcomes.
+one packed batch of impressions and one of resolved examples (rows of the native join,
+stamped with their resolution time), plus, under the ``correction`` policy, one of label
+outcomes. A tick waits in keyed state until the watermark passes its end (the window
+operators emit before they forward the watermark, so by then every tick up to it is here);
+then, tick by tick in event-time order:
 
-* impressions: scored at once, as a batch, with the weights learned so far
-  (``OnlineLayer.score_batch``) -> one value of JSON-lines predictions.
-* examples / outcomes: kept in keyed state until the watermark reaches their tick, then
-  everything resolved before the tick is learned in ``example_order`` with the compiled
-  kernel (``OnlineLayer.learn_batch``). A batch of tick T is complete when the watermark
-  passes T (the window operators emit before they forward the watermark), so the weights
-  depend only on the event log, never on arrival interleaving.
+* its impressions are scored, as a batch, with the weights learned from every example
+  resolved before the tick (``OnlineLayer.score_batch``; never from their own tick, so no
+  label can leak into its own prediction) -> one value of JSON-lines predictions;
+* its examples are learned in ``example_order`` with the compiled kernel
+  (``OnlineLayer.learn_batch``).
 
+So weights *and* predictions depend only on the event log, never on arrival interleaving,
+and a label is visible to the scorer at most one tick after its resolution (event time).
 The online layer lives in a ValueState (checkpointed with the job).
 """
 from __future__ import annotations
@@ -23,16 +25,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from models.online import OnlineConfig, OnlineLayer
 from pipelines.join import JoinConfig
-from runners.packing import json_lines, unpack
+from runners.packing import json_lines, pack_table, unpack
 from transforms.apply import unpack_many as features
 
 MAX_TIME = 2**62  # beyond any event; below the final watermark
+CARRY = -2**62  # buffer key of label outcomes carried over to the next tick
 NO_TIME = -1  # packed stand-in for a NULL time (Arrow batches carry no nullable ints here)
 
 LINE = Types.ROW_NAMED(["line"], [Types.STRING()])
@@ -86,9 +90,6 @@ class Learner(KeyedProcessFunction):
         self.fingerprint = c["spec_fingerprint"]
         self.registry = Path(c["registry"])
         self.snapshot_every = int(c["job"].get("snapshot_every") or 0)
-        # label outcomes come through the learner as a second stream of ticks: then ticks wait
-        # for the watermark (timers) to be merged in order
-        self.through_learner = self.join.late_policy == "correction"
         self.layer_state = runtime_context.get_state(ValueStateDescriptor("online", Types.PICKLED_BYTE_ARRAY()))
         self.buffer = runtime_context.get_map_state(
             MapStateDescriptor("buffer", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
@@ -108,20 +109,13 @@ class Learner(KeyedProcessFunction):
         return self.layer
 
     def process_element(self, r, ctx):
-        layer = self._layer()
         timers = ctx.timer_service()
         if not self.end_timer:
             timers.register_event_time_timer(MAX_TIME)  # end of a bounded input: final snapshot
             self.end_timer = True
-        if r.kind == "imp":
-            yield from self._score(layer, unpack(r.payload))
-            return
+        # every tick waits for the watermark: then all ticks up to it have arrived and are
+        # handled in event-time order (one timer per tick, shared by impressions and examples)
         tick = ctx.timestamp()
-        if not self.through_learner:
-            # one stream of example ticks, from one window operator: tick T arrives after every
-            # earlier tick and holds only rows resolved before T, so it is learnable at once
-            yield from self._learn_rows(layer, [(r.kind, unpack(r.payload))], MAX_TIME, ctx)
-            return
         pending = self.buffer.get(tick) or []
         pending.append((r.kind, r.payload))
         self.buffer.put(tick, pending)
@@ -142,21 +136,34 @@ class Learner(KeyedProcessFunction):
             "base_only_reason": s["base_only_reason"]}, n))
 
     def on_timer(self, t, ctx):
+        """Ticks up to ``t`` in order: score the tick's impressions with the weights learned
+        from examples resolved before the tick (never from their own tick: no leakage), then
+        learn the tick's examples. Predictions, too, depend only on the event log."""
         layer = self._layer()
-        keys = [k for k in self.buffer.keys() if k <= t]
-        batches = []
-        for k in keys:
-            for kind, payload in self.buffer.get(k):
-                tab = unpack(payload)
-                batches.append((kind, tab))
-            self.buffer.remove(k)
-        if batches:
-            # everything resolved before the tick is complete; later resolutions wait
-            yield from self._learn_rows(layer, batches, t, ctx)
+        carry = [(kind, unpack(p)) for kind, p in (self.buffer.get(CARRY) or [])]
+        self.buffer.remove(CARRY)
+        for key in sorted(k for k in self.buffer.keys() if CARRY < k <= t):
+            items = self.buffer.get(key)
+            self.buffer.remove(key)
+            for kind, payload in items:
+                if kind == "imp":
+                    yield from self._score(layer, unpack(payload))
+            carry += [(kind, unpack(p)) for kind, p in items if kind != "imp"]
+            if carry:
+                carry = yield from self._learn_rows(layer, carry, key)
+        if carry and t == MAX_TIME:  # the input has ended: nothing else can come before them
+            carry = yield from self._learn_rows(layer, carry, MAX_TIME)
+        if carry:  # label outcomes resolved at the tick's last millisecond: with the next tick
+            self.buffer.put(CARRY, [(kind, pack_table(tab)) for kind, tab in carry])
+        self.layer_state.update(layer)
+        self.m_ticks.inc()
         if t == MAX_TIME:
             write_snapshot(self.registry, layer, -1)
 
-    def _learn_rows(self, layer: OnlineLayer, batches, t: int, ctx):
+    def _learn_rows(self, layer: OnlineLayer, batches, t: int):
+        """Learn the rows resolved before ``t`` in ``example_order``; returns the rest (only
+        label outcomes can be resolved at ``t`` itself: an example at ``t`` is in the next
+        tick)."""
         cols = ("event_id", "resolution_time", "event_time", "label", "label_time", "info", "feat")
         rows = {c: [] for c in (*cols, "kind")}
         for kind, tab in batches:
@@ -167,19 +174,14 @@ class Learner(KeyedProcessFunction):
                        key=lambda j: (rows["resolution_time"][j], rows["event_id"][j], EXAMPLE_RANK[rows["kind"][j]]))
         now = [j for j in order if rows["resolution_time"][j] < t]
         later = [j for j in order if rows["resolution_time"][j] >= t]
-        if later:  # resolved at or after the tick: with the next tick
-            from runners.packing import pack
-
-            keep = {c: [rows[c][j] for j in later] for c in cols}
-            for kind in ("ex", "lab"):
-                sel = [i for i, j in enumerate(later) if rows["kind"][j] == kind]
-                if sel:
-                    pending = self.buffer.get(t) or []
-                    pending.append((kind, pack({c: [keep[c][i] for i in sel] for c in cols})))
-                    self.buffer.put(t, pending)
-            ctx.timer_service().register_event_time_timer(min(rows["resolution_time"][j] for j in later) + 1)
+        deferred = []
+        for kind in ("ex", "lab"):
+            sel = [j for j in later if rows["kind"][j] == kind]
+            if sel:
+                deferred.append((kind, pa.table({c: pa.array([rows[c][j] for j in sel], type=batches[0][1].schema.field(c).type)
+                                                 for c in cols})))
         if not now:
-            return
+            return deferred
         learn, late, dead = [], [], []
         for j in now:
             kind, info = rows["kind"][j], rows["info"][j]
@@ -210,7 +212,7 @@ class Learner(KeyedProcessFunction):
                         for j in dead]}, len(dead)))
         if learn:
             yield from self._learn(layer, rows, learn)
-        self.layer_state.update(layer)
+        return deferred
 
     def _learn(self, layer: OnlineLayer, rows: dict, learn: list):
         js = [j for j, _, _ in learn]

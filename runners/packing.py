@@ -22,7 +22,10 @@ import pyarrow as pa
 
 def pack(columns: dict) -> bytes:
     """pandas Series (or sequences) of equal length -> one Arrow IPC stream."""
-    table = pa.table({name: pa.array(col, from_pandas=True) for name, col in columns.items()})
+    return pack_table(pa.table({name: pa.array(col, from_pandas=True) for name, col in columns.items()}))
+
+
+def pack_table(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)

@@ -12,6 +12,7 @@ from models.online import OnlineConfig
 from pipelines.eventlog import read_stream
 from pipelines.join import JoinConfig, example_order, reference_join
 from pipelines.sources.generator import GeneratorConfig
+from runners.flink_job import JobConfig
 from runners.local import generate_event_dir
 from runners.stream import read_output, run_stream
 
@@ -132,3 +133,36 @@ def test_same_log_same_weights(events, run):
     assert again["counts"] == run["counts"]
     a, b = _final_snapshot(events / "run"), _final_snapshot(events / "run2")
     assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
+    # predictions too: each tick is scored with the weights of the ticks before it
+    key = lambda r: (r["event_id"], r["p"], r["delta_version"])  # noqa: E731
+    assert sorted(map(key, read_output(events / "run", "predictions"))) == \
+           sorted(map(key, read_output(events / "run2", "predictions")))
+
+
+def test_no_label_reaches_its_own_prediction(events, run):
+    """An impression in the tick starting at S is scored after learning exactly the examples
+    resolved before S - 1 (their rows are stamped resolution + 1 ms): never its own label."""
+    tick = JobConfig(event_dir="", out="", artifact="").learn_tick_ms
+    res = np.sort([e["resolution_time"] for e in read_output(events / "run", "examples")])
+    preds = read_output(events / "run", "predictions")
+    for p in preds:
+        start = p["event_time"] // tick * tick
+        assert p["delta_version"] == np.searchsorted(res, start - 1, side="left")
+    assert len({p["delta_version"] for p in preds}) > 10  # the scorer did see the weights move
+
+
+def test_correction_policy_learns_late_labels_in_order(events):
+    join = JoinConfig(window_ms=JOIN.window_ms, late_horizon_ms=JOIN.late_horizon_ms,
+                      watermark_delay_ms=JOIN.watermark_delay_ms, late_policy="correction", correction_weight=0.5)
+    s = run_stream(events / "ev", events / "run_corr", "generator", join, ONLINE, artifact=events / "run" / "transform")
+    assert s["reconciliation"]["reconciles"], s
+    imps = read_stream(events / "ev", "impression").select(["event_id", "event_time"]).to_pylist()
+    ref = reference_join(imps, read_stream(events / "ev", "label").to_pylist(), join)
+    got = sorted(read_output(events / "run_corr", "examples"), key=lambda e: e["seq"])
+    assert [(e["event_id"], e["resolution_time"], e["kind"], e["weight"]) for e in got] == \
+           [(e["event_id"], e["resolution_time"], e["kind"], e["weight"]) for e in ref["examples"]]
+    assert sum(e["kind"] == "correction" for e in got) == len(ref["late"]) > 0
+    model = _final_snapshot(events / "run_corr")
+    rw = _reference_weights(got, ONLINE, join.window_ms)
+    coords = sorted(set(rw.z))
+    np.testing.assert_allclose(model.weights_at(np.array(coords)), [rw.weight(i) for i in coords], rtol=0, atol=1e-9)
