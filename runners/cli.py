@@ -106,6 +106,16 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         raise typer.Exit(1)
 
 
+@app.command("export-examples")
+def export_examples(run_dir: Path = typer.Argument(..., help="A run folder (RUN_DIR) of the streaming job.")):
+    """Export the committed joined-example partitions of RUN_DIR as Parquet (by event-time
+    hour) into RUN_DIR/examples_parquet; incremental, safe while a --follow job runs."""
+    from pipelines.examples import export_parquet
+
+    written = export_parquet(run_dir)
+    console.print(f"{len(written)} partition(s) written -> {run_dir / 'examples_parquet'}")
+
+
 @app.command()
 def generate(out: Path = typer.Option(..., help="Event directory to write."),
              events: int = typer.Option(100_000, help="Impressions to generate."),

@@ -36,7 +36,7 @@ from pipelines.join import JoinConfig
 from transforms.flink_sql import _q, aggregates_sql, impressions_ddl, interval
 
 NO_TIME = -1  # a NULL time inside packed batches
-OUTPUTS = ("predictions", "updates", "examples", "late_labels", "dead_letter")
+OUTPUTS = ("predictions", "updates", "examples", "late_labels", "dead_letter", "metrics")
 
 
 @dataclass
@@ -58,6 +58,7 @@ class JobConfig:
     dedup_ttl_ms: int = 2 * 86_400_000
     learn_tick_ms: int = 60_000  # rows reach Python in batches of this much event time
     snapshot_every: int = 0  # write a full FTRL snapshot every N updates (0: only at the end)
+    metrics_window: int = 10_000  # progressive logloss/AUC over the last N learned examples
     python_executable: str = field(default_factory=lambda: sys.executable)
     flink_conf: dict = field(default_factory=dict)  # extra Flink options, e.g. python.fn-execution.*
 
@@ -117,6 +118,7 @@ def configure(cfg: JobConfig):
     conf.set_string("python.executable", cfg.python_executable)
     conf.set_string("python.client.executable", cfg.python_executable)
     conf.set_string("parallelism.default", str(cfg.parallelism))
+    conf.set_string("python.metric.enabled", "true")  # the Learner's gauges and counters
     conf.set_string("execution.checkpointing.interval", f"{cfg.checkpoint_interval_ms} ms")
     # the JobManager's memory storage caps state at 5 MB: checkpoints go to the run folder
     conf.set_string("execution.checkpointing.storage", "filesystem")

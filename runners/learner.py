@@ -30,6 +30,7 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
+from models.monitor import WindowMetrics
 from models.online import OnlineConfig, OnlineLayer
 from pipelines.join import JoinConfig
 from runners.packing import json_lines, pack_table, unpack
@@ -42,7 +43,8 @@ NO_TIME = -1  # packed stand-in for a NULL time (Arrow batches carry no nullable
 LINE = Types.ROW_NAMED(["line"], [Types.STRING()])
 PARTITIONED_LINE = Types.ROW_NAMED(["line", "dt", "hr"], [Types.STRING(), Types.STRING(), Types.STRING()])
 OUTPUT_TAGS = {"updates": OutputTag("updates", LINE), "examples": OutputTag("examples", PARTITIONED_LINE),
-               "late_labels": OutputTag("late_labels", LINE), "dead_letter": OutputTag("dead_letter", LINE)}
+               "late_labels": OutputTag("late_labels", LINE), "dead_letter": OutputTag("dead_letter", LINE),
+               "metrics": OutputTag("metrics", LINE)}
 EXAMPLE_RANK = {"ex": 0, "lab": 1}  # a correction after the negative it fixes (example_order)
 
 
@@ -93,7 +95,10 @@ class Learner(KeyedProcessFunction):
         self.layer_state = runtime_context.get_state(ValueStateDescriptor("online", Types.PICKLED_BYTE_ARRAY()))
         self.buffer = runtime_context.get_map_state(
             MapStateDescriptor("buffer", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
+        self.metrics_state = runtime_context.get_state(ValueStateDescriptor("metrics", Types.PICKLED_BYTE_ARRAY()))
+        self.metrics_window = int(c["job"].get("metrics_window") or 10_000)
         self.layer = None
+        self.window = None
         self.end_timer = False
         g = runtime_context.get_metrics_group()
         self.m_scored = g.counter("impressions_scored")
@@ -102,6 +107,21 @@ class Learner(KeyedProcessFunction):
         self.m_dead = g.counter("dead_letters")
         self.m_ticks = g.counter("ticks_learned")
         g.gauge("delta_version", lambda: self.layer.ftrl.updates if self.layer is not None else 0)
+        # progressive quality of the last `metrics_window` examples (Flink gauges are integers:
+        # micro-units), and the label-delay histogram as one counter per bucket
+        g.gauge("window_logloss_micro", lambda: self._micro("window_logloss"))
+        g.gauge("window_auc_micro", lambda: self._micro("window_auc"))
+        self.m_delay = {b: g.add_group("label_delay").counter(b) for b in WindowMetrics().delay_histogram()}
+        self.last_metrics: dict = {}
+
+    def _micro(self, key: str) -> int:
+        v = self.last_metrics.get(key)
+        return -1 if v is None else int(round(v * 1e6))
+
+    def _window(self) -> WindowMetrics:
+        if self.window is None:
+            self.window = self.metrics_state.value() or WindowMetrics(self.metrics_window)
+        return self.window
 
     def _layer(self) -> OnlineLayer:
         if self.layer is None:
@@ -151,14 +171,31 @@ class Learner(KeyedProcessFunction):
             carry += [(kind, unpack(p)) for kind, p in items if kind != "imp"]
             if carry:
                 carry = yield from self._learn_rows(layer, carry, key)
+                yield from self._report(layer, key)
         if carry and t == MAX_TIME:  # the input has ended: nothing else can come before them
             carry = yield from self._learn_rows(layer, carry, MAX_TIME)
+            yield from self._report(layer, MAX_TIME)
         if carry:  # label outcomes resolved at the tick's last millisecond: with the next tick
             self.buffer.put(CARRY, [(kind, pack_table(tab)) for kind, tab in carry])
         self.layer_state.update(layer)
+        if self.window is not None:
+            self.metrics_state.update(self.window)
         self.m_ticks.inc()
         if t == MAX_TIME:
             write_snapshot(self.registry, layer, -1)
+
+    def _report(self, layer: OnlineLayer, tick: int):
+        """One metrics line per tick that learned something: the sliding window's progressive
+        logloss/AUC and the label-delay histogram (also the Flink gauges and counters)."""
+        seen = self.last_metrics.get("examples_seen")
+        if self.window is None or self.window.seen == seen:
+            return
+        before = self.last_metrics.get("label_delay_hist", {})
+        self.last_metrics = {"tick": None if tick == MAX_TIME else tick, "delta_version": layer.ftrl.updates,
+                             **self.window.as_dict()}
+        for b, c in self.last_metrics["label_delay_hist"].items():
+            self.m_delay[b].inc(c - before.get(b, 0))
+        yield OUTPUT_TAGS["metrics"], Row(json.dumps(self.last_metrics, sort_keys=True) + "\n")
 
     def _learn_rows(self, layer: OnlineLayer, batches, t: int):
         """Learn the rows resolved before ``t`` in ``example_order``; returns the rest (only
@@ -232,6 +269,8 @@ class Learner(KeyedProcessFunction):
             "seq": seq, "event_id": eids, "resolution_time": res.tolist(), "p_before": u["p_before"].tolist(),
             "label": y.astype(int).tolist(), "indices": idx.tolist(), "weights": u["weights"].tolist()}, m))
         kinds = [k for _, k, _ in learn]
+        first = np.array([k != "correction" for k in kinds])  # a correction repeats its event
+        self._window().update(u["p_before"][first], y[first], np.where(lt == NO_TIME, -1, lt - et)[first])
         label_time = _opt(lt)
         delay = [None if x is None else x - e for x, e in zip(label_time, et.tolist())]
         feats = [json.dumps({"indices": i, "values": v}) for i, v in zip(idx.tolist(), vals.tolist())]

@@ -113,7 +113,11 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
                         "n": int(len(y)), "positive_rate": float(y.mean()) if len(y) else None},
         "label_delay_ms": {f"p{q}": float(np.percentile(delays, q)) for q in (50, 90, 99)} if len(delays) else {},
         "final_delta_version": max((u["seq"] for u in out["updates"]), default=0),
-        "outputs": {name: str(run_dir / name) for name in OUTPUTS},
+        # the learner's last report: progressive logloss/AUC of its sliding window (p before
+        # each update), the label-delay histogram; the same figures are Flink metrics
+        "window": max(out["metrics"], key=lambda m: m["examples_seen"], default={}),
+        "outputs": {**{name: str(run_dir / name) for name in OUTPUTS},
+                    "examples_parquet": str(run_dir / "examples_parquet")},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
@@ -125,7 +129,7 @@ def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: Joi
     ``RUN_DIR/job.json``: everything a job needs, locally or submitted to a cluster."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in (*OUTPUTS, "registry", "checkpoints", "summary.json"):  # Flink sinks only add files
+    for name in (*OUTPUTS, "examples_parquet", "registry", "checkpoints", "summary.json"):  # Flink sinks only add files
         p = run_dir / name
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if artifact is None:
@@ -142,7 +146,9 @@ def run_stream(event_dir: str | Path, run_dir: str | Path, spec: str, join: Join
                online: OnlineConfig | None = None, artifact: str | Path | None = None, **job) -> dict:
     """Prepare ``run_dir``, run the job over ``event_dir`` on the mini-cluster, summarize."""
     from pipelines.eventlog import read_manifest
+    from pipelines.examples import export_parquet
 
     cfg = prepare_run(event_dir, run_dir, spec, join, online, artifact, **job)
     secs = run_job(cfg, Path(run_dir))
+    export_parquet(run_dir)  # the joined examples, as the TFX retrain reads them
     return summarize(run_dir, read_manifest(event_dir), secs)

@@ -80,6 +80,48 @@ def test_examples_carry_the_served_features(events, run):
         np.testing.assert_allclose(f["values"], feats.values[i], rtol=0, atol=0)
 
 
+def test_examples_exported_as_parquet_by_event_hour(events, run):
+    """Every joined example is in the Parquet export, in learning order, in the partition of
+    its impression's event-time hour, with the served features."""
+    from datetime import datetime, timezone
+
+    from pipelines.examples import read_examples
+
+    assert run["outputs"]["examples_parquet"].endswith("examples_parquet")
+    got = read_examples(events / "run" / "examples_parquet").to_pylist()
+    want = sorted(read_output(events / "run", "examples"), key=lambda e: e["seq"])
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        f = json.loads(w["features"])
+        assert (g["event_id"], g["seq"], g["label"], g["kind"], g["label_time"]) == \
+               (w["event_id"], w["seq"], w["label"], w["kind"], w["label_time"])
+        assert g["feature_indices"] == f["indices"]
+        np.testing.assert_allclose(g["feature_values"], f["values"], rtol=1e-7)
+        hour = datetime.fromtimestamp(g["event_time"] / 1000, timezone.utc)
+        assert (g["dt"], g["hr"]) == (hour.strftime("%Y-%m-%d"), hour.strftime("%H"))
+
+
+def test_metrics_report_the_sliding_window(events, run):
+    """The learner's metrics output: progressive logloss/AUC over the last N examples, each
+    scored before it was learned (the update stream's p_before), and the delay histogram."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    ups = sorted(read_output(events / "run", "updates"), key=lambda u: u["seq"])
+    reports = read_output(events / "run", "metrics")
+    assert len(reports) > 10 and run["window"]["examples_seen"] == len(ups)
+    n = JobConfig(event_dir="", out="", artifact="").metrics_window
+    for m in reports[::7]:
+        last = [u for u in ups if u["seq"] <= m["delta_version"]][-n:]
+        y, p = [u["label"] for u in last], [u["p_before"] for u in last]
+        assert m["window_n"] == len(last)
+        assert m["window_logloss"] == pytest.approx(log_loss(y, p, labels=[0, 1]), rel=1e-9)
+        if 0 < sum(y) < len(y):
+            assert m["window_auc"] == pytest.approx(roc_auc_score(y, p), rel=1e-9)
+    hist = run["window"]["label_delay_hist"]
+    assert sum(hist.values()) == run["counts"]["examples_by_kind"]["label"]
+    assert hist["le_1m"] + hist["le_5m"] > 0 and hist["le_15m"] > 0
+
+
 def test_predictions_carry_versions_and_ab_arms(run, events):
     preds = read_output(events / "run", "predictions")
     arms = {p["arm"] for p in preds}
