@@ -71,6 +71,7 @@ def checkpoint_bytes_per_pending(root: Path, events: int = 6_000) -> dict:
     generate_event_dir(root / "ev", GeneratorConfig(events=events, seed=3, duplicate_rate=0.0,
                                                    out_of_order_rate=0.0))
     lines = next((root / "ev" / "impressions").glob("part-*")).read_text().splitlines(keepends=True)
+    labels = next((root / "ev" / "labels").glob("part-*")).read_text().splitlines(keepends=True)
     live = root / "live"
     (live / "impressions").mkdir(parents=True)
     (live / "labels").mkdir()
@@ -83,23 +84,31 @@ def checkpoint_bytes_per_pending(root: Path, events: int = 6_000) -> dict:
     proc = subprocess.Popen([cfg.python_executable, "-m", "runners.flink_job", str(root / "run" / "job.json")],
                             stdout=open(root / "flink.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     sizes = []
+
+    def publish(kind: str, i: int, chunk: list[str]) -> None:
+        tmp = live / kind / f".part-{i:06d}.jsonl.inprogress"
+        tmp.write_text("".join(chunk))
+        os.replace(tmp, live / kind / f"part-{i:06d}.jsonl")
+
     try:
         time.sleep(10)
         half = len(lines) // 2
+        cut = json.loads(lines[half])["event_time"]
         for i, chunk in enumerate((lines[:half], lines[half:])):
-            tmp = live / "impressions" / f".part-{i:06d}.jsonl.inprogress"
-            tmp.write_text("".join(chunk))
-            os.replace(tmp, live / "impressions" / f"part-{i:06d}.jsonl")
-            want = half if i == 0 else len(lines)
-            deadline = time.time() + 300
-            while time.time() < deadline:
-                n = summarize(root / "run")["counts"]["predictions"]
-                if n >= want - 200:  # the newest tick(s) wait for the watermark
+            # the labels of these impressions too: the Learner scores a tick once the watermark
+            # (also the label stream's) passes it; with W = 30 days only positives resolve
+            publish("labels", i, [x for x in labels if (json.loads(x)["label_time"] < cut) == (i == 0)])
+            publish("impressions", i, chunk)
+            deadline, seen = time.time() + 300, []
+            while time.time() < deadline:  # until the served count settles
+                seen.append(summarize(root / "run")["counts"])
+                if len(seen) > 3 and seen[-1]["predictions"] > 0.8 * half * (i + 1) and \
+                        seen[-1]["predictions"] == seen[-4]["predictions"]:
                     break
                 time.sleep(2)
             time.sleep(8)  # a few more checkpoints with the state settled
             chk = _latest_checkpoint(root / "run" / "checkpoints")
-            sizes.append((n, _dir_bytes(chk) if chk else 0))
+            sizes.append((summarize(root / "run")["counts"]["pending"], _dir_bytes(chk) if chk else 0))
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)

@@ -62,6 +62,10 @@ def _print_run(summary: dict) -> None:
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
     t.add_row("progressive logloss (hybrid / base only)", f"{fmt(pr['logloss'])} / {fmt(pr['base_only_logloss'])}")
     t.add_row("progressive AUC (hybrid / base only)", f"{fmt(pr['auc'])} / {fmt(pr['base_only_auc'])}")
+    w = summary.get("window") or {}
+    if w:
+        t.add_row(f"online, last {w['window_n']} examples (logloss / AUC)",
+                  f"{fmt(w['window_logloss'])} / {fmt(w['window_auc'])}")
     if summary.get("seconds"):
         t.add_row("job seconds (incl. start-up)", f"{summary['seconds']:.1f}")
     console.print(t)

@@ -200,21 +200,21 @@ def json_object(cols: list[str]) -> str:
     return "JSON_OBJECT(" + ", ".join(f"'{c}' VALUE {_q(c)}" for c in cols) + ")"
 
 
-def add_source(t_env, name: str, folder: Path, ddl, follow: bool, align_ms: int = 3_600_000) -> None:
+def add_source(t_env, name: str, folder: Path, ddl, follow: bool) -> None:
     """Register ``name`` over an event folder. Flink's file source reads the part files of a
     folder in an order of its own (not by name), and one watermark over all of them would
     make whole earlier parts late (dropped). So a bounded replay reads each part as its own
     source and unions them: the union's watermark is the minimum, every part stays in order.
-    A followed folder is one monitored source: parts must be published in event-time order."""
+    A followed folder is one monitored source: parts must be published in event-time order.
+    (Watermark alignment would read the parts one after another, but the filesystem connector
+    ignores the SQL watermark options: it does not implement SupportsWatermarkPushDown; nor
+    can a quiet label folder be marked idle per table, only all sources, ``idle_timeout_ms``.)"""
     parts = sorted(p for p in folder.glob("part-*") if p.is_file())
     if follow or len(parts) <= 1:
         t_env.execute_sql(ddl(name, str(folder)))
         return
     for i, p in enumerate(parts):
-        # all parts in one watermark-alignment group: a part whose watermark runs ahead pauses
-        # until the earlier parts catch up, so the parts are read (nearly) one after another
-        t_env.execute_sql(ddl(f"{name}_p{i}", str(p))[:-1] + f", 'scan.watermark.alignment.group' = "
-                          f"'{name}', 'scan.watermark.alignment.max-drift' = '{align_ms} ms')")
+        t_env.execute_sql(ddl(f"{name}_p{i}", str(p)))
     t_env.create_temporary_view(name, t_env.sql_query(
         " UNION ALL ".join(f"SELECT * FROM {name}_p{i}" for i in range(len(parts)))))
 

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag
-from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import ValueStateDescriptor
 
 from models.monitor import WindowMetrics
 from models.online import OnlineConfig, OnlineLayer
@@ -93,8 +93,9 @@ class Learner(KeyedProcessFunction):
         self.registry = Path(c["registry"])
         self.snapshot_every = int(c["job"].get("snapshot_every") or 0)
         self.layer_state = runtime_context.get_state(ValueStateDescriptor("online", Types.PICKLED_BYTE_ARRAY()))
-        self.buffer = runtime_context.get_map_state(
-            MapStateDescriptor("buffer", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
+        # ticks waiting for the watermark, {tick: [(kind, packed)]}: a handful at any time, so
+        # one value (cached in the Python worker) beats a MapState round trip per tick
+        self.pending = runtime_context.get_state(ValueStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         self.metrics_state = runtime_context.get_state(ValueStateDescriptor("metrics", Types.PICKLED_BYTE_ARRAY()))
         self.metrics_window = int(c["job"].get("metrics_window") or 10_000)
         self.layer = None
@@ -136,9 +137,9 @@ class Learner(KeyedProcessFunction):
         # every tick waits for the watermark: then all ticks up to it have arrived and are
         # handled in event-time order (one timer per tick, shared by impressions and examples)
         tick = ctx.timestamp()
-        pending = self.buffer.get(tick) or []
-        pending.append((r.kind, r.payload))
-        self.buffer.put(tick, pending)
+        pending = self.pending.value() or {}
+        pending.setdefault(tick, []).append((r.kind, r.payload))
+        self.pending.update(pending)
         timers.register_event_time_timer(tick)
 
     def _score(self, layer: OnlineLayer, t):
@@ -160,11 +161,10 @@ class Learner(KeyedProcessFunction):
         from examples resolved before the tick (never from their own tick: no leakage), then
         learn the tick's examples. Predictions, too, depend only on the event log."""
         layer = self._layer()
-        carry = [(kind, unpack(p)) for kind, p in (self.buffer.get(CARRY) or [])]
-        self.buffer.remove(CARRY)
-        for key in sorted(k for k in self.buffer.keys() if CARRY < k <= t):
-            items = self.buffer.get(key)
-            self.buffer.remove(key)
+        pending = self.pending.value() or {}
+        carry = [(kind, unpack(p)) for kind, p in pending.pop(CARRY, [])]
+        for key in sorted(k for k in pending if k <= t):
+            items = pending.pop(key)
             for kind, payload in items:
                 if kind == "imp":
                     yield from self._score(layer, unpack(payload))
@@ -176,7 +176,8 @@ class Learner(KeyedProcessFunction):
             carry = yield from self._learn_rows(layer, carry, MAX_TIME)
             yield from self._report(layer, MAX_TIME)
         if carry:  # label outcomes resolved at the tick's last millisecond: with the next tick
-            self.buffer.put(CARRY, [(kind, pack_table(tab)) for kind, tab in carry])
+            pending[CARRY] = [(kind, pack_table(tab)) for kind, tab in carry]
+        self.pending.update(pending)
         self.layer_state.update(layer)
         if self.window is not None:
             self.metrics_state.update(self.window)
