@@ -291,6 +291,67 @@ def transforms_backfill(spec: str = typer.Argument(..., help="Spec name or YAML 
     console.print(f"aggregates -> {out}")
 
 
+models_app = typer.Typer(help="The model registry: versioned base (TFX) and delta (FTRL) models.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+REGISTRY_OPT = typer.Option(Path("runs/local/registry"), "--registry", help="Registry root (RUN_DIR/registry).")
+KIND_OPT = typer.Option("delta", "--kind", help="base | delta")
+
+
+def _registry_call(fn):
+    """Run a registry operation; a refused model is a clear message and exit 1, not a trace."""
+    from models.registry import RegistryError
+
+    try:
+        return fn()
+    except RegistryError as e:
+        console.print(f"[red]refused:[/red] {e}")
+        raise typer.Exit(1)
+
+
+@models_app.command("list")
+def models_list(registry: Path = REGISTRY_OPT, kind: str = KIND_OPT):
+    """Versions of a kind, oldest first; * marks the current one."""
+    from models.registry import Registry
+
+    reg = Registry(registry)
+    current = _registry_call(lambda: reg.current(kind))
+    t = Table(title=f"{kind} models in {registry}")
+    for col in ("", "version", "created (unix)", "spec fingerprint"):
+        t.add_column(col)
+    for v in _registry_call(lambda: reg.versions(kind)):
+        m = json.loads((registry / kind / v / "manifest.json").read_text()) if (registry / kind / v / "manifest.json").exists() else {}
+        t.add_row("*" if v == current else "", v, f"{m.get('created_unix', 0):.0f}", str(m.get("spec_fingerprint", "?")))
+    console.print(t)
+
+
+@models_app.command("show")
+def models_show(version: str = typer.Argument(...), registry: Path = REGISTRY_OPT, kind: str = KIND_OPT):
+    """Verify a version (checksums) and print its manifest."""
+    from models.registry import Registry
+
+    ref = _registry_call(lambda: Registry(registry).verify(kind, version))
+    console.print_json(json.dumps(ref.manifest))
+
+
+@models_app.command("promote")
+def models_promote(version: str = typer.Argument(...), registry: Path = REGISTRY_OPT, kind: str = KIND_OPT):
+    """Make VERSION current (refused, and the current one kept, if it is corrupted)."""
+    from models.registry import Registry
+
+    _registry_call(lambda: Registry(registry).promote(kind, version))
+    console.print(f"{kind} {version} is current")
+
+
+@models_app.command("rollback")
+def models_rollback(version: str = typer.Argument(...), registry: Path = REGISTRY_OPT, kind: str = KIND_OPT):
+    """Make an earlier VERSION current again."""
+    from models.registry import Registry
+
+    _registry_call(lambda: Registry(registry).rollback(kind, version))
+    console.print(f"{kind} rolled back to {version}")
+
+
 cluster_app = typer.Typer(help="A standalone Flink cluster from the pip-installed PyFlink "
                                 "(127.0.0.1 only).", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")

@@ -20,8 +20,6 @@ The online layer lives in a ValueState (checkpointed with the job).
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 
 from models.monitor import WindowMetrics
 from models.online import OnlineConfig, OnlineLayer
+from models.registry import Registry
 from pipelines.join import JoinConfig
 from runners.packing import json_lines, pack_table, unpack
 from transforms.apply import unpack_many as features
@@ -49,25 +48,13 @@ EXAMPLE_RANK = {"ex": 0, "lab": 1}  # a correction after the negative it fixes (
 
 
 def write_snapshot(registry: Path, layer: OnlineLayer, event_time: int) -> Path:
-    """A full FTRL snapshot as ``registry/delta/<seq>/`` (npz + manifest, no pickle), published
-    atomically. Idempotent: the same sequence number always holds the same weights."""
+    """A full FTRL snapshot as the registry's ``delta/<seq>/`` (npz + manifest, no pickle),
+    published atomically. Idempotent: the same sequence number always holds the same weights."""
     seq = layer.ftrl.updates
-    final = registry / "delta" / f"{seq:012d}"
-    if final.exists():
-        return final
-    tmp = registry / "delta" / f".{seq:012d}.inprogress-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "weights.npz").write_bytes(layer.ftrl.to_bytes())
-    (tmp / "manifest.json").write_text(json.dumps({
-        "kind": "ftrl_delta", "version": seq, "updates": seq, "event_time": event_time,
+    return Registry(registry).publish("delta", {"weights.npz": layer.ftrl.to_bytes()}, {
+        "model": "ftrl_delta", "updates": seq, "event_time": event_time,
         "spec_fingerprint": layer.spec_fingerprint, "dimension": layer.ftrl.dimension,
-        "params": layer.ftrl.params_dict(), "base_version": layer.base_version,
-        "created_unix": time.time()}, indent=1, sort_keys=True) + "\n")
-    try:
-        os.rename(tmp, final)
-    except OSError:  # another attempt published it first
-        pass
-    return final
+        "params": layer.ftrl.params_dict(), "base_version": layer.base_version}, version=f"{seq:012d}").path
 
 
 def _hours(ms: np.ndarray) -> list[tuple[str, str]]:
