@@ -110,6 +110,26 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         raise typer.Exit(1)
 
 
+@app.command()
+def backfill(event_dir: Path = typer.Argument(..., help="Historical event directory (JSONL)."),
+             artifact: Path = typer.Option(..., help="A fitted transform artifact (e.g. RUN_DIR/transform)."),
+             out: Path = typer.Option(..., help="Folder for examples.jsonl, late_labels.jsonl, dead_letter.jsonl."),
+             window_ms: int = typer.Option(3_600_000, help="Attribution window W."),
+             late_policy: str = typer.Option("sink", help="sink | correction"),
+             beam_arg: List[str] = typer.Option([], "--beam-arg", help="Beam pipeline option, repeatable.")):
+    """Joined examples from historical logs with Beam: the streaming job's join and features."""
+    from pipelines.backfill import backfill_examples
+    from pipelines.join import JoinConfig
+    from transforms.artifact import TransformArtifact
+
+    try:
+        join = JoinConfig(window_ms=window_ms, late_policy=late_policy)
+    except ValueError as e:
+        raise typer.BadParameter(str(e))
+    counts = backfill_examples(event_dir, TransformArtifact.load(artifact), join, out, beam_arg or None)
+    console.print(f"backfill -> {out}: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+
+
 @app.command("export-examples")
 def export_examples(run_dir: Path = typer.Argument(..., help="A run folder (RUN_DIR) of the streaming job.")):
     """Export the committed joined-example partitions of RUN_DIR as Parquet (by event-time

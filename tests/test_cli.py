@@ -23,7 +23,7 @@ def test_help_lists_subcommands():
 @pytest.mark.parametrize("cmd", SUBCOMMANDS + ["transforms", "transforms show", "transforms fit",
                                                "transforms backfill", "cluster", "cluster up", "cluster down",
                                                "cluster status", "submit", "savepoint", "cancel",
-                                               "export-examples", "models", "models list", "models show",
+                                               "export-examples", "backfill", "models", "models list", "models show",
                                                "models promote", "models rollback"])
 def test_every_subcommand_has_help(cmd):
     r = runner.invoke(app, [*cmd.split(), "--help"])
