@@ -33,9 +33,9 @@ from pathlib import Path
 from models.online import OnlineConfig
 from pipelines.events import SourceSpec
 from pipelines.join import JoinConfig
+from runners.packing import NO_TIME
 from transforms.flink_sql import _q, aggregates_sql, impressions_ddl, interval
 
-NO_TIME = -1  # a NULL time inside packed batches
 OUTPUTS = ("predictions", "updates", "examples", "late_labels", "dead_letter", "metrics")
 
 

@@ -32,12 +32,11 @@ from models.monitor import WindowMetrics
 from models.online import OnlineConfig, OnlineLayer
 from models.registry import Registry
 from pipelines.join import JoinConfig
-from runners.packing import json_lines, pack_table, unpack
+from runners.packing import NO_TIME, json_lines, pack_table, unpack
 from transforms.apply import unpack_many as features
 
 MAX_TIME = 2**62  # beyond any event; below the final watermark
 CARRY = -2**62  # buffer key of label outcomes carried over to the next tick
-NO_TIME = -1  # packed stand-in for a NULL time (Arrow batches carry no nullable ints here)
 
 LINE = Types.ROW_NAMED(["line"], [Types.STRING()])
 PARTITIONED_LINE = Types.ROW_NAMED(["line", "dt", "hr"], [Types.STRING(), Types.STRING(), Types.STRING()])
@@ -84,7 +83,7 @@ class Learner(KeyedProcessFunction):
         # one value (cached in the Python worker) beats a MapState round trip per tick
         self.pending = runtime_context.get_state(ValueStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         self.metrics_state = runtime_context.get_state(ValueStateDescriptor("metrics", Types.PICKLED_BYTE_ARRAY()))
-        self.metrics_window = int(c["job"].get("metrics_window") or 10_000)
+        self.metrics_window = int(c["job"]["metrics_window"])
         self.layer = None
         self.window = None
         self.end_timer = False

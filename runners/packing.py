@@ -19,6 +19,8 @@ import json
 
 import pyarrow as pa
 
+NO_TIME = -1  # a NULL time inside packed batches (they carry no nullable ints)
+
 
 def pack(columns: dict) -> bytes:
     """pandas Series (or sequences) of equal length -> one Arrow IPC stream."""
