@@ -67,7 +67,9 @@ class Featurize(beam.DoFn):
         for (e, r), idx, val in zip(batch, f.indices.tolist(), f.values.tolist()):
             lt = e["label_time"]
             yield {**e, "event_time": r["event_time"], "label_delay_ms": None if lt is None else lt - r["event_time"],
-                   "features": json.dumps({"indices": idx, "values": val}), "spec_fingerprint": self.art.spec.fingerprint()}
+                   "features": json.dumps({"indices": idx, "values": val}),
+                   "inputs": json.dumps({f.name: r.get(f.name) for f in self.schema if f.name not in ("event_id", "event_time")}),
+                   "spec_fingerprint": self.art.spec.fingerprint()}
 
 
 def backfill_examples(event_dir: str | Path, artifact: TransformArtifact, join: JoinConfig, out_dir: str | Path,

@@ -3,12 +3,15 @@
 The streaming job commits its joined examples as JSON lines (the pip PyFlink ships no Parquet
 format jar) under ``RUN_DIR/examples/dt=YYYY-MM-DD/hr=HH/``; Flink marks a partition committed
 with a ``_SUCCESS`` file. ``export_parquet`` turns every committed partition into one Parquet
-file with a fixed schema, ``RUN_DIR/examples_parquet/dt=.../hr=.../examples.parquet``, rows in
+file, ``RUN_DIR/examples_parquet/dt=.../hr=.../examples.parquet``: the fixed columns of
+``EXAMPLE_SCHEMA`` plus the raw model inputs as served (point-in-time, windowed aggregates
+included), one typed column each (``inputs_schema``: what TFX's Transform reads), rows in
 update order (``seq``), published atomically (write, then rename). It is idempotent and
 incremental: a partition is rewritten only when a JSON part file is newer than its Parquet
 file, so it can run while a follow-mode job is still committing. The TFX retrain reads these.
 
 >>> import json, tempfile
+>>> import pyarrow as pa
 >>> from pathlib import Path
 >>> run = Path(tempfile.mkdtemp())
 >>> part = run / "examples" / "dt=2017-11-07" / "hr=09"
@@ -16,10 +19,10 @@ file, so it can run while a follow-mode job is still committing. The TFX retrain
 >>> row = {"event_id": "e1", "event_time": 1510045200000, "resolution_time": 1510045260000,
 ...        "label": 1, "label_time": 1510045260000, "label_delay_ms": 60000, "kind": "label",
 ...        "weight": 1.0, "features": json.dumps({"indices": [3, 7], "values": [1.0, 0.5]}),
-...        "spec_fingerprint": "abc", "seq": 1}
+...        "inputs": "{}", "spec_fingerprint": "abc", "seq": 1}
 >>> _ = (part / "part-0").write_text(json.dumps(row) + "\\n")
 >>> _ = (part / "_SUCCESS").write_text("")
->>> [p.relative_to(run).as_posix() for p in export_parquet(run)]
+>>> [p.relative_to(run).as_posix() for p in export_parquet(run, pa.schema([]))]
 ['examples_parquet/dt=2017-11-07/hr=09/examples.parquet']
 >>> t = read_examples(run / "examples_parquet")
 >>> t.column("feature_indices").to_pylist(), t.column("hr").to_pylist()
@@ -52,7 +55,27 @@ EXAMPLE_SCHEMA = pa.schema([
 FILE = "examples.parquet"
 
 
-def _partition_rows(folder: Path) -> pa.Table:
+def inputs_schema(source, spec) -> pa.Schema:
+    """The raw inputs of ``spec`` as typed columns: a source's string fields, its numeric
+    fields (float64) and the windowed aggregates (int64), the way the streaming job served them."""
+    fields = [pa.field(n, pa.string()) for n in source.string_fields]
+    fields += [pa.field(n, pa.float64()) for n in source.numeric_fields]
+    fields += [pa.field(a.name, pa.int64()) for a in spec.aggregates]
+    return pa.schema(fields)
+
+
+def run_inputs_schema(run_dir: str | Path) -> pa.Schema:
+    """``inputs_schema`` of the run in ``run_dir`` (from its job.json: event log + artifact)."""
+    from pipelines.eventlog import read_manifest
+    from pipelines.events import SourceSpec
+    from transforms.artifact import TransformArtifact
+
+    job = json.loads((Path(run_dir) / "job.json").read_text())
+    source = SourceSpec.from_dict(read_manifest(job["event_dir"])["source"])
+    return inputs_schema(source, TransformArtifact.load(job["artifact"]).spec)
+
+
+def _partition_rows(folder: Path, inputs: pa.Schema) -> pa.Table:
     rows = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and not p.name.startswith((".", "_")):
@@ -63,13 +86,18 @@ def _partition_rows(folder: Path) -> pa.Table:
     cols = {f.name: [r.get(f.name) for r in rows] for f in EXAMPLE_SCHEMA if not f.name.startswith("feature_")}
     cols["feature_indices"] = [f["indices"] for f in feats]
     cols["feature_values"] = [f["values"] for f in feats]
-    return pa.table({f.name: pa.array(cols[f.name], f.type) for f in EXAMPLE_SCHEMA}, schema=EXAMPLE_SCHEMA)
+    raw = [json.loads(r.get("inputs") or "{}") for r in rows]
+    cols.update({f.name: [x.get(f.name) for x in raw] for f in inputs})
+    schema = pa.schema([*EXAMPLE_SCHEMA, *inputs])
+    return pa.table({f.name: pa.array(cols[f.name], f.type) for f in schema}, schema=schema)
 
 
-def export_parquet(run_dir: str | Path) -> list[Path]:
+def export_parquet(run_dir: str | Path, inputs: pa.Schema | None = None) -> list[Path]:
     """Export the committed JSON example partitions of ``run_dir``; returns the Parquet files
-    (re)written now."""
+    (re)written now. ``inputs``: the input columns (default: ``run_inputs_schema``)."""
     run_dir = Path(run_dir)
+    if inputs is None:
+        inputs = run_inputs_schema(run_dir)
     src, dst = run_dir / "examples", run_dir / "examples_parquet"
     written = []
     for success in sorted(src.glob("dt=*/hr=*/_SUCCESS")):
@@ -80,16 +108,20 @@ def export_parquet(run_dir: str | Path) -> list[Path]:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{FILE}.{os.getpid()}.tmp")
-        pq.write_table(_partition_rows(folder), tmp)
+        pq.write_table(_partition_rows(folder, inputs), tmp)
         os.replace(tmp, target)
         written.append(target)
     return written
 
 
-def read_examples(path: str | Path) -> pa.Table:
-    """All exported examples under ``path`` (Hive partitions ``dt``/``hr`` as string columns),
-    in learning order."""
+def read_examples(path: str | Path, files: list[Path] | None = None) -> pa.Table:
+    """All exported examples under ``path`` (or just ``files``), with the Hive partitions
+    ``dt``/``hr`` as string columns, in learning order."""
     part = ds.partitioning(pa.schema([("dt", pa.string()), ("hr", pa.string())]), flavor="hive")
-    table = ds.dataset(str(path), format="parquet", partitioning=part, schema=EXAMPLE_SCHEMA.append(
-        pa.field("dt", pa.string())).append(pa.field("hr", pa.string()))).to_table()
+    sources = [str(f) for f in files] if files is not None else str(path)
+    first = files[0] if files else next(Path(path).rglob(FILE), None)
+    schema = pq.read_schema(first) if first is not None else EXAMPLE_SCHEMA
+    schema = schema.append(pa.field("dt", pa.string())).append(pa.field("hr", pa.string()))
+    table = ds.dataset(sources, format="parquet", partitioning=part, partition_base_dir=str(path),
+                       schema=schema).to_table()
     return table.sort_by("seq")

@@ -97,7 +97,7 @@ UPDATE_COLUMNS = [("seq", "BIGINT"), ("event_id", "STRING"), ("resolution_time",
                   ("weights", "ARRAY<DOUBLE>")]
 EXAMPLE_COLUMNS = [("event_id", "STRING"), ("event_time", "BIGINT"), ("resolution_time", "BIGINT"),
                    ("label", "INT"), ("label_time", "BIGINT"), ("label_delay_ms", "BIGINT"),
-                   ("kind", "STRING"), ("weight", "DOUBLE"), ("features", "STRING"),
+                   ("kind", "STRING"), ("weight", "DOUBLE"), ("features", "STRING"), ("inputs", "STRING"),
                    ("spec_fingerprint", "STRING"), ("seq", "BIGINT"), ("dt", "STRING"), ("hr", "STRING")]
 LATE_COLUMNS = [("event_id", "STRING"), ("event_time", "BIGINT"), ("label_time", "BIGINT"),
                 ("label", "INT"), ("delay_ms", "BIGINT"), ("policy", "STRING")]
@@ -168,14 +168,14 @@ def join_sql(window_ms: int) -> str:
     a negative unless the first label (the earliest) fell in [t, t + W). Each output row is
     stamped with its resolution time + 1 ms, so windows over it are ticks of resolution time."""
     W = int(window_ms)
-    union = ("SELECT `event_id`, ts AS rt, 0 AS k, `event_time`, feat, CAST(NULL AS BIGINT) AS `label_time`, "
+    union = ("SELECT `event_id`, ts AS rt, 0 AS k, `event_time`, feat, inputs, CAST(NULL AS BIGINT) AS `label_time`, "
              "CAST(NULL AS INT) AS label FROM imp "
-             "UNION ALL SELECT `event_id`, jts, 1, CAST(NULL AS BIGINT), CAST(NULL AS BYTES), `label_time`, label "
-             "FROM labels_j "
-             "UNION ALL SELECT `event_id`, dts, 2, CAST(NULL AS BIGINT), CAST(NULL AS BYTES), "
+             "UNION ALL SELECT `event_id`, jts, 1, CAST(NULL AS BIGINT), CAST(NULL AS BYTES), CAST(NULL AS STRING), "
+             "`label_time`, label FROM labels_j "
+             "UNION ALL SELECT `event_id`, dts, 2, CAST(NULL AS BIGINT), CAST(NULL AS BYTES), CAST(NULL AS STRING), "
              "CAST(NULL AS BIGINT), CAST(NULL AS INT) FROM deadlines")
     over = ("SELECT `event_id`, rt, k, `label_time`, label, MAX(`event_time`) OVER w AS imp_time, "
-            "LAST_VALUE(feat) OVER w AS feat, MIN(`label_time`) OVER w AS first_label, "
+            "LAST_VALUE(feat) OVER w AS feat, LAST_VALUE(inputs) OVER w AS inputs, MIN(`label_time`) OVER w AS first_label, "
             "SUM(CASE WHEN k = 1 THEN 1 ELSE 0 END) OVER w AS n_lab, "
             "SUM(CASE WHEN k = 2 THEN 1 ELSE 0 END) OVER w AS n_dl "
             f"FROM ({union}) WINDOW w AS (PARTITION BY `event_id` ORDER BY rt "
@@ -184,7 +184,7 @@ def join_sql(window_ms: int) -> str:
     return (f"SELECT `event_id`, rt, CASE WHEN k = 1 THEN `label_time` ELSE imp_time + {W} END AS resolution_time, "
             f"imp_time AS `event_time`, CASE WHEN k = 1 THEN label ELSE 0 END AS label, "
             f"CASE WHEN k = 1 THEN `label_time` ELSE {NO_TIME} END AS `label_time`, "
-            f"CASE WHEN k = 1 THEN 'label' ELSE 'expired' END AS info, feat FROM ({over}) "
+            f"CASE WHEN k = 1 THEN 'label' ELSE 'expired' END AS info, feat, inputs FROM ({over}) "
             f"WHERE imp_time IS NOT NULL AND ((k = 1 AND n_lab = 1 AND `label_time` >= imp_time "
             f"AND `label_time` < imp_time + {W}) OR (k = 2 AND n_dl = 1 AND NOT COALESCE({in_window}, FALSE)))")
 
@@ -252,24 +252,27 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     args = ", ".join(_q(c) for c in ["event_time", *feature_cols])
     t_env.create_temporary_view("imp", t_env.sql_query(
         f"SELECT `event_id`, `event_time`, ts, featurize({args}) AS feat, "
-        f"COALESCE(CAST({_q(unit)} AS STRING), '') AS unit FROM imp_nth WHERE nth = 1"))
+        f"COALESCE(CAST({_q(unit)} AS STRING), '') AS unit, {json_object(feature_cols)} AS inputs "
+        f"FROM imp_nth WHERE nth = 1"))
     t_env.create_temporary_view("lab", t_env.sql_query("SELECT * FROM lab_nth WHERE nth = 1"))
     t_env.create_temporary_view("examples", t_env.sql_query(join_sql(W)))
 
     w, h = interval(W), interval(H)
-    carry_feat = "COALESCE(i.feat, X'')" if cfg.join.late_policy == "correction" else "X''"
+    correction = cfg.join.late_policy == "correction"
+    carry_feat = "COALESCE(i.feat, X'')" if correction else "X''"
+    carry_inputs = "COALESCE(i.inputs, '')" if correction else "''"
     outcomes = (f"SELECT l.`event_id`, l.lts, l.`label_time` AS resolution_time, "
                 f"COALESCE(i.`event_time`, {NO_TIME}) AS `event_time`, l.`label` AS label, l.`label_time`, "
                 f"CASE WHEN i.`event_id` IS NULL THEN 'unknown_impression' "
                 f"WHEN l.`label_time` < i.`event_time` THEN 'label_before_impression' ELSE 'late' END AS info, "
-                f"{carry_feat} AS feat "
-                f"FROM lab l LEFT JOIN (SELECT `event_id`, `event_time`, ts, feat FROM imp) i "
+                f"{carry_feat} AS feat, {carry_inputs} AS inputs "
+                f"FROM lab l LEFT JOIN (SELECT `event_id`, `event_time`, ts, feat, inputs FROM imp) i "
                 f"ON l.`event_id` = i.`event_id` AND i.ts >= l.lts - {h} AND i.ts <= l.lts + {w} "
                 f"WHERE i.`event_id` IS NULL OR l.`label_time` < i.`event_time` "
                 f"OR l.`label_time` >= i.`event_time` + {W}")
     t_env.create_temporary_view("outcomes", t_env.sql_query(outcomes))
 
-    ex_cols = ["event_id", "resolution_time", "event_time", "label", "label_time", "info", "feat"]
+    ex_cols = ["event_id", "resolution_time", "event_time", "label", "label_time", "info", "feat", "inputs"]
     t_env.create_temporary_function("pack_rows", make_pack(ex_cols))
     t_env.create_temporary_function("pack_imps", make_pack(["event_id", "event_time", "unit", "feat"]))
     tick = cfg.learn_tick_ms
@@ -346,7 +349,7 @@ def make_pack(columns: list[str]):
 
     types = {"event_id": DataTypes.STRING(), "event_time": DataTypes.BIGINT(), "unit": DataTypes.STRING(),
              "feat": DataTypes.BYTES(), "resolution_time": DataTypes.BIGINT(), "label": DataTypes.INT(),
-             "label_time": DataTypes.BIGINT(), "info": DataTypes.STRING()}
+             "label_time": DataTypes.BIGINT(), "info": DataTypes.STRING(), "inputs": DataTypes.STRING()}
 
     def pack_rows(*cols):
         from runners.packing import pack

@@ -188,7 +188,7 @@ class Learner(KeyedProcessFunction):
         """Learn the rows resolved before ``t`` in ``example_order``; returns the rest (only
         label outcomes can be resolved at ``t`` itself: an example at ``t`` is in the next
         tick)."""
-        cols = ("event_id", "resolution_time", "event_time", "label", "label_time", "info", "feat")
+        cols = ("event_id", "resolution_time", "event_time", "label", "label_time", "info", "feat", "inputs")
         rows = {c: [] for c in (*cols, "kind")}
         for kind, tab in batches:
             for c in cols:
@@ -263,7 +263,8 @@ class Learner(KeyedProcessFunction):
         feats = [json.dumps({"indices": i, "values": v}) for i, v in zip(idx.tolist(), vals.tolist())]
         cols = {"event_id": eids, "event_time": et.tolist(), "resolution_time": res.tolist(),
                 "label": y.astype(int).tolist(), "label_time": label_time, "label_delay_ms": delay, "kind": kinds,
-                "weight": wts.tolist(), "features": feats, "spec_fingerprint": layer.spec_fingerprint, "seq": seq}
+                "weight": wts.tolist(), "features": feats, "inputs": [rows["inputs"][j] for j in js],
+                "spec_fingerprint": layer.spec_fingerprint, "seq": seq}
         hours = _hours(et)
         for part in sorted(set(hours)):  # one value per event-time hour partition
             sel = [i for i, h in enumerate(hours) if h == part]

@@ -228,6 +228,7 @@ def test_beam_backfill_gives_the_streaming_examples(events, run, tmp_path):
         bf, ff = json.loads(b["features"]), json.loads(f["features"])
         assert bf["indices"] == ff["indices"]
         np.testing.assert_allclose(bf["values"], ff["values"], rtol=0, atol=0)
+        assert json.loads(b["inputs"]) == json.loads(f["inputs"])  # the raw inputs, aggregates included
     late = [json.loads(line) for line in (tmp_path / "bf" / "late_labels.jsonl").read_text().splitlines()]
     assert sorted((r["event_id"], r["label_time"]) for r in late) == \
            sorted((r["event_id"], r["label_time"]) for r in read_output(events / "run", "late_labels"))
