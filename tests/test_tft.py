@@ -89,3 +89,41 @@ def _tensors(instances: list[dict], feature_spec: dict) -> dict:
         else:
             out[k] = tf.constant(np.array(col, dtypes[f.dtype]))
     return out
+
+
+def test_optional_field_missing_from_a_whole_batch():
+    """A batch where no row has an optional field parses to a SparseTensor of dense_shape
+    [n, 0] (TFX Transform batches do this); it must read as all-missing, like the numpy path."""
+    from pipelines.events import GENERATOR
+    from pipelines.sources.generator import GeneratorConfig, generate
+    from pipelines.validate import BatchCollector, Validator, validate_lines
+    from transforms.aggregates import add_aggregates
+    from transforms.apply import apply
+    from transforms.artifact import fit
+    from transforms.spec import load_spec
+    from transforms.tf_apply import transform_tensors
+
+    spec = load_spec("generator")
+    tables = validate_lines(Validator(GENERATOR), BatchCollector(GENERATOR),
+                            generate(GeneratorConfig(events=300, seed=4)).lines, "g")
+    table = add_aggregates(spec, pa.concat_tables([t["impression"] for t in tables])).slice(0, 8)
+    art = fit(spec, table)
+    optional = {f.name for f in table.schema if f.nullable} - {"event_id"}
+    table = table.set_column(table.schema.get_field_index("user_age_days"), "user_age_days",
+                             pa.nulls(table.num_rows, pa.float64()))
+    feature_spec = _feature_spec(table.schema, optional)
+    tensors = {}
+    for k, f in feature_spec.items():
+        col = table.column(k).to_pylist()
+        if k == "user_age_days":
+            tensors[k] = tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], tf.float32), [len(col), 0])
+        elif isinstance(f, tf.io.VarLenFeature):
+            rows = [j for j, v in enumerate(col) if v is not None]
+            tensors[k] = tf.SparseTensor([[j, 0] for j in rows] or tf.zeros([0, 2], tf.int64),
+                                         tf.constant([col[j] for j in rows], f.dtype), [len(col), 1])
+        else:
+            tensors[k] = tf.constant(col, f.dtype)
+    out = transform_tensors(art, tensors)
+    expect = apply(art, table)
+    np.testing.assert_array_equal(out["ftrl_indices"].numpy(), expect.indices)
+    np.testing.assert_allclose(out["ftrl_values"].numpy(), expect.values, rtol=1e-6, atol=1e-6)

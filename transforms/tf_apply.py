@@ -31,6 +31,8 @@ from transforms.hashing import CROSS_SEPARATOR, NUL_REPLACEMENT
 def _dense(tf, x, default):
     """(values [batch], present [batch] bool) from a dense tensor or a SparseTensor [batch, 1]."""
     if isinstance(x, tf.SparseTensor):
+        # [batch, 1] even when no row of the batch has a value (dense_shape [batch, 0] then)
+        x = tf.SparseTensor(x.indices, x.values, tf.stack([x.dense_shape[0], tf.constant(1, tf.int64)]))
         ones = tf.SparseTensor(x.indices, tf.ones_like(x.values, dtype=tf.bool), x.dense_shape)
         present = tf.sparse.to_dense(ones, default_value=False)[:, 0]
         values = tf.sparse.to_dense(x, default_value=default)[:, 0]
