@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,8 @@ class Registry:
             return self._same_or_error(kind, version, sums)
         tmp = d / f".{version}.inprogress-{os.getpid()}"
         tmp.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
+        for name, data in files.items():  # names may be relative paths (a SavedModel's tree)
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
         full = {**manifest, "kind": kind, "version": version, "files": sums,
                 "created_unix": manifest.get("created_unix", time.time())}
@@ -93,9 +95,7 @@ class Registry:
         try:
             os.rename(tmp, final)
         except OSError:  # another writer published it first
-            for p in tmp.iterdir():
-                p.unlink()
-            tmp.rmdir()
+            shutil.rmtree(tmp)
             return self._same_or_error(kind, version, sums)
         return ModelRef(kind, version, final, full)
 

@@ -130,6 +130,65 @@ def backfill(event_dir: Path = typer.Argument(..., help="Historical event direct
     console.print(f"backfill -> {out}: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
 
 
+def _duration_ms(text: str) -> int:
+    """'6h', '90m', '2d', '3600000' (ms) -> milliseconds."""
+    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    for u in ("ms", "s", "m", "h", "d"):
+        if text.endswith(u) and text[: -len(u)].replace(".", "", 1).isdigit():
+            return int(float(text[: -len(u)]) * units[u])
+    if text.isdigit():
+        return int(text)
+    raise typer.BadParameter(f"not a duration: {text!r} (e.g. 6h, 90m, 2d)")
+
+
+def print_retrain(o: dict) -> None:
+    t = Table(title=f"TFX retrain, cutoff {o['cutoff']}: {o['status']}")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for split in ("train", "eval"):
+        c = o["counts"][split]
+        t.add_row(f"{split} examples (positives)", f"{c['examples']:,} ({c['positives']:,})")
+    ev = o.get("evaluation") or {}
+    for who in ("candidate", "champion"):
+        if who in ev:
+            m = ev[who]
+            auc = "-" if m["auc"] is None else f"{m['auc']:.4f}"
+            t.add_row(f"{who} logloss / AUC / calibration", f"{m['logloss']:.5f} / {auc} / {m['calibration']:.3f}")
+    if "infra" in o:
+        t.add_row("infra check", "ok" if o["infra"]["blessed"] else f"FAILED: {o['infra'].get('reason')}")
+    if ev:
+        t.add_row("blessed", "yes" if ev["blessed"] else "no: " + "; ".join(ev["reasons"]))
+    t.add_row("pushed version", str(o.get("version") or "-"))
+    t.add_row("wall time", f"{o['seconds']:.1f} s")
+    console.print(t)
+    if o.get("reason"):
+        console.print(f"[yellow]{o['reason']}[/yellow]")
+
+
+@app.command()
+def retrain(run: Path = typer.Option(Path("runs/local"), "--run", help="The run folder (RUN_DIR) whose joined "
+                                                                        "examples to train on."),
+            cutoff: Optional[int] = typer.Option(None, help="Event-time cutoff (epoch ms); default: everything "
+                                                            "resolved so far."),
+            train_hours: float = typer.Option(24.0, help="K: hours of event time to train on."),
+            eval_hours: float = typer.Option(2.0, help="E: the most recent hours, evaluated on."),
+            runner: str = typer.Option("local", help="local (LocalDagRunner) | beam (BeamDagRunner)."),
+            beam_arg: List[str] = typer.Option([], "--beam-arg", help="Beam pipeline option, repeatable "
+                                                                     "(e.g. --beam-arg=--runner=...).")):
+    """One TFX retrain of the base model now: rolling span -> validate -> Transform -> Trainer ->
+    infra check + evaluation vs the champion -> push into RUN_DIR/registry if blessed."""
+    from pipelines.retrain import RetrainConfig, retrain as run_retrain
+
+    if runner not in ("local", "beam"):
+        raise typer.BadParameter("runner must be local or beam")
+    cfg = RetrainConfig(train_hours=train_hours, eval_hours=eval_hours, runner=runner,
+                        **({"beam_pipeline_args": tuple(beam_arg)} if beam_arg else {}))
+    outcome = run_retrain(run, cutoff, cfg)
+    print_retrain(outcome)
+    if outcome["status"] == "failed":
+        raise typer.Exit(1)
+
+
 @app.command("export-examples")
 def export_examples(run_dir: Path = typer.Argument(..., help="A run folder (RUN_DIR) of the streaming job.")):
     """Export the committed joined-example partitions of RUN_DIR as Parquet (by event-time

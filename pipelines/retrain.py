@@ -1,0 +1,280 @@
+"""One TFX retrain of the base model over a run's joined examples, as a rolling span.
+
+``retrain(run_dir, cutoff)`` selects the span from ``RUN_DIR/examples_parquet`` (exported
+first), stages it as Parquet, and runs this TFX pipeline with LocalDagRunner (or
+BeamDagRunner with ``beam_pipeline_args``) and a sqlite ML Metadata store:
+
+    ExampleGen(Parquet) -> StatisticsGen -> [ImportSchemaGen | SchemaGen] -> ValidateSpan
+      -> Transform(shared TF transforms + the stream's artifact) -> Trainer(wide+deep, warm start)
+      -> InfraCheck + EvaluateCandidate (vs the champion) -> RegistryPush
+
+The span, in event time, with W the attribution window: every example in it was resolved
+before ``cutoff`` (no label the stream did not have at the cutoff):
+
+    train: [cutoff - W - E - K, cutoff - W - E)    eval: [cutoff - W - E, cutoff - W)
+
+K = ``train_hours``, E = ``eval_hours``. The pushed model's manifest records
+``train_end`` = cutoff - W - E: when the stream swaps it in, the online delta re-learns the
+examples from ``train_end`` on (``runners.learner``), so no example counts twice.
+
+The schema is frozen: ``pipelines/schemas/<spec>.pbtxt`` (the curated one, in the repo) if
+present, else the one SchemaGen inferred on this run dir's first retrain (kept as
+``RUN_DIR/retrain/schema.pbtxt``; copy it into the repo to curate it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+HOUR_MS = 3_600_000
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+SPAN_COLUMNS = ("event_id", "event_time", "resolution_time", "label", "weight", "feature_indices", "feature_values")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    train_hours: float = 24.0  # K
+    eval_hours: float = 2.0  # E
+    epochs: int = 2
+    batch_size: int = 512
+    embedding: int = 4
+    hidden: int = 8
+    l2: float = 1e-6
+    learning_rate: float = 0.01
+    seed: int = 0
+    warm_start: bool = True
+    # ValidateSpan: drift vs the previous span (L-infinity for strings, JS divergence for numbers)
+    drift_linf: float = 0.3
+    drift_jsd: float = 0.3
+    skew_linf: float = 0.3
+    # EvaluateCandidate: no worse than the champion
+    min_auc_delta: float = -0.005
+    max_logloss_ratio: float = 1.01
+    calibration_low: float = 0.5
+    calibration_high: float = 2.0
+    infra_sample: int = 256
+    min_examples: int = 200
+    runner: str = "local"  # local | beam
+    beam_pipeline_args: tuple[str, ...] = ("--direct_num_workers=1", "--direct_running_mode=in_memory")
+    schema: str | None = None  # an explicit schema.pbtxt; default: the curated one, else frozen per run
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RetrainConfig":
+        d = dict(d)
+        if "beam_pipeline_args" in d:
+            d["beam_pipeline_args"] = tuple(d["beam_pipeline_args"])
+        return cls(**d)
+
+
+@dataclass
+class Span:
+    cutoff: int
+    train: tuple[int, int]
+    eval: tuple[int, int]
+    dir: Path
+    counts: dict = field(default_factory=dict)
+
+
+def _job(run_dir: Path) -> dict:
+    return json.loads((run_dir / "job.json").read_text())
+
+
+def stage_span(run_dir: Path, cutoff: int, cfg: RetrainConfig, window_ms: int) -> Span:
+    """Write the span's train and eval Parquet files under ``RUN_DIR/retrain/spans/<cutoff>``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipelines.examples import FILE, read_examples
+
+    e_ms, k_ms = int(cfg.eval_hours * HOUR_MS), int(cfg.train_hours * HOUR_MS)
+    eval_range = (cutoff - window_ms - e_ms, cutoff - window_ms)
+    train_range = (eval_range[0] - k_ms, eval_range[0])
+    src = run_dir / "examples_parquet"
+    files = sorted(src.rglob(FILE))
+    span = Span(cutoff, train_range, eval_range, run_dir / "retrain" / "spans" / str(cutoff))
+    if span.dir.exists():
+        shutil.rmtree(span.dir)
+    table = read_examples(src, files) if files else None
+    for split, (lo, hi) in (("train", train_range), ("eval", eval_range)):
+        (span.dir / split).mkdir(parents=True)
+        if table is None:
+            span.counts[split] = {"examples": 0, "positives": 0}
+            continue
+        t = table.filter(pc.and_(pc.and_(pc.greater_equal(table["event_time"], lo), pc.less(table["event_time"], hi)),
+                                 pc.less(table["resolution_time"], cutoff)))
+        inputs = [f.name for f in table.schema if f.name not in {*SPAN_COLUMNS, "dt", "hr", "label_time",
+                                                                 "label_delay_ms", "kind", "spec_fingerprint",
+                                                                 "seq"}]
+        t = t.select([*SPAN_COLUMNS, *inputs])
+        t = t.set_column(t.schema.get_field_index("label"), "label", pc.cast(t["label"], pa.int64()))
+        pq.write_table(t, span.dir / split / "data.parquet")
+        span.counts[split] = {"examples": t.num_rows, "positives": int(pc.sum(t["label"]).as_py() or 0)}
+    return span
+
+
+def _schema_file(run_dir: Path, spec_name: str, cfg: RetrainConfig) -> Path | None:
+    for p in (cfg.schema, SCHEMAS / f"{spec_name}.pbtxt", run_dir / "retrain" / "schema.pbtxt"):
+        if p and Path(p).is_file():
+            return Path(p)
+    return None
+
+
+def build_pipeline(run_dir: Path, span: Span, cfg: RetrainConfig, job: dict, champion: dict | None,
+                   previous_stats: str | None):
+    from tfx import v1 as tfx
+    from tfx.components import FileBasedExampleGen
+    from tfx.dsl.components.base import executor_spec
+
+    from models.registry import Registry
+    from pipelines import parquet_example_gen
+    from pipelines.tfx_components import EvaluateCandidate, InfraCheck, RegistryPush, ValidateSpan
+    from transforms.artifact import TransformArtifact
+
+    art = TransformArtifact.load(job["artifact"])
+    spec = art.spec
+    fingerprint = spec.fingerprint()
+    report_dir = str(span.dir / "reports")
+    input_config = tfx.proto.Input(splits=[tfx.proto.Input.Split(name="train", pattern="train/*.parquet"),
+                                           tfx.proto.Input.Split(name="eval", pattern="eval/*.parquet")])
+    example_gen = FileBasedExampleGen(
+        input_base=str(span.dir), input_config=input_config,
+        custom_executor_spec=executor_spec.BeamExecutorSpec(parquet_example_gen.Executor))
+    stats = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_file = _schema_file(run_dir, spec.name, cfg)
+    if schema_file is not None:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=str(schema_file))
+    else:
+        schema_gen = tfx.components.SchemaGen(statistics=stats.outputs["statistics"], infer_feature_shape=True)
+    raw_inputs = ["event_time", *spec.input_fields()]
+    validate = ValidateSpan(statistics=stats.outputs["statistics"], schema=schema_gen.outputs["schema"],
+                            report_dir=report_dir, previous_statistics=previous_stats or "",
+                            drift_linf=cfg.drift_linf, drift_jsd=cfg.drift_jsd, skew_linf=cfg.skew_linf,
+                            features=json.dumps(raw_inputs + ["label"]))
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn="pipelines.tfx_module.preprocessing_fn",
+        custom_config={"artifact": str(Path(job["artifact"]).resolve())})
+    transform.add_upstream_node(validate)  # a span that fails validation trains nothing
+    width = len(spec.sparse_features())
+    train_cfg = {"dimension": spec.dimension, "width": width, "embedding": cfg.embedding, "hidden": cfg.hidden,
+                 "l2": cfg.l2, "learning_rate": cfg.learning_rate, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                 "seed": cfg.seed, "spec_fingerprint": fingerprint, "raw_inputs": raw_inputs,
+                 "warm_start": champion if (cfg.warm_start and champion and "path" in champion) else None}
+    trainer = tfx.components.Trainer(
+        run_fn="pipelines.tfx_module.run_fn", examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"], schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]), eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        custom_config=train_cfg)
+    infra = InfraCheck(model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+                       report_dir=report_dir, sample=cfg.infra_sample)
+    evaluate = EvaluateCandidate(model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+                                 report_dir=report_dir, champion=json.dumps(champion) if champion else "",
+                                 min_auc_delta=cfg.min_auc_delta, max_logloss_ratio=cfg.max_logloss_ratio,
+                                 calibration_low=cfg.calibration_low, calibration_high=cfg.calibration_high)
+    evaluate.add_upstream_node(infra)  # the evaluation report is read by the pusher after both
+    manifest = {"spec_fingerprint": fingerprint, "spec_name": spec.name, "dimension": spec.dimension,
+                "cutoff": span.cutoff, "train_range": list(span.train), "eval_range": list(span.eval),
+                "train_end": span.train[1], "counts": span.counts,
+                "parent": (champion or {}).get("version"), "run_dir": str(run_dir),
+                "retrain": cfg.to_dict()}
+    push = RegistryPush(model=trainer.outputs["model"], blessing=evaluate.outputs["blessing"],
+                        infra_blessing=infra.outputs["blessing"], registry=str(Registry(run_dir / "registry").root),
+                        manifest=json.dumps(manifest), report_dir=report_dir)
+    root = run_dir / "retrain"
+    return tfx.dsl.Pipeline(
+        pipeline_name="driftline-retrain", pipeline_root=str(root / "tfx"),
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(root / "metadata.sqlite")),
+        components=[example_gen, stats, schema_gen, validate, transform, trainer, infra, evaluate, push],
+        enable_cache=False, beam_pipeline_args=list(cfg.beam_pipeline_args))
+
+
+def champion_of(run_dir: Path, fingerprint: str) -> dict | None:
+    """The current base model of the run's registry (if it verifies and fits the spec)."""
+    from models.base import FILE
+    from models.registry import Registry, RegistryError
+
+    reg = Registry(run_dir / "registry")
+    version = reg.current("base")
+    if version is None:
+        return None
+    try:
+        ref = reg.verify("base", version, fingerprint=fingerprint)
+    except RegistryError:
+        return None
+    return {"path": str(ref.path / "assets.extra" / FILE), "version": version,
+            "spec_fingerprint": ref.manifest.get("spec_fingerprint")}
+
+
+def retrain(run_dir: str | Path, cutoff: int | None = None, cfg: RetrainConfig = RetrainConfig()) -> dict:
+    """Run one retrain; returns (and appends to ``RUN_DIR/retrain/outcomes.jsonl``) its outcome:
+    span, counts, validation, infra check, evaluation, pushed version, wall seconds."""
+    from pipelines.examples import export_parquet, read_examples
+    from transforms.artifact import TransformArtifact
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir).resolve()
+    job = _job(run_dir)
+    window_ms = int(job["join"]["window_ms"])
+    export_parquet(run_dir)
+    if cutoff is None:  # everything resolved so far
+        files = sorted((run_dir / "examples_parquet").rglob("examples.parquet"))
+        if not files:
+            raise ValueError(f"{run_dir} has no exported examples yet")
+        cutoff = int(max(read_examples(run_dir / "examples_parquet", files)["resolution_time"].to_pylist())) + 1
+    span = stage_span(run_dir, int(cutoff), cfg, window_ms)
+    state_file = run_dir / "retrain" / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    fingerprint = TransformArtifact.load(job["artifact"]).spec.fingerprint()
+    champion = champion_of(run_dir, fingerprint)
+    outcome = {"cutoff": span.cutoff, "train_range": list(span.train), "eval_range": list(span.eval),
+               "train_end": span.train[1], "counts": span.counts, "champion": (champion or {}).get("version"),
+               "pushed": False}
+    small = [s for s, c in span.counts.items() if c["examples"] < (cfg.min_examples if s == "train" else 1)]
+    if small or span.counts["eval"]["positives"] in (0, span.counts["eval"]["examples"]):
+        outcome["status"] = "skipped"
+        outcome["reason"] = f"not enough data in the span: {span.counts} (min_examples={cfg.min_examples})"
+    else:
+        pipeline = build_pipeline(run_dir, span, cfg, job, champion, state.get("previous_train_stats"))
+        try:
+            if cfg.runner == "beam":
+                from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
+
+                BeamDagRunner().run(pipeline)
+            else:
+                from tfx import v1 as tfx
+
+                tfx.orchestration.LocalDagRunner().run(pipeline)
+            outcome["status"] = "ok"
+        except Exception as e:  # noqa: BLE001 - reported in the outcome, and re-raised below
+            outcome["status"], outcome["reason"] = "failed", f"{type(e).__name__}: {e}"
+        reports = span.dir / "reports"
+        for name in ("validation", "infra", "evaluation", "push"):
+            if (reports / f"{name}.json").exists():
+                outcome[name] = json.loads((reports / f"{name}.json").read_text())
+        push = outcome.get("push") or {}
+        outcome.update(pushed=bool(push.get("pushed")), version=push.get("version"))
+        if (reports / "train_stats.pb").exists():
+            state["previous_train_stats"] = str(reports / "train_stats.pb")
+        frozen = run_dir / "retrain" / "schema.pbtxt"
+        if _schema_file(run_dir, TransformArtifact.load(job["artifact"]).spec.name, cfg) is None:
+            inferred = sorted((run_dir / "retrain" / "tfx").glob("SchemaGen/schema/*/schema.pbtxt"))
+            if inferred:
+                shutil.copyfile(inferred[-1], frozen)
+                outcome["schema_frozen"] = str(frozen)
+    outcome["seconds"] = round(time.perf_counter() - t0, 1)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps(state, indent=1) + "\n")
+    with open(run_dir / "retrain" / "outcomes.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(outcome, sort_keys=True, default=str) + "\n")
+    return outcome

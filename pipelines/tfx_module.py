@@ -1,0 +1,126 @@
+"""The user code of the TFX retrain: Transform's ``preprocessing_fn`` and Trainer's ``run_fn``.
+
+``preprocessing_fn`` is the shared transforms' TF implementation (``transforms.tf_apply``)
+with the *same fitted artifact* the streaming job serves (its path comes through
+``custom_config``), so the transform graph inside the SavedModel computes the streaming job's
+features (the infra check asserts it on every candidate).
+
+``run_fn`` trains ``build_keras_model`` on the transformed ``ftrl_indices``/``ftrl_values``:
+a wide logistic part plus a small bag-of-embeddings part, warm-started from the current base
+model when its feature spec (fingerprint and dimension) matches. It exports a SavedModel with
+two signatures -- ``serving_default`` (serialized raw tf.Examples -> ``logit``,
+``probabilities``) and ``transform_features`` (-> ``ftrl_indices``, ``ftrl_values``) -- and the
+same weights as ``base_model.npz`` (``models.base.BaseModel``) for the streaming scorer.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TF 2.16 + TFX: Keras 2 (tf-keras)
+
+LABEL = "label"
+NPZ_DIR = "assets.extra"
+
+
+def preprocessing_fn(inputs: dict, custom_config: dict) -> dict:
+    from transforms.artifact import TransformArtifact
+    from transforms.tf_apply import make_preprocessing_fn
+
+    out = make_preprocessing_fn(TransformArtifact.load(custom_config["artifact"]))(inputs)
+    return {k: out[k] for k in ("ftrl_indices", "ftrl_values", LABEL)}
+
+
+def build_keras_model(dimension: int, width: int, embedding: int, hidden: int, l2: float, lr: float):
+    """wide + deep over the hashed features; the layer names are what ``to_base_model`` reads."""
+    import tensorflow as tf
+
+    idx = tf.keras.Input((width,), dtype=tf.int64, name="ftrl_indices")
+    val = tf.keras.Input((width,), dtype=tf.float32, name="ftrl_values")
+    reg = tf.keras.regularizers.l2(l2) if l2 else None
+    wide = tf.keras.layers.Embedding(dimension, 1, embeddings_initializer="zeros", embeddings_regularizer=reg,
+                                     name="wide")(idx)
+    wide_logit = tf.reduce_sum(wide[:, :, 0] * val, axis=1, keepdims=True)
+    emb = tf.keras.layers.Embedding(dimension, embedding, embeddings_regularizer=reg, name="emb")(idx)
+    bag = tf.reduce_sum(emb * val[:, :, None], axis=1)
+    h = tf.keras.layers.Dense(hidden, activation="relu", name="hidden")(bag)
+    deep_logit = tf.keras.layers.Dense(1, name="out")(h)
+    logit = tf.keras.layers.Add(name="logit")([wide_logit, deep_logit])
+    model = tf.keras.Model([idx, val], logit)
+    model.compile(optimizer=tf.keras.optimizers.Adam(lr),
+                  loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+    return model
+
+
+def to_base_model(model):
+    from models.base import BaseModel
+
+    w1, b1 = model.get_layer("hidden").get_weights()
+    w2, b2 = model.get_layer("out").get_weights()
+    return BaseModel(wide=model.get_layer("wide").get_weights()[0][:, 0], emb=model.get_layer("emb").get_weights()[0],
+                     w1=w1, b1=b1, w2=w2[:, 0], b2=b2[0])
+
+
+def set_from_base_model(model, base) -> None:
+    model.get_layer("wide").set_weights([base.wide[:, None]])
+    model.get_layer("emb").set_weights([base.emb])
+    model.get_layer("hidden").set_weights([base.w1, base.b1])
+    model.get_layer("out").set_weights([base.w2[:, None], base.b2.reshape(1)])
+
+
+def run_fn(fn_args) -> None:
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    from tfx_bsl.public import tfxio
+
+    from models.base import FILE, BaseModel
+
+    cfg = fn_args.custom_config
+    tf.keras.utils.set_random_seed(int(cfg.get("seed", 0)))
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    schema = tf_transform_output.transformed_metadata.schema
+
+    def dataset(files, epochs):
+        ds = fn_args.data_accessor.tf_dataset_factory(
+            files, tfxio.TensorFlowDatasetOptions(batch_size=int(cfg["batch_size"]), label_key=LABEL,
+                                                  num_epochs=epochs, shuffle=False), schema)
+        return ds.map(lambda x, y: ({k: x[k] for k in ("ftrl_indices", "ftrl_values")}, tf.cast(y, tf.float32)))
+
+    model = build_keras_model(int(cfg["dimension"]), int(cfg["width"]), int(cfg["embedding"]), int(cfg["hidden"]),
+                              float(cfg["l2"]), float(cfg["learning_rate"]))
+    warm = cfg.get("warm_start")
+    started_from = None
+    if warm:
+        base = BaseModel.from_bytes(Path(warm["path"]).read_bytes())
+        shapes_match = (base.dimension == int(cfg["dimension"]) and base.emb.shape[1] == int(cfg["embedding"])
+                        and base.w1.shape[1] == int(cfg["hidden"]))
+        if warm.get("spec_fingerprint") == cfg["spec_fingerprint"] and shapes_match:
+            set_from_base_model(model, base)
+            started_from = warm["version"]
+    history = model.fit(dataset(fn_args.train_files, int(cfg["epochs"])), verbose=0)
+    eval_loss = model.evaluate(dataset(fn_args.eval_files, 1), verbose=0)
+
+    raw_spec = tf_transform_output.raw_feature_spec()
+    needed = set(cfg["raw_inputs"])
+    serving_spec = {k: v for k, v in raw_spec.items() if k in needed}
+    model.tft_layer = tf_transform_output.transform_features_layer()
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(serialized):
+        t = model.tft_layer(tf.io.parse_example(serialized, serving_spec))
+        return {"ftrl_indices": t["ftrl_indices"], "ftrl_values": t["ftrl_values"]}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve(serialized):
+        t = transform_features(serialized)
+        logit = model(t)[:, 0]
+        return {"logit": logit, "probabilities": tf.sigmoid(logit)}
+
+    out = Path(fn_args.serving_model_dir)
+    model.save(str(out), save_format="tf", signatures={"serving_default": serve, "transform_features": transform_features})
+    (out / NPZ_DIR).mkdir(parents=True, exist_ok=True)
+    (out / NPZ_DIR / FILE).write_bytes(to_base_model(model).to_bytes())
+    (out / NPZ_DIR / "training.json").write_text(json.dumps({
+        "warm_started_from": started_from, "train_loss": float(history.history["loss"][-1]),
+        "eval_loss": float(eval_loss), "epochs": int(cfg["epochs"])}, indent=1) + "\n")
