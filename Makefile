@@ -8,9 +8,10 @@ PYTEST_ARGS ?=
 venv:
 	@tools/bootstrap.sh
 
-## run: the main job on embedded defaults: seeded generator -> Flink mini-cluster job -> summary
+## run: the full loop on embedded defaults: seeded generator -> Flink mini-cluster job -> scheduled TFX
+##      retrains every 2h of event time -> base-model swaps -> summary
 run: venv
-	$(VENV)/bin/driftline run --out runs/local
+	$(VENV)/bin/driftline run --out runs/local --retrain-every 2h --eval-hours 0.5
 
 ## test: the whole test suite; pytest's "no tests collected" (exit 5) counts as a failure
 test: venv

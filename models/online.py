@@ -8,7 +8,14 @@ same event log always gives the same weights.
 Until a TFX base model exists, the base is a constant prior: the positive rate of the examples
 whose attribution window has closed (with ``prior_strength`` pseudo-examples at
 ``prior_rate``). Counting a positive only when its window closes, as its negatives are, keeps
-the rate unbiased by label delay; it is a function of the example order only.
+the rate unbiased by label delay; it is a function of the example order only. The prior keeps
+counting after a swap: it is the fallback if a base model must be dropped.
+
+``swap_base`` puts a TFX base model (``models.base.BaseModel``) underneath and *rebases* the
+delta: the FTRL weights were learned on the old base's residual, so they are reset and the
+examples the new base was not trained on (event time from its ``train_end`` on, from the
+caller's replay buffer) are re-learned on the new residual, in their original order. Each
+example is then counted once, by one of the two layers, and no freshness is lost.
 
 >>> from models.ftrl import FTRLParams
 >>> layer = OnlineLayer(OnlineConfig(ftrl=FTRLParams(l1=0.0)), dimension=8, spec_fingerprint="f")
@@ -18,6 +25,13 @@ the rate unbiased by label delay; it is a function of the example order only.
 >>> upd = layer.learn("e1", 10, [1, 5], [1.0, 1.0], label=1)
 >>> upd["seq"], upd["indices"]
 (1, [1, 5])
+>>> from models.base import BaseModel
+>>> replay = {"resolution_time": [10], "indices": [[1, 5]], "values": [[1.0, 1.0]], "label": [1], "weight": [1.0]}
+>>> layer.swap_base(BaseModel.zeros(8, bias=-1.0), "000000000001", replay)
+1
+>>> rec = layer.score("e2", 20, [1, 5], [1.0, 1.0], unit="u1")
+>>> rec["base_version"], rec["base_logit"], rec["delta_version"]
+('000000000001', -1.0, 1)
 """
 from __future__ import annotations
 
@@ -76,19 +90,49 @@ class OnlineLayer:
         self.positives = 0.0
         self.examples = 0
         self._open: list[tuple[int, int, float]] = []  # heap: (window close, seq, label) to count
+        self.base = None  # a models.base.BaseModel once one is swapped in
+        self.base_id: str | None = None
 
     # ---- the base model (a constant prior until the registry has a TFX model) --------------
     @property
     def base_version(self) -> str:
-        return "prior"
+        return self.base_id or "prior"
 
     def base_logit(self) -> float:
+        """The constant prior's logit (the base until a TFX model is swapped in)."""
         c = self.cfg
         return logit((self.positives + c.prior_rate * c.prior_strength) / (self.examples + c.prior_strength))
 
+    def base_logits(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray | float:
+        """Per-row base logits of a batch (the TFX model), or the prior's scalar."""
+        if self.base is None:
+            return self.base_logit()
+        return np.clip(self.base.logits(indices, values), -LOGIT_CLIP, LOGIT_CLIP)
+
+    def swap_base(self, model, version: str, replay: dict) -> int:
+        """Serve ``model`` as the base from now on and rebase the delta: reset FTRL, then
+        re-learn ``replay`` (columns ``resolution_time``, ``indices``, ``values``, ``label``,
+        ``weight``, in learning order: the examples after the new base's training data) on the
+        new residual. The update sequence (``delta_version``) keeps counting stream examples:
+        the re-learned ones were counted when they arrived. Returns how many were re-learned."""
+        if model.dimension != self.ftrl.dimension:
+            raise ValueError(f"base model dimension {model.dimension} != the served {self.ftrl.dimension}")
+        seq = self.ftrl.updates
+        self.base, self.base_id = model, version
+        self.ftrl = FTRL(self.cfg.ftrl, self.ftrl.dimension)
+        m = len(replay["label"])
+        if m:
+            idx = np.asarray(replay["indices"], np.int64)
+            vals = np.asarray(replay["values"], np.float32)
+            self.ftrl.learn_batch(idx, vals, np.asarray(replay["label"], np.float64),
+                                  np.asarray(self.base.logits(idx, vals), np.float64),
+                                  np.asarray(replay["weight"], np.float64))
+        self.ftrl.updates = seq
+        return m
+
     # ---- serving ---------------------------------------------------------------------------
     def score(self, event_id: str, event_time: int, indices, values, unit: str) -> dict:
-        base = self.base_logit()
+        base = self._one_base(indices, values)
         delta = self.ftrl.predict_logit(indices, values)
         arm = arm_of(unit, self.cfg.hybrid_share)
         if not self.cfg.enabled:
@@ -105,8 +149,9 @@ class OnlineLayer:
 
     def score_batch(self, indices: np.ndarray, values: np.ndarray, units: list[str]) -> dict:
         """``score`` for a batch [m, k] with the current weights: columns ``p``, ``delta_logit``,
-        ``arm``, ``served``, ``base_only_reason`` and the scalars every row shares."""
-        base = self.base_logit()
+        ``arm``, ``served``, ``base_only_reason``, ``base_logit`` (a column with a TFX base
+        model, else the prior's scalar) and the scalars every row shares."""
+        base = self.base_logits(indices, values) if len(units) else self.base_logit()
         delta = self.ftrl.predict_logits(indices, values) if len(units) else np.zeros(0)
         share = self.cfg.hybrid_share
         arms = [("hybrid" if share >= 1.0 else "base" if share <= 0.0 else arm_of(u, share)) for u in units]
@@ -115,7 +160,8 @@ class OnlineLayer:
         why = ["" if h else ("disabled" if not self.cfg.enabled else "ab_arm") for h in hybrid]
         return {"p": 1.0 / (1.0 + np.exp(-logits)), "delta_logit": delta, "arm": arms,
                 "served": np.where(hybrid, "hybrid", "base_only").tolist(), "base_only_reason": why,
-                "base_logit": base, "base_version": self.base_version, "delta_version": self.ftrl.updates,
+                "base_logit": base.tolist() if isinstance(base, np.ndarray) else base,
+                "base_version": self.base_version, "delta_version": self.ftrl.updates,
                 "spec_fingerprint": self.spec_fingerprint}
 
     def learn_batch(self, resolution_times: np.ndarray, indices: np.ndarray, values: np.ndarray,
@@ -130,16 +176,23 @@ class OnlineLayer:
             while self._open and self._open[0][0] <= r:
                 self.positives += heapq.heappop(self._open)[2]
                 self.examples += 1
-            base[j] = self.base_logit()
+            base[j] = self.base_logit()  # the prior: counted even under a TFX base (fallback)
             seq = self.ftrl.updates + j + 1
             if window_close[j] > r:
                 heapq.heappush(self._open, (int(window_close[j]), seq, float(labels[j])))
             else:
                 self.positives += float(labels[j])
                 self.examples += 1
+        if self.base is not None and m:
+            base = np.asarray(self.base_logits(indices, values), np.float64)
         first = self.ftrl.updates + 1
         p_before, w = self.ftrl.learn_batch(indices, values, labels, base, weights)
         return {"seq": np.arange(first, first + m), "p_before": p_before, "weights": w, "base_logit": base}
+
+    def _one_base(self, indices, values) -> float:
+        if self.base is None:
+            return self.base_logit()
+        return float(self.base_logits(np.asarray([indices], np.int64), np.asarray([values], np.float32))[0])
 
     # ---- learning --------------------------------------------------------------------------
     def learn(self, event_id: str, resolution_time: int, indices, values, label: int,
@@ -150,7 +203,7 @@ class OnlineLayer:
         while self._open and self._open[0][0] <= resolution_time:
             self.positives += heapq.heappop(self._open)[2]
             self.examples += 1
-        base = self.base_logit()
+        base = self._one_base(indices, values)
         p, idx, w = self.ftrl.learn_one(indices, values, label, base_logit=base, weight=weight)
         if window_close is not None and window_close > resolution_time:
             heapq.heappush(self._open, (window_close, self.ftrl.updates, float(label)))

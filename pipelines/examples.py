@@ -81,7 +81,12 @@ def _partition_rows(folder: Path, inputs: pa.Schema) -> pa.Table:
         if p.is_file() and not p.name.startswith((".", "_")):
             with open(p, encoding="utf-8") as f:
                 rows += [json.loads(line) for line in f if line.strip()]
-    rows.sort(key=lambda r: r["seq"])
+    return rows_to_table(rows, inputs)
+
+
+def rows_to_table(rows: list[dict], inputs: pa.Schema) -> pa.Table:
+    """Example records (the job's JSON lines, parsed) -> the Parquet table, in ``seq`` order."""
+    rows = sorted(rows, key=lambda r: r["seq"])
     feats = [json.loads(r.pop("features")) for r in rows]
     cols = {f.name: [r.get(f.name) for r in rows] for f in EXAMPLE_SCHEMA if not f.name.startswith("feature_")}
     cols["feature_indices"] = [f["indices"] for f in feats]

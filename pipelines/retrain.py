@@ -34,6 +34,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 HOUR_MS = 3_600_000
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
+SEGMENTS = "retrain/segments"
+CONFIG = "retrain/config.json"
 SPAN_COLUMNS = ("event_id", "event_time", "resolution_time", "label", "weight", "feature_indices", "feature_values")
 
 
@@ -88,8 +90,9 @@ def _job(run_dir: Path) -> dict:
     return json.loads((run_dir / "job.json").read_text())
 
 
-def stage_span(run_dir: Path, cutoff: int, cfg: RetrainConfig, window_ms: int) -> Span:
-    """Write the span's train and eval Parquet files under ``RUN_DIR/retrain/spans/<cutoff>``."""
+def stage_span(run_dir: Path, cutoff: int, cfg: RetrainConfig, window_ms: int, source: str = "sink") -> Span:
+    """Write the span's train and eval Parquet files under ``RUN_DIR/retrain/spans/<cutoff>``,
+    from the exported example sink (``source="sink"``) or the job's segments (``"segments"``)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -99,12 +102,16 @@ def stage_span(run_dir: Path, cutoff: int, cfg: RetrainConfig, window_ms: int) -
     e_ms, k_ms = int(cfg.eval_hours * HOUR_MS), int(cfg.train_hours * HOUR_MS)
     eval_range = (cutoff - window_ms - e_ms, cutoff - window_ms)
     train_range = (eval_range[0] - k_ms, eval_range[0])
-    src = run_dir / "examples_parquet"
-    files = sorted(src.rglob(FILE))
     span = Span(cutoff, train_range, eval_range, run_dir / "retrain" / "spans" / str(cutoff))
     if span.dir.exists():
         shutil.rmtree(span.dir)
-    table = read_examples(src, files) if files else None
+    if source == "segments":  # written by the job itself at each boundary (runners.learner)
+        files = sorted((run_dir / SEGMENTS).glob("*.parquet"))
+        table = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+    else:  # the committed example sink, exported to Parquet
+        src = run_dir / "examples_parquet"
+        files = sorted(src.rglob(FILE))
+        table = read_examples(src, files) if files else None
     for split, (lo, hi) in (("train", train_range), ("eval", eval_range)):
         (span.dir / split).mkdir(parents=True)
         if table is None:
@@ -120,6 +127,13 @@ def stage_span(run_dir: Path, cutoff: int, cfg: RetrainConfig, window_ms: int) -
         pq.write_table(t, span.dir / split / "data.parquet")
         span.counts[split] = {"examples": t.num_rows, "positives": int(pc.sum(t["label"]).as_py() or 0)}
     return span
+
+
+def _logit(positives: int, n: int) -> float:
+    import math
+
+    p = (positives + 0.5) / (n + 1.0)
+    return math.log(p / (1 - p))
 
 
 def _schema_file(run_dir: Path, spec_name: str, cfg: RetrainConfig) -> Path | None:
@@ -156,10 +170,11 @@ def build_pipeline(run_dir: Path, span: Span, cfg: RetrainConfig, job: dict, cha
     else:
         schema_gen = tfx.components.SchemaGen(statistics=stats.outputs["statistics"], infer_feature_shape=True)
     raw_inputs = ["event_time", *spec.input_fields()]
+    # drift and skew are watched on the model's inputs and the label; event time moves by design
     validate = ValidateSpan(statistics=stats.outputs["statistics"], schema=schema_gen.outputs["schema"],
                             report_dir=report_dir, previous_statistics=previous_stats or "",
                             drift_linf=cfg.drift_linf, drift_jsd=cfg.drift_jsd, skew_linf=cfg.skew_linf,
-                            features=json.dumps(raw_inputs + ["label"]))
+                            features=json.dumps([*spec.input_fields(), "label"]))
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn="pipelines.tfx_module.preprocessing_fn",
@@ -169,7 +184,8 @@ def build_pipeline(run_dir: Path, span: Span, cfg: RetrainConfig, job: dict, cha
     train_cfg = {"dimension": spec.dimension, "width": width, "embedding": cfg.embedding, "hidden": cfg.hidden,
                  "l2": cfg.l2, "learning_rate": cfg.learning_rate, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
                  "seed": cfg.seed, "spec_fingerprint": fingerprint, "raw_inputs": raw_inputs,
-                 "warm_start": champion if (cfg.warm_start and champion and "path" in champion) else None}
+                 "warm_start": champion if (cfg.warm_start and champion and "path" in champion) else None,
+                 "prior_logit": _logit(span.counts["train"]["positives"], span.counts["train"]["examples"])}
     trainer = tfx.components.Trainer(
         run_fn="pipelines.tfx_module.run_fn", examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"], schema=schema_gen.outputs["schema"],
@@ -216,28 +232,84 @@ def champion_of(run_dir: Path, fingerprint: str) -> dict | None:
             "spec_fingerprint": ref.manifest.get("spec_fingerprint")}
 
 
-def retrain(run_dir: str | Path, cutoff: int | None = None, cfg: RetrainConfig = RetrainConfig()) -> dict:
+def run_config(run_dir: str | Path) -> RetrainConfig:
+    """The run's retrain settings (``RUN_DIR/retrain/config.json``, written by ``driftline
+    run``), else the defaults."""
+    p = Path(run_dir) / CONFIG
+    return RetrainConfig.from_dict(json.loads(p.read_text())) if p.exists() else RetrainConfig()
+
+
+def write_segment(run_dir: str | Path, name: str, lines: list[str]) -> Path:
+    """The job's examples since its last boundary (its JSON lines) as a Parquet segment, for
+    scheduled retrains: they need no checkpoint-committed sink. Idempotent (atomic rename)."""
+    import pyarrow.parquet as pq
+
+    from pipelines.examples import rows_to_table, run_inputs_schema
+
+    d = Path(run_dir) / SEGMENTS
+    d.mkdir(parents=True, exist_ok=True)
+    target = d / f"{name}.parquet"
+    tmp = d / f".{name}.{os.getpid()}.tmp"
+    pq.write_table(rows_to_table([json.loads(x) for x in lines], run_inputs_schema(run_dir)), tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def launch(run_dir: str | Path, cutoff: int, python: str):
+    """Start ``driftline retrain --source segments --cutoff CUTOFF`` in the background (a
+    process of its own: TensorFlow stays out of the stream's Python worker); log in
+    ``RUN_DIR/retrain/logs/CUTOFF.log``."""
+    import subprocess
+
+    logs = Path(run_dir) / "retrain" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{cutoff}.log", "wb") as log:
+        return subprocess.Popen([python, "-m", "runners.cli", "retrain", "--run", str(run_dir), "--cutoff",
+                                 str(cutoff), "--source", "segments"], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+
+
+def outcome_for(run_dir: str | Path, cutoff: int) -> dict | None:
+    """The last recorded outcome of the retrain with this cutoff, if any."""
+    p = Path(run_dir) / "retrain" / "outcomes.jsonl"
+    found = None
+    if p.exists():
+        for line in p.read_text().splitlines():
+            if line.strip() and json.loads(line).get("cutoff") == cutoff:
+                found = json.loads(line)
+    return found
+
+
+def retrain(run_dir: str | Path, cutoff: int | None = None, cfg: RetrainConfig | None = None,
+            source: str = "sink") -> dict:
     """Run one retrain; returns (and appends to ``RUN_DIR/retrain/outcomes.jsonl``) its outcome:
-    span, counts, validation, infra check, evaluation, pushed version, wall seconds."""
+    span, counts, validation, infra check, evaluation, pushed version, wall seconds.
+    ``source``: the exported example sink, or the segments a scheduled job writes."""
     from pipelines.examples import export_parquet, read_examples
     from transforms.artifact import TransformArtifact
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir).resolve()
+    cfg = cfg or run_config(run_dir)
     job = _job(run_dir)
     window_ms = int(job["join"]["window_ms"])
-    export_parquet(run_dir)
+    if source not in ("sink", "segments"):
+        raise ValueError(f"source must be sink or segments, not {source!r}")
+    if source == "sink":
+        export_parquet(run_dir)
     if cutoff is None:  # everything resolved so far
+        if source == "segments":
+            raise ValueError("a retrain from segments needs its cutoff")
         files = sorted((run_dir / "examples_parquet").rglob("examples.parquet"))
         if not files:
             raise ValueError(f"{run_dir} has no exported examples yet")
         cutoff = int(max(read_examples(run_dir / "examples_parquet", files)["resolution_time"].to_pylist())) + 1
-    span = stage_span(run_dir, int(cutoff), cfg, window_ms)
+    span = stage_span(run_dir, int(cutoff), cfg, window_ms, source)
     state_file = run_dir / "retrain" / "state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     fingerprint = TransformArtifact.load(job["artifact"]).spec.fingerprint()
     champion = champion_of(run_dir, fingerprint)
-    outcome = {"cutoff": span.cutoff, "train_range": list(span.train), "eval_range": list(span.eval),
+    outcome = {"cutoff": span.cutoff, "source": source, "train_range": list(span.train), "eval_range": list(span.eval),
                "train_end": span.train[1], "counts": span.counts, "champion": (champion or {}).get("version"),
                "pushed": False}
     small = [s for s, c in span.counts.items() if c["examples"] < (cfg.min_examples if s == "train" else 1)]

@@ -98,6 +98,11 @@ def run_fn(fn_args) -> None:
         if warm.get("spec_fingerprint") == cfg["spec_fingerprint"] and shapes_match:
             set_from_base_model(model, base)
             started_from = warm["version"]
+    if started_from is None and cfg.get("prior_logit") is not None:
+        # a cold start begins at the span's positive rate, not at p = 0.5: with few steps
+        # (a small span) it would otherwise end badly calibrated
+        out_layer = model.get_layer("out")
+        out_layer.set_weights([out_layer.get_weights()[0], out_layer.get_weights()[1] * 0 + float(cfg["prior_logit"])])
     history = model.fit(dataset(fn_args.train_files, int(cfg["epochs"])), verbose=0)
     eval_loss = model.evaluate(dataset(fn_args.eval_files, 1), verbose=0)
 

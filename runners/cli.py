@@ -68,6 +68,18 @@ def _print_run(summary: dict) -> None:
                   f"{fmt(w['window_logloss'])} / {fmt(w['window_auc'])}")
     if summary.get("seconds"):
         t.add_row("job seconds (incl. start-up)", f"{summary['seconds']:.1f}")
+    for r in summary.get("retrains") or []:
+        what = f"pushed {r['version']}" if r["pushed"] else (
+            "not blessed" if r.get("blessed") is False else f"{r['status']}")
+        t.add_row(f"retrain, cutoff {r['cutoff']}", f"{what} ({r['seconds']} s)")
+    for w in summary.get("swaps") or []:
+        if w["outcome"] == "live":
+            t.add_row(f"swap to base {w['version']}", f"live at {w['live_at']}, re-learned {w['relearned']:,}")
+        else:
+            t.add_row(f"swap at {w.get('live_at')}", f"{w['outcome']}: {w.get('reason') or w.get('version')}")
+    if summary.get("base_versions"):
+        t.add_row("predictions per base version",
+                  ", ".join(f"{k}: {v:,}" for k, v in sorted(summary["base_versions"].items())))
     console.print(t)
     console.print("outputs: " + ", ".join(f"{k}={v}" for k, v in summary["outputs"].items()))
     console.print(f"summary: {summary['run_dir']}/summary.json")
@@ -86,9 +98,16 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         late_policy: str = typer.Option("sink", help="sink | correction"),
         hybrid_share: float = typer.Option(1.0, help="A/B: share of units served hybrid."),
         follow: bool = typer.Option(False, help="Keep monitoring the event directory (unbounded)."),
+        retrain_every: Optional[str] = typer.Option(None, help="Scheduled TFX retrains every this much event "
+                                                                "time (e.g. 6h, 90m); default: none (the job "
+                                                                "watches the registry instead)."),
+        swap_delay: str = typer.Option("30m", help="Event time from a retrain boundary to its model going live."),
+        train_hours: float = typer.Option(24.0, help="Retrains: K, hours of event time to train on."),
+        eval_hours: float = typer.Option(2.0, help="Retrains: E, the most recent hours, evaluated on."),
         data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
     """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
-    -> FTRL; writes outputs and RUN_DIR/summary.json, prints a summary."""
+    -> FTRL (-> scheduled TFX retrains -> base-model swaps); writes outputs and
+    RUN_DIR/summary.json, prints a summary."""
     from pipelines.join import JoinConfig
     from models.online import OnlineConfig
     from runners.local import prepare_events
@@ -104,7 +123,14 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     except (DataDirMissing, ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
-    summary = run_stream(event_dir, out, spec or source, join, online, artifact, follow=follow)
+    job: dict = {"follow": follow}
+    retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours}
+    if retrain_every:
+        every, delay = _duration_ms(retrain_every), _duration_ms(swap_delay)
+        # the rebase re-learns from the new model's train_end = boundary - W - E, up to its live time
+        job.update(retrain_every_ms=every, swap_delay_ms=delay,
+                   replay_buffer_ms=max(every, window_ms + int(eval_hours * 3_600_000) + delay + 3_600_000))
+    summary = run_stream(event_dir, out, spec or source, join, online, artifact, retrain=retrain_cfg, **job)
     _print_run(summary)
     if summary["reconciliation"] and not summary["reconciliation"]["reconciles"]:
         raise typer.Exit(1)
@@ -170,20 +196,29 @@ def retrain(run: Path = typer.Option(Path("runs/local"), "--run", help="The run 
                                                                         "examples to train on."),
             cutoff: Optional[int] = typer.Option(None, help="Event-time cutoff (epoch ms); default: everything "
                                                             "resolved so far."),
-            train_hours: float = typer.Option(24.0, help="K: hours of event time to train on."),
-            eval_hours: float = typer.Option(2.0, help="E: the most recent hours, evaluated on."),
-            runner: str = typer.Option("local", help="local (LocalDagRunner) | beam (BeamDagRunner)."),
+            train_hours: Optional[float] = typer.Option(None, help="K: hours of event time to train on "
+                                                                   "(default: the run's setting, else 24)."),
+            eval_hours: Optional[float] = typer.Option(None, help="E: the most recent hours, evaluated on "
+                                                                  "(default: the run's setting, else 2)."),
+            source: str = typer.Option("sink", help="sink (the committed examples) | segments (what a "
+                                                    "scheduled job wrote at its boundaries)."),
+            runner: Optional[str] = typer.Option(None, help="local (LocalDagRunner) | beam (BeamDagRunner)."),
             beam_arg: List[str] = typer.Option([], "--beam-arg", help="Beam pipeline option, repeatable "
                                                                      "(e.g. --beam-arg=--runner=...).")):
     """One TFX retrain of the base model now: rolling span -> validate -> Transform -> Trainer ->
     infra check + evaluation vs the champion -> push into RUN_DIR/registry if blessed."""
-    from pipelines.retrain import RetrainConfig, retrain as run_retrain
+    from dataclasses import replace
 
-    if runner not in ("local", "beam"):
+    from pipelines.retrain import retrain as run_retrain, run_config
+
+    if runner not in (None, "local", "beam"):
         raise typer.BadParameter("runner must be local or beam")
-    cfg = RetrainConfig(train_hours=train_hours, eval_hours=eval_hours, runner=runner,
-                        **({"beam_pipeline_args": tuple(beam_arg)} if beam_arg else {}))
-    outcome = run_retrain(run, cutoff, cfg)
+    if source not in ("sink", "segments"):
+        raise typer.BadParameter("source must be sink or segments")
+    given = {"train_hours": train_hours, "eval_hours": eval_hours, "runner": runner,
+             "beam_pipeline_args": tuple(beam_arg) or None}
+    cfg = replace(run_config(run), **{k: v for k, v in given.items() if v is not None})
+    outcome = run_retrain(run, cutoff, cfg, source)
     print_retrain(outcome)
     if outcome["status"] == "failed":
         raise typer.Exit(1)

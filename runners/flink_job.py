@@ -61,6 +61,22 @@ class JobConfig:
     metrics_window: int = 10_000  # progressive logloss/AUC over the last N learned examples
     python_executable: str = field(default_factory=lambda: sys.executable)
     flink_conf: dict = field(default_factory=dict)  # extra Flink options, e.g. python.fn-execution.*
+    # base-model swaps (models.hotswap): scheduled TFX retrains every N ms of event time (0: none;
+    # then the job watches the registry), live N ms after their boundary; the replay buffer
+    # keeps this much event time of learned examples for the rebase
+    retrain_every_ms: int = 0
+    swap_delay_ms: int = 1_800_000
+    replay_buffer_ms: int = 6 * 3_600_000
+    retrain_timeout_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        if self.retrain_every_ms < 0 or self.swap_delay_ms < 0 or self.replay_buffer_ms < 0:
+            raise ValueError("retrain_every_ms, swap_delay_ms and replay_buffer_ms must be >= 0")
+        if self.retrain_every_ms and self.retrain_every_ms % self.learn_tick_ms:
+            raise ValueError(f"retrain_every_ms must be a multiple of learn_tick_ms ({self.learn_tick_ms})")
+        if self.retrain_every_ms and self.replay_buffer_ms < self.retrain_every_ms:
+            raise ValueError("replay_buffer_ms must cover retrain_every_ms: the buffer holds the examples "
+                             "written as the next retrain's segment")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,21 +16,32 @@ then, tick by tick in event-time order:
 So weights *and* predictions depend only on the event log, never on arrival interleaving,
 and a label is visible to the scorer at most one tick after its resolution (event time).
 The online layer lives in a ValueState (checkpointed with the job).
+
+Base-model swaps (``models.hotswap``): before a tick is scored, a scheduled retrain whose
+live time has come, or (without a schedule) a newly promoted registry version, is verified
+and swapped in, and the delta is rebased from the **replay buffer**: the tick-keyed MapState of
+the examples learned over the last ``replay_buffer_ms`` of event time (their JSON lines). At a
+scheduled boundary the learner also writes the examples since the previous boundary as a
+Parquet segment and starts the TFX retrain (``pipelines.retrain.launch``); it goes on
+streaming until the swap's live time. Every swap or refusal is logged to ``RUN_DIR/swaps.jsonl``.
 """
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
+from models.hotswap import Schedule, load_base, pushed_unix, record, replay_columns
 from models.monitor import WindowMetrics
 from models.online import OnlineConfig, OnlineLayer
-from models.registry import Registry
+from models.registry import Registry, RegistryError
 from pipelines.join import JoinConfig
 from runners.packing import NO_TIME, json_lines, pack_table, unpack
 from transforms.apply import unpack_many as features
@@ -62,6 +73,17 @@ def _hours(ms: np.ndarray) -> list[tuple[str, str]]:
     return [(s[:10], s[11:13]) for s in np.datetime_as_string(h, unit="h")]
 
 
+def _why_not(outcome: dict) -> str:
+    """Why a retrain pushed nothing, in a line."""
+    ev = outcome.get("evaluation") or {}
+    if ev and not ev.get("blessed"):
+        return "not blessed: " + "; ".join(ev.get("reasons") or [])
+    infra = outcome.get("infra") or {}
+    if infra and not infra.get("blessed"):
+        return "infra check failed: " + str(infra.get("reason"))
+    return f"{outcome.get('status')}: {outcome.get('reason', '')}"
+
+
 def _opt(a: np.ndarray) -> list:
     return [None if v == NO_TIME else v for v in a.tolist()]
 
@@ -84,6 +106,18 @@ class Learner(KeyedProcessFunction):
         self.pending = runtime_context.get_state(ValueStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         self.metrics_state = runtime_context.get_state(ValueStateDescriptor("metrics", Types.PICKLED_BYTE_ARRAY()))
         self.metrics_window = int(c["job"]["metrics_window"])
+        job = c["job"]
+        self.out = Path(job["out"])
+        self.schedule = Schedule(int(job.get("retrain_every_ms") or 0), int(job.get("swap_delay_ms") or 0))
+        self.buffer_ms = int(job.get("replay_buffer_ms") or 0)
+        self.retrain_timeout = float(job.get("retrain_timeout_s") or 1800)
+        self.python = job.get("python_executable") or "python"
+        # the replay buffer: {tick: that tick's example lines}, and the small control record
+        self.replay = runtime_context.get_map_state(MapStateDescriptor("replay", Types.LONG(), Types.STRING()))
+        self.control_state = runtime_context.get_state(ValueStateDescriptor("control", Types.PICKLED_BYTE_ARRAY()))
+        self.control = None
+        self.procs: dict[int, subprocess.Popen] = {}  # running retrains (not state: relaunched if lost)
+        self.tick_lines: list[str] = []
         self.layer = None
         self.window = None
         self.end_timer = False
@@ -93,6 +127,7 @@ class Learner(KeyedProcessFunction):
         self.m_late = g.counter("late_labels")
         self.m_dead = g.counter("dead_letters")
         self.m_ticks = g.counter("ticks_learned")
+        self.m_swaps = g.counter("base_swaps")
         g.gauge("delta_version", lambda: self.layer.ftrl.updates if self.layer is not None else 0)
         # progressive quality of the last `metrics_window` examples (Flink gauges are integers:
         # micro-units), and the label-delay histogram as one counter per bucket
@@ -151,6 +186,7 @@ class Learner(KeyedProcessFunction):
         carry = [(kind, unpack(p)) for kind, p in pending.pop(CARRY, [])]
         for key in sorted(k for k in pending if k <= t):
             items = pending.pop(key)
+            self._before_tick(layer, key)
             for kind, payload in items:
                 if kind == "imp":
                     yield from self._score(layer, unpack(payload))
@@ -158,18 +194,127 @@ class Learner(KeyedProcessFunction):
             if carry:
                 carry = yield from self._learn_rows(layer, carry, key)
                 yield from self._report(layer, key)
+            self._after_tick(key, any(kind == "imp" for kind, _ in items))
         if carry and t == MAX_TIME:  # the input has ended: nothing else can come before them
             carry = yield from self._learn_rows(layer, carry, MAX_TIME)
             yield from self._report(layer, MAX_TIME)
+        if t == MAX_TIME:
+            self._at_end()
         if carry:  # label outcomes resolved at the tick's last millisecond: with the next tick
             pending[CARRY] = [(kind, pack_table(tab)) for kind, tab in carry]
         self.pending.update(pending)
         self.layer_state.update(layer)
         if self.window is not None:
             self.metrics_state.update(self.window)
+        if self.control is not None:
+            self.control_state.update(self.control)
         self.m_ticks.inc()
         if t == MAX_TIME:
             write_snapshot(self.registry, layer, -1)
+
+    # ---- base-model swaps, the replay buffer, scheduled retrains ------------------------------
+    def _control(self) -> dict:
+        if self.control is None:
+            self.control = self.control_state.value() or {
+                "ticks": [], "pruned_until": None, "segment_from": None, "next_boundary": None, "pending": [],
+                "refused": []}
+        return self.control
+
+    def _before_tick(self, layer: OnlineLayer, tick: int) -> None:
+        """Swap in the base model due at this tick, before the tick is scored."""
+        c = self._control()
+        if self.schedule.every_ms:
+            for p in [p for p in c["pending"] if p["live_at"] <= tick]:
+                c["pending"].remove(p)
+                outcome = self._await(p["cutoff"])
+                if outcome.get("pushed") and outcome.get("version"):
+                    self._swap(layer, outcome["version"], tick, "scheduled", p)
+                else:
+                    record(self.out, {"outcome": "kept", "cutoff": p["cutoff"], "live_at": tick,
+                                      "version": layer.base_version, "reason": _why_not(outcome)})
+            return
+        current = Registry(self.registry).current("base")
+        if current and current != layer.base_id and current not in c["refused"]:
+            self._swap(layer, current, tick, "watched", None)
+
+    def _swap(self, layer: OnlineLayer, version: str, tick: int, mode: str, scheduled: dict | None) -> None:
+        c = self._control()
+        t0 = time.time()
+        entry = {"version": version, "live_at": tick, "mode": mode,
+                 "cutoff": scheduled["cutoff"] if scheduled else None, "previous": layer.base_version}
+        try:
+            model, manifest = load_base(self.registry, version, self.fingerprint, self.dimension)
+        except RegistryError as e:  # keep serving the current base
+            c["refused"].append(version)
+            record(self.out, {**entry, "outcome": "refused", "reason": str(e)})
+            return
+        lines = [x for t in c["ticks"] for x in (self.replay.get(t) or "").split("\n") if x]
+        train_end = int(manifest.get("train_end", tick))
+        relearned = layer.swap_base(model, version, replay_columns(lines, train_end))
+        live = time.time()
+        pushed = pushed_unix(self.registry, version)
+        self.m_swaps.inc()
+        record(self.out, {**entry, "outcome": "live", "train_end": train_end, "relearned": relearned,
+                          "buffered": len(lines), "buffer_complete": c["pruned_until"] is None
+                          or c["pruned_until"] <= train_end, "delta_version": layer.ftrl.updates,
+                          "pushed_unix": pushed, "live_unix": live, "swap_seconds": round(live - t0, 3),
+                          "latency_s": None if pushed is None else round(live - pushed, 3)})
+
+    def _await(self, cutoff: int) -> dict:
+        """The outcome of the retrain with this cutoff, waiting for it if it still runs (a
+        retrain lost in a failover is started again)."""
+        from pipelines.retrain import launch, outcome_for
+
+        found = outcome_for(self.out, cutoff)
+        if found is not None:
+            return found
+        proc = self.procs.pop(cutoff, None) or launch(self.out, cutoff, self.python)
+        try:
+            proc.wait(timeout=self.retrain_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return {"status": "timeout", "reason": f"no outcome within {self.retrain_timeout:.0f} s"}
+        return outcome_for(self.out, cutoff) or {"status": "failed", "reason": f"retrain exited {proc.returncode} "
+                                                 f"without an outcome (see retrain/logs/{cutoff}.log)"}
+
+    def _after_tick(self, tick: int, traffic: bool) -> None:
+        """Buffer the tick's examples; at a boundary, write the segment and start the retrain.
+        A boundary is taken at a tick with impressions (the stream passes it; a bounded input
+        that has ended only resolves its last windows, and trains nothing new)."""
+        c = self._control()
+        if self.tick_lines:
+            self.replay.put(tick, "\n".join(self.tick_lines))
+            c["ticks"].append(tick)
+            self.tick_lines = []
+        if self.schedule.every_ms:
+            if c["next_boundary"] is None:
+                c["next_boundary"] = self.schedule.first_boundary(tick)
+            if tick >= c["next_boundary"] and traffic:
+                from pipelines.retrain import launch, write_segment
+
+                cutoff = tick // self.schedule.every_ms * self.schedule.every_ms
+                lines = [x for t in c["ticks"] if c["segment_from"] is None or t > c["segment_from"]
+                         for x in (self.replay.get(t) or "").split("\n") if x]
+                if lines:
+                    write_segment(self.out, f"{tick:013d}", lines)
+                c["segment_from"] = tick
+                c["next_boundary"] = cutoff + self.schedule.every_ms
+                c["pending"].append({"cutoff": cutoff, "live_at": self.schedule.live_at(cutoff)})
+                self.procs[cutoff] = launch(self.out, cutoff, self.python)
+        while c["ticks"] and c["ticks"][0] < tick - self.buffer_ms:
+            old = c["ticks"].pop(0)
+            self.replay.remove(old)
+            c["pruned_until"] = old
+
+    def _at_end(self) -> None:
+        """The input ended: retrains still running finish (their models are for the next run)."""
+        c = self._control()
+        for p in c["pending"]:
+            outcome = self._await(p["cutoff"])
+            record(self.out, {"outcome": "after_end", "cutoff": p["cutoff"], "live_at": p["live_at"],
+                              "version": outcome.get("version"), "pushed": bool(outcome.get("pushed")),
+                              "reason": "" if outcome.get("pushed") else _why_not(outcome)})
+        c["pending"] = []
 
     def _report(self, layer: OnlineLayer, tick: int):
         """One metrics line per tick that learned something: the sliding window's progressive
@@ -269,6 +414,8 @@ class Learner(KeyedProcessFunction):
         for part in sorted(set(hours)):  # one value per event-time hour partition
             sel = [i for i, h in enumerate(hours) if h == part]
             sub = {k: ([v[i] for i in sel] if isinstance(v, list) else v) for k, v in cols.items()}
-            yield OUTPUT_TAGS["examples"], Row(json_lines(sub, len(sel)), part[0], part[1])
+            text = json_lines(sub, len(sel))
+            self.tick_lines.append(text)  # the replay buffer (JSON escapes newlines in values)
+            yield OUTPUT_TAGS["examples"], Row(text, part[0], part[1])
         if self.snapshot_every and before // self.snapshot_every != layer.ftrl.updates // self.snapshot_every:
             write_snapshot(self.registry, layer, int(res[-1]))

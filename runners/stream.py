@@ -18,6 +18,7 @@ import numpy as np
 
 from pipelines.join import JoinConfig
 from models.online import OnlineConfig
+from models.hotswap import read_swaps
 from runners.flink_job import OUTPUTS, JobConfig
 
 
@@ -72,6 +73,19 @@ def _logloss_auc(p: np.ndarray, y: np.ndarray) -> tuple[float | None, float | No
     return ll, auc
 
 
+def _retrains(run_dir: Path) -> list[dict]:
+    p = run_dir / "retrain" / "outcomes.jsonl"
+    keep = ("cutoff", "status", "pushed", "version", "champion", "seconds", "counts", "reason")
+    out = []
+    for line in (p.read_text().splitlines() if p.exists() else []):
+        if line.strip():
+            o = json.loads(line)
+            ev = o.get("evaluation") or {}
+            out.append({**{k: o.get(k) for k in keep}, "blessed": ev.get("blessed"),
+                        "candidate": ev.get("candidate"), "champion_metrics": ev.get("champion")})
+    return out
+
+
 def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float | None = None) -> dict:
     """Counts (and whether they reconcile), progressive logloss/AUC of the served predictions
     against their eventual labels, the label-delay distribution; written to summary.json."""
@@ -113,6 +127,10 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
                         "n": int(len(y)), "positive_rate": float(y.mean()) if len(y) else None},
         "label_delay_ms": {f"p{q}": float(np.percentile(delays, q)) for q in (50, 90, 99)} if len(delays) else {},
         "final_delta_version": max((u["seq"] for u in out["updates"]), default=0),
+        # base models: what served when (predictions per version), the retrains and the swaps
+        "base_versions": dict(Counter(p["base_version"] for p in preds)),
+        "retrains": _retrains(run_dir),
+        "swaps": read_swaps(run_dir),
         # the learner's last report: progressive logloss/AUC of its sliding window (p before
         # each update), the label-delay histogram; the same figures are Flink metrics
         "window": max(out["metrics"], key=lambda m: m["examples_seen"], default={}),
@@ -124,12 +142,15 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
 
 
 def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: JoinConfig | None = None,
-                online: OnlineConfig | None = None, artifact: str | Path | None = None, **job) -> JobConfig:
+                online: OnlineConfig | None = None, artifact: str | Path | None = None,
+                retrain: dict | None = None, **job) -> JobConfig:
     """Clear a run folder's outputs, fit (or take) the transform artifact, and write
-    ``RUN_DIR/job.json``: everything a job needs, locally or submitted to a cluster."""
+    ``RUN_DIR/job.json`` (everything a job needs, locally or submitted to a cluster) and the
+    retrain settings ``RUN_DIR/retrain/config.json`` (``pipelines.retrain.RetrainConfig``)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in (*OUTPUTS, "examples_parquet", "registry", "checkpoints", "summary.json"):  # Flink sinks only add files
+    for name in (*OUTPUTS, "examples_parquet", "registry", "checkpoints", "summary.json", "retrain",
+                 "swaps.jsonl"):  # Flink sinks only add files
         p = run_dir / name
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if artifact is None:
@@ -139,16 +160,22 @@ def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: Joi
                     artifact=str(Path(artifact).resolve()), join=join or JoinConfig(),
                     online=online or OnlineConfig(), **job)
     (run_dir / "job.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    if retrain:
+        from pipelines.retrain import CONFIG, RetrainConfig
+
+        (run_dir / CONFIG).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG).write_text(json.dumps(RetrainConfig.from_dict(retrain).to_dict(), indent=1) + "\n")
     return cfg
 
 
 def run_stream(event_dir: str | Path, run_dir: str | Path, spec: str, join: JoinConfig | None = None,
-               online: OnlineConfig | None = None, artifact: str | Path | None = None, **job) -> dict:
+               online: OnlineConfig | None = None, artifact: str | Path | None = None,
+               retrain: dict | None = None, **job) -> dict:
     """Prepare ``run_dir``, run the job over ``event_dir`` on the mini-cluster, summarize."""
     from pipelines.eventlog import read_manifest
     from pipelines.examples import export_parquet
 
-    cfg = prepare_run(event_dir, run_dir, spec, join, online, artifact, **job)
+    cfg = prepare_run(event_dir, run_dir, spec, join, online, artifact, retrain, **job)
     secs = run_job(cfg, Path(run_dir))
     export_parquet(run_dir)  # the joined examples, as the TFX retrain reads them
     return summarize(run_dir, read_manifest(event_dir), secs)

@@ -141,3 +141,39 @@ def test_online_layer_batches_equal_one_at_a_time():
             one = b.learn(f"e{j}", int(res[j]), idx[j], x[j], int(y[j]), 1.0, int(close[j]))
             assert one["seq"] == u["seq"][j] and math.isclose(one["p_before"], u["p_before"][j], abs_tol=1e-12)
     assert np.array_equal(a.ftrl.z, b.ftrl.z) and a.positives == b.positives and a.examples == b.examples
+
+
+def test_swap_base_rebases_the_delta_on_the_new_residual():
+    """After a swap, the delta equals one learned from scratch on the new base's residual over
+    the replayed examples only (nothing counted twice), scoring uses the new base per row, and
+    the sequence keeps counting stream examples."""
+    from models.base import BaseModel
+
+    rng = np.random.default_rng(5)
+    dim, m = 64, 400
+    idx = np.sort(rng.choice(dim, size=(m, 4)), axis=1)
+    vals = rng.random((m, 4)).astype(np.float32)
+    y = (rng.random(m) < 0.3).astype(float)
+    base = BaseModel.zeros(dim, embedding=2, hidden=3, bias=-0.5)
+    base.wide[:] = rng.normal(size=dim).astype(np.float32)
+    cfg = OnlineConfig(ftrl=FTRLParams(l1=0.0))
+    layer = OnlineLayer(cfg, dim, "f")
+    layer.learn_batch(np.arange(m), idx, vals, y, np.ones(m), np.arange(m))
+    assert layer.ftrl.updates == m and layer.base_version == "prior"
+
+    tail = slice(300, m)  # the examples after the new base's training data
+    replay = {"resolution_time": np.arange(m)[tail], "indices": idx[tail], "values": vals[tail], "label": y[tail],
+              "weight": np.ones(m)[tail]}
+    assert layer.swap_base(base, "v1", replay) == 100
+    assert layer.ftrl.updates == m and layer.base_version == "v1"
+
+    fresh = FTRL(cfg.ftrl, dim)
+    fresh.learn_batch(idx[tail], vals[tail], y[tail], base.logits(idx[tail], vals[tail]))
+    np.testing.assert_allclose(layer.ftrl.weights(), fresh.weights(), rtol=0, atol=1e-12)
+
+    s = layer.score_batch(idx[:5], vals[:5], ["u"] * 5)
+    np.testing.assert_allclose(s["base_logit"], base.logits(idx[:5], vals[:5]))
+    expect = 1 / (1 + np.exp(-(base.logits(idx[:5], vals[:5]) + fresh.predict_logits(idx[:5], vals[:5]))))
+    np.testing.assert_allclose(s["p"], expect, rtol=1e-9)
+    with pytest.raises(ValueError, match="dimension"):
+        layer.swap_base(BaseModel.zeros(dim + 1), "v2", replay)
