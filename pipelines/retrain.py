@@ -336,8 +336,11 @@ def retrain(run_dir: str | Path, cutoff: int | None = None, cfg: RetrainConfig |
                 outcome[name] = json.loads((reports / f"{name}.json").read_text())
         push = outcome.get("push") or {}
         outcome.update(pushed=bool(push.get("pushed")), version=push.get("version"))
-        if (reports / "train_stats.pb").exists():
-            state["previous_train_stats"] = str(reports / "train_stats.pb")
+        if (reports / "train_stats.pb").exists():  # kept out of the span folder: a rerun clears that
+            kept = run_dir / "retrain" / "stats" / f"{span.cutoff}.pb"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(reports / "train_stats.pb", kept)
+            state["previous_train_stats"] = str(kept)
         frozen = run_dir / "retrain" / "schema.pbtxt"
         if _schema_file(run_dir, TransformArtifact.load(job["artifact"]).spec.name, cfg) is None:
             inferred = sorted((run_dir / "retrain" / "tfx").glob("SchemaGen/schema/*/schema.pbtxt"))

@@ -1,0 +1,186 @@
+"""TFX retrains and hot swaps with real parts: a Flink mini-cluster job with scheduled retrains
+(each one a TFX LocalDagRunner run with a sqlite ML Metadata store, started by the job itself)
+swaps the pushed base model in at its recorded event time; then direct retrains on the same run
+folder: a deliberately worse candidate, and a span that fails validation."""
+import json
+import os
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from models.hotswap import Schedule, load_base
+from models.online import OnlineConfig
+from models.registry import Registry, RegistryError
+from pipelines.join import JoinConfig
+from pipelines.sources.generator import GeneratorConfig
+from runners.local import generate_event_dir
+from runners.stream import read_output, run_stream
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+HOUR = 3_600_000
+JOIN = JoinConfig(window_ms=600_000, late_horizon_ms=HOUR, watermark_delay_ms=60_000)
+SCHEDULE = Schedule(every_ms=HOUR, swap_delay_ms=900_000)
+# 5,400 impressions at one per second: 1.5 h of event time from midnight; one boundary (01:00),
+# its model live at the first tick from 01:15, with 15 minutes of impressions still to serve
+EVENTS = 5_400
+RETRAIN = {"train_hours": 24.0, "eval_hours": 0.25, "epochs": 2, "min_examples": 200}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrain")
+    generate_event_dir(root / "ev", GeneratorConfig(events=EVENTS, seed=21))
+    summary = run_stream(root / "ev", root / "run", "generator", JOIN, OnlineConfig(), retrain=RETRAIN,
+                         retrain_every_ms=SCHEDULE.every_ms, swap_delay_ms=SCHEDULE.swap_delay_ms,
+                         replay_buffer_ms=3 * HOUR)
+    return root / "run", summary
+
+
+def _fingerprint(run_dir):
+    from transforms.artifact import TransformArtifact
+
+    return TransformArtifact.load(run_dir / "transform").spec.fingerprint()
+
+
+def test_scheduled_retrain_leaves_a_pushed_blessed_model(run):
+    run_dir, summary = run
+    (o,) = summary["retrains"]
+    assert o["status"] == "ok" and o["blessed"] and o["pushed"], o
+    start = min(p["event_time"] for p in read_output(run_dir, "predictions"))
+    assert o["cutoff"] == SCHEDULE.first_boundary(start)
+    ref = Registry(run_dir / "registry").verify("base", o["version"], fingerprint=_fingerprint(run_dir))
+    m = ref.manifest
+    assert m["blessing"]["blessed"] and m["blessing"]["infra"]["blessed"]
+    assert m["cutoff"] == o["cutoff"] and m["train_end"] == o["cutoff"] - JOIN.window_ms - HOUR // 4
+    assert m["metrics"]["auc"] > 0.5 and m["parent"] is None  # the first one: the prior was champion
+    assert (ref.path / "saved_model.pb").is_file() and (ref.path / "assets.extra" / "base_model.npz").is_file()
+    # every component ran, recorded in the sqlite ML Metadata store
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = str(run_dir / "retrain" / "metadata.sqlite")
+    store = metadata_store.MetadataStore(cfg)
+    done = {c.name.split(".")[-1] for c in store.get_contexts_by_type("node")}
+    assert {"FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen", "ValidateSpan", "Transform", "Trainer",
+            "InfraCheck", "EvaluateCandidate", "RegistryPush"} <= done, done
+    complete = [e for e in store.get_executions()
+                if e.last_known_state == metadata_store_pb2.Execution.COMPLETE]
+    assert len(complete) >= 9
+
+
+def test_hot_swap_takes_effect_at_the_recorded_event_time(run):
+    run_dir, summary = run
+    (swap,) = [s for s in summary["swaps"] if s["outcome"] == "live"]
+    version = summary["retrains"][0]["version"]
+    assert swap["version"] == version and swap["mode"] == "scheduled"
+    live_at = swap["live_at"]
+    assert SCHEDULE.live_at(summary["retrains"][0]["cutoff"]) <= live_at < \
+        SCHEDULE.live_at(summary["retrains"][0]["cutoff"]) + 60_000  # the first tick from then
+    preds = sorted(read_output(run_dir, "predictions"), key=lambda p: p["event_time"])
+    versions = [p["base_version"] for p in preds]
+    switch = versions.index(version)
+    # one switch, at the tick boundary: the prior before, the new base model from then on
+    assert set(versions[:switch]) == {"prior"} and set(versions[switch:]) == {version}
+    assert live_at - 60_000 <= preds[switch]["event_time"] <= live_at
+    # nothing dropped or counted twice: counts reconcile, every update has its own sequence number
+    assert summary["reconciliation"]["reconciles"], summary["reconciliation"]
+    dup = summary["counts"]["dead_letter"].get("duplicate_event_id", 0)
+    assert summary["counts"]["predictions"] == summary["reconciliation"]["impressions_in"] - dup == EVENTS
+    seqs = sorted(u["seq"] for u in read_output(run_dir, "updates"))
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) == summary["counts"]["examples"]
+    # the rebase re-learned exactly the examples learned before the swap that the new base did
+    # not train on (event time from its train_end on)
+    examples = read_output(run_dir, "examples")
+    after = [e for e in examples if e["event_time"] >= swap["train_end"] and e["seq"] <= swap["delta_version"]]
+    assert max(e["resolution_time"] for e in after) < live_at
+    assert swap["buffer_complete"] and swap["relearned"] == len(after) > 0
+    # served logits: the base part is the pushed model on the served features
+    model, _ = load_base(run_dir / "registry", version, _fingerprint(run_dir), _spec_dim(run_dir))
+    feats = {e["event_id"]: json.loads(e["features"]) for e in examples if e["kind"] != "correction"}
+    sample = [p for p in preds[switch:switch + 50] if p["event_id"] in feats]
+    idx = np.array([feats[p["event_id"]]["indices"] for p in sample])
+    val = np.array([feats[p["event_id"]]["values"] for p in sample], np.float32)
+    np.testing.assert_allclose([p["base_logit"] for p in sample], model.logits(idx, val), rtol=1e-9, atol=1e-9)
+
+
+def _spec_dim(run_dir):
+    from transforms.artifact import TransformArtifact
+
+    return TransformArtifact.load(run_dir / "transform").spec.dimension
+
+
+def test_savedmodel_transform_equals_the_streaming_features(run):
+    """Skew check: the transform graph inside the pushed SavedModel, fed raw tf.Examples, gives
+    the features the streaming job served (numpy path), and its logits the streaming scorer's."""
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    from pipelines.parquet_example_gen import row_to_example
+
+    run_dir, summary = run
+    version = summary["retrains"][0]["version"]
+    ref = Registry(run_dir / "registry").verify("base", version)
+    span = pq.read_table(run_dir / "retrain" / "spans" / str(ref.manifest["cutoff"]) / "eval" / "data.parquet")
+    rows = span.slice(0, 300).to_pylist()
+    loaded = tf.saved_model.load(str(ref.path))
+    batch = tf.constant([row_to_example(r).SerializeToString() for r in rows])
+    t = loaded.signatures["transform_features"](examples=batch)
+    np.testing.assert_array_equal(t["ftrl_indices"].numpy(), np.array([r["feature_indices"] for r in rows]))
+    np.testing.assert_allclose(t["ftrl_values"].numpy(), np.array([r["feature_values"] for r in rows]),
+                               rtol=0, atol=1e-6)
+    model, _ = load_base(run_dir / "registry", version, _fingerprint(run_dir), _spec_dim(run_dir))
+    served = loaded.signatures["serving_default"](examples=batch)["logit"].numpy()
+    np.testing.assert_allclose(served, model.logits(np.array([r["feature_indices"] for r in rows]),
+                                                    np.array([r["feature_values"] for r in rows], np.float32)),
+                               rtol=0, atol=1e-4)
+
+
+def test_worse_candidate_is_not_blessed_and_not_pushed(run):
+    from pipelines.retrain import retrain, run_config
+
+    run_dir, summary = run
+    reg = Registry(run_dir / "registry")
+    before, current = reg.versions("base"), reg.current("base")
+    cutoff = summary["retrains"][0]["cutoff"]
+    # no learning and no warm start: the candidate is the constant span rate, worse than the champion
+    cfg = replace(run_config(run_dir), learning_rate=1e-12, warm_start=False)
+    o = retrain(run_dir, cutoff, cfg, source="segments")
+    assert o["status"] == "ok" and o["infra"]["blessed"], o
+    assert not o["evaluation"]["blessed"] and o["evaluation"]["reasons"] and not o["pushed"]
+    assert o["champion"] == current
+    assert reg.versions("base") == before and reg.current("base") == current
+
+
+def test_span_failing_validation_is_refused_with_a_report(run):
+    from pipelines.retrain import retrain, run_config
+
+    run_dir, summary = run
+    before = Registry(run_dir / "registry").versions("base")
+    # the same span again: no drift from itself, but train vs eval can never be this close
+    cfg = replace(run_config(run_dir), skew_linf=1e-9)
+    o = retrain(run_dir, summary["retrains"][0]["cutoff"], cfg, source="segments")
+    assert o["status"] == "failed" and "data validation failed" in o["reason"], o
+    assert o["validation"]["anomalies"] and not o["pushed"]
+    assert any("Linfty distance between training and serving" in v for v in o["validation"]["anomalies"].values())
+    assert Registry(run_dir / "registry").versions("base") == before
+
+
+def test_corrupted_or_foreign_model_is_refused(run, tmp_path):
+    run_dir, summary = run
+    version = summary["retrains"][0]["version"]
+    reg_copy = tmp_path / "registry"
+    shutil.copytree(run_dir / "registry", reg_copy)
+    fp, dim = _fingerprint(run_dir), _spec_dim(run_dir)
+    load_base(reg_copy, version, fp, dim)  # intact: loads
+    with pytest.raises(RegistryError, match="fingerprint"):
+        load_base(reg_copy, version, "another-spec", dim)
+    npz = reg_copy / "base" / version / "assets.extra" / "base_model.npz"
+    npz.write_bytes(npz.read_bytes()[:-7] + b"garbage")
+    with pytest.raises(RegistryError, match="corrupted"):
+        load_base(reg_copy, version, fp, dim)
+    with pytest.raises(RegistryError):
+        Registry(reg_copy).promote("base", version, fingerprint=fp)
