@@ -16,9 +16,17 @@ Two ways a base model reaches the stream (``runners.learner`` drives them tick b
 Either way the model is verified (checksums, feature-spec fingerprint, dimension) before it
 goes live; a model that fails is refused with its reason, recorded, and the current base stays.
 
+A **drift alert** (``DriftAlert``) also starts a retrain, at the tick where the learner's
+windowed normalized entropy rises ``ratio`` times above its best level since the last alert;
+its model goes live ``swap_delay_ms`` later, like a scheduled one. The window is a function of
+the event log, so alerts replay at the same ticks.
+
 >>> s = Schedule(every_ms=3_600_000, swap_delay_ms=600_000)
 >>> s.first_boundary(5_400_000), s.live_at(7_200_000)
 (7200000, 7800000)
+>>> alert, state = DriftAlert(ratio=1.2, min_examples=10, cooldown_ms=1_000), {}
+>>> [alert.check(state, ne, 100, t) for t, ne in [(0, 0.9), (1, 0.8), (2, 0.9), (3, 0.97), (4, 0.99)]]
+[False, False, False, True, False]
 """
 from __future__ import annotations
 
@@ -46,6 +54,29 @@ class Schedule:
 
     def live_at(self, boundary: int) -> int:
         return boundary + self.swap_delay_ms
+
+
+@dataclass(frozen=True)
+class DriftAlert:
+    ratio: float = 0.0  # 0: off; else alert when the window's NE > ratio x its best since the last alert
+    min_examples: int = 2_000  # the window must hold this many examples
+    cooldown_ms: int = 6 * 3_600_000  # event time after an alert before the next one can fire
+
+    def check(self, state: dict, ne: float | None, n: int, tick: int) -> bool:
+        """Update ``state`` (``best``, ``last``: kept in the job's state) with the window's NE at
+        ``tick``; True when it is an alert."""
+        if not self.ratio or ne is None or n < self.min_examples:
+            return False
+        if state.get("last") is not None and tick - state["last"] < self.cooldown_ms:
+            return False
+        best = state.get("best")
+        if best is None or ne < best:
+            state["best"] = ne
+            return False
+        if ne > self.ratio * best:
+            state.update(best=None, last=tick)
+            return True
+        return False
 
 
 def load_base(registry: Path, version: str, fingerprint: str, dimension: int) -> tuple[BaseModel, dict]:

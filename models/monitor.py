@@ -56,6 +56,16 @@ class WindowMetrics:
 
         return float(roc_auc_score(self.y, self.p)) if 0 < self.y.sum() < self.n else None
 
+    def normalized_entropy(self) -> float | None:
+        """Logloss over the entropy of the window's positive rate (He et al. 2014): 1.0 is no
+        better than predicting the rate; unlike logloss it does not move with the rate itself."""
+        if not self.n:
+            return None
+        r = float(self.y.mean())
+        if r in (0.0, 1.0):
+            return None
+        return self.logloss() / -(r * np.log(r) + (1 - r) * np.log(1 - r))
+
     def delay_histogram(self) -> dict[str, int]:
         return dict(zip([*DELAY_BUCKETS_MS, "gt_1d"], self.delay_counts.tolist()))
 

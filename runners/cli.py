@@ -73,7 +73,9 @@ def _print_run(summary: dict) -> None:
             "not blessed" if r.get("blessed") is False else f"{r['status']}")
         t.add_row(f"retrain, cutoff {r['cutoff']}", f"{what} ({r['seconds']} s)")
     for w in summary.get("swaps") or []:
-        if w["outcome"] == "live":
+        if w["outcome"] == "drift_alert":
+            t.add_row(f"drift alert at {w['cutoff']}", f"window NE {w['window_ne']:.4f}: retrain started")
+        elif w["outcome"] == "live":
             t.add_row(f"swap to base {w['version']}", f"live at {w['live_at']}, re-learned {w['relearned']:,}")
         else:
             t.add_row(f"swap at {w.get('live_at')}", f"{w['outcome']}: {w.get('reason') or w.get('version')}")
@@ -102,6 +104,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
                                                                 "time (e.g. 6h, 90m); default: none (the job "
                                                                 "watches the registry instead)."),
         swap_delay: str = typer.Option("30m", help="Event time from a retrain boundary to its model going live."),
+        retrain_on_drift: float = typer.Option(0.0, help="Also retrain when the online window's normalized "
+                                                         "entropy rises this many times above its best (e.g. "
+                                                         "1.2; 0: off)."),
         train_hours: float = typer.Option(24.0, help="Retrains: K, hours of event time to train on."),
         eval_hours: float = typer.Option(2.0, help="Retrains: E, the most recent hours, evaluated on."),
         data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
@@ -125,10 +130,11 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         raise typer.Exit(2)
     job: dict = {"follow": follow}
     retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours}
-    if retrain_every:
-        every, delay = _duration_ms(retrain_every), _duration_ms(swap_delay)
+    if retrain_every or retrain_on_drift:
+        every = _duration_ms(retrain_every) if retrain_every else 0
+        delay = _duration_ms(swap_delay)
         # the rebase re-learns from the new model's train_end = boundary - W - E, up to its live time
-        job.update(retrain_every_ms=every, swap_delay_ms=delay,
+        job.update(retrain_every_ms=every, swap_delay_ms=delay, drift_retrain_ratio=retrain_on_drift,
                    replay_buffer_ms=max(every, window_ms + int(eval_hours * 3_600_000) + delay + 3_600_000))
     summary = run_stream(event_dir, out, spec or source, join, online, artifact, retrain=retrain_cfg, **job)
     _print_run(summary)

@@ -68,12 +68,18 @@ class JobConfig:
     swap_delay_ms: int = 1_800_000
     replay_buffer_ms: int = 6 * 3_600_000
     retrain_timeout_s: float = 1800.0
+    # drift alerts (models.hotswap.DriftAlert) also start retrains: 0 is off
+    drift_retrain_ratio: float = 0.0
+    drift_min_examples: int = 2_000
+    drift_cooldown_ms: int = 6 * 3_600_000
 
     def __post_init__(self) -> None:
         if self.retrain_every_ms < 0 or self.swap_delay_ms < 0 or self.replay_buffer_ms < 0:
             raise ValueError("retrain_every_ms, swap_delay_ms and replay_buffer_ms must be >= 0")
         if self.retrain_every_ms and self.retrain_every_ms % self.learn_tick_ms:
             raise ValueError(f"retrain_every_ms must be a multiple of learn_tick_ms ({self.learn_tick_ms})")
+        if self.drift_retrain_ratio and self.drift_retrain_ratio <= 1.0:
+            raise ValueError("drift_retrain_ratio must be > 1 (or 0: off)")
         if self.retrain_every_ms and self.replay_buffer_ms < self.retrain_every_ms:
             raise ValueError("replay_buffer_ms must cover retrain_every_ms: the buffer holds the examples "
                              "written as the next retrain's segment")

@@ -21,9 +21,9 @@ Base-model swaps (``models.hotswap``): before a tick is scored, a scheduled retr
 live time has come, or (without a schedule) a newly promoted registry version, is verified
 and swapped in, and the delta is rebased from the **replay buffer**: the tick-keyed MapState of
 the examples learned over the last ``replay_buffer_ms`` of event time (their JSON lines). At a
-scheduled boundary the learner also writes the examples since the previous boundary as a
-Parquet segment and starts the TFX retrain (``pipelines.retrain.launch``); it goes on
-streaming until the swap's live time. Every swap or refusal is logged to ``RUN_DIR/swaps.jsonl``.
+scheduled boundary, or at a drift alert, the learner also writes the examples since the
+previous segment as a Parquet segment and starts the TFX retrain (``pipelines.retrain.launch``);
+it goes on streaming until the swap's live time. Every swap or refusal is logged to ``RUN_DIR/swaps.jsonl``.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from models.hotswap import Schedule, load_base, pushed_unix, record, replay_columns
+from models.hotswap import DriftAlert, Schedule, load_base, pushed_unix, record, replay_columns
 from models.monitor import WindowMetrics
 from models.online import OnlineConfig, OnlineLayer
 from models.registry import Registry, RegistryError
@@ -109,6 +109,12 @@ class Learner(KeyedProcessFunction):
         job = c["job"]
         self.out = Path(job["out"])
         self.schedule = Schedule(int(job.get("retrain_every_ms") or 0), int(job.get("swap_delay_ms") or 0))
+        self.drift = DriftAlert(float(job.get("drift_retrain_ratio") or 0.0),
+                                int(job.get("drift_min_examples") or 2_000),
+                                int(job.get("drift_cooldown_ms") or 6 * 3_600_000))
+        # retrains started by the job (schedule or drift alert) swap at their live time; otherwise
+        # the job follows the registry
+        self.self_retraining = bool(self.schedule.every_ms or self.drift.ratio)
         self.buffer_ms = int(job.get("replay_buffer_ms") or 0)
         self.retrain_timeout = float(job.get("retrain_timeout_s") or 1800)
         self.python = job.get("python_executable") or "python"
@@ -223,7 +229,7 @@ class Learner(KeyedProcessFunction):
     def _before_tick(self, layer: OnlineLayer, tick: int) -> None:
         """Swap in the base model due at this tick, before the tick is scored."""
         c = self._control()
-        if self.schedule.every_ms:
+        if self.self_retraining:
             for p in [p for p in c["pending"] if p["live_at"] <= tick]:
                 c["pending"].remove(p)
                 outcome = self._await(p["cutoff"])
@@ -290,21 +296,34 @@ class Learner(KeyedProcessFunction):
             if c["next_boundary"] is None:
                 c["next_boundary"] = self.schedule.first_boundary(tick)
             if tick >= c["next_boundary"] and traffic:
-                from pipelines.retrain import launch, write_segment
-
                 cutoff = tick // self.schedule.every_ms * self.schedule.every_ms
-                lines = [x for t in c["ticks"] if c["segment_from"] is None or t > c["segment_from"]
-                         for x in (self.replay.get(t) or "").split("\n") if x]
-                if lines:
-                    write_segment(self.out, f"{tick:013d}", lines)
-                c["segment_from"] = tick
                 c["next_boundary"] = cutoff + self.schedule.every_ms
-                c["pending"].append({"cutoff": cutoff, "live_at": self.schedule.live_at(cutoff)})
-                self.procs[cutoff] = launch(self.out, cutoff, self.python)
+                self._start_retrain(c, tick, cutoff, "schedule")
+        if self.drift.ratio and traffic:
+            w = self._window()
+            ne = w.normalized_entropy()
+            best = c.setdefault("drift", {}).get("best")
+            if self.drift.check(c["drift"], ne, w.n, tick) and not any(p["cutoff"] == tick for p in c["pending"]):
+                record(self.out, {"outcome": "drift_alert", "cutoff": tick, "window_ne": ne, "best_ne": best,
+                                  "window_n": w.n, "ratio": self.drift.ratio})
+                self._start_retrain(c, tick, tick, "drift")
         while c["ticks"] and c["ticks"][0] < tick - self.buffer_ms:
             old = c["ticks"].pop(0)
             self.replay.remove(old)
             c["pruned_until"] = old
+
+    def _start_retrain(self, c: dict, tick: int, cutoff: int, why: str) -> None:
+        """Write the examples since the last segment as a segment, start the TFX retrain with
+        this cutoff in its own process, and schedule its swap."""
+        from pipelines.retrain import launch, write_segment
+
+        lines = [x for t in c["ticks"] if c["segment_from"] is None or t > c["segment_from"]
+                 for x in (self.replay.get(t) or "").split("\n") if x]
+        if lines:
+            write_segment(self.out, f"{tick:013d}", lines)
+        c["segment_from"] = tick
+        c["pending"].append({"cutoff": cutoff, "live_at": cutoff + self.schedule.swap_delay_ms, "why": why})
+        self.procs[cutoff] = launch(self.out, cutoff, self.python)
 
     def _at_end(self) -> None:
         """The input ended: retrains still running finish (their models are for the next run)."""

@@ -184,3 +184,49 @@ def test_corrupted_or_foreign_model_is_refused(run, tmp_path):
         load_base(reg_copy, version, fp, dim)
     with pytest.raises(RegistryError):
         Registry(reg_copy).promote("base", version, fingerprint=fp)
+
+
+def test_drift_alert_starts_a_retrain_whose_outcome_is_applied_at_its_live_time(tmp_path):
+    """A drift alert (the online window's normalized entropy rising above its best) starts a
+    retrain at that tick, through the same path as a scheduled one; here the span is too small
+    to train on, so the outcome is "skipped" and the champion is kept at the live time."""
+    generate_event_dir(tmp_path / "ev", GeneratorConfig(events=6_000, seed=7))
+    summary = run_stream(tmp_path / "ev", tmp_path / "run", "generator", JOIN, OnlineConfig(),
+                         retrain={"min_examples": 10**9}, metrics_window=1_000, drift_retrain_ratio=1.1,
+                         drift_min_examples=1_000, drift_cooldown_ms=HOUR, swap_delay_ms=600_000,
+                         replay_buffer_ms=2 * HOUR)
+    alerts = [s for s in summary["swaps"] if s["outcome"] == "drift_alert"]
+    assert alerts, summary["swaps"]
+    outcomes = {r["cutoff"]: r for r in summary["retrains"]}
+    for a in alerts:
+        assert a["window_ne"] > 1.1 * a["best_ne"] and outcomes[a["cutoff"]]["status"] == "skipped"
+        (after,) = [s for s in summary["swaps"] if s["outcome"] in ("kept", "after_end") and s["cutoff"] == a["cutoff"]]
+        assert after["outcome"] == "after_end" or a["cutoff"] + 600_000 <= after["live_at"] < a["cutoff"] + 660_000
+    assert len({a["cutoff"] for a in alerts}) == len(alerts)
+    assert all(b["cutoff"] - a["cutoff"] >= HOUR for a, b in zip(alerts, alerts[1:]))  # the cooldown
+    assert set(summary["base_versions"]) == {"prior"} and summary["reconciliation"]["reconciles"]
+
+
+def test_watched_registry_version_goes_live_at_the_next_tick(tmp_path):
+    """Without a schedule the job follows the registry: a version promoted there (here before
+    the job starts) is verified and served from the next tick, and the swap is logged."""
+    from models.base import BaseModel
+    from pipelines.eventlog import read_manifest
+    from runners.stream import prepare_run, run_job, summarize
+    from transforms.artifact import TransformArtifact
+
+    generate_event_dir(tmp_path / "ev", GeneratorConfig(events=1_500, seed=3))
+    cfg = prepare_run(tmp_path / "ev", tmp_path / "run", "generator", JOIN, OnlineConfig())
+    spec = TransformArtifact.load(cfg.artifact).spec
+    reg = Registry(tmp_path / "run" / "registry")
+    ref = reg.publish("base", {"assets.extra/base_model.npz": BaseModel.zeros(spec.dimension, bias=-3.0).to_bytes()},
+                      {"spec_fingerprint": spec.fingerprint(), "train_end": 0})
+    reg.promote("base", ref.version, fingerprint=spec.fingerprint())
+    summary = summarize(tmp_path / "run", read_manifest(tmp_path / "ev"), run_job(cfg, tmp_path / "run"))
+    (swap,) = summary["swaps"]
+    assert swap["outcome"] == "live" and swap["mode"] == "watched" and swap["version"] == ref.version
+    assert swap["previous"] == "prior" and swap["relearned"] == 0  # the first tick: nothing learned yet
+    preds = read_output(tmp_path / "run", "predictions")
+    assert summary["base_versions"] == {ref.version: len(preds)}
+    assert {p["base_logit"] for p in preds} == {-3.0}
+    assert summary["reconciliation"]["reconciles"]
