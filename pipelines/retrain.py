@@ -37,6 +37,7 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 SEGMENTS = "retrain/segments"
 CONFIG = "retrain/config.json"
 SPAN_COLUMNS = ("event_id", "event_time", "resolution_time", "label", "weight", "feature_indices", "feature_values")
+SPAN_ROW = "span_row"  # the example's place in its split: the Trainer learns in this order
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,9 @@ def stage_span(run_dir: Path, cutoff: int, cfg: RetrainConfig, window_ms: int, s
                                                                  "seq"}]
         t = t.select([*SPAN_COLUMNS, *inputs])
         t = t.set_column(t.schema.get_field_index("label"), "label", pc.cast(t["label"], pa.int64()))
+        # TFX components may reorder examples (ExampleGen reshuffles before writing); SGD is
+        # order-dependent, so the learning order travels with each example
+        t = t.append_column(SPAN_ROW, pa.array(range(t.num_rows), pa.int64()))
         pq.write_table(t, span.dir / split / "data.parquet")
         span.counts[split] = {"examples": t.num_rows, "positives": int(pc.sum(t["label"]).as_py() or 0)}
     return span

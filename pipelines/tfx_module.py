@@ -21,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TF 2.16 + TFX: Keras 2 (tf-keras)
 
 LABEL = "label"
+SPAN_ROW = "span_row"  # pipelines.retrain.SPAN_ROW (not imported: this module is TFX user code)
 NPZ_DIR = "assets.extra"
 
 
@@ -45,7 +46,14 @@ def preprocessing_fn(inputs: dict, custom_config: dict) -> dict:
     from transforms.tf_apply import make_preprocessing_fn
 
     out = make_preprocessing_fn(TransformArtifact.load(custom_config["artifact"]))(inputs)
-    return {k: out[k] for k in ("ftrl_indices", "ftrl_values", LABEL)}
+    keep = {k: out[k] for k in ("ftrl_indices", "ftrl_values", LABEL)}
+    if SPAN_ROW in inputs:  # passed through: the Trainer restores the learning order with it
+        import tensorflow as tf
+
+        from transforms.tf_apply import _dense
+
+        keep[SPAN_ROW], _ = _dense(tf, inputs[SPAN_ROW], tf.constant(-1, tf.int64))
+    return keep
 
 
 def build_keras_model(dimension: int, width: int, embedding: int, hidden: int, l2: float, lr: float):
@@ -149,11 +157,24 @@ def run_fn(fn_args) -> None:
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     schema = tf_transform_output.transformed_metadata.schema
 
-    def dataset(files, epochs):
+    def dataset(files):
+        """The split in its staged (learning) order, whatever order the files hold it in."""
+        import numpy as np
+
         ds = fn_args.data_accessor.tf_dataset_factory(
-            files, tfxio.TensorFlowDatasetOptions(batch_size=int(cfg["batch_size"]), label_key=LABEL,
-                                                  num_epochs=epochs, shuffle=False), schema)
-        return ds.map(lambda x, y: ({k: x[k] for k in ("ftrl_indices", "ftrl_values")}, tf.cast(y, tf.float32)))
+            files, tfxio.TensorFlowDatasetOptions(batch_size=8192, label_key=LABEL, num_epochs=1, shuffle=False),
+            schema)
+        cols: dict = {"ftrl_indices": [], "ftrl_values": [], LABEL: [], SPAN_ROW: []}
+        for x, y in ds:
+            for k in ("ftrl_indices", "ftrl_values"):
+                cols[k].append(x[k].numpy())
+            cols[LABEL].append(y.numpy().reshape(-1).astype(np.float32))
+            if SPAN_ROW in x:
+                cols[SPAN_ROW].append(x[SPAN_ROW].numpy().reshape(-1))
+        arr = {k: np.concatenate(v) for k, v in cols.items() if v}
+        order = np.argsort(arr[SPAN_ROW], kind="stable") if SPAN_ROW in arr else slice(None)
+        feats = {k: arr[k][order] for k in ("ftrl_indices", "ftrl_values")}
+        return tf.data.Dataset.from_tensor_slices((feats, arr[LABEL][order])).batch(int(cfg["batch_size"]))
 
     model = build_keras_model(int(cfg["dimension"]), int(cfg["width"]), int(cfg["embedding"]), int(cfg["hidden"]),
                               float(cfg["l2"]), float(cfg["learning_rate"]))
@@ -172,9 +193,9 @@ def run_fn(fn_args) -> None:
         out_layer = model.get_layer("out")
         out_layer.set_weights([out_layer.get_weights()[0], out_layer.get_weights()[1] * 0 + float(cfg["prior_logit"])])
     clock.lap("setup")
-    train_loss = _fit(model, dataset(fn_args.train_files, 1), int(cfg["epochs"]))
+    train_loss = _fit(model, dataset(fn_args.train_files), int(cfg["epochs"]))
     clock.lap("fit")
-    eval_loss = _mean_loss(model, dataset(fn_args.eval_files, 1))
+    eval_loss = _mean_loss(model, dataset(fn_args.eval_files))
     clock.lap("evaluate")
 
     raw_spec = tf_transform_output.raw_feature_spec()

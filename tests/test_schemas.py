@@ -2,7 +2,7 @@
 fit their feature specs: a schema that drifted from its spec would fail retrains at run time."""
 import pytest
 
-from pipelines.retrain import SCHEMAS, SPAN_COLUMNS
+from pipelines.retrain import SCHEMAS, SPAN_COLUMNS, SPAN_ROW
 from transforms.spec import load_spec
 
 CURATED = sorted(SCHEMAS.glob("*.pbtxt"))
@@ -21,7 +21,7 @@ def test_curated_schema_fits_its_spec(path):
     spec = load_spec(path.stem)
     features = {f.name: f for f in schema.feature}
     # every column a span carries, and every raw input the transforms read
-    assert set(SPAN_COLUMNS) | set(spec.input_fields()) == set(features)
+    assert {*SPAN_COLUMNS, SPAN_ROW, *spec.input_fields()} == set(features)
     assert features["label"].type == schema_pb2.INT and features["event_time"].type == schema_pb2.INT
     width = len(spec.sparse_features())
     for name in ("feature_indices", "feature_values"):
