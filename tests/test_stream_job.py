@@ -236,3 +236,22 @@ def test_beam_backfill_gives_the_streaming_examples(events, run, tmp_path):
     flink_dead = sorted((r["reason"], json.loads(r["raw"])["event_id"] if r["raw"].startswith("{") else r["raw"])
                         for r in read_output(events / "run", "dead_letter"))
     assert sorted((r["reason"], r["event_id"]) for r in dead) == flink_dead
+
+
+def test_progressive_replay_serves_what_the_job_served(events, run):
+    """The evaluation's replay (pipelines.progressive) on the job's own examples, with the job's
+    tick: every impression gets the job's base and delta logits and delta version."""
+    from pipelines.progressive import Examples, Strategy, replay
+    from transforms.artifact import TransformArtifact
+
+    run_dir = events / "run"
+    examples = sorted(read_output(run_dir, "examples"), key=lambda e: e["seq"])
+    tick = JobConfig(event_dir="", out="", artifact="").learn_tick_ms
+    dim = TransformArtifact.load(run_dir / "transform").spec.dimension
+    out = replay(Examples.from_rows(examples), Strategy("hybrid", online=ONLINE), dim, JOIN.window_ms, tick)
+    served = {p["event_id"]: p for p in read_output(run_dir, "predictions")}
+    assert set(out.event_id) == set(served) and len(out.event_id) == len(served)
+    job = [served[e] for e in out.event_id]
+    np.testing.assert_array_equal(out.delta_version, [p["delta_version"] for p in job])
+    np.testing.assert_allclose(out.delta_logit, [p["delta_logit"] for p in job], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out.base_logit, [p["base_logit"] for p in job], rtol=0, atol=1e-12)
