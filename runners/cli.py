@@ -230,6 +230,45 @@ def retrain(run: Path = typer.Option(Path("runs/local"), "--run", help="The run 
         raise typer.Exit(1)
 
 
+@app.command()
+def evaluate(data: str = typer.Option("generator", help="generator | talkingdata | elec2 | an event directory"),
+             out: Path = typer.Option(Path("runs/eval"), help="Run folder for the evaluation (RUN_DIR)."),
+             strategies: str = typer.Option(",".join(("static", "periodic", "online", "hybrid")),
+                                            help="Comma-separated: static, periodic, online, hybrid."),
+             events: int = typer.Option(20_000, help="Impressions to generate (--data generator)."),
+             seed: int = typer.Option(7, help="Generator seed."),
+             period: Optional[str] = typer.Option(None, help="Retrain period in event time (default: talkingdata "
+                                                               "1d, elec2 7d, generator 2h)."),
+             window_ms: int = typer.Option(3_600_000, help="Attribution window W."),
+             eval_hours: float = typer.Option(2.0, help="Each retrain's evaluation slice E (hours)."),
+             bootstrap: int = typer.Option(200, help="Bootstrap resamples for the confidence intervals."),
+             data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
+    """Does the hybrid win? Progressive replay of a data source: strategies side by side."""
+    from pipelines.evaluate import EvalConfig
+    from pipelines.evaluate import evaluate as run_evaluation
+    from pipelines.join import JoinConfig
+
+    try:
+        cfg = EvalConfig(data=data, events=events, seed=seed, period_ms=_duration_ms(period) if period else None,
+                         strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
+                         join=JoinConfig(window_ms=window_ms), bootstrap=bootstrap,
+                         retrain={"train_hours": 24.0 * 365 * 10, "eval_hours": eval_hours})
+    except ValueError as e:
+        raise typer.BadParameter(str(e))
+    r = run_evaluation(out, cfg, str(data_dir_opt) if data_dir_opt else None)
+    table = Table(title=f"progressive evaluation: {r['data']} ({r['impressions']:,} impressions)")
+    for col in ("period", "strategy", "logloss", "AUC", "NE", "calibration", "hybrid - this: logloss [95% CI]"):
+        table.add_column(col)
+    for p in r["periods"]:
+        for name, m in p["strategies"].items():
+            ci = p["hybrid_vs"].get(name, {}).get("logloss")
+            table.add_row(p["period"], name, f"{m['logloss']:.5f}", f"{m['auc']:.4f}", f"{m['ne']:.4f}",
+                          f"{m['calibration']:.3f}",
+                          f"{ci['diff']:+.5f} [{ci['low']:+.5f}, {ci['high']:+.5f}]" if ci else "")
+    console.print(table)
+    console.print(f"summary: {Path(out) / 'summary.json'}")
+
+
 @app.command("export-examples")
 def export_examples(run_dir: Path = typer.Argument(..., help="A run folder (RUN_DIR) of the streaming job.")):
     """Export the committed joined-example partitions of RUN_DIR as Parquet (by event-time
