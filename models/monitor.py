@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models import metrics
+
 # upper bounds of the label-delay buckets (ms), the last bucket is open
 DELAY_BUCKETS_MS = {"le_1m": 60_000, "le_5m": 300_000, "le_15m": 900_000, "le_1h": 3_600_000,
                     "le_6h": 21_600_000, "le_1d": 86_400_000}
@@ -47,24 +49,15 @@ class WindowMetrics:
         return len(self.y)
 
     def logloss(self) -> float | None:
-        from sklearn.metrics import log_loss
-
-        return float(log_loss(self.y, np.clip(self.p, 1e-15, 1 - 1e-15), labels=[0, 1])) if self.n else None
+        return metrics.logloss(self.y, self.p) if self.n else None
 
     def auc(self) -> float | None:
-        from sklearn.metrics import roc_auc_score
-
-        return float(roc_auc_score(self.y, self.p)) if 0 < self.y.sum() < self.n else None
+        return metrics.auc(self.y, self.p) if 0 < self.y.sum() < self.n else None
 
     def normalized_entropy(self) -> float | None:
         """Logloss over the entropy of the window's positive rate (He et al. 2014): 1.0 is no
         better than predicting the rate; unlike logloss it does not move with the rate itself."""
-        if not self.n:
-            return None
-        r = float(self.y.mean())
-        if r in (0.0, 1.0):
-            return None
-        return self.logloss() / -(r * np.log(r) + (1 - r) * np.log(1 - r))
+        return metrics.normalized_entropy(self.y, self.p) if 0 < self.y.sum() < self.n else None
 
     def delay_histogram(self) -> dict[str, int]:
         return dict(zip([*DELAY_BUCKETS_MS, "gt_1d"], self.delay_counts.tolist()))

@@ -58,11 +58,14 @@ def _examples(out: Path, cfg: EvalConfig, data_dir: str | None) -> tuple[list[di
     event_dir, source = prepare_events(cfg.data, out, cfg.events, cfg.seed, data_dir)
     art = fit_warmup_artifact(event_dir, source, out / "transform")
     backfill_examples(event_dir, art, cfg.join, out / "backfill")
+    from pipelines.retrain import write_segment
+
     lines = (out / "backfill" / "examples.jsonl").read_text().splitlines()
     # a run folder the TFX retrain reads: job.json and the examples as one segment
     (out / "job.json").write_text(json.dumps(JobConfig(event_dir=str(event_dir.resolve()), out=str(out.resolve()),
                                                        artifact=str((out / "transform").resolve()), join=cfg.join,
                                                        online=cfg.online).to_dict(), indent=1) + "\n")
+    write_segment(out, "all", lines)
     return [json.loads(x) for x in lines], source, art
 
 
@@ -71,10 +74,9 @@ def _base_models(out: Path, rows: list[dict], cfg: EvalConfig, source: str, art)
     serves from each boundary (a candidate that is not blessed leaves it in place)."""
     from models.hotswap import load_base
     from models.registry import Registry
-    from pipelines.retrain import RetrainConfig, retrain, write_segment
+    from pipelines.retrain import RetrainConfig, retrain
 
     period = cfg.period(source)
-    write_segment(out, "all", [json.dumps(r) for r in rows])
     times = [r["event_time"] for r in rows]
     first, last = min(times), max(times)
     swaps, rcfg = [], RetrainConfig.from_dict({**RetrainConfig().to_dict(), **cfg.retrain})
