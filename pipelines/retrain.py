@@ -52,10 +52,12 @@ class RetrainConfig:
     learning_rate: float = 0.01
     seed: int = 0
     warm_start: bool = True
+    recalibrate: bool = True  # after fitting, shift the bias so mean(p) = the train split's rate
     # ValidateSpan: drift vs the previous span (L-infinity for strings, JS divergence for numbers)
     drift_linf: float = 0.3
     drift_jsd: float = 0.3
     skew_linf: float = 0.3
+    drift_action: str = "fail"  # fail | warn: drift vs the previous span blocks the retrain, or is reported
     # EvaluateCandidate: no worse than the champion
     min_auc_delta: float = -0.005
     max_logloss_ratio: float = 1.01
@@ -66,6 +68,10 @@ class RetrainConfig:
     runner: str = "local"  # local | beam
     beam_pipeline_args: tuple[str, ...] = ("--direct_num_workers=1", "--direct_running_mode=in_memory")
     schema: str | None = None  # an explicit schema.pbtxt; default: the curated one, else frozen per run
+
+    def __post_init__(self) -> None:
+        if self.drift_action not in ("fail", "warn"):
+            raise ValueError(f"drift_action must be 'fail' or 'warn', got {self.drift_action!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +126,13 @@ def stage_span(run_dir: Path, cutoff: int, cfg: RetrainConfig, window_ms: int, s
             continue
         t = table.filter(pc.and_(pc.and_(pc.greater_equal(table["event_time"], lo), pc.less(table["event_time"], hi)),
                                  pc.less(table["resolution_time"], cutoff)))
+        if "kind" in t.schema.names:
+            # a late label's correction known before the cutoff replaces the negative it fixes:
+            # offline, the final label is known (point in time: the cutoff), train on it once
+            corrected = pc.filter(t["event_id"], pc.equal(t["kind"], "correction"))
+            if len(corrected):
+                t = t.filter(pc.or_(pc.equal(t["kind"], "correction"),
+                                    pc.invert(pc.is_in(t["event_id"], value_set=pc.unique(corrected)))))
         inputs = [f.name for f in table.schema if f.name not in {*SPAN_COLUMNS, "dt", "hr", "label_time",
                                                                  "label_delay_ms", "kind", "spec_fingerprint",
                                                                  "seq"}]
@@ -184,6 +197,7 @@ def build_pipeline(run_dir: Path, span: Span, cfg: RetrainConfig, job: dict, cha
     validate = ValidateSpan(statistics=stats.outputs["statistics"], schema=schema_gen.outputs["schema"],
                             report_dir=report_dir, previous_statistics=previous_stats or "",
                             drift_linf=cfg.drift_linf, drift_jsd=cfg.drift_jsd, skew_linf=cfg.skew_linf,
+                            drift_action=cfg.drift_action,
                             features=json.dumps([*spec.input_fields(), "label"]))
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
@@ -196,7 +210,7 @@ def build_pipeline(run_dir: Path, span: Span, cfg: RetrainConfig, job: dict, cha
     width = len(spec.sparse_features())
     train_cfg = {"dimension": spec.dimension, "width": width, "embedding": cfg.embedding, "hidden": cfg.hidden,
                  "l2": cfg.l2, "learning_rate": cfg.learning_rate, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-                 "seed": cfg.seed, "spec_fingerprint": fingerprint, "raw_inputs": raw_inputs,
+                 "seed": cfg.seed, "recalibrate": cfg.recalibrate, "spec_fingerprint": fingerprint, "raw_inputs": raw_inputs,
                  "warm_start": champion if (cfg.warm_start and champion and "path" in champion) else None,
                  "prior_logit": _logit(span.counts["train"]["positives"], span.counts["train"]["examples"])}
     trainer = tfx.components.Trainer(

@@ -89,9 +89,12 @@ def ValidateSpan(statistics: tfx.dsl.components.InputArtifact[standard_artifacts
                  drift_linf: tfx.dsl.components.Parameter[float] = 0.3,
                  drift_jsd: tfx.dsl.components.Parameter[float] = 0.3,
                  skew_linf: tfx.dsl.components.Parameter[float] = 0.3,
-                 features: tfx.dsl.components.Parameter[str] = "") -> None:
+                 features: tfx.dsl.components.Parameter[str] = "",
+                 drift_action: tfx.dsl.components.Parameter[str] = "fail") -> None:
     """Schema anomalies of both splits, drift of the train split against the previous span's
-    train split, skew between train and eval; raises with a readable report if any."""
+    train split, skew between train and eval; raises with a readable report if any.
+    ``drift_action="warn"``: drift alone is reported (``drift_warnings``) but does not fail
+    the span (features with a daily cycle drift between spans of different hours)."""
     import tensorflow_data_validation as tfdv
     from tensorflow_metadata.proto.v0 import schema_pb2
 
@@ -110,10 +113,20 @@ def ValidateSpan(statistics: tfx.dsl.components.InputArtifact[standard_artifacts
     evals = tfdv.load_stats_binary(os.path.join(artifact_utils.get_split_uri([statistics], "eval"),
                                                 "FeatureStats.pb"))
     prev = tfdv.load_stats_binary(previous_statistics) if previous_statistics else None
-    found, measured = {}, {}
-    for name, result in (("train", tfdv.validate_statistics(train, sch, previous_statistics=prev,
-                                                            serving_statistics=evals)),
-                         ("eval", tfdv.validate_statistics(evals, sch))):
+    found, measured, warnings = {}, {}, {}
+    train_result = tfdv.validate_statistics(train, sch, previous_statistics=prev, serving_statistics=evals)
+    if drift_action == "warn" and prev is not None:
+        # what fails without the previous span is blocking; what only drift adds is a warning
+        blocking = tfdv.validate_statistics(train, sch, serving_statistics=evals)
+        for feat, info in train_result.anomaly_info.items():
+            if feat not in blocking.anomaly_info:
+                warnings[f"train:{feat}"] = f"{info.short_description}: {info.description}"
+        for ds in train_result.drift_skew_info:
+            for m in ds.drift_measurements:
+                measured.setdefault(f"train:{'.'.join(ds.path.step)}", []).append(
+                    {"type": m.Type.Name(m.type), "value": m.value, "threshold": m.threshold})
+        train_result = blocking
+    for name, result in (("train", train_result), ("eval", tfdv.validate_statistics(evals, sch))):
         tfdv.write_anomalies_text(result, os.path.join(anomalies.uri, f"{name}_anomalies.pbtxt"))
         for feat, info in result.anomaly_info.items():
             found[f"{name}:{feat}"] = f"{info.short_description}: {info.description}"
@@ -124,7 +137,7 @@ def ValidateSpan(statistics: tfx.dsl.components.InputArtifact[standard_artifacts
     Path(report_dir).mkdir(parents=True, exist_ok=True)
     stats_copy = Path(report_dir) / "train_stats.pb"
     stats_copy.write_bytes(Path(artifact_utils.get_split_uri([statistics], "train"), "FeatureStats.pb").read_bytes())
-    report = {"anomalies": found, "measurements": measured,
+    report = {"anomalies": found, "measurements": measured, "drift_warnings": warnings, "drift_action": drift_action,
               "drift_checked_against": previous_statistics or None, "thresholds": {
                   "drift_linf": drift_linf, "drift_jsd": drift_jsd, "skew_linf": skew_linf}}
     _report(report_dir, "validation", report)
@@ -171,14 +184,32 @@ def InfraCheck(model: tfx.dsl.components.InputArtifact[standard_artifacts.Model]
     _report(report_dir, "infra", report)
 
 
+def calibration_interval(expected: float, positives: float, alpha: float = 0.05) -> tuple[float, float]:
+    """A (1 - alpha) interval for calibration = expected / observed positives, from the exact
+    (Garwood) Poisson interval of the observed count: with 18 positives the count alone is
+    uncertain by about -40 %/+60 %, so a point calibration outside a band proves little.
+
+    >>> lo, hi = calibration_interval(18 * 0.5, 18)
+    >>> round(lo, 2), round(hi, 2)
+    (0.32, 0.84)
+    """
+    from scipy.stats import chi2
+
+    k_lo = chi2.ppf(alpha / 2, 2 * positives) / 2 if positives > 0 else 0.0
+    k_hi = chi2.ppf(1 - alpha / 2, 2 * positives + 2) / 2
+    return float(expected / k_hi), (float(expected / k_lo) if k_lo > 0 else float("inf"))
+
+
 def _metrics(p, y, w) -> dict:
     import numpy as np
     from sklearn.metrics import log_loss, roc_auc_score
 
     p = np.clip(p, 1e-7, 1 - 1e-7)
+    expected, observed = float(np.sum(p * w)), float(np.sum(y * w))
     return {"logloss": float(log_loss(y, p, sample_weight=w, labels=[0, 1])),
             "auc": float(roc_auc_score(y, p, sample_weight=w)) if 0 < y.sum() < len(y) else None,
             "calibration": float(np.average(p, weights=w) / max(np.average(y, weights=w), 1e-12)),
+            "calibration_ci95": list(calibration_interval(expected, observed)),
             "examples": int(len(y)), "positives": int(y.sum())}
 
 
@@ -216,8 +247,11 @@ def EvaluateCandidate(model: tfx.dsl.components.InputArtifact[standard_artifacts
         reasons.append(f"AUC {cand['auc']:.4f} < champion {champ['auc']:.4f} {min_auc_delta:+}")
     if cand["logloss"] > champ["logloss"] * max_logloss_ratio:
         reasons.append(f"logloss {cand['logloss']:.5f} > champion {champ['logloss']:.5f} x {max_logloss_ratio}")
-    if not calibration_low <= cand["calibration"] <= calibration_high:
-        reasons.append(f"calibration {cand['calibration']:.3f} outside [{calibration_low}, {calibration_high}]")
+    # refused only when the whole 95 % interval is outside the band (see calibration_interval)
+    c_lo, c_hi = cand["calibration_ci95"]
+    if c_hi < calibration_low or c_lo > calibration_high:
+        reasons.append(f"calibration {cand['calibration']:.3f} (95 % interval [{c_lo:.3f}, {c_hi:.3f}], "
+                       f"{cand['positives']} positives) outside [{calibration_low}, {calibration_high}]")
     ok = not reasons
     report = {"candidate": cand, "champion": {**champ, **{k: v for k, v in champ_cfg.items() if k != "path"}},
               "blessed": ok, "reasons": reasons, "thresholds": {

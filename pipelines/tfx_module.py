@@ -131,6 +131,34 @@ def _fit(model, data, epochs: int) -> float:
     return mean
 
 
+def _recalibrate(model, data) -> float:
+    """Shift the output bias so the mean predicted probability on the training split equals
+    its positive rate, and return the shift. Adam on a rare-positive span leaves the mean
+    prediction far from the rate (seen: 0.38x on a TalkingData day) while the ranking is
+    good; an intercept-only correction fixes calibration without touching the ranking. A 1-D
+    Newton solve on the frozen logits; deterministic."""
+    import numpy as np
+    import tensorflow as tf
+
+    fwd = tf.function(lambda x: model(x, training=False), autograph=False)
+    z = np.concatenate([fwd(x).numpy().reshape(-1) for x, _ in data]).astype(np.float64)
+    y = np.concatenate([y.numpy().reshape(-1) for _, y in data]).astype(np.float64)
+    rate = float(y.mean()) if len(y) else 0.0
+    if not 0.0 < rate < 1.0:
+        return 0.0
+    delta = 0.0
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z + delta, -35, 35)))
+        f, g = p.mean() - rate, (p * (1 - p)).mean()
+        if abs(f) < 1e-12 * rate or g <= 0:
+            break
+        delta -= float(np.clip(f / g, -5.0, 5.0))
+    out_layer = model.get_layer("out")
+    w, b = out_layer.get_weights()
+    out_layer.set_weights([w, b + np.float32(delta)])
+    return float(delta)
+
+
 def _mean_loss(model, data) -> float:
     """Example-weighted mean log loss of ``model`` on ``data``."""
     import tensorflow as tf
@@ -193,8 +221,11 @@ def run_fn(fn_args) -> None:
         out_layer = model.get_layer("out")
         out_layer.set_weights([out_layer.get_weights()[0], out_layer.get_weights()[1] * 0 + float(cfg["prior_logit"])])
     clock.lap("setup")
-    train_loss = _fit(model, dataset(fn_args.train_files), int(cfg["epochs"]))
+    train_data = dataset(fn_args.train_files)
+    train_loss = _fit(model, train_data, int(cfg["epochs"]))
     clock.lap("fit")
+    bias_shift = _recalibrate(model, train_data) if cfg.get("recalibrate", True) else 0.0
+    clock.lap("recalibrate")
     eval_loss = _mean_loss(model, dataset(fn_args.eval_files))
     clock.lap("evaluate")
 
@@ -224,5 +255,5 @@ def run_fn(fn_args) -> None:
     (out / NPZ_DIR).mkdir(parents=True, exist_ok=True)
     (out / NPZ_DIR / FILE).write_bytes(to_base_model(model).to_bytes())
     (out / NPZ_DIR / "training.json").write_text(json.dumps({
-        "warm_started_from": started_from, "train_loss": train_loss,
+        "warm_started_from": started_from, "train_loss": train_loss, "bias_shift": bias_shift,
         "eval_loss": float(eval_loss), "epochs": int(cfg["epochs"]), "seconds": clock.laps}, indent=1) + "\n")

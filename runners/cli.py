@@ -231,28 +231,48 @@ def retrain(run: Path = typer.Option(Path("runs/local"), "--run", help="The run 
 
 
 @app.command()
-def evaluate(data: str = typer.Option("generator", help="generator | talkingdata | elec2 | an event directory"),
+def evaluate(data: str = typer.Option("generator", help="generator | talkingdata | elec2 | an event directory; "
+                                                        "comma-separated: one run folder each under --out, one "
+                                                        "report over all"),
              out: Path = typer.Option(Path("runs/eval"), help="Run folder for the evaluation (RUN_DIR)."),
-             strategies: str = typer.Option(",".join(("static", "periodic", "online", "hybrid")),
-                                            help="Comma-separated: static, periodic, online, hybrid."),
+             strategies: str = typer.Option(",".join(("static", "periodic", "online", "hybrid", "hybrid_replay",
+                                                      "hybrid_fn", "hybrid_fnw")),
+                                            help="Comma-separated: static, periodic, online, hybrid, hybrid_replay "
+                                                 "(replay-buffer mixing), hybrid_fn / hybrid_fnw (learn negatives at "
+                                                 "once: fake negatives, unweighted / fake-negative weighted)."),
              events: int = typer.Option(20_000, help="Impressions to generate (--data generator)."),
              seed: int = typer.Option(7, help="Generator seed."),
              period: Optional[str] = typer.Option(None, help="Retrain period in event time (default: talkingdata "
                                                                "1d, elec2 7d, generator 2h)."),
              window_ms: int = typer.Option(3_600_000, help="Attribution window W."),
-             eval_hours: float = typer.Option(2.0, help="Each retrain's evaluation slice E (hours)."),
+             eval_hours: Optional[float] = typer.Option(None, help="Each retrain's evaluation slice E (hours; "
+                                                                    "default: a quarter period)."),
+             align: str = typer.Option("start", help="Period boundaries: start (data start + k periods: "
+                                                     "train day 1, serve day 2) | calendar."),
              bootstrap: int = typer.Option(200, help="Bootstrap resamples for the confidence intervals."),
+             tune: bool = typer.Option(True, help="Choose FTRL alpha/l1 on the first period only."),
              data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
     """Does the hybrid win? Progressive replay of a data source: strategies side by side."""
     from pipelines.evaluate import EvalConfig
     from pipelines.evaluate import evaluate as run_evaluation
     from pipelines.join import JoinConfig
 
+    names = [d.strip() for d in data.split(",") if d.strip()]
+    if len(names) > 1:  # one run folder per data set, then one report and summary over them
+        from pipelines.report import build_report
+
+        for name in names:
+            evaluate(data=name, out=out / Path(name).name, strategies=strategies, events=events, seed=seed,
+                     period=period, window_ms=window_ms, eval_hours=eval_hours, align=align, bootstrap=bootstrap,
+                     tune=tune, data_dir_opt=data_dir_opt)
+        console.print(f"report over {', '.join(names)} -> {build_report(out)}; summary: {out / 'summary.json'}")
+        return
     try:
         cfg = EvalConfig(data=data, events=events, seed=seed, period_ms=_duration_ms(period) if period else None,
                          strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
-                         join=JoinConfig(window_ms=window_ms), bootstrap=bootstrap,
-                         retrain={"train_hours": 24.0 * 365 * 10, "eval_hours": eval_hours})
+                         join=JoinConfig(window_ms=window_ms, late_policy="correction"), bootstrap=bootstrap,
+                         align=align, tune=tune,
+                         retrain={} if eval_hours is None else {"eval_hours": eval_hours})
     except ValueError as e:
         raise typer.BadParameter(str(e))
     r = run_evaluation(out, cfg, str(data_dir_opt) if data_dir_opt else None)
@@ -266,7 +286,20 @@ def evaluate(data: str = typer.Option("generator", help="generator | talkingdata
                           f"{m['calibration']:.3f}",
                           f"{ci['diff']:+.5f} [{ci['low']:+.5f}, {ci['high']:+.5f}]" if ci else "")
     console.print(table)
-    console.print(f"summary: {Path(out) / 'summary.json'}")
+    console.print(f"summary: {Path(out) / 'summary.json'}; report: {Path(out) / 'report.html'}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run folder of `driftline evaluate`."),
+           out: Optional[Path] = typer.Option(None, help="HTML file to write (default RUN_DIR/report.html).")):
+    """Rebuild the evaluation report (one self-contained HTML file) from a run folder."""
+    from pipelines.report import build_report
+
+    try:
+        console.print(f"report -> {build_report(run_dir, out)}")
+    except FileNotFoundError as e:
+        console.print(f"[red]{e}: not a `driftline evaluate` run folder[/red]")
+        raise typer.Exit(1)
 
 
 @app.command("export-examples")

@@ -16,7 +16,8 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     assert s["swaps"] and s["swaps"][0]["live_at"] == s["evaluated_from"]
-    preds = {n: np.load(out / "predictions" / f"{n}.npz") for n in ("static", "periodic", "online", "hybrid")}
+    names = ("static", "periodic", "online", "hybrid", "hybrid_replay", "hybrid_fn", "hybrid_fnw")
+    preds = {n: np.load(out / "predictions" / f"{n}.npz") for n in names}
     n = s["impressions"]
     assert n > 7_000 and all(len(p["p"]) == n for p in preds.values())
     t = preds["static"]["event_time"]
@@ -34,8 +35,49 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
     assert overall["period"] == "all evaluated"
     for m in overall["strategies"].values():
         assert m["n"] == int(live.sum()) and 0 < m["logloss"] < 1 and 0 < m["auc"] < 1
-    for vs in ("static", "periodic", "online"):
+    for vs in names[:3] + names[4:]:
         ci = overall["hybrid_vs"][vs]["logloss"]
         assert ci["low"] <= ci["diff"] <= ci["high"] and ci["resamples"] > 0
     assert sum(w["n"] for w in s["over_time"]["hybrid"]) == int(live.sum())
     assert "hybrid" in r.output and "logloss" in r.output
+    # the hybrid variants serve the same base models as the hybrid; only their deltas differ
+    for name in names[4:]:
+        np.testing.assert_array_equal(preds[name]["base_version"], preds["hybrid"]["base_version"])
+        assert not np.array_equal(preds[name]["p"], preds["hybrid"]["p"])
+    assert s["tuning"]["chosen"] in [{k: g[k] for k in ("alpha", "l1")} for g in s["tuning"]["grid"]]
+    assert s["online"]["ftrl"]["alpha"] == s["tuning"]["chosen"]["alpha"]
+    # the report: one self-contained file with every figure, rebuilt from the folder alone
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5 and "<script" not in page and "http" not in page
+    for name in names:
+        assert f"<td>{name}</td>" in page
+    r = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "again.html")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "again.html").read_text().count("data:image/png;base64,") == 5
+
+
+def test_tuning_looks_at_the_first_period_only():
+    """Hyperparameters come from the impressions before the first boundary, learned from the
+    examples resolved before it: changing any label that arrives later changes nothing."""
+    import json as _json
+
+    from pipelines.evaluate import EvalConfig, tune_online
+    from pipelines.join import JoinConfig
+    from pipelines.progressive import Examples
+
+    rng = np.random.default_rng(3)
+    boundary, rows = 1_000_000, []
+    for i in range(2_000):
+        t, y = i * 1_000, int(rng.random() < 0.2)
+        res = t + 30_000 if y else t + 60_000
+        rows.append({"event_id": f"e{i}", "event_time": t, "resolution_time": res, "label": y,
+                     "label_time": res if y else None, "kind": "label" if y else "expired", "weight": 1.0,
+                     "features": _json.dumps({"indices": [1, 2 + i % 3], "values": [1.0, 1.0]})})
+    rows.sort(key=lambda r: (r["resolution_time"], r["event_id"]))
+    cfg = EvalConfig(join=JoinConfig(window_ms=60_000, late_policy="correction"), tick_ms=10_000)
+    base = tune_online(Examples.from_rows(rows), cfg, boundary, 8, "")
+    flipped = [{**r, "label": 1 - r["label"]} if r["resolution_time"] >= boundary else r for r in rows]
+    assert tune_online(Examples.from_rows(flipped), cfg, boundary, 8, "") == base
+    assert base["on"] == [0, boundary] and all(g["n"] == 940 for g in base["grid"])
+    early = [{**r, "label": 1 - r["label"]} if r["resolution_time"] < boundary // 2 else r for r in rows]
+    assert tune_online(Examples.from_rows(early), cfg, boundary, 8, "")["grid"] != base["grid"]

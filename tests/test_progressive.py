@@ -32,10 +32,12 @@ def _rows(planted_label: int, label_time: int) -> list[dict]:
     return sorted(rows, key=lambda r: (r["resolution_time"], r["event_id"]))
 
 
+@pytest.mark.parametrize("feedback", ["wait", "fake_negative", "fnw"])
 @pytest.mark.parametrize("tick_ms", [1, 60_000])
-def test_a_planted_label_is_never_used_before_it_arrives(tick_ms):
+def test_a_planted_label_is_never_used_before_it_arrives(tick_ms, feedback):
     label_time = 120_500
-    run = {y: replay(Examples.from_rows(_rows(y, label_time)), Strategy("online", online=ONLINE), dimension=32,
+    strategy = Strategy("online", online=ONLINE, feedback=feedback, replay_mix=0.5 if feedback == "fnw" else 0.0)
+    run = {y: replay(Examples.from_rows(_rows(y, label_time)), strategy, dimension=32,
                      window_ms=W, tick_ms=tick_ms) for y in (0, 1)}
     t = run[1].event_time
     before = t // tick_ms <= label_time // tick_ms  # scored before (or in) the label's tick
@@ -68,3 +70,42 @@ def test_examples_out_of_learning_order_are_refused():
     rows = _rows(1, 50_500)[::-1]
     with pytest.raises(ValueError, match="learning order"):
         replay(Examples.from_rows(rows), Strategy("online"), dimension=32, window_ms=W, tick_ms=1)
+
+
+def _constant_rate_rows(n: int = 6_000, rate: float = 0.3, seed: int = 1) -> list[dict]:
+    """One feature, a constant conversion rate, labels 0-120 s late, window 600 s."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        t = i * 1_000
+        if rng.random() < rate:
+            lt = t + int(rng.integers(0, 120_000))
+            rows.append({"event_id": f"e{i}", "event_time": t, "resolution_time": lt, "label": 1, "label_time": lt,
+                         "kind": "label", "weight": 1.0})
+        else:
+            rows.append({"event_id": f"e{i}", "event_time": t, "resolution_time": t + 600_000, "label": 0,
+                         "label_time": None, "kind": "expired", "weight": 1.0})
+        rows[-1]["features"] = json.dumps({"indices": [1], "values": [1.0]})
+    return sorted(rows, key=lambda r: (r["resolution_time"], r["event_id"]))
+
+
+def test_fake_negatives_bias_the_rate_low_and_fake_negative_weighting_corrects_it():
+    ex = Examples.from_rows(_constant_rate_rows(20_000))
+    online = OnlineConfig(ftrl=FTRLParams(alpha=0.05, l1=0.0, l2=0.0), prior_rate=0.3)
+    mean = {}
+    for fb in ("wait", "fake_negative", "fnw"):
+        out = replay(ex, Strategy(fb, online=online, feedback=fb), dimension=4, window_ms=600_000, tick_ms=1_000)
+        mean[fb] = float(out.p[-2_000:].mean())
+    truth = float(ex.label.mean())  # 0.30
+    assert abs(mean["fake_negative"] - truth / (1 + truth)) < 0.01  # learns p / (1 + p): 0.23
+    assert abs(mean["fnw"] - truth) < 0.01 and abs(mean["wait"] - truth) < 0.01
+
+
+def test_replay_mixing_is_seeded_and_leaves_the_update_sequence_alone():
+    ex = Examples.from_rows(_constant_rate_rows(2_000))
+    run = lambda mix, seed: replay(ex, Strategy("h", online=ONLINE, replay_mix=mix, seed=seed, replay_capacity=300),  # noqa: E731
+                                   dimension=4, window_ms=600_000, tick_ms=1_000)
+    a, b, c, plain = run(1.0, 0), run(1.0, 0), run(1.0, 1), run(0.0, 0)
+    np.testing.assert_array_equal(a.p, b.p)
+    assert not np.array_equal(a.p, c.p) and not np.array_equal(a.p, plain.p)
+    np.testing.assert_array_equal(a.delta_version, plain.delta_version)

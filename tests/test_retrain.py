@@ -95,6 +95,32 @@ def test_examples_carry_their_learning_order(run):
         assert staged and [written[i] for i in range(len(staged))] == staged and len(written) == len(staged)
 
 
+def test_a_correction_known_before_the_cutoff_replaces_the_negative_it_fixes(run, tmp_path):
+    """Offline the final label is known: a late label's correction resolved before the cutoff
+    is trained on instead of the negative it corrects (once); one after the cutoff is not."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.retrain import SEGMENTS, RetrainConfig, stage_span
+
+    run_dir, _ = run
+    table = pa.concat_tables([pq.read_table(f) for f in sorted((run_dir / SEGMENTS).glob("*.parquet"))])
+    rows = table.to_pylist()
+    neg = next(r for r in rows if r["kind"] == "expired")
+    fix = {**neg, "kind": "correction", "label": 1, "resolution_time": neg["resolution_time"] + 5_000,
+           "label_time": neg["resolution_time"] + 5_000}
+    (tmp_path / SEGMENTS).mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows + [fix], schema=table.schema), tmp_path / SEGMENTS / "s.parquet")
+    cfg = RetrainConfig(train_hours=10_000, eval_hours=0)
+    for cutoff, expect in ((fix["resolution_time"] + 1, [("correction", 1)]),
+                           (fix["resolution_time"], [("expired", 0)])):
+        span = stage_span(tmp_path, cutoff, cfg, window_ms=0, source="segments")
+        staged = pq.read_table(span.dir / "train" / "data.parquet").to_pylist()
+        mine = [(r.get("kind", "?"), r["label"]) for r in staged if r["event_id"] == neg["event_id"]]
+        assert len(mine) == 1 and mine[0][1] == expect[0][1]
+        assert len(staged) == sum(1 for r in rows if r["resolution_time"] < cutoff)
+
+
 def test_hot_swap_takes_effect_at_the_recorded_event_time(run):
     run_dir, summary = run
     (swap,) = [s for s in summary["swaps"] if s["outcome"] == "live"]
@@ -176,6 +202,26 @@ def test_worse_candidate_is_not_blessed_and_not_pushed(run):
     assert not o["evaluation"]["blessed"] and o["evaluation"]["reasons"] and not o["pushed"]
     assert o["champion"] == current
     assert reg.versions("base") == before and reg.current("base") == current
+
+
+def test_drift_as_a_warning_is_reported_and_does_not_block(run):
+    """drift_action="warn" (what the evaluation uses): drift against the previous span is
+    listed per feature in the outcome, and the retrain goes on; without it the span fails."""
+    from pipelines.retrain import retrain, run_config
+
+    run_dir, summary = run
+    cutoff = summary["retrains"][0]["cutoff"] - 600_000  # another span: 10 minutes fewer examples
+    state = run_dir / "retrain" / "state.json"  # the previous span: the job's first retrain
+    first_stats = run_dir / "retrain" / "stats" / f"{summary['retrains'][0]['cutoff']}.pb"
+    assert first_stats.exists()
+    state.write_text(json.dumps({**json.loads(state.read_text()), "previous_train_stats": str(first_stats)}))
+    # never blessed (nothing pushed: the module's later tests keep the job's champion)
+    cfg = replace(run_config(run_dir), drift_jsd=1e-9, drift_linf=1e-9, drift_action="warn", max_logloss_ratio=0.0)
+    o = retrain(run_dir, cutoff, cfg, source="segments")
+    assert o["status"] == "ok" and o["infra"]["blessed"], o
+    v = o["validation"]
+    assert v["drift_checked_against"] and v["drift_warnings"] and not v["anomalies"], v
+    assert all(k.startswith("train:") for k in v["drift_warnings"])
 
 
 def test_span_failing_validation_is_refused_with_a_report(run):
@@ -269,4 +315,7 @@ def test_same_span_gives_the_same_model_on_beam_dag_runner(run):
     assert (again.path / "assets.extra" / "base_model.npz").read_bytes() == \
         (first.path / "assets.extra" / "base_model.npz").read_bytes()
     # scored on ExampleGen's (reshuffled) examples: equal up to summation order
-    assert o["evaluation"]["candidate"] == pytest.approx(first.manifest["metrics"], rel=1e-9)
+    flat = lambda m: {k: v for k, v in m.items() if not isinstance(v, list)}  # noqa: E731
+    assert flat(o["evaluation"]["candidate"]) == pytest.approx(flat(first.manifest["metrics"]), rel=1e-9)
+    assert o["evaluation"]["candidate"]["calibration_ci95"] == pytest.approx(first.manifest["metrics"]["calibration_ci95"],
+                                                                             rel=1e-9)
