@@ -31,6 +31,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "hypothesis"],
+        # benchmark-only: bench/ftrl.py compares the FTRL kernel with them
+        "bench": ["river==0.19.0", "vowpalwabbit==9.11.9"],
     },
     entry_points={"console_scripts": ["driftline = runners.cli:main"]},
 )

@@ -52,7 +52,9 @@ class EvalConfig:
     window_ms: int = HOUR  # metrics over time
     bootstrap: int = 200
     block_ms: int = HOUR  # bootstrap blocks
-    tune: bool = True  # choose FTRL alpha/l1 on the first period (TUNE_GRID), else online.ftrl as given
+    # choose FTRL alpha/l1 on the first period (TUNE_GRID): for online-only over the prior, and
+    # for the hybrids' delta over a base model retrained at mid-period 1; else online.ftrl as given
+    tune: bool = True
     replay_mix: float = 1.0  # hybrid_replay: older examples learned per new one
     replay_capacity: int = 20_000
     report: bool = True  # RUN_DIR/report.html (pipelines.report)
@@ -123,41 +125,77 @@ def _base_models(out: Path, rows: list[dict], cfg: EvalConfig, source: str, art)
 
 
 def strategies(swaps: list[BaseSwap], online: OnlineConfig, names: tuple[str, ...],
-               replay_mix: float = 1.0, replay_capacity: int = 20_000) -> list[Strategy]:
+               replay_mix: float = 1.0, replay_capacity: int = 20_000,
+               delta: OnlineConfig | None = None) -> list[Strategy]:
     """(a) static, (b) periodic, (c) online, (d) hybrid, (e) hybrid_replay (replay-buffer
-    mixing), and the hybrid under the fake-negative feedback policies (hybrid_fn, hybrid_fnw)."""
+    mixing), and the hybrid under the fake-negative feedback policies (hybrid_fn, hybrid_fnw).
+    ``online`` configures online-only FTRL, ``delta`` (default: the same) the hybrids' delta."""
+    d = delta or online
     # the first model may come at a later boundary; each version swaps in once
     distinct = tuple(s for i, s in enumerate(swaps) if i == 0 or s.version != swaps[i - 1].version)
     all_ = {"static": Strategy("static", distinct[:1], serve_delta=False, online=online),
             "periodic": Strategy("periodic", distinct, serve_delta=False, online=online),
             "online": Strategy("online", (), online=online),
-            "hybrid": Strategy("hybrid", distinct, online=online),
-            "hybrid_replay": Strategy("hybrid_replay", distinct, online=online, replay_mix=replay_mix,
+            "hybrid": Strategy("hybrid", distinct, online=d),
+            "hybrid_replay": Strategy("hybrid_replay", distinct, online=d, replay_mix=replay_mix,
                                       replay_capacity=replay_capacity),
-            "hybrid_fn": Strategy("hybrid_fn", distinct, online=online, feedback="fake_negative"),
-            "hybrid_fnw": Strategy("hybrid_fnw", distinct, online=online, feedback="fnw")}
+            "hybrid_fn": Strategy("hybrid_fn", distinct, online=d, feedback="fake_negative"),
+            "hybrid_fnw": Strategy("hybrid_fnw", distinct, online=d, feedback="fnw")}
     unknown = set(names) - set(all_)
     if unknown:
         raise ValueError(f"unknown strategies {sorted(unknown)}; known: {sorted(all_)}")
     return [all_[n] for n in names]
 
 
-def tune_online(ex: Examples, cfg: EvalConfig, boundary: int, dimension: int, fingerprint: str) -> dict:
-    """Choose the FTRL hyperparameters on the first period only: online FTRL (over the prior)
-    replayed on the examples resolved before the first boundary, scored on the impressions
-    whose attribution window closed before it; the lowest progressive logloss wins. Nothing
+def tune_online(ex: Examples, cfg: EvalConfig, boundary: int, dimension: int, fingerprint: str,
+                base: BaseSwap | None = None) -> dict:
+    """Choose the FTRL hyperparameters on the first period only. Without ``base``: for online
+    FTRL from scratch (over the prior); with it: for the delta on top of that base model
+    (serving from ``base.live_at``, as the hybrid does). Replayed on the examples resolved
+    before ``boundary``, scored on the impressions whose attribution window closed before it
+    (from ``base.live_at`` on, with a base); the lowest progressive logloss wins. Nothing
     known only after the boundary is looked at."""
     from models import metrics
 
     part = ex.take(np.flatnonzero(ex.resolution_time < boundary))
+    start = base.live_at if base else int(ex.event_time.min())
     results = []
     for g in TUNE_GRID:
         online = replace(cfg.online, ftrl=replace(cfg.online.ftrl, **g))
-        s = replay(part, Strategy("tune", online=online), dimension, cfg.join.window_ms, cfg.tick_ms, fingerprint)
-        m = s.event_time < boundary - cfg.join.window_ms  # impressions whose window closed by the boundary
+        strategy = Strategy("tune", swaps=(base,) if base else (), online=online)
+        s = replay(part, strategy, dimension, cfg.join.window_ms, cfg.tick_ms, fingerprint)
+        m = (s.event_time >= start) & (s.event_time < boundary - cfg.join.window_ms)
         results.append({**g, "logloss": metrics.logloss(s.label[m], s.p[m]), "n": int(m.sum())})
     best = min(results, key=lambda r: r["logloss"])
-    return {"grid": results, "chosen": {k: best[k] for k in TUNE_GRID[0]}, "on": [int(ex.event_time.min()), boundary]}
+    return {"grid": results, "chosen": {k: best[k] for k in TUNE_GRID[0]}, "on": [start, boundary],
+            "base": base.version if base else None}
+
+
+def _tuning_base(out: Path, cfg: EvalConfig, source: str, art, cutoff: int) -> tuple[BaseSwap | None, dict]:
+    """A base model for tuning the delta inside period 1: a TFX retrain at mid-period-1 in a run
+    folder of its own (``RUN_DIR/tuning``: its registry does not become the evaluation's
+    champion). None if it is not pushed; and the retrain's outcome (status, reason)."""
+    import shutil
+
+    from models.hotswap import load_base
+    from models.registry import Registry
+    from pipelines.retrain import SEGMENTS, retrain
+
+    run = out / "tuning"
+    (run / SEGMENTS).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "job.json", run / "job.json")
+    for f in (out / SEGMENTS).glob("*.parquet"):
+        shutil.copyfile(f, run / SEGMENTS / f.name)
+    o = retrain(run, cutoff=cutoff, cfg=cfg.retrain_config(source), source="segments")
+    print(f"tuning base at {cutoff}: retrain {o['status']}, pushed={o['pushed']}", flush=True)
+    brief = {"cutoff": cutoff, "status": o["status"], "pushed": o["pushed"],
+             "reason": "; ".join(o.get("evaluation", {}).get("reasons", [])) or o.get("reason", "")}
+    current = Registry(run / "registry").current("base")
+    if current is None:
+        return None, brief
+    model, manifest = load_base(run / "registry", current, art.spec.fingerprint(), art.spec.dimension)
+    swap = BaseSwap(live_at=cutoff, version=f"tuning-{current}", model=model, train_end=int(manifest["train_end"]))
+    return swap, brief
 
 
 def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> dict:
@@ -170,11 +208,17 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> d
     swaps = _base_models(out, rows, cfg, source, art)
     ex = Examples.from_rows(rows)
     bounds = cfg.boundaries(source, int(ex.event_time.min()), int(ex.event_time.max()))
-    online, tuning = cfg.online, None
+    online = delta = cfg.online
+    tuning: dict | None = None
     if cfg.tune and bounds:
-        tuning = tune_online(ex, cfg, bounds[0], art.spec.dimension, art.spec.fingerprint())
-        online = replace(cfg.online, ftrl=replace(cfg.online.ftrl, **tuning["chosen"]))
-    chosen = strategies(swaps, online, cfg.strategies, cfg.replay_mix, cfg.replay_capacity)
+        dim, fp = art.spec.dimension, art.spec.fingerprint()
+        tuning = {"online": tune_online(ex, cfg, bounds[0], dim, fp)}
+        online = delta = replace(cfg.online, ftrl=replace(cfg.online.ftrl, **tuning["online"]["chosen"]))
+        base, tuning["delta_base"] = _tuning_base(out, cfg, source, art, bounds[0] - cfg.period(source) // 2)
+        if base is not None:  # else the hybrids keep online's choice (said in the summary)
+            tuning["delta"] = tune_online(ex, cfg, bounds[0], dim, fp, base)
+            delta = replace(cfg.online, ftrl=replace(cfg.online.ftrl, **tuning["delta"]["chosen"]))
+    chosen = strategies(swaps, online, cfg.strategies, cfg.replay_mix, cfg.replay_capacity, delta=delta)
     scored = {}
     for s in chosen:
         scored[s.name] = replay(ex, s, art.spec.dimension, cfg.join.window_ms, cfg.tick_ms, art.spec.fingerprint(),
@@ -192,7 +236,7 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> d
         (f"period {i + 2}", b, b + period) for i, b in enumerate(bounds)]
     result: dict = {"data": cfg.data, "source": source, "impressions": len(y), "evaluated_from": start,
                     "period_ms": period, "boundaries": bounds, "tuning": tuning,
-                    "online": online.to_dict(),
+                    "online": online.to_dict(), "delta": delta.to_dict(),
                     "swaps": [{"live_at": s.live_at, "version": s.version, "train_end": s.train_end} for s in swaps],
                     "config": {**asdict(cfg), "join": cfg.join.to_dict(), "online": cfg.online.to_dict()},
                     "periods": [], "over_time": {}}

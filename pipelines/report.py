@@ -211,8 +211,11 @@ def _section(run: Path, level: int = 1) -> str:
         "impression at once as a negative and each label again as a positive when it arrives, unweighted / with "
         "fake-negative weighting (Ktena et al. 2019). CIs: paired bootstrap over hour blocks; a negative "
         "logloss difference favours the hybrid.</p>",
-        (f"<p>FTRL hyperparameters chosen on period 1 only: {html.escape(json.dumps(tuning['chosen']))}</p>"
-         if tuning else ""),
+        (f"<p>FTRL hyperparameters chosen on period 1 only: online-only "
+         f"{html.escape(json.dumps(tuning['online']['chosen']))}; the hybrids' delta "
+         + (f"{html.escape(json.dumps(tuning['delta']['chosen']))} (over a base model retrained at mid-period 1)"
+            if tuning.get("delta") else "the same (no base model came out of mid-period 1)") + "</p>"
+         if tuning and "online" in tuning else ""),
         f"<{h2}>Metrics</{h2}>", metric_table,
         f"<{h2}>Over time</{h2}>", *_metric_figures(summary, preds),
         f"<{h2}>Calibration</{h2}>", _calibration_figure(summary, preds),

@@ -44,8 +44,18 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
     for name in names[4:]:
         np.testing.assert_array_equal(preds[name]["base_version"], preds["hybrid"]["base_version"])
         assert not np.array_equal(preds[name]["p"], preds["hybrid"]["p"])
-    assert s["tuning"]["chosen"] in [{k: g[k] for k in ("alpha", "l1")} for g in s["tuning"]["grid"]]
-    assert s["online"]["ftrl"]["alpha"] == s["tuning"]["chosen"]["alpha"]
+    print(s["tuning"]["delta_base"])
+    tuned = ("online", "delta") if s["tuning"]["delta_base"]["pushed"] else ("online",)
+    for part in tuned:
+        t = s["tuning"][part]
+        assert t["chosen"] in [{k: g[k] for k in ("alpha", "l1")} for g in t["grid"]]
+        assert s[part]["ftrl"]["alpha"] == t["chosen"]["alpha"] and t["on"][1] == s["evaluated_from"]
+    if "delta" in tuned:
+        assert s["tuning"]["delta"]["base"].startswith("tuning-") and s["tuning"]["delta"]["on"][0] < s["evaluated_from"]
+    else:  # no base model out of mid-period 1: the hybrids use online's choice, and the summary says why
+        assert s["delta"] == s["online"] and s["tuning"]["delta_base"]["status"]
+    # the tuning base model lives in a run folder of its own: never one the strategies serve
+    assert not any(v.startswith("tuning-") for p in preds.values() for v in set(p["base_version"]))
     # the report: one self-contained file with every figure, rebuilt from the folder alone
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "<script" not in page and "http" not in page
@@ -76,8 +86,18 @@ def test_tuning_looks_at_the_first_period_only():
     rows.sort(key=lambda r: (r["resolution_time"], r["event_id"]))
     cfg = EvalConfig(join=JoinConfig(window_ms=60_000, late_policy="correction"), tick_ms=10_000)
     base = tune_online(Examples.from_rows(rows), cfg, boundary, 8, "")
+    assert base["base"] is None
     flipped = [{**r, "label": 1 - r["label"]} if r["resolution_time"] >= boundary else r for r in rows]
     assert tune_online(Examples.from_rows(flipped), cfg, boundary, 8, "") == base
     assert base["on"] == [0, boundary] and all(g["n"] == 940 for g in base["grid"])
+    # the delta's tuning over a base model from mid-period 1: scored from its live time only
+    from models.base import BaseModel
+    from pipelines.progressive import BaseSwap
+
+    swap = BaseSwap(live_at=boundary // 2, version="tuning-1", model=BaseModel.zeros(8, bias=-1.4), train_end=0)
+    over_base = tune_online(Examples.from_rows(rows), cfg, boundary, 8, "", swap)
+    assert over_base["on"] == [boundary // 2, boundary] and over_base["base"] == "tuning-1"
+    assert all(g["n"] == 440 for g in over_base["grid"]) and over_base["grid"] != base["grid"]
+    assert tune_online(Examples.from_rows(flipped), cfg, boundary, 8, "", swap) == over_base
     early = [{**r, "label": 1 - r["label"]} if r["resolution_time"] < boundary // 2 else r for r in rows]
     assert tune_online(Examples.from_rows(early), cfg, boundary, 8, "")["grid"] != base["grid"]
