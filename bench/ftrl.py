@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from models.metrics import logloss  # noqa: E402
+
 PARAMS = {"alpha": 0.1, "beta": 1.0, "l1": 1.0, "l2": 1.0}
 BITS = 20  # hash space 2^20 for the synthetic stream and VW
 
@@ -71,11 +73,6 @@ def talkingdata_stream(data_dir: str | None) -> dict:
     y = np.array([e in pos for e in table["event_id"].to_pylist()], np.float64)
     return {"name": "talkingdata", "indices": f.indices.astype(np.int64), "values": f.values.astype(np.float64),
             "label": y, "dimension": spec.dimension}
-
-
-def logloss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(p, 1e-15, 1 - 1e-15)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def run_kernel(s: dict, batch: int = 10_000) -> tuple[float, np.ndarray]:
