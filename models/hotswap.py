@@ -102,7 +102,8 @@ def replay_columns(lines: list[str], since_event_time: int) -> dict:
     return {"resolution_time": np.array([r["resolution_time"] for r in rows], np.int64),
             "indices": [f["indices"] for f in feats], "values": [f["values"] for f in feats],
             "label": np.array([r["label"] for r in rows], np.float64),
-            "weight": np.array([r["weight"] for r in rows], np.float64)}
+            "weight": np.array([r["weight"] for r in rows], np.float64),
+            "event_time": np.array([r["event_time"] for r in rows], np.int64)}
 
 
 def record(run_dir: Path, entry: dict) -> None:

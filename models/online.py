@@ -17,6 +17,18 @@ examples the new base was not trained on (event time from its ``train_end`` on, 
 caller's replay buffer) are re-learned on the new residual, in their original order. Each
 example is then counted once, by one of the two layers, and no freshness is lost.
 
+**Hold after a reset** (``OnlineConfig.hold_after_reset``, needs the attribution window
+``window_ms``). Under the wait policy a positive is learned when its label arrives, its
+impression's negatives only when their window closes. In steady state the two flows balance;
+right after a reset they do not: a fresh FTRL (the stream's start, or a rebase) would see up to
+a window of positives with none of their negatives, with its largest steps, and over-predict
+for hours. So for one window after a reset (from the first example learned, or from the swap)
+a positive whose window is still open is *held*: it is recorded (sequence number, prediction)
+at arrival but its gradient is applied only in the first ``learn_batch`` that reaches its window
+close, with its negatives; at a rebase, the replayed positives whose window is still open are
+held the same way. Held gradients are state (checkpointed with the layer); the order still
+depends only on the event log.
+
 >>> from models.ftrl import FTRLParams
 >>> layer = OnlineLayer(OnlineConfig(ftrl=FTRLParams(l1=0.0)), dimension=8, spec_fingerprint="f")
 >>> rec = layer.score("e1", 0, [1, 5], [1.0, 1.0], unit="u1")
@@ -54,6 +66,7 @@ class OnlineConfig:
     enabled: bool = True  # False: serve base-only (marked), keep learning
     prior_rate: float = 0.01
     prior_strength: float = 100.0
+    hold_after_reset: bool = True  # see the module: positives wait for their window after a reset
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hybrid_share <= 1.0:
@@ -83,7 +96,9 @@ def logit(p: float) -> float:
 
 
 class OnlineLayer:
-    def __init__(self, cfg: OnlineConfig, dimension: int, spec_fingerprint: str):
+    """``window_ms``: the join's attribution window W (0: no hold after a reset)."""
+
+    def __init__(self, cfg: OnlineConfig, dimension: int, spec_fingerprint: str, window_ms: int = 0):
         self.cfg = cfg
         self.spec_fingerprint = spec_fingerprint
         self.ftrl = FTRL(cfg.ftrl, dimension)
@@ -92,6 +107,38 @@ class OnlineLayer:
         self._open: list[tuple[int, int, float]] = []  # heap: (window close, seq, label) to count
         self.base = None  # a models.base.BaseModel once one is swapped in
         self.base_id: str | None = None
+        self.window_ms = int(window_ms) if cfg.hold_after_reset else 0
+        self.hold_until: int | None = None  # positives resolved before this are held (None: not set yet)
+        self._held: list[tuple] = []  # heap: (window close, order, indices, values, label, weight)
+        self._held_order = 0
+
+    @property
+    def held(self) -> int:
+        """Gradients held until their window closes (see the module)."""
+        return len(self._held)
+
+    def _hold(self, window_close: int, indices, values, label: float, weight: float) -> None:
+        self._held_order += 1
+        heapq.heappush(self._held, (int(window_close), self._held_order, np.asarray(indices, np.int64),
+                                    np.asarray(values, np.float32), float(label), float(weight)))
+
+    def _release(self, until: int) -> int:
+        """Apply the held gradients whose window closed by ``until``, in (window close, arrival)
+        order, on the current base's residual. They were counted at arrival: the update
+        sequence and the prior are untouched."""
+        rows = []
+        while self._held and self._held[0][0] <= until:
+            rows.append(heapq.heappop(self._held))
+        if not rows:
+            return 0
+        idx = np.stack([r[2] for r in rows])
+        vals = np.stack([r[3] for r in rows])
+        base = np.broadcast_to(np.asarray(self.base_logits(idx, vals), np.float64), len(rows))
+        seq = self.ftrl.updates
+        self.ftrl.learn_batch(idx, vals, np.array([r[4] for r in rows]), np.ascontiguousarray(base),
+                              np.array([r[5] for r in rows]))
+        self.ftrl.updates = seq
+        return len(rows)
 
     # ---- the base model (a constant prior until the registry has a TFX model) --------------
     @property
@@ -109,24 +156,41 @@ class OnlineLayer:
             return self.base_logit()
         return np.clip(self.base.logits(indices, values), -LOGIT_CLIP, LOGIT_CLIP)
 
-    def swap_base(self, model, version: str, replay: dict) -> int:
+    def swap_base(self, model, version: str, replay: dict, at: int | None = None) -> int:
         """Serve ``model`` as the base from now on and rebase the delta: reset FTRL, then
         re-learn ``replay`` (columns ``resolution_time``, ``indices``, ``values``, ``label``,
-        ``weight``, in learning order: the examples after the new base's training data) on the
-        new residual. The update sequence (``delta_version``) keeps counting stream examples:
-        the re-learned ones were counted when they arrived. Returns how many were re-learned."""
+        ``weight`` and, for the hold, ``event_time``; in learning order: the examples after the
+        new base's training data) on the new residual. The update sequence (``delta_version``)
+        keeps counting stream examples: the re-learned ones were counted when they arrived.
+        ``at`` (event time of the swap): positives whose window is still open then are held,
+        and so are those resolved in the next window (see the module). Returns how many
+        examples were replayed (re-learned now or held)."""
         if model.dimension != self.ftrl.dimension:
             raise ValueError(f"base model dimension {model.dimension} != the served {self.ftrl.dimension}")
         seq = self.ftrl.updates
         self.base, self.base_id = model, version
         self.ftrl = FTRL(self.cfg.ftrl, self.ftrl.dimension)
+        self._held = []
         m = len(replay["label"])
-        if m:
-            idx = np.asarray(replay["indices"], np.int64)
-            vals = np.asarray(replay["values"], np.float32)
-            self.ftrl.learn_batch(idx, vals, np.asarray(replay["label"], np.float64),
-                                  np.asarray(self.base.logits(idx, vals), np.float64),
-                                  np.asarray(replay["weight"], np.float64))
+        if not m:
+            self.ftrl.updates = seq
+            if self.window_ms and at is not None:
+                self.hold_until = int(at) + self.window_ms
+            return 0
+        idx = np.asarray(replay["indices"], np.int64).reshape(m, -1)
+        vals = np.asarray(replay["values"], np.float32).reshape(m, -1)
+        y = np.asarray(replay["label"], np.float64)
+        wt = np.asarray(replay["weight"], np.float64)
+        now = np.ones(m, bool)
+        if self.window_ms and at is not None:
+            self.hold_until = int(at) + self.window_ms
+            close = np.asarray(replay["event_time"], np.int64) + self.window_ms
+            now = ~((y > 0) & (close > at) & (close > np.asarray(replay["resolution_time"], np.int64)))
+            for j in np.flatnonzero(~now):
+                self._hold(close[j], idx[j], vals[j], y[j], wt[j])
+        if now.any():
+            self.ftrl.learn_batch(idx[now], vals[now], y[now], np.asarray(self.base.logits(idx[now], vals[now]),
+                                                                          np.float64), wt[now])
         self.ftrl.updates = seq
         return m
 
@@ -168,8 +232,21 @@ class OnlineLayer:
                     labels: np.ndarray, weights: np.ndarray, window_close: np.ndarray) -> dict:
         """``learn`` for a batch already in learning order: the prior's base logit per example
         (it moves as windows close), then the compiled kernel. Returns ``seq``, ``p_before``
-        and each row's new weights."""
+        and each row's new weights. First the held gradients whose window closed by the batch's
+        last resolution time are applied; in the first window after a reset, positives whose
+        window is open are held (learned now with weight 0: recorded, not applied)."""
         m = len(labels)
+        weights = np.asarray(weights, np.float64)
+        if self.window_ms and m:
+            if self.hold_until is None:  # a fresh layer: the stream's first example resets it
+                self.hold_until = int(resolution_times[0]) + self.window_ms
+            self._release(int(resolution_times[-1]))
+            hold = ((np.asarray(labels) > 0) & (np.asarray(window_close) > np.asarray(resolution_times))
+                    & (np.asarray(resolution_times) < self.hold_until))
+            if hold.any():
+                for j in np.flatnonzero(hold):
+                    self._hold(window_close[j], indices[j], values[j], labels[j], weights[j])
+                weights = np.where(hold, 0.0, weights)
         base = np.empty(m)
         for j in range(m):
             r = int(resolution_times[j])

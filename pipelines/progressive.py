@@ -21,7 +21,8 @@ hybrid are all this one loop.
 ...          "kind": "label", "weight": 1.0, "features": '{"indices": [1], "values": [1.0]}'},
 ...         {"event_id": "b", "event_time": 7, "resolution_time": 600, "label": 0, "label_time": None,
 ...          "kind": "expired", "weight": 1.0, "features": '{"indices": [1], "values": [1.0]}'}]
->>> online = Strategy("online", online=OnlineConfig(ftrl=FTRLParams(l1=0.0)))
+>>> cfg = OnlineConfig(ftrl=FTRLParams(l1=0.0), hold_after_reset=False)  # see models.online
+>>> online = Strategy("online", online=cfg)
 >>> out = replay(Examples.from_rows(rows), online, dimension=4, window_ms=600, tick_ms=1)
 >>> out.event_id, out.delta_version.tolist(), out.label.astype(int).tolist()
 (['a', 'b'], [0, 1], [1, 0])
@@ -184,7 +185,8 @@ def replay(ex: Examples, strategy: Strategy, dimension: int, window_ms: int, tic
     rebase at a swap re-learns every example learned so far from the model's ``train_end``
     on (the job's replay buffer keeps ``replay_buffer_ms`` of them)."""
     online = strategy.online if strategy.serve_delta else replace(strategy.online, enabled=False)
-    layer = OnlineLayer(online, dimension, spec_fingerprint)
+    # the hold after a reset is the wait policy's (models.online); the others learn at once
+    layer = OnlineLayer(online, dimension, spec_fingerprint, window_ms if strategy.feedback == "wait" else 0)
     truth = ex.truth()
     ex = feedback_stream(ex, strategy.feedback)
     learned_weight = ex.weight.copy()  # fnw: the weights actually used (the rebase re-uses them)
@@ -217,7 +219,8 @@ def replay(ex: Examples, strategy: Strategy, dimension: int, window_ms: int, tic
             done = done[ex.event_time[done] >= s.train_end]
             layer.swap_base(s.model, s.version, {
                 "resolution_time": ex.resolution_time[done], "indices": ex.indices[done],
-                "values": ex.values[done], "label": ex.label[done], "weight": learned_weight[done]})
+                "values": ex.values[done], "label": ex.label[done], "weight": learned_weight[done],
+                "event_time": ex.event_time[done]}, at=(int(tick) + 1) * tick_ms - 1)  # the job's tick key
             next_swap += 1
         if s_hi[k] > s_lo[k]:
             rows = imp[s_lo[k]:s_hi[k]]

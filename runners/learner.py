@@ -153,7 +153,8 @@ class Learner(KeyedProcessFunction):
 
     def _layer(self) -> OnlineLayer:
         if self.layer is None:
-            self.layer = self.layer_state.value() or OnlineLayer(self.online, self.dimension, self.fingerprint)
+            self.layer = self.layer_state.value() or OnlineLayer(self.online, self.dimension, self.fingerprint,
+                                                                    window_ms=self.join.window_ms)
         return self.layer
 
     def process_element(self, r, ctx):
@@ -256,7 +257,7 @@ class Learner(KeyedProcessFunction):
             return
         lines = [x for t in c["ticks"] for x in (self.replay.get(t) or "").split("\n") if x]
         train_end = int(manifest.get("train_end", tick))
-        relearned = layer.swap_base(model, version, replay_columns(lines, train_end))
+        relearned = layer.swap_base(model, version, replay_columns(lines, train_end), at=tick)
         live = time.time()
         pushed = pushed_unix(self.registry, version)
         self.m_swaps.inc()

@@ -177,3 +177,68 @@ def test_swap_base_rebases_the_delta_on_the_new_residual():
     np.testing.assert_allclose(s["p"], expect, rtol=1e-9)
     with pytest.raises(ValueError, match="dimension"):
         layer.swap_base(BaseModel.zeros(dim + 1), "v2", replay)
+
+
+def _ex(rows):
+    """Columns of (resolution_time, event_time, feature index, label) rows, one feature each."""
+    r = np.array(rows, np.int64)
+    return r[:, 0], r[:, 1], r[:, 2:3], np.ones((len(r), 1), np.float32), r[:, 3].astype(float)
+
+
+def test_positives_wait_for_their_window_after_the_start():
+    """The wait policy's start-up bias: for one window after a fresh start, a positive whose
+    window is open is recorded at arrival (sequence number, prediction) but its gradient is
+    applied only once its window has closed, with its negatives. Without the hold the first
+    steps see positives only."""
+    W = 100
+    cfg = OnlineConfig(ftrl=FTRLParams(alpha=0.5, l1=0.0))
+    layer = OnlineLayer(cfg, 4, "f", window_ms=W)
+    res, et, idx, vals, y = _ex([(10, 0, 1, 1)])
+    u = layer.learn_batch(res, idx, vals, y, np.ones(1), et + W)
+    assert u["seq"].tolist() == [1] and layer.ftrl.updates == 1 and layer.held == 1
+    assert not layer.ftrl.z.any()  # recorded, not applied
+    # the impression's sibling resolves negative when the window closes: the positive first
+    res2, et2, idx2, vals2, y2 = _ex([(100, 0, 1, 0)])
+    layer.learn_batch(res2, idx2, vals2, y2, np.ones(1), et2 + W)
+    assert layer.held == 0 and layer.ftrl.updates == 2
+    # the same as learning the positive at its window close, then the negative
+    ref = OnlineLayer(cfg, 4, "f")
+    ref.learn_batch(np.array([100, 100]), np.vstack([idx, idx2]), np.vstack([vals, vals2]), np.array([1.0, 0.0]),
+                    np.ones(2), np.array([100, 100]))
+    np.testing.assert_array_equal(layer.ftrl.z, ref.ftrl.z)
+    np.testing.assert_array_equal(layer.ftrl.n, ref.ftrl.n)
+    assert layer.base_logit() == ref.base_logit()
+    # a window after the start, positives are learned when they arrive again
+    res3, et3, idx3, vals3, y3 = _ex([(150, 140, 2, 1)])
+    layer.learn_batch(res3, idx3, vals3, y3, np.ones(1), et3 + W)
+    assert layer.held == 0 and layer.ftrl.z[2] != 0
+    # off: nothing is held
+    off = OnlineLayer(OnlineConfig(ftrl=FTRLParams(l1=0.0), hold_after_reset=False), 4, "f", window_ms=W)
+    off.learn_batch(res, idx, vals, y, np.ones(1), et + W)
+    assert off.held == 0 and off.ftrl.z[1] != 0
+
+
+def test_rebase_holds_the_positives_of_open_windows():
+    """At a swap, the replayed positives whose window is still open are held until it closes
+    (their negatives are not in the buffer yet); the rest is re-learned at once."""
+    from models.base import BaseModel
+
+    W = 100
+    cfg = OnlineConfig(ftrl=FTRLParams(alpha=0.5, l1=0.0))
+    rows = [(100, 0, 0, 0), (120, 20, 1, 0), (150, 130, 2, 1), (160, 140, 3, 0), (170, 150, 1, 1)]
+    res, et, idx, vals, y = _ex(rows)  # at 180: windows of 130 and 150 are open (close 230, 250)
+    layer = OnlineLayer(cfg, 8, "f", window_ms=W)
+    layer.learn_batch(res, idx, vals, y, np.ones(5), et + W)
+    base = BaseModel.zeros(8, bias=-1.0)
+    replay = {"resolution_time": res, "indices": idx, "values": vals, "label": y, "weight": np.ones(5),
+              "event_time": et}
+    assert layer.swap_base(base, "v1", replay, at=180) == 5
+    assert layer.held == 2 and layer.hold_until == 180 + W and layer.ftrl.updates == 5
+    now = np.array([0, 1, 3])
+    ref = OnlineLayer(cfg, 8, "f")
+    ref.swap_base(base, "v1", {k: v[now] for k, v in replay.items()})
+    np.testing.assert_array_equal(layer.ftrl.z, ref.ftrl.z)
+    # a batch that reaches 230 applies the first held positive only, before the batch
+    r2, e2, i2, v2, y2 = _ex([(230, 130, 4, 0)])
+    layer.learn_batch(r2, i2, v2, y2, np.ones(1), e2 + W)
+    assert layer.held == 1 and layer.ftrl.z[2] != 0 and layer.ftrl.z[1] == ref.ftrl.z[1]

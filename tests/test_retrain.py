@@ -156,6 +156,29 @@ def test_hot_swap_takes_effect_at_the_recorded_event_time(run):
     np.testing.assert_allclose([p["base_logit"] for p in sample], model.logits(idx, val), rtol=1e-9, atol=1e-9)
 
 
+def test_the_replay_serves_what_the_job_served_across_a_swap(run):
+    """The evaluation's replay (pipelines.progressive) on the job's own examples, with the job's
+    swap (its model, live tick, train_end): the rebase and the hold after it included, every
+    impression gets the job's base and delta logits and delta version."""
+    from pipelines.progressive import BaseSwap, Examples, Strategy, replay
+    from runners.flink_job import JobConfig
+
+    run_dir, summary = run
+    (swap,) = [s for s in summary["swaps"] if s["outcome"] == "live"]
+    model, _ = load_base(run_dir / "registry", swap["version"], _fingerprint(run_dir), _spec_dim(run_dir))
+    examples = sorted(read_output(run_dir, "examples"), key=lambda e: e["seq"])
+    tick = JobConfig(event_dir="", out="", artifact="").learn_tick_ms
+    strategy = Strategy("hybrid", swaps=(BaseSwap(swap["live_at"], swap["version"], model, swap["train_end"]),),
+                        online=OnlineConfig())
+    out = replay(Examples.from_rows(examples), strategy, _spec_dim(run_dir), JOIN.window_ms, tick)
+    served = {p["event_id"]: p for p in read_output(run_dir, "predictions")}
+    job = [served[e] for e in out.event_id]
+    assert len(job) == len(served) and {p["base_version"] for p in job} == {"prior", swap["version"]}
+    np.testing.assert_array_equal(out.delta_version, [p["delta_version"] for p in job])
+    np.testing.assert_allclose(out.base_logit, [p["base_logit"] for p in job], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(out.delta_logit, [p["delta_logit"] for p in job], rtol=0, atol=1e-9)
+
+
 def _spec_dim(run_dir):
     from transforms.artifact import TransformArtifact
 

@@ -1,6 +1,7 @@
 """The streaming job on a real Flink mini-cluster, checked against the engine-free references:
 the delayed-label join (``pipelines.join.reference_join``) and FTRL Algorithm 1 in plain
 Python (``models.ftrl.ReferenceFTRL``)."""
+import itertools
 import json
 import math
 
@@ -134,23 +135,41 @@ def test_predictions_carry_versions_and_ab_arms(run, events):
 
 
 def _reference_weights(examples, online: OnlineConfig, window_ms: int) -> ReferenceFTRL:
-    """Algorithm 1 in plain Python; the prior base counts an example once its window closed."""
+    """Algorithm 1 in plain Python; the prior base counts an example once its window closed.
+    The hold after the start (models.online): in the first window, a positive whose window is
+    open is applied only in the first tick batch that reaches its window close, before it."""
+    tick = JobConfig(event_dir="", out="", artifact="").learn_tick_ms
     ref = ReferenceFTRL(online.ftrl)
     pos = n = 0
     waiting = []  # (window close, label) of examples resolved before their window closed
-    for e in sorted(examples, key=lambda e: e["seq"]):
-        closed = [x for x in waiting if x[0] <= e["resolution_time"]]
-        waiting = [x for x in waiting if x[0] > e["resolution_time"]]
-        pos, n = pos + sum(label for _, label in closed), n + len(closed)
+    held = []  # (window close, arrival, indices, values, label, weight)
+    rows = sorted(examples, key=lambda e: e["seq"])
+    hold_until = rows[0]["resolution_time"] + window_ms if online.hold_after_reset else -1
+
+    def base():
         rate = (pos + online.prior_rate * online.prior_strength) / (n + online.prior_strength)
-        base = math.log(rate / (1 - rate))
-        f = json.loads(e["features"])
-        ref.learn_one(f["indices"], f["values"], e["label"], base_logit=base, weight=e["weight"])
-        close = e["event_time"] + window_ms
-        if close > e["resolution_time"]:
-            waiting.append((close, e["label"]))
-        else:
-            pos, n = pos + e["label"], n + 1
+        return math.log(rate / (1 - rate))
+
+    for _, batch in itertools.groupby(rows, key=lambda e: (e["resolution_time"] + 1) // tick):
+        batch = list(batch)
+        last = batch[-1]["resolution_time"]
+        for h in sorted(h for h in held if h[0] <= last):
+            ref.learn_one(h[2], h[3], h[4], base_logit=base(), weight=h[5])
+        held = [h for h in held if h[0] > last]
+        for e in batch:
+            closed = [x for x in waiting if x[0] <= e["resolution_time"]]
+            waiting = [x for x in waiting if x[0] > e["resolution_time"]]
+            pos, n = pos + sum(label for _, label in closed), n + len(closed)
+            f = json.loads(e["features"])
+            close = e["event_time"] + window_ms
+            if e["label"] > 0 and close > e["resolution_time"] and e["resolution_time"] < hold_until:
+                held.append((close, e["seq"], f["indices"], f["values"], e["label"], e["weight"]))
+            else:
+                ref.learn_one(f["indices"], f["values"], e["label"], base_logit=base(), weight=e["weight"])
+            if close > e["resolution_time"]:
+                waiting.append((close, e["label"]))
+            else:
+                pos, n = pos + e["label"], n + 1
     return ref
 
 
