@@ -75,12 +75,13 @@ def talkingdata_stream(data_dir: str | None) -> dict:
             "label": y, "dimension": spec.dimension}
 
 
-def run_kernel(s: dict, batch: int = 10_000) -> tuple[float, np.ndarray]:
+def run_kernel(s: dict, batch: int = 10_000, precision: str = "float64") -> tuple[float, np.ndarray]:
     from models.ftrl import FTRL, FTRLParams
 
-    warm = FTRL(FTRLParams(**PARAMS), s["dimension"])  # compile outside the clock
+    params = FTRLParams(**PARAMS, precision=precision)
+    warm = FTRL(params, s["dimension"])  # compile outside the clock
     warm.learn_batch(s["indices"][:2], s["values"][:2], s["label"][:2], np.zeros(2))
-    m = FTRL(FTRLParams(**PARAMS), s["dimension"])
+    m = FTRL(params, s["dimension"])
     n = len(s["label"])
     p = np.empty(n)
     zeros = np.zeros(batch)
@@ -167,7 +168,13 @@ def bench(s: dict, prefix: int, tmp: Path, river_prefix: int) -> list[dict]:
     rows = []
     secs, p_kernel = run_kernel(s)
     rows.append({"learner": "driftline kernel", "events": n, "seconds": secs, "events_per_s": n / secs,
-                 "logloss_prefix": logloss(s["label"][:k], p_kernel[:k]), "logloss_all": logloss(s["label"], p_kernel)})
+                 "logloss_prefix": logloss(s["label"][:k], p_kernel[:k]), "logloss_all": logloss(s["label"], p_kernel),
+                 "state_bytes": 16 * s["dimension"]})
+    secs, p32 = run_kernel(s, precision="float32")  # reduced-precision state: the logloss it costs
+    rows.append({"learner": "driftline kernel float32", "events": n, "seconds": secs, "events_per_s": n / secs,
+                 "logloss_prefix": logloss(s["label"][:k], p32[:k]), "logloss_all": logloss(s["label"], p32),
+                 "logloss_all_minus_float64": logloss(s["label"], p32) - logloss(s["label"], p_kernel),
+                 "max_abs_p_diff_vs_float64": float(np.max(np.abs(p32 - p_kernel))), "state_bytes": 8 * s["dimension"]})
     secs, p = run_reference(s, k)
     rows.append({"learner": "plain-Python reference", "events": k, "seconds": secs, "events_per_s": k / secs,
                  "logloss_prefix": logloss(s["label"][:k], p),

@@ -35,16 +35,26 @@ import numpy as np
 LOGIT_CLIP = 35.0  # sigmoid saturates in float64 beyond this; keeps logloss finite
 
 
+PRECISIONS = ("float64", "float32")
+
+
 @dataclass(frozen=True)
 class FTRLParams:
+    """``precision``: how z and n are stored (16 or 8 bytes per coordinate). The arithmetic is
+    float64 either way; float32 rounds the state after each update (McMahan et al. 2013
+    report no measurable loss from reduced-precision weights; ``bench/ftrl.py`` measures it)."""
+
     alpha: float = 0.05
     beta: float = 1.0
     l1: float = 1.0
     l2: float = 1.0
+    precision: str = "float64"
 
     def __post_init__(self) -> None:
         if self.alpha <= 0 or self.beta < 0 or self.l1 < 0 or self.l2 < 0:
             raise ValueError(f"FTRL needs alpha > 0 and beta, l1, l2 >= 0, got {self}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 def sigmoid(x: float) -> float:
@@ -59,13 +69,13 @@ class FTRL:
     def __init__(self, params: FTRLParams, dimension: int):
         self.params = params
         self.dimension = int(dimension)
-        self.z = np.zeros(self.dimension, dtype=np.float64)
-        self.n = np.zeros(self.dimension, dtype=np.float64)
+        self.z = np.zeros(self.dimension, dtype=params.precision)
+        self.n = np.zeros(self.dimension, dtype=params.precision)
         self.updates = 0  # sequence number of the last applied example
 
     def weights_at(self, idx: np.ndarray) -> np.ndarray:
         p = self.params
-        z, n = self.z[idx], self.n[idx]
+        z, n = self.z[idx].astype(np.float64), self.n[idx].astype(np.float64)
         w = -(z - np.sign(z) * p.l1) / ((p.beta + np.sqrt(n)) / p.alpha + p.l2)
         return np.where(np.abs(z) <= p.l1, 0.0, w)
 
@@ -82,9 +92,9 @@ class FTRL:
         w = self.weights_at(idx)
         p = sigmoid(base_logit + float(np.dot(w, x)))
         g = weight * (p - y) * x
-        n = self.n[idx]
+        n = self.n[idx].astype(np.float64)
         sigma = (np.sqrt(n + g * g) - np.sqrt(n)) / self.params.alpha
-        self.z[idx] += g - sigma * w
+        self.z[idx] = self.z[idx].astype(np.float64) + (g - sigma * w)
         self.n[idx] = n + g * g
         self.updates += 1
         return p, idx, self.weights_at(idx)
@@ -128,7 +138,7 @@ class FTRL:
     def from_bytes(cls, data: bytes) -> "FTRL":
         with np.load(io.BytesIO(data), allow_pickle=False) as f:
             a, b, l1, l2 = (float(v) for v in f["params"])
-            m = cls(FTRLParams(a, b, l1, l2), len(f["z"]))
+            m = cls(FTRLParams(a, b, l1, l2, precision=str(f["z"].dtype)), len(f["z"]))
             m.z[:], m.n[:] = f["z"], f["n"]
             m.updates = int(f["updates"])
         return m

@@ -1,7 +1,8 @@
 """The compiled FTRL-Proximal kernel (numba): Algorithm 1 over a batch of hashed sparse
 examples, strictly one event after another (each sees the weights the previous one left).
 
-It is the same arithmetic as ``FTRL.learn_one`` (same operation order, float64), so it equals
+It is the same arithmetic as ``FTRL.learn_one`` (same operation order, float64; with float32
+state, ``FTRLParams.precision``, z and n are read as float64 and rounded when stored), so it equals
 the plain-Python ``ReferenceFTRL`` to rounding; tests hold it to 1e-9. Compiled on first use
 in each process (~2.5 s here). No on-disk cache: numba's cache keys on the file path but
 pickles the module name, so a cache written by ``python -m doctest models/ftrl_kernel.py``
@@ -56,7 +57,7 @@ def learn_batch(z, n, idx, x, y, base, sample_weight, alpha, beta, l1, l2):
         s = 0.0
         for c in range(k):
             i = idx[j, c]
-            w[c] = _weight(z[i], n[i], alpha, beta, l1, l2)
+            w[c] = _weight(np.float64(z[i]), np.float64(n[i]), alpha, beta, l1, l2)
             s += w[c] * x[j, c]
         t = base[j] + s
         t = min(max(t, -LOGIT_CLIP), LOGIT_CLIP)
@@ -65,13 +66,13 @@ def learn_batch(z, n, idx, x, y, base, sample_weight, alpha, beta, l1, l2):
         for c in range(k):
             i = idx[j, c]
             g = sample_weight[j] * (p - y[j]) * x[j, c]
-            ni = n[i]
+            ni = np.float64(n[i])
             sigma = (math.sqrt(ni + g * g) - math.sqrt(ni)) / alpha
-            z[i] += g - sigma * w[c]
+            z[i] = np.float64(z[i]) + (g - sigma * w[c])  # stored in z's precision
             n[i] = ni + g * g
         for c in range(k):
             i = idx[j, c]
-            w_out[j, c] = _weight(z[i], n[i], alpha, beta, l1, l2)
+            w_out[j, c] = _weight(np.float64(z[i]), np.float64(n[i]), alpha, beta, l1, l2)
     return p_out, w_out
 
 
@@ -84,6 +85,6 @@ def predict_logits(z, n, idx, x, alpha, beta, l1, l2):
         s = 0.0
         for c in range(k):
             i = idx[j, c]
-            s += _weight(z[i], n[i], alpha, beta, l1, l2) * x[j, c]
+            s += _weight(np.float64(z[i]), np.float64(n[i]), alpha, beta, l1, l2) * x[j, c]
         out[j] = s
     return out

@@ -99,6 +99,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         watermark_delay_ms: int = typer.Option(60_000, help="Bounded out-of-orderness."),
         late_policy: str = typer.Option("sink", help="sink | correction"),
         hybrid_share: float = typer.Option(1.0, help="A/B: share of units served hybrid."),
+        precision: str = typer.Option("float64", help="FTRL state: float64 | float32 (half the memory)."),
+        hold: bool = typer.Option(True, help="After a start or rebase, positives of open windows wait for "
+                                             "their window to close (see models/online.py)."),
         follow: bool = typer.Option(False, help="Keep monitoring the event directory (unbounded)."),
         retrain_every: Optional[str] = typer.Option(None, help="Scheduled TFX retrains every this much event "
                                                                 "time (e.g. 6h, 90m); default: none (the job "
@@ -120,7 +123,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
 
     try:
         join = JoinConfig(window_ms=window_ms, watermark_delay_ms=watermark_delay_ms, late_policy=late_policy)
-        online = OnlineConfig(hybrid_share=hybrid_share)
+        from models.ftrl import FTRLParams
+
+        online = OnlineConfig(hybrid_share=hybrid_share, ftrl=FTRLParams(precision=precision), hold_after_reset=hold)
     except ValueError as e:
         raise typer.BadParameter(str(e))
     try:
