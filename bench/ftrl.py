@@ -201,6 +201,28 @@ def bench(s: dict, prefix: int, tmp: Path, river_prefix: int) -> list[dict]:
     return rows
 
 
+def state_sizes(events: int, bits_list=(16, 18, 20, 22, 24)) -> list[dict]:
+    """FTRL state against hash-space size: the synthetic stream hashed into 2^bits (fewer bits:
+    more collisions), learned by the kernel in float64 and float32; state bytes, non-zero
+    weights, the compressed snapshot (``FTRL.to_bytes``) and the progressive logloss."""
+    from models.ftrl import FTRL, FTRLParams
+
+    base = synthetic(events)
+    rows = []
+    for bits in bits_list:
+        idx = base["indices"] % (1 << bits)
+        for prec in ("float64", "float32"):
+            m = FTRL(FTRLParams(**PARAMS, precision=prec), 1 << bits)
+            p = np.empty(events)
+            for i in range(0, events, 10_000):
+                j = slice(i, min(i + 10_000, events))
+                p[j], _ = m.learn_batch(idx[j], base["values"][j], base["label"][j], np.zeros(j.stop - j.start))
+            rows.append({"bits": bits, "precision": prec, "state_bytes": int(m.z.nbytes + m.n.nbytes),
+                         "nonzero_weights": int(np.count_nonzero(m.weights())),
+                         "snapshot_bytes": len(m.to_bytes()), "logloss": logloss(base["label"], p)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
@@ -211,6 +233,8 @@ def main() -> None:
                          "after 20k events of the synthetic stream here)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--skip-talkingdata", action="store_true")
+    ap.add_argument("--state-events", type=int, default=1_000_000,
+                    help="synthetic events for the state-size table (0: skip it)")
     args = ap.parse_args()
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     streams = [] if args.skip_talkingdata else [talkingdata_stream(args.data_dir)]
@@ -235,6 +259,13 @@ def main() -> None:
         result[f"{s['name']}: kernel / VW native"] = kern / vw if kern and vw else None
         result[f"{s['name']}: kernel / River"] = kern / river if kern and river else None
     result["goal"] = "kernel >= 2x VW native loop and >= 50x River"
+    if args.state_events:
+        result["state_sizes"] = state_sizes(args.state_events)
+        print(f"\nFTRL state against hash-space size (synthetic, {args.state_events:,} events):")
+        print(f"{'bits':>5}{'precision':>10}{'state MB':>10}{'non-zero w':>12}{'snapshot MB':>13}{'logloss':>10}")
+        for r in result["state_sizes"]:
+            print(f"{r['bits']:>5}{r['precision']:>10}{r['state_bytes'] / 1e6:>10.2f}{r['nonzero_weights']:>12,}"
+                  f"{r['snapshot_bytes'] / 1e6:>13.2f}{r['logloss']:>10.5f}")
     for k, v in result.items():
         if k.endswith("VW native") or k.endswith("River"):
             print(f"{k}: {'-' if v is None else f'{v:.1f}x'}")
