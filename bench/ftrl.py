@@ -75,7 +75,10 @@ def talkingdata_stream(data_dir: str | None) -> dict:
             "label": y, "dimension": spec.dimension}
 
 
-def run_kernel(s: dict, batch: int = 10_000, precision: str = "float64") -> tuple[float, np.ndarray]:
+def run_kernel(s: dict, batch: int = 10_000, precision: str = "float64",
+               want_weights: bool = True) -> tuple[float, np.ndarray]:
+    """The kernel as the job calls it: batches of 10k, the new weights of each row returned
+    (``want_weights=False``: predictions only, as the other learners here)."""
     from models.ftrl import FTRL, FTRLParams
 
     params = FTRLParams(**PARAMS, precision=precision)
@@ -88,7 +91,8 @@ def run_kernel(s: dict, batch: int = 10_000, precision: str = "float64") -> tupl
     t0 = time.perf_counter()
     for i in range(0, n, batch):
         j = slice(i, min(i + batch, n))
-        p[j], _ = m.learn_batch(s["indices"][j], s["values"][j], s["label"][j], zeros[: j.stop - j.start])
+        p[j], _ = m.learn_batch(s["indices"][j], s["values"][j], s["label"][j], zeros[: j.stop - j.start],
+                                want_weights=want_weights)
     return time.perf_counter() - t0, p
 
 
@@ -170,6 +174,9 @@ def bench(s: dict, prefix: int, tmp: Path, river_prefix: int) -> list[dict]:
     rows.append({"learner": "driftline kernel", "events": n, "seconds": secs, "events_per_s": n / secs,
                  "logloss_prefix": logloss(s["label"][:k], p_kernel[:k]), "logloss_all": logloss(s["label"], p_kernel),
                  "state_bytes": 16 * s["dimension"]})
+    secs, p_nw = run_kernel(s, want_weights=False)
+    rows.append({"learner": "driftline kernel, no weights out", "events": n, "seconds": secs, "events_per_s": n / secs,
+                 "logloss_all": logloss(s["label"], p_nw), "same_as_kernel": bool(np.array_equal(p_nw, p_kernel))})
     secs, p32 = run_kernel(s, precision="float32")  # reduced-precision state: the logloss it costs
     rows.append({"learner": "driftline kernel float32", "events": n, "seconds": secs, "events_per_s": n / secs,
                  "logloss_prefix": logloss(s["label"][:k], p32[:k]), "logloss_all": logloss(s["label"], p32),
@@ -243,13 +250,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for s in streams:
             rows += bench(s, args.prefix, Path(tmp), args.river_prefix)
-    print(f"{'stream':<22}{'learner':<28}{'events':>10}{'events/s':>14}{'logloss(prefix)':>17}{'logloss(all)':>14}")
+    print(f"{'stream':<22}{'learner':<34}{'events':>10}{'events/s':>14}{'logloss(prefix)':>17}{'logloss(all)':>14}")
     for r in rows:
         if "missing" in r:
-            print(f"{r['stream']:<22}{r['learner']:<28}  {r['missing']}")
+            print(f"{r['stream']:<22}{r['learner']:<34}  {r['missing']}")
             continue
         f = lambda k: f"{r[k]:.5f}" if k in r else "-"  # noqa: E731
-        print(f"{r['stream']:<22}{r['learner']:<28}{r['events']:>10,}{r['events_per_s']:>14,.0f}"
+        print(f"{r['stream']:<22}{r['learner']:<34}{r['events']:>10,}{r['events_per_s']:>14,.0f}"
               f"{f('logloss_prefix'):>17}{f('logloss_all'):>14}")
     result = {"rows": rows, "params": PARAMS, "prefix": args.prefix}
     by = {(r["stream"], r["learner"]): r.get("events_per_s") for r in rows}

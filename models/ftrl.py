@@ -109,9 +109,10 @@ class FTRL:
                               np.ascontiguousarray(values, np.float64), p.alpha, p.beta, p.l1, p.l2)
 
     def learn_batch(self, indices: np.ndarray, values: np.ndarray, y: np.ndarray,
-                    base_logits: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    base_logits: np.ndarray, weights: np.ndarray | None = None,
+                    want_weights: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``learn_one`` for each row in order; returns (p before each update, each row's new
-        weights [m, k])."""
+        weights [m, k], or an empty [0, k] without ``want_weights``)."""
         from models.ftrl_kernel import learn_batch
 
         m = len(y)
@@ -119,7 +120,8 @@ class FTRL:
         sw = np.ones(m) if weights is None else np.asarray(weights, np.float64)
         p_before, w = learn_batch(self.z, self.n, np.ascontiguousarray(indices, np.int64),
                                   np.ascontiguousarray(values, np.float64), np.asarray(y, np.float64),
-                                  np.asarray(base_logits, np.float64), sw, p.alpha, p.beta, p.l1, p.l2)
+                                  np.asarray(base_logits, np.float64), sw, p.alpha, p.beta, p.l1, p.l2,
+                                  self.z.dtype == np.float64, bool(want_weights))
         self.updates += m
         return p_before, w
 

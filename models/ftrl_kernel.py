@@ -45,19 +45,36 @@ def _weight(z: float, n: float, alpha: float, beta: float, l1: float, l2: float)
     return -(z - sign * l1) / ((beta + math.sqrt(n)) / alpha + l2)
 
 
+@njit(inline="always")
+def _w(z: float, sqrt_n: float, alpha: float, beta: float, l1: float, l2: float) -> float:
+    """``_weight`` with sqrt(n) given (the kernel computes it once per coordinate and event)."""
+    if abs(z) <= l1:
+        return 0.0
+    sign = 1.0 if z > 0 else -1.0
+    return -(z - sign * l1) / ((beta + sqrt_n) / alpha + l2)
+
+
 @njit
-def learn_batch(z, n, idx, x, y, base, sample_weight, alpha, beta, l1, l2):
+def learn_batch(z, n, idx, x, y, base, sample_weight, alpha, beta, l1, l2, exact=True, want_weights=True):
     """Learn rows ``idx[j], x[j]`` with labels ``y[j]`` in order, updating ``z``/``n`` in place.
-    Returns (p before each update [m], the new weights of each row's coordinates [m, k])."""
+    Returns (p before each update [m], the new weights of each row's coordinates [m, k], or
+    [0, k] without ``want_weights``). ``exact``: z and n are float64, so the square roots
+    computed for the update are the ones a re-read would give and are reused (with float32
+    state the new weights are computed from the rounded, stored values). The indices of a row
+    must be distinct (the feature spec's layout guarantees it)."""
     m, k = idx.shape
     p_out = np.empty(m)
-    w_out = np.empty((m, k))
+    w_out = np.empty((m if want_weights else 0, k))
     w = np.empty(k)
+    sq = np.empty(k)
     for j in range(m):
         s = 0.0
         for c in range(k):
             i = idx[j, c]
-            w[c] = _weight(np.float64(z[i]), np.float64(n[i]), alpha, beta, l1, l2)
+            zi = np.float64(z[i])
+            r = math.sqrt(np.float64(n[i]))
+            sq[c] = r
+            w[c] = _w(zi, r, alpha, beta, l1, l2)
             s += w[c] * x[j, c]
         t = base[j] + s
         t = min(max(t, -LOGIT_CLIP), LOGIT_CLIP)
@@ -67,12 +84,16 @@ def learn_batch(z, n, idx, x, y, base, sample_weight, alpha, beta, l1, l2):
             i = idx[j, c]
             g = sample_weight[j] * (p - y[j]) * x[j, c]
             ni = np.float64(n[i])
-            sigma = (math.sqrt(ni + g * g) - math.sqrt(ni)) / alpha
-            z[i] = np.float64(z[i]) + (g - sigma * w[c])  # stored in z's precision
+            r1 = math.sqrt(ni + g * g)
+            sigma = (r1 - sq[c]) / alpha
+            zi = np.float64(z[i]) + (g - sigma * w[c])
+            z[i] = zi  # stored in z's precision
             n[i] = ni + g * g
-        for c in range(k):
-            i = idx[j, c]
-            w_out[j, c] = _weight(np.float64(z[i]), np.float64(n[i]), alpha, beta, l1, l2)
+            if want_weights:
+                if not exact:
+                    zi = np.float64(z[i])
+                    r1 = math.sqrt(np.float64(n[i]))
+                w_out[j, c] = _w(zi, r1, alpha, beta, l1, l2)
     return p_out, w_out
 
 

@@ -136,7 +136,7 @@ class OnlineLayer:
         base = np.broadcast_to(np.asarray(self.base_logits(idx, vals), np.float64), len(rows))
         seq = self.ftrl.updates
         self.ftrl.learn_batch(idx, vals, np.array([r[4] for r in rows]), np.ascontiguousarray(base),
-                              np.array([r[5] for r in rows]))
+                              np.array([r[5] for r in rows]), want_weights=False)
         self.ftrl.updates = seq
         return len(rows)
 
@@ -190,7 +190,7 @@ class OnlineLayer:
                 self._hold(close[j], idx[j], vals[j], y[j], wt[j])
         if now.any():
             self.ftrl.learn_batch(idx[now], vals[now], y[now], np.asarray(self.base.logits(idx[now], vals[now]),
-                                                                          np.float64), wt[now])
+                                                                          np.float64), wt[now], want_weights=False)
         self.ftrl.updates = seq
         return m
 

@@ -266,5 +266,5 @@ def _learn_replayed(layer: OnlineLayer, ex: Examples, weight: np.ndarray, rows: 
     seq = layer.ftrl.updates
     base = np.broadcast_to(np.asarray(layer.base_logits(ex.indices[rows], ex.values[rows]), np.float64), len(rows))
     layer.ftrl.learn_batch(ex.indices[rows], ex.values[rows], ex.label[rows], np.ascontiguousarray(base),
-                           weight[rows] * scale)
+                           weight[rows] * scale, want_weights=False)
     layer.ftrl.updates = seq
