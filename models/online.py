@@ -124,21 +124,24 @@ class OnlineLayer:
 
     def _release(self, until: int) -> int:
         """Apply the held gradients whose window closed by ``until``, in (window close, arrival)
-        order, on the current base's residual. They were counted at arrival: the update
-        sequence and the prior are untouched."""
+        order. They were counted at arrival (``relearn``)."""
         rows = []
         while self._held and self._held[0][0] <= until:
             rows.append(heapq.heappop(self._held))
-        if not rows:
-            return 0
-        idx = np.stack([r[2] for r in rows])
-        vals = np.stack([r[3] for r in rows])
-        base = np.broadcast_to(np.asarray(self.base_logits(idx, vals), np.float64), len(rows))
-        seq = self.ftrl.updates
-        self.ftrl.learn_batch(idx, vals, np.array([r[4] for r in rows]), np.ascontiguousarray(base),
-                              np.array([r[5] for r in rows]), want_weights=False)
-        self.ftrl.updates = seq
+        if rows:
+            self.relearn(np.stack([r[2] for r in rows]), np.stack([r[3] for r in rows]),
+                         np.array([r[4] for r in rows]), np.array([r[5] for r in rows]))
         return len(rows)
+
+    def relearn(self, indices: np.ndarray, values: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> None:
+        """Learn examples the stream already counted (a rebase, held gradients, replay mixing)
+        on the current base's residual: the update sequence and the prior are untouched."""
+        if not len(labels):
+            return
+        base = np.broadcast_to(np.asarray(self.base_logits(indices, values), np.float64), len(labels))
+        seq = self.ftrl.updates
+        self.ftrl.learn_batch(indices, values, labels, np.ascontiguousarray(base), weights, want_weights=False)
+        self.ftrl.updates = seq
 
     # ---- the base model (a constant prior until the registry has a TFX model) --------------
     @property
@@ -170,28 +173,25 @@ class OnlineLayer:
         seq = self.ftrl.updates
         self.base, self.base_id = model, version
         self.ftrl = FTRL(self.cfg.ftrl, self.ftrl.dimension)
+        self.ftrl.updates = seq
         self._held = []
+        hold = bool(self.window_ms) and at is not None
+        if hold:
+            self.hold_until = int(at) + self.window_ms
         m = len(replay["label"])
         if not m:
-            self.ftrl.updates = seq
-            if self.window_ms and at is not None:
-                self.hold_until = int(at) + self.window_ms
             return 0
         idx = np.asarray(replay["indices"], np.int64).reshape(m, -1)
         vals = np.asarray(replay["values"], np.float32).reshape(m, -1)
         y = np.asarray(replay["label"], np.float64)
         wt = np.asarray(replay["weight"], np.float64)
         now = np.ones(m, bool)
-        if self.window_ms and at is not None:
-            self.hold_until = int(at) + self.window_ms
+        if hold:
             close = np.asarray(replay["event_time"], np.int64) + self.window_ms
             now = ~((y > 0) & (close > at) & (close > np.asarray(replay["resolution_time"], np.int64)))
             for j in np.flatnonzero(~now):
                 self._hold(close[j], idx[j], vals[j], y[j], wt[j])
-        if now.any():
-            self.ftrl.learn_batch(idx[now], vals[now], y[now], np.asarray(self.base.logits(idx[now], vals[now]),
-                                                                          np.float64), wt[now], want_weights=False)
-        self.ftrl.updates = seq
+        self.relearn(idx[now], vals[now], y[now], wt[now])
         return m
 
     # ---- serving ---------------------------------------------------------------------------

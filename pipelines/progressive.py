@@ -261,10 +261,4 @@ def replay(ex: Examples, strategy: Strategy, dimension: int, window_ms: int, tic
 def _learn_replayed(layer: OnlineLayer, ex: Examples, weight: np.ndarray, rows: np.ndarray, scale: float) -> None:
     """Re-learn older examples ``rows`` on the current base's residual. They do not count as
     new stream examples: ``delta_version`` (the update sequence) and the prior are untouched."""
-    if not len(rows):
-        return
-    seq = layer.ftrl.updates
-    base = np.broadcast_to(np.asarray(layer.base_logits(ex.indices[rows], ex.values[rows]), np.float64), len(rows))
-    layer.ftrl.learn_batch(ex.indices[rows], ex.values[rows], ex.label[rows], np.ascontiguousarray(base),
-                           weight[rows] * scale, want_weights=False)
-    layer.ftrl.updates = seq
+    layer.relearn(ex.indices[rows], ex.values[rows], ex.label[rows], weight[rows] * scale)
