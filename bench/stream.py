@@ -53,17 +53,20 @@ def _latest_checkpoint(root: Path) -> Path | None:
     return max(chks, key=lambda p: int(p.name.split("-")[1])) if chks else None
 
 
-def checkpoint_bytes_per_pending(root: Path, events: int = 6_000) -> dict:
+def checkpoint_bytes_per_pending(root: Path, events: int = 14_400) -> dict:
     """Marginal checkpoint bytes per pending impression: a follow-mode job with a window so
     long that nothing resolves; publish half the impressions, let checkpoints settle, measure
     the newest checkpoint; publish the rest, measure again; divide the growth by the growth in
-    pending impressions."""
+    pending impressions. 14,400 generated events span ~4 h: both measurements see the 1-h
+    aggregate windows full (their state does not grow with pending impressions; with 6,000
+    events, ~100 min, their filling was counted too)."""
     import os
     import shutil
     import signal
     import subprocess
     import time
 
+    from models.online import OnlineConfig
     from pipelines.sources.generator import GeneratorConfig
     from runners.local import generate_event_dir
     from runners.stream import fit_warmup_artifact, prepare_run, summarize
@@ -79,7 +82,10 @@ def checkpoint_bytes_per_pending(root: Path, events: int = 6_000) -> dict:
     fit_warmup_artifact(root / "ev", "generator", root / "art")
     day = 86_400_000
     join = JoinConfig(window_ms=30 * day, late_horizon_ms=30 * day, watermark_delay_ms=1_000)
-    cfg = prepare_run(live, root / "run", "generator", join, artifact=root / "art", follow=True,
+    # W = 30 days: without the hold after the start, which would keep every positive's gradient
+    # (state of the Learner, not of the join) for the whole window
+    cfg = prepare_run(live, root / "run", "generator", join, OnlineConfig(hold_after_reset=False),
+                      artifact=root / "art", follow=True,
                       checkpoint_interval_ms=2_000, monitor_interval_ms=500, learn_tick_ms=10_000)
     proc = subprocess.Popen([cfg.python_executable, "-m", "runners.flink_job", str(root / "run" / "job.json")],
                             stdout=open(root / "flink.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -133,7 +139,16 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--events", type=int, default=50_000, help="generated impressions")
+    ap.add_argument("--only-checkpoint", action="store_true", help="only the checkpoint bytes per pending impression")
     args = ap.parse_args()
+    if args.only_checkpoint:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = checkpoint_bytes_per_pending(Path(tmp) / "ckpt")
+        print(f"checkpoint: {ckpt['checkpoint_bytes_1']:,} B with {ckpt['pending_1']:,} pending impressions, "
+              f"{ckpt['checkpoint_bytes_2']:,} B with {ckpt['pending_2']:,}: "
+              f"{ckpt['bytes_per_pending_impression']} B per pending impression (goal <= 200)")
+        print(json.dumps({"checkpoint": ckpt}))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         startup = one("generator", root / "startup", 200, None)
