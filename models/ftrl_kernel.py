@@ -38,16 +38,8 @@ LOGIT_CLIP = 35.0
 
 
 @njit(inline="always")
-def _weight(z: float, n: float, alpha: float, beta: float, l1: float, l2: float) -> float:
-    if abs(z) <= l1:
-        return 0.0
-    sign = 1.0 if z > 0 else (-1.0 if z < 0 else 0.0)
-    return -(z - sign * l1) / ((beta + math.sqrt(n)) / alpha + l2)
-
-
-@njit(inline="always")
 def _w(z: float, sqrt_n: float, alpha: float, beta: float, l1: float, l2: float) -> float:
-    """``_weight`` with sqrt(n) given (the kernel computes it once per coordinate and event)."""
+    """The weight of a coordinate from z and sqrt(n) (computed once per coordinate and event)."""
     if abs(z) <= l1:
         return 0.0
     sign = 1.0 if z > 0 else -1.0
@@ -106,6 +98,6 @@ def predict_logits(z, n, idx, x, alpha, beta, l1, l2):
         s = 0.0
         for c in range(k):
             i = idx[j, c]
-            s += _weight(np.float64(z[i]), np.float64(n[i]), alpha, beta, l1, l2) * x[j, c]
+            s += _w(np.float64(z[i]), math.sqrt(np.float64(n[i])), alpha, beta, l1, l2) * x[j, c]
         out[j] = s
     return out
