@@ -241,6 +241,26 @@ def add_source(t_env, name: str, folder: Path, ddl, follow: bool) -> None:
         " UNION ALL ".join(f"SELECT * FROM {name}_p{i}" for i in range(len(parts)))))
 
 
+def shared_view(t_env, name: str, table) -> None:
+    """Register ``table`` as view ``name`` through a DataStream, so that every plan using it
+    shares one operator chain. The Learner's input becomes a DataStream (``to_data_stream``) and
+    the sinks a statement set; the two are planned separately, so a plain SQL view used by both
+    would run twice (two scans of the impressions, two sets of OVER state: measured as two
+    identical state files growing ~152 B per pending impression each). The rowtime ``ts`` and
+    the watermark are the table's own (``SOURCE_WATERMARK``). (Converting the dedup's output
+    directly fails in Flink 2.3 — "Field names must be unique. Found duplicates: [w0$o0]" —
+    for an OVER over an OVER; sharing the aggregates first avoids that.)"""
+    from pyflink.table import Schema
+
+    ds = t_env.from_data_stream(t_env.to_data_stream(table), Schema.new_builder()
+                                .column_by_metadata("rowtime_", "TIMESTAMP_LTZ(3)", "rowtime")
+                                .watermark("rowtime_", "SOURCE_WATERMARK()").build())
+    cols = [c for c in table.get_schema().get_field_names() if c != "ts"]
+    t_env.create_temporary_view(f"{name}_stream", ds)
+    t_env.create_temporary_view(name, t_env.sql_query(
+        f"SELECT {', '.join(_q(c) for c in cols)}, rowtime_ AS ts FROM {name}_stream"))
+
+
 def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     """Add the whole job to ``env``/``t_env`` (executed by the caller)."""
     from pyflink.common import Types
@@ -263,8 +283,9 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     add_source(t_env, "deadlines", ev / "impressions", lambda n, p: deadlines_ddl(n, p, W, D, monitor), cfg.follow)
 
     raw_cols = ["event_id", "event_time", *source.string_fields, *source.numeric_fields]
-    t_env.create_temporary_view("imp_agg", t_env.sql_query(aggregates_sql(spec, "impressions", raw_cols)))
-    t_env.create_temporary_view("imp_nth", t_env.sql_query(_first_flag("imp_agg", "ts")))
+    # the impression branch, shared by the Learner's plan and the sinks' (see shared_view)
+    shared_view(t_env, "imp_agg", t_env.sql_query(aggregates_sql(spec, "impressions", raw_cols)))
+    shared_view(t_env, "imp_nth", t_env.sql_query(_first_flag("imp_agg", "ts")))
     t_env.create_temporary_view("lab_nth", t_env.sql_query(_first_flag("labels", "lts")))
 
     feature_cols = [*source.string_fields, *source.numeric_fields, *[a.name for a in spec.aggregates]]
