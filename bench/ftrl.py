@@ -45,12 +45,13 @@ def synthetic(events: int, fields: int = 20, seed: int = 0) -> dict:
     card = np.array([10 ** (1 + f % 5) for f in range(fields)])
     # Zipf-like skew inside each field: small ids are frequent
     raw = np.floor(card[None, :] * rng.random((events, fields)) ** 3).astype(np.int64)
-    idx = ((np.arange(fields)[None, :] * 1_000_003 + raw) * 2_654_435_761 + 12_345) % (1 << BITS)
+    keys = (np.arange(fields)[None, :] * 1_000_003 + raw) * 2_654_435_761 + 12_345
+    idx = keys % (1 << BITS)
     truth = rng.normal(0.0, 0.6, 1 << BITS)
     z = truth[idx].sum(axis=1) / math.sqrt(fields) - 1.9
     y = (rng.random(events) < 1.0 / (1.0 + np.exp(-z))).astype(np.float64)
     return {"name": f"synthetic {fields} fields", "indices": idx, "values": np.ones(idx.shape), "label": y,
-            "dimension": 1 << BITS}
+            "dimension": 1 << BITS, "keys": keys}
 
 
 def talkingdata_stream(data_dir: str | None) -> dict:
@@ -217,7 +218,7 @@ def state_sizes(events: int, bits_list=(16, 18, 20, 22, 24)) -> list[dict]:
     base = synthetic(events)
     rows = []
     for bits in bits_list:
-        idx = base["indices"] % (1 << bits)
+        idx = base["keys"] % (1 << bits)  # the same events and labels, hashed into 2^bits
         for prec in ("float64", "float32"):
             m = FTRL(FTRLParams(**PARAMS, precision=prec), 1 << bits)
             p = np.empty(events)
