@@ -76,6 +76,19 @@ def talkingdata_stream(data_dir: str | None) -> dict:
             "label": y, "dimension": spec.dimension}
 
 
+def learn_all(m, s: dict, batch: int = 10_000, want_weights: bool = True) -> np.ndarray:
+    """Every event of stream ``s`` through FTRL ``m``, in batches as the job calls the kernel;
+    returns the prediction made before each update."""
+    n = len(s["label"])
+    p = np.empty(n)
+    zeros = np.zeros(batch)
+    for i in range(0, n, batch):
+        j = slice(i, min(i + batch, n))
+        p[j], _ = m.learn_batch(s["indices"][j], s["values"][j], s["label"][j], zeros[: j.stop - j.start],
+                                want_weights=want_weights)
+    return p
+
+
 def run_kernel(s: dict, batch: int = 10_000, precision: str = "float64",
                want_weights: bool = True) -> tuple[float, np.ndarray]:
     """The kernel as the job calls it: batches of 10k, the new weights of each row returned
@@ -86,14 +99,8 @@ def run_kernel(s: dict, batch: int = 10_000, precision: str = "float64",
     warm = FTRL(params, s["dimension"])  # compile outside the clock
     warm.learn_batch(s["indices"][:2], s["values"][:2], s["label"][:2], np.zeros(2))
     m = FTRL(params, s["dimension"])
-    n = len(s["label"])
-    p = np.empty(n)
-    zeros = np.zeros(batch)
     t0 = time.perf_counter()
-    for i in range(0, n, batch):
-        j = slice(i, min(i + batch, n))
-        p[j], _ = m.learn_batch(s["indices"][j], s["values"][j], s["label"][j], zeros[: j.stop - j.start],
-                                want_weights=want_weights)
+    p = learn_all(m, s, batch, want_weights)
     return time.perf_counter() - t0, p
 
 
@@ -218,13 +225,10 @@ def state_sizes(events: int, bits_list=(16, 18, 20, 22, 24)) -> list[dict]:
     base = synthetic(events)
     rows = []
     for bits in bits_list:
-        idx = base["keys"] % (1 << bits)  # the same events and labels, hashed into 2^bits
+        hashed = {**base, "indices": base["keys"] % (1 << bits)}  # the same events and labels, in 2^bits
         for prec in ("float64", "float32"):
             m = FTRL(FTRLParams(**PARAMS, precision=prec), 1 << bits)
-            p = np.empty(events)
-            for i in range(0, events, 10_000):
-                j = slice(i, min(i + 10_000, events))
-                p[j], _ = m.learn_batch(idx[j], base["values"][j], base["label"][j], np.zeros(j.stop - j.start))
+            p = learn_all(m, hashed)
             rows.append({"bits": bits, "precision": prec, "state_bytes": int(m.z.nbytes + m.n.nbytes),
                          "nonzero_weights": int(np.count_nonzero(m.weights())),
                          "snapshot_bytes": len(m.to_bytes()), "logloss": logloss(base["label"], p)})

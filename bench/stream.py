@@ -123,6 +123,12 @@ def checkpoint_bytes_per_pending(root: Path, events: int = 14_400) -> dict:
             "bytes_per_pending_impression": round((s2 - s1) / (n2 - n1), 1) if n2 > n1 else None}
 
 
+def print_checkpoint(ckpt: dict) -> None:
+    print(f"checkpoint: {ckpt['checkpoint_bytes_1']:,} B with {ckpt['pending_1']:,} pending impressions, "
+          f"{ckpt['checkpoint_bytes_2']:,} B with {ckpt['pending_2']:,}: "
+          f"{ckpt['bytes_per_pending_impression']} B per pending impression (goal <= 200)")
+
+
 def one(data: str, root: Path, events: int, data_dir: str | None) -> dict:
     run_dir = root / data
     event_dir, source = prepare_events(data, run_dir, events, 7, data_dir)
@@ -144,9 +150,7 @@ def main() -> None:
     if args.only_checkpoint:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = checkpoint_bytes_per_pending(Path(tmp) / "ckpt")
-        print(f"checkpoint: {ckpt['checkpoint_bytes_1']:,} B with {ckpt['pending_1']:,} pending impressions, "
-              f"{ckpt['checkpoint_bytes_2']:,} B with {ckpt['pending_2']:,}: "
-              f"{ckpt['bytes_per_pending_impression']} B per pending impression (goal <= 200)")
+        print_checkpoint(ckpt)
         print(json.dumps({"checkpoint": ckpt}))
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,9 +170,7 @@ def main() -> None:
               f"{r['impressions_per_s_excl_startup'] or 0:>17,.0f} {lag.get('p50_ms', float('nan')) / 1000:>10.1f} "
               f"{lag.get('p99_ms', float('nan')) / 1000:>10.1f}")
     print(f"start-up (200-impression run): {startup['seconds']:.1f}s; goal >= 50,000 impressions/s steady state")
-    print(f"checkpoint: {ckpt['checkpoint_bytes_1']:,} B with {ckpt['pending_1']:,} pending impressions, "
-          f"{ckpt['checkpoint_bytes_2']:,} B with {ckpt['pending_2']:,}: "
-          f"{ckpt['bytes_per_pending_impression']} B per pending impression (goal <= 200)")
+    print_checkpoint(ckpt)
     result = {"startup_seconds": startup["seconds"], "runs": rows, "goal_impressions_per_s": 50_000,
               "checkpoint": ckpt, "checkpoint_bytes_per_pending_impression": ckpt["bytes_per_pending_impression"]}
     print(json.dumps(result))

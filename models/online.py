@@ -276,7 +276,8 @@ class OnlineLayer:
               weight: float = 1.0, window_close: int | None = None) -> dict:
         """One example, on the residual of the base logit; returns the weight-update record.
         ``window_close`` (impression time + W) is when the example counts for the prior;
-        default: now."""
+        default: now. One example at a time, without the hold after a reset (the job and the
+        replay learn through ``learn_batch``)."""
         while self._open and self._open[0][0] <= resolution_time:
             self.positives += heapq.heappop(self._open)[2]
             self.examples += 1
