@@ -14,6 +14,7 @@ import bisect
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,8 +45,28 @@ def visibility_lag(run_dir: Path) -> dict:
     return {"n": len(lags), "p50_ms": float(np.percentile(lags, 50)), "p99_ms": float(np.percentile(lags, 99))}
 
 
-def _dir_bytes(p: Path) -> int:
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+def _checkpoint_files(chk: Path) -> dict[str, int]:
+    """Bytes of every file a checkpoint consists of: its own folder, plus (incremental RocksDB
+    checkpoints) the job's ``shared`` folder, whose files only the retained checkpoint and the
+    one in flight reference."""
+    files = [f for f in chk.rglob("*") if f.is_file()]
+    files += [f for f in (chk.parent / "shared").rglob("*") if f.is_file()]
+    return {str(f.relative_to(chk.parent)): f.stat().st_size for f in files}
+
+
+def _settled_checkpoint(root: Path) -> dict[str, int]:
+    """The files of the newest completed checkpoint, read while it still exists (a newer one
+    replaces it every interval: a listing it outlived is taken)."""
+    for _ in range(20):
+        chk = _latest_checkpoint(root)
+        try:
+            files = _checkpoint_files(chk) if chk else {}
+        except FileNotFoundError:
+            continue
+        if files and (chk / "_metadata").exists():
+            return files
+        time.sleep(0.5)
+    raise RuntimeError(f"no completed checkpoint under {root}")
 
 
 def _latest_checkpoint(root: Path) -> Path | None:
@@ -53,7 +74,7 @@ def _latest_checkpoint(root: Path) -> Path | None:
     return max(chks, key=lambda p: int(p.name.split("-")[1])) if chks else None
 
 
-def checkpoint_bytes_per_pending(root: Path, events: int = 14_400) -> dict:
+def checkpoint_bytes_per_pending(root: Path, events: int = 14_400, flink_conf: dict | None = None) -> dict:
     """Marginal checkpoint bytes per pending impression: a follow-mode job with a window so
     long that nothing resolves; publish half the impressions, let checkpoints settle, measure
     the newest checkpoint; publish the rest, measure again; divide the growth by the growth in
@@ -86,7 +107,8 @@ def checkpoint_bytes_per_pending(root: Path, events: int = 14_400) -> dict:
     # (state of the Learner, not of the join) for the whole window
     cfg = prepare_run(live, root / "run", "generator", join, OnlineConfig(hold_after_reset=False),
                       artifact=root / "art", follow=True,
-                      checkpoint_interval_ms=2_000, monitor_interval_ms=500, learn_tick_ms=10_000)
+                      checkpoint_interval_ms=2_000, monitor_interval_ms=500, learn_tick_ms=10_000,
+                      flink_conf=flink_conf or {})
     proc = subprocess.Popen([cfg.python_executable, "-m", "runners.flink_job", str(root / "run" / "job.json")],
                             stdout=open(root / "flink.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     sizes = []
@@ -113,20 +135,29 @@ def checkpoint_bytes_per_pending(root: Path, events: int = 14_400) -> dict:
                     break
                 time.sleep(2)
             time.sleep(8)  # a few more checkpoints with the state settled
-            chk = _latest_checkpoint(root / "run" / "checkpoints")
-            sizes.append((summarize(root / "run")["counts"]["pending"], _dir_bytes(chk) if chk else 0))
+            sizes.append((summarize(root / "run")["counts"]["pending"], _settled_checkpoint(root / "run" / "checkpoints")))
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
-    (n1, s1), (n2, s2) = sizes
+    (n1, f1), (n2, f2) = sizes
+    s1, s2 = sum(f1.values()), sum(f2.values())
+    # growth per state file (a full snapshot writes one file per operator state; the files carry
+    # no operator names: matched by size rank), to show where the bytes per pending impression are
+    r1, r2 = sorted(f1.values(), reverse=True), sorted(f2.values(), reverse=True)
+    per_file = [round((b - a) / (n2 - n1), 1) for a, b in zip(r1, r2)][:6] \
+        if n2 > n1 and len(r1) == len(r2) else []
     return {"pending_1": n1, "checkpoint_bytes_1": s1, "pending_2": n2, "checkpoint_bytes_2": s2,
-            "bytes_per_pending_impression": round((s2 - s1) / (n2 - n1), 1) if n2 > n1 else None}
+            "bytes_per_pending_impression": round((s2 - s1) / (n2 - n1), 1) if n2 > n1 else None,
+            "largest_files_bytes_per_pending": per_file, "flink_conf": flink_conf or {}}
 
 
 def print_checkpoint(ckpt: dict) -> None:
     print(f"checkpoint: {ckpt['checkpoint_bytes_1']:,} B with {ckpt['pending_1']:,} pending impressions, "
           f"{ckpt['checkpoint_bytes_2']:,} B with {ckpt['pending_2']:,}: "
           f"{ckpt['bytes_per_pending_impression']} B per pending impression (goal <= 200)")
+    if ckpt.get("largest_files_bytes_per_pending"):
+        print("  growth of the largest state files (B per pending impression): "
+              + ", ".join(f"{b:,}" for b in ckpt["largest_files_bytes_per_pending"]))
 
 
 def one(data: str, root: Path, events: int, data_dir: str | None) -> dict:
@@ -146,10 +177,13 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--events", type=int, default=50_000, help="generated impressions")
     ap.add_argument("--only-checkpoint", action="store_true", help="only the checkpoint bytes per pending impression")
+    ap.add_argument("--flink-conf", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra Flink option for the checkpoint run (repeatable), e.g. state.backend.type=rocksdb")
     args = ap.parse_args()
+    conf = dict(kv.split("=", 1) for kv in args.flink_conf)
     if args.only_checkpoint:
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = checkpoint_bytes_per_pending(Path(tmp) / "ckpt")
+            ckpt = checkpoint_bytes_per_pending(Path(tmp) / "ckpt", flink_conf=conf)
         print_checkpoint(ckpt)
         print(json.dumps({"checkpoint": ckpt}))
         return
@@ -157,7 +191,7 @@ def main() -> None:
         root = Path(tmp)
         startup = one("generator", root / "startup", 200, None)
         rows = [one("talkingdata", root, 0, args.data_dir), one("generator", root, args.events, None)]
-        ckpt = checkpoint_bytes_per_pending(root / "ckpt")
+        ckpt = checkpoint_bytes_per_pending(root / "ckpt", flink_conf=conf)
     for r in rows:
         busy = r["seconds"] - startup["seconds"]
         r["startup_seconds"] = startup["seconds"]

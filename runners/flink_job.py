@@ -48,6 +48,10 @@ class JobConfig:
     online: OnlineConfig = field(default_factory=OnlineConfig)
     parallelism: int = 1  # of the SQL operators; the Learner always runs with 1
     checkpoint_interval_ms: int = 5_000
+    # Snappy-compressed state snapshots: the pending join state is mostly repeated keys and
+    # input values; measured 886.7 -> 225.7 B per pending impression (bench/stream.py
+    # --only-checkpoint), restored transparently
+    snapshot_compression: bool = True
     follow: bool = False  # keep monitoring the event directory for new part files
     monitor_interval_ms: int = 1_000
     # follow mode: a source quiet this long stops holding the watermark back (0: never). Off by
@@ -145,6 +149,7 @@ def configure(cfg: JobConfig):
     # the JobManager's memory storage caps state at 5 MB: checkpoints go to the run folder
     conf.set_string("execution.checkpointing.storage", "filesystem")
     conf.set_string("execution.checkpointing.dir", (Path(cfg.out).resolve() / "checkpoints").as_uri())
+    conf.set_string("execution.checkpointing.snapshot-compression", str(cfg.snapshot_compression).lower())
     # a fault restarts from the last checkpoint a few times; a deterministic failure then fails
     # the job instead of looping
     conf.set_string("restart-strategy.type", "fixed-delay")
@@ -188,16 +193,19 @@ def join_sql(window_ms: int) -> str:
     Impressions (at t), labels (at lt + 1) and deadlines (at t + W + 1) of an event_id meet in
     event-time order. At the first label: a positive if t <= lt < t + W. At the first deadline:
     a negative unless the first label (the earliest) fell in [t, t + W). Each output row is
-    stamped with its resolution time + 1 ms, so windows over it are ticks of resolution time."""
+    stamped with its resolution time + 1 ms, so windows over it are ticks of resolution time.
+    A pending impression keeps only its raw inputs here (a JSON array of values), not its
+    packed features: the Learner recomputes those with the same artifact
+    (``transforms.apply.inputs_table``). Measured with ``bench/stream.py --only-checkpoint``."""
     W = int(window_ms)
-    union = ("SELECT `event_id`, ts AS rt, 0 AS k, `event_time`, feat, inputs, CAST(NULL AS BIGINT) AS `label_time`, "
+    union = ("SELECT `event_id`, ts AS rt, 0 AS k, `event_time`, inputs, CAST(NULL AS BIGINT) AS `label_time`, "
              "CAST(NULL AS INT) AS label FROM imp "
-             "UNION ALL SELECT `event_id`, jts, 1, CAST(NULL AS BIGINT), CAST(NULL AS BYTES), CAST(NULL AS STRING), "
+             "UNION ALL SELECT `event_id`, jts, 1, CAST(NULL AS BIGINT), CAST(NULL AS STRING), "
              "`label_time`, label FROM labels_j "
-             "UNION ALL SELECT `event_id`, dts, 2, CAST(NULL AS BIGINT), CAST(NULL AS BYTES), CAST(NULL AS STRING), "
+             "UNION ALL SELECT `event_id`, dts, 2, CAST(NULL AS BIGINT), CAST(NULL AS STRING), "
              "CAST(NULL AS BIGINT), CAST(NULL AS INT) FROM deadlines")
     over = ("SELECT `event_id`, rt, k, `label_time`, label, MAX(`event_time`) OVER w AS imp_time, "
-            "LAST_VALUE(feat) OVER w AS feat, LAST_VALUE(inputs) OVER w AS inputs, MIN(`label_time`) OVER w AS first_label, "
+            "LAST_VALUE(inputs) OVER w AS inputs, MIN(`label_time`) OVER w AS first_label, "
             "SUM(CASE WHEN k = 1 THEN 1 ELSE 0 END) OVER w AS n_lab, "
             "SUM(CASE WHEN k = 2 THEN 1 ELSE 0 END) OVER w AS n_dl "
             f"FROM ({union}) WINDOW w AS (PARTITION BY `event_id` ORDER BY rt "
@@ -206,7 +214,7 @@ def join_sql(window_ms: int) -> str:
     return (f"SELECT `event_id`, rt, CASE WHEN k = 1 THEN `label_time` ELSE imp_time + {W} END AS resolution_time, "
             f"imp_time AS `event_time`, CASE WHEN k = 1 THEN label ELSE 0 END AS label, "
             f"CASE WHEN k = 1 THEN `label_time` ELSE {NO_TIME} END AS `label_time`, "
-            f"CASE WHEN k = 1 THEN 'label' ELSE 'expired' END AS info, feat, inputs FROM ({over}) "
+            f"CASE WHEN k = 1 THEN 'label' ELSE 'expired' END AS info, inputs FROM ({over}) "
             f"WHERE imp_time IS NOT NULL AND ((k = 1 AND n_lab = 1 AND `label_time` >= imp_time "
             f"AND `label_time` < imp_time + {W}) OR (k = 2 AND n_dl = 1 AND NOT COALESCE({in_window}, FALSE)))")
 
@@ -220,6 +228,11 @@ def tick_sql(kind: str, table: str, rowtime: str, tick_ms: int, pack_fn: str, co
 
 def json_object(cols: list[str]) -> str:
     return "JSON_OBJECT(" + ", ".join(f"'{c}' VALUE {_q(c)}" for c in cols) + ")"
+
+
+def json_array(cols: list[str]) -> str:
+    """The values only, nulls kept in place (``transforms.apply.inputs_table`` reads it back)."""
+    return "JSON_ARRAY(" + ", ".join(_q(c) for c in cols) + " NULL ON NULL)"
 
 
 def add_source(t_env, name: str, folder: Path, ddl, follow: bool) -> None:
@@ -295,27 +308,26 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     args = ", ".join(_q(c) for c in ["event_time", *feature_cols])
     t_env.create_temporary_view("imp", t_env.sql_query(
         f"SELECT `event_id`, `event_time`, ts, featurize({args}) AS feat, "
-        f"COALESCE(CAST({_q(unit)} AS STRING), '') AS unit, {json_object(feature_cols)} AS inputs "
+        f"COALESCE(CAST({_q(unit)} AS STRING), '') AS unit, {json_array(feature_cols)} AS inputs "
         f"FROM imp_nth WHERE nth = 1"))
     t_env.create_temporary_view("lab", t_env.sql_query("SELECT * FROM lab_nth WHERE nth = 1"))
     t_env.create_temporary_view("examples", t_env.sql_query(join_sql(W)))
 
     w, h = interval(W), interval(H)
     correction = cfg.join.late_policy == "correction"
-    carry_feat = "COALESCE(i.feat, X'')" if correction else "X''"
     carry_inputs = "COALESCE(i.inputs, '')" if correction else "''"
     outcomes = (f"SELECT l.`event_id`, l.lts, l.`label_time` AS resolution_time, "
                 f"COALESCE(i.`event_time`, {NO_TIME}) AS `event_time`, l.`label` AS label, l.`label_time`, "
                 f"CASE WHEN i.`event_id` IS NULL THEN 'unknown_impression' "
                 f"WHEN l.`label_time` < i.`event_time` THEN 'label_before_impression' ELSE 'late' END AS info, "
-                f"{carry_feat} AS feat, {carry_inputs} AS inputs "
-                f"FROM lab l LEFT JOIN (SELECT `event_id`, `event_time`, ts, feat, inputs FROM imp) i "
+                f"{carry_inputs} AS inputs "
+                f"FROM lab l LEFT JOIN (SELECT `event_id`, `event_time`, ts, inputs FROM imp) i "
                 f"ON l.`event_id` = i.`event_id` AND i.ts >= l.lts - {h} AND i.ts <= l.lts + {w} "
                 f"WHERE i.`event_id` IS NULL OR l.`label_time` < i.`event_time` "
                 f"OR l.`label_time` >= i.`event_time` + {W}")
     t_env.create_temporary_view("outcomes", t_env.sql_query(outcomes))
 
-    ex_cols = ["event_id", "resolution_time", "event_time", "label", "label_time", "info", "feat", "inputs"]
+    ex_cols = ["event_id", "resolution_time", "event_time", "label", "label_time", "info", "inputs"]
     t_env.create_temporary_function("pack_rows", make_pack(ex_cols))
     t_env.create_temporary_function("pack_imps", make_pack(["event_id", "event_time", "unit", "feat"]))
     tick = cfg.learn_tick_ms
@@ -343,8 +355,11 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
         "'flink:labels', `event_id` FROM lab_nth WHERE nth > 1)")
 
     ds = t_env.to_data_stream(learner_in)
+    input_types = {c: "double" if c in source.numeric_fields else "string" if c in source.string_fields
+                   else "bigint" for c in feature_cols}  # the inputs array, as featurize sees them
     learner = Learner(json.dumps({"job": cfg.to_dict(), "dimension": spec.dimension,
-                                  "spec_fingerprint": spec.fingerprint(), "registry": str(out / "registry")}))
+                                  "spec_fingerprint": spec.fingerprint(), "registry": str(out / "registry"),
+                                  "artifact": artifact.to_dict(), "input_types": input_types}))
     preds = (ds.key_by(lambda r: 0, key_type=Types.INT())
              .process(learner, output_type=LINE)
              .name("learner").set_parallelism(1))

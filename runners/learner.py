@@ -44,7 +44,9 @@ from models.online import OnlineConfig, OnlineLayer
 from models.registry import Registry, RegistryError
 from pipelines.join import JoinConfig
 from runners.packing import NO_TIME, json_lines, pack_table, unpack
+from transforms.apply import apply, inputs_table
 from transforms.apply import unpack_many as features
+from transforms.artifact import TransformArtifact
 
 MAX_TIME = 2**62  # beyond any event; below the final watermark
 CARRY = -2**62  # buffer key of label outcomes carried over to the next tick
@@ -99,6 +101,10 @@ class Learner(KeyedProcessFunction):
         self.dimension = c["dimension"]
         self.fingerprint = c["spec_fingerprint"]
         self.registry = Path(c["registry"])
+        # resolved examples carry their raw inputs, not their features (smaller join state):
+        # recomputed with the artifact that served them
+        self.artifact = TransformArtifact.from_dict(c["artifact"])
+        self.input_types = c["input_types"]
         self.snapshot_every = int(c["job"].get("snapshot_every") or 0)
         self.layer_state = runtime_context.get_state(ValueStateDescriptor("online", Types.PICKLED_BYTE_ARRAY()))
         # ticks waiting for the watermark, {tick: [(kind, packed)]}: a handful at any time, so
@@ -353,7 +359,7 @@ class Learner(KeyedProcessFunction):
         """Learn the rows resolved before ``t`` in ``example_order``; returns the rest (only
         label outcomes can be resolved at ``t`` itself: an example at ``t`` is in the next
         tick)."""
-        cols = ("event_id", "resolution_time", "event_time", "label", "label_time", "info", "feat", "inputs")
+        cols = ("event_id", "resolution_time", "event_time", "label", "label_time", "info", "inputs")
         rows = {c: [] for c in (*cols, "kind")}
         for kind, tab in batches:
             for c in cols:
@@ -378,7 +384,7 @@ class Learner(KeyedProcessFunction):
                 learn.append((j, info, 1.0))
             elif info == "late":
                 late.append(j)
-                if self.join.late_policy == "correction" and rows["feat"][j]:
+                if self.join.late_policy == "correction" and rows["inputs"][j]:
                     learn.append((j, "correction", self.join.correction_weight))
             else:
                 dead.append(j)
@@ -407,9 +413,12 @@ class Learner(KeyedProcessFunction):
         js = [j for j, _, _ in learn]
         m = len(js)
         before = layer.ftrl.updates
-        idx, vals = features([rows["feat"][j] for j in js])
         res = np.array([rows["resolution_time"][j] for j in js], np.int64)
         et = np.array([rows["event_time"][j] for j in js], np.int64)
+        raw = inputs_table([rows["inputs"][j] for j in js], self.input_types)
+        f = apply(self.artifact, raw.append_column("event_time", pa.array(et)))
+        idx, vals = f.indices, f.values.astype(np.float64)
+        inputs = [json.dumps(r, separators=(",", ":")) for r in raw.to_pylist()]  # objects, for retrains
         lt = np.array([rows["label_time"][j] for j in js], np.int64)
         y = np.array([rows["label"][j] for j in js], np.float64)
         wts = np.array([w for _, _, w in learn], np.float64)
@@ -428,7 +437,7 @@ class Learner(KeyedProcessFunction):
         feats = [json.dumps({"indices": i, "values": v}) for i, v in zip(idx.tolist(), vals.tolist())]
         cols = {"event_id": eids, "event_time": et.tolist(), "resolution_time": res.tolist(),
                 "label": y.astype(int).tolist(), "label_time": label_time, "label_delay_ms": delay, "kind": kinds,
-                "weight": wts.tolist(), "features": feats, "inputs": [rows["inputs"][j] for j in js],
+                "weight": wts.tolist(), "features": feats, "inputs": inputs,
                 "spec_fingerprint": layer.spec_fingerprint, "seq": seq}
         hours = _hours(et)
         for part in sorted(set(hours)):  # one value per event-time hour partition

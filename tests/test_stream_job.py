@@ -63,7 +63,8 @@ def test_join_matches_the_reference(events, run):
 
 
 def test_examples_carry_the_served_features(events, run):
-    """Features in a joined example are the ones computed when the impression was served."""
+    """Features in a joined example are the ones served: the join keeps the raw inputs and the
+    Learner recomputes them with the same artifact, bit for bit (as a batch apply)."""
     from transforms.aggregates import add_aggregates
     from transforms.apply import apply
     from transforms.artifact import TransformArtifact

@@ -81,6 +81,37 @@ def unpack_many(packed: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     return a[:, :k].view("<i4").astype(np.int64), a[:, k:].view("<f4").astype(np.float64)
 
 
+INPUT_TYPES = {"string": pa.string(), "double": pa.float64(), "bigint": pa.int64()}
+
+
+def inputs_table(rows: list[str], types: dict[str, str]) -> pa.Table:
+    """Raw inputs given as JSON arrays of values in the order of ``types`` (name -> string |
+    double | bigint; null for a missing value) -> a table ``apply`` takes. The streaming job
+    keeps a pending impression's inputs this way (no field names: a smaller join state) and
+    recomputes its features from them when a label resolves it; a JSON number round-trips a
+    double exactly, so those are the features it served, bit for bit.
+
+    >>> from transforms.spec import load_spec
+    >>> from transforms.artifact import fit
+    >>> spec = load_spec("elec2")
+    >>> t = pa.table({"event_time": [0], **{n.source: [0.25] for n in spec.numeric}})
+    >>> art = fit(spec, t)
+    >>> got = inputs_table(["[" + ", ".join("0.25" for _ in spec.numeric) + "]"],
+    ...                    {n.source: "double" for n in spec.numeric})
+    >>> f = apply(art, got.append_column("event_time", pa.array([0], pa.int64())))
+    >>> bool((f.indices == apply(art, t).indices).all() and (f.values == apply(art, t).values).all())
+    True
+    """
+    import json
+
+    values = json.loads("[" + ",".join(rows) + "]") if rows else []
+    names = list(types)
+    if any(len(v) != len(names) for v in values):
+        raise ValueError(f"an inputs row does not have the {len(names)} values {names}")
+    cols = list(zip(*values)) if values else [()] * len(names)
+    return pa.table({n: pa.array(list(c), INPUT_TYPES[types[n]]) for n, c in zip(names, cols)})
+
+
 def time_features(event_time: np.ndarray) -> dict[str, np.ndarray]:
     t = np.asarray(event_time, dtype=np.int64)
     return {"hour_of_day": (t % DAY_MS) // HOUR_MS, "day_of_week": (t // DAY_MS + 3) % 7}
