@@ -69,6 +69,30 @@ def _settled_checkpoint(root: Path) -> dict[str, int]:
     raise RuntimeError(f"no completed checkpoint under {root}")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _operator_state(rest: str) -> dict[str, int]:
+    """State bytes per operator chain of the running job's newest completed checkpoint, from
+    Flink's REST API (``/jobs/<id>/checkpoints/details/<n>``)."""
+    import urllib.request
+
+    def get(path: str) -> dict:
+        with urllib.request.urlopen(rest + path, timeout=10) as r:
+            return json.load(r)
+
+    job = next(j["id"] for j in get("/jobs")["jobs"] if j["status"] == "RUNNING")
+    names = {v["id"]: v["name"] for v in get(f"/jobs/{job}")["vertices"]}
+    done = get(f"/jobs/{job}/checkpoints")["latest"]["completed"]
+    tasks = get(f"/jobs/{job}/checkpoints/details/{done['id']}")["tasks"]
+    return {names[v]: t["state_size"] for v, t in tasks.items()}
+
+
 def _latest_checkpoint(root: Path) -> Path | None:
     chks = [p for p in root.rglob("chk-*") if p.is_dir() and (p / "_metadata").exists()]
     return max(chks, key=lambda p: int(p.name.split("-")[1])) if chks else None
@@ -105,13 +129,16 @@ def checkpoint_bytes_per_pending(root: Path, events: int = 14_400, flink_conf: d
     join = JoinConfig(window_ms=30 * day, late_horizon_ms=30 * day, watermark_delay_ms=1_000)
     # W = 30 days: without the hold after the start, which would keep every positive's gradient
     # (state of the Learner, not of the join) for the whole window
+    port = _free_port()  # Flink's REST API on localhost: state per operator
+    conf = {"rest.port": str(port), "rest.address": "127.0.0.1", "rest.bind-address": "127.0.0.1",
+            **(flink_conf or {})}
     cfg = prepare_run(live, root / "run", "generator", join, OnlineConfig(hold_after_reset=False),
                       artifact=root / "art", follow=True,
                       checkpoint_interval_ms=2_000, monitor_interval_ms=500, learn_tick_ms=10_000,
-                      flink_conf=flink_conf or {})
+                      flink_conf=conf)
     proc = subprocess.Popen([cfg.python_executable, "-m", "runners.flink_job", str(root / "run" / "job.json")],
                             stdout=open(root / "flink.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    sizes = []
+    sizes, ops = [], []
 
     def publish(kind: str, i: int, chunk: list[str]) -> None:
         tmp = live / kind / f".part-{i:06d}.jsonl.inprogress"
@@ -136,6 +163,7 @@ def checkpoint_bytes_per_pending(root: Path, events: int = 14_400, flink_conf: d
                 time.sleep(2)
             time.sleep(8)  # a few more checkpoints with the state settled
             sizes.append((summarize(root / "run")["counts"]["pending"], _settled_checkpoint(root / "run" / "checkpoints")))
+            ops.append(_operator_state(f"http://127.0.0.1:{port}"))
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
@@ -148,13 +176,19 @@ def checkpoint_bytes_per_pending(root: Path, events: int = 14_400, flink_conf: d
         if n2 > n1 and len(r1) == len(r2) else []
     return {"pending_1": n1, "checkpoint_bytes_1": s1, "pending_2": n2, "checkpoint_bytes_2": s2,
             "bytes_per_pending_impression": round((s2 - s1) / (n2 - n1), 1) if n2 > n1 else None,
-            "largest_files_bytes_per_pending": per_file, "flink_conf": flink_conf or {}}
+            "largest_files_bytes_per_pending": per_file, "flink_conf": flink_conf or {},
+            # REST's state size per operator chain (its own accounting: not the bytes on disk)
+            "operators_bytes_per_pending": {name: round((ops[1].get(name, 0) - ops[0].get(name, 0)) / (n2 - n1), 1)
+                                            for name in ops[1]} if n2 > n1 else {}}
 
 
 def print_checkpoint(ckpt: dict) -> None:
     print(f"checkpoint: {ckpt['checkpoint_bytes_1']:,} B with {ckpt['pending_1']:,} pending impressions, "
           f"{ckpt['checkpoint_bytes_2']:,} B with {ckpt['pending_2']:,}: "
           f"{ckpt['bytes_per_pending_impression']} B per pending impression (goal <= 200)")
+    ops = sorted(ckpt.get("operators_bytes_per_pending", {}).items(), key=lambda kv: -kv[1])
+    for name, b in ops[:6]:
+        print(f"  {b:>8,.1f} B per pending impression (REST state size) in {name[:90]}")
     if ckpt.get("largest_files_bytes_per_pending"):
         print("  growth of the largest state files (B per pending impression): "
               + ", ".join(f"{b:,}" for b in ckpt["largest_files_bytes_per_pending"]))
