@@ -44,7 +44,7 @@ from models.online import OnlineConfig, OnlineLayer
 from models.registry import Registry, RegistryError
 from pipelines.join import JoinConfig
 from runners.packing import NO_TIME, json_lines, pack_table, unpack
-from transforms.apply import apply, inputs_table
+from transforms.apply import apply, inputs_objects, inputs_table
 from transforms.apply import unpack_many as features
 from transforms.artifact import TransformArtifact
 
@@ -415,10 +415,11 @@ class Learner(KeyedProcessFunction):
         before = layer.ftrl.updates
         res = np.array([rows["resolution_time"][j] for j in js], np.int64)
         et = np.array([rows["event_time"][j] for j in js], np.int64)
-        raw = inputs_table([rows["inputs"][j] for j in js], self.input_types)
+        arrays = [rows["inputs"][j] for j in js]
+        raw = inputs_table(arrays, self.input_types)
         f = apply(self.artifact, raw.append_column("event_time", pa.array(et)))
         idx, vals = f.indices, f.values.astype(np.float64)
-        inputs = [json.dumps(r, separators=(",", ":")) for r in raw.to_pylist()]  # objects, for retrains
+        inputs = inputs_objects(arrays, list(self.input_types))  # objects, for the retrains
         lt = np.array([rows["label_time"][j] for j in js], np.int64)
         y = np.array([rows["label"][j] for j in js], np.float64)
         wts = np.array([w for _, _, w in learn], np.float64)

@@ -112,6 +112,18 @@ def inputs_table(rows: list[str], types: dict[str, str]) -> pa.Table:
     return pa.table({n: pa.array(list(c), INPUT_TYPES[types[n]]) for n, c in zip(names, cols)})
 
 
+def inputs_objects(rows: list[str], names: list[str]) -> list[str]:
+    """The same rows as JSON objects (what joined examples carry for the retrains).
+
+    >>> inputs_objects(['["a", 1.5, null]'], ["x", "y", "z"])
+    ['{"x":"a","y":1.5,"z":null}']
+    """
+    import json
+
+    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    return [encode(dict(zip(names, v))) for v in json.loads("[" + ",".join(rows) + "]")] if rows else []
+
+
 def time_features(event_time: np.ndarray) -> dict[str, np.ndarray]:
     t = np.asarray(event_time, dtype=np.int64)
     return {"hour_of_day": (t % DAY_MS) // HOUR_MS, "day_of_week": (t // DAY_MS + 3) % 7}
