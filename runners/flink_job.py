@@ -6,17 +6,17 @@ cross into Python in batches: one packed value per event-time tick, ``runners.pa
     impressions ─ OVER: aggregates ─ OVER: first of its event_id? ─┬─ dup ─▶ dead letter
                                      pandas UDF: features (packed) ─┤
                                                                     ├─ TUMBLE tick: pack ─┐
-    impressions ∪ labels (at lt+1) ∪ deadlines (impressions at t+W+1)                       │
+    impressions ∪ labels (at lt+1) ∪ deadlines (impressions at t+W+1, labels at lt+W+1)      │
       ─ OVER per event_id, in event time: positive at the first label in [t, t+W),          │
-        negative at the deadline otherwise; stamped at resolution time (no hold-back)       │
+        negative at the deadline otherwise; late / unknown impression / label before        │
+        impression for the first label otherwise; stamped at resolution time (no hold-back) │
       ─ TUMBLE tick: pack ──────────────────────────────────────────────────────────────────┤
-    first labels ⟕ impressions, interval [lt−H, lt+W] ─▶ late / unknown / before ─▶ sinks   │
-                                                (policy correction: TUMBLE tick, pack) ─────┤
                                                                                             ▼
     key 0 ─▶ Learner (Python, parallelism 1): score impression ticks at once (base + delta, A/B
         arm); learn example ticks in (resolution_time, event_id) order with the compiled FTRL
-        kernel ─▶ predictions, weight updates, joined examples, late labels, dead letters,
-        snapshots, each as JSON lines, one value per tick
+        kernel (late labels too, as corrections, under that policy) ─▶ predictions, weight
+        updates, joined examples, late labels, dead letters, snapshots, each as JSON lines,
+        one value per tick
 
 Pending impressions live in the join OVER's state (Java); the Learner's state is the online
 layer (FTRL z/n arrays). Outputs are Flink filesystem sinks (``raw`` format: the JSON lines as
@@ -59,6 +59,10 @@ class JobConfig:
     # join's watermark jump past impressions still inside a Python function (then dropped late)
     idle_timeout_ms: int = 0
     restart_attempts: int = 3
+    # idle-state retention (processing time) of the keyed SQL state: the dedup's first-of-event_id
+    # counts and the join's per-event_id state (never before the impression's deadline: Flink
+    # keeps an OVER's state while rows wait for the watermark). In a real-time run keep it
+    # above the late horizon H, or late labels after it count as unknown impressions
     dedup_ttl_ms: int = 2 * 86_400_000
     learn_tick_ms: int = 60_000  # rows reach Python in batches of this much event time
     snapshot_every: int = 0  # write a full FTRL snapshot every N updates (0: only at the end)
@@ -187,36 +191,67 @@ def labels_join_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str
             f"'json.fail-on-missing-field' = 'false'{monitor})")
 
 
-def join_sql(window_ms: int) -> str:
+def label_deadlines_ddl(table: str, path: str, window_ms: int, watermark_delay_ms: int, monitor: str = "") -> str:
+    """The labels again, stamped at label time + W + 1 ms: by then an impression that comes
+    after its label (at most W after it) has been seen, so a label still without one is decided."""
+    return (f"CREATE TABLE {table} (`event_id` STRING, `label_time` BIGINT, `label` INT, "
+            f"ldts AS TO_TIMESTAMP_LTZ(`label_time` + {window_ms + 1}, 3), "
+            f"WATERMARK FOR ldts AS ldts - {interval(watermark_delay_ms + 1)}) WITH ("
+            f"'connector' = 'filesystem', 'path' = '{path}', 'format' = 'json', "
+            f"'json.fail-on-missing-field' = 'false'{monitor})")
+
+
+LABEL_INFO = ("label", "expired")  # resolved examples; every other ``info`` is a label outcome
+
+
+def join_sql(window_ms: int, late_horizon_ms: int, keep_inputs_of_late: bool) -> str:
     """The delayed-label join as one native OVER operator per event_id (no watermark hold-back).
 
-    Impressions (at t), labels (at lt + 1) and deadlines (at t + W + 1) of an event_id meet in
-    event-time order. At the first label: a positive if t <= lt < t + W. At the first deadline:
-    a negative unless the first label (the earliest) fell in [t, t + W). Each output row is
-    stamped with its resolution time + 1 ms, so windows over it are ticks of resolution time.
-    A pending impression keeps only its raw inputs here (a JSON array of values), not its
-    packed features: the Learner recomputes those with the same artifact
+    Impressions (at t), labels (at lt + 1), impression deadlines (at t + W + 1) and label
+    deadlines (at lt + W + 1) of an event_id meet in event-time order. The first label (the
+    earliest) decides:
+
+    * at the label, with the impression seen: a positive example if t <= lt < t + W; else
+      ``late`` if lt - t <= H (the late horizon), ``unknown_impression`` beyond;
+    * at the impression's deadline: a negative example unless the first label fell in [t, t + W);
+    * at the label's deadline, if no impression had come before the label:
+      ``label_before_impression`` if one came since (lt < t <= lt + W), else ``unknown_impression``.
+
+    Each row is stamped with its resolution time + 1 ms (label outcomes: the label deadline's
+    stamp for the last two), so windows over it are ticks of resolution time. A pending
+    impression keeps only its raw inputs here (a JSON array of values), not its packed
+    features: the Learner recomputes those with the same artifact
     (``transforms.apply.inputs_table``). Measured with ``bench/stream.py --only-checkpoint``."""
-    W = int(window_ms)
+    W, H = int(window_ms), int(late_horizon_ms)
     union = ("SELECT `event_id`, ts AS rt, 0 AS k, `event_time`, inputs, CAST(NULL AS BIGINT) AS `label_time`, "
              "CAST(NULL AS INT) AS label FROM imp "
              "UNION ALL SELECT `event_id`, jts, 1, CAST(NULL AS BIGINT), CAST(NULL AS STRING), "
              "`label_time`, label FROM labels_j "
              "UNION ALL SELECT `event_id`, dts, 2, CAST(NULL AS BIGINT), CAST(NULL AS STRING), "
-             "CAST(NULL AS BIGINT), CAST(NULL AS INT) FROM deadlines")
+             "CAST(NULL AS BIGINT), CAST(NULL AS INT) FROM deadlines "
+             "UNION ALL SELECT `event_id`, ldts, 3, CAST(NULL AS BIGINT), CAST(NULL AS STRING), "
+             "`label_time`, label FROM label_deadlines")
     over = ("SELECT `event_id`, rt, k, `label_time`, label, MAX(`event_time`) OVER w AS imp_time, "
             "LAST_VALUE(inputs) OVER w AS inputs, MIN(`label_time`) OVER w AS first_label, "
             "SUM(CASE WHEN k = 1 THEN 1 ELSE 0 END) OVER w AS n_lab, "
-            "SUM(CASE WHEN k = 2 THEN 1 ELSE 0 END) OVER w AS n_dl "
+            "SUM(CASE WHEN k = 2 THEN 1 ELSE 0 END) OVER w AS n_dl, "
+            "SUM(CASE WHEN k = 3 THEN 1 ELSE 0 END) OVER w AS n_ldl "
             f"FROM ({union}) WINDOW w AS (PARTITION BY `event_id` ORDER BY rt "
             "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
     in_window = f"first_label >= imp_time AND first_label < imp_time + {W}"
-    return (f"SELECT `event_id`, rt, CASE WHEN k = 1 THEN `label_time` ELSE imp_time + {W} END AS resolution_time, "
-            f"imp_time AS `event_time`, CASE WHEN k = 1 THEN label ELSE 0 END AS label, "
-            f"CASE WHEN k = 1 THEN `label_time` ELSE {NO_TIME} END AS `label_time`, "
-            f"CASE WHEN k = 1 THEN 'label' ELSE 'expired' END AS info, inputs FROM ({over}) "
-            f"WHERE imp_time IS NOT NULL AND ((k = 1 AND n_lab = 1 AND `label_time` >= imp_time "
-            f"AND `label_time` < imp_time + {W}) OR (k = 2 AND n_dl = 1 AND NOT COALESCE({in_window}, FALSE)))")
+    info = (f"CASE WHEN k = 1 AND n_lab = 1 AND imp_time IS NOT NULL THEN "
+            f"CASE WHEN `label_time` < imp_time + {W} THEN 'label' "
+            f"WHEN `label_time` - imp_time <= {H} THEN 'late' ELSE 'unknown_impression' END "
+            f"WHEN k = 2 AND n_dl = 1 AND imp_time IS NOT NULL AND NOT COALESCE({in_window}, FALSE) THEN 'expired' "
+            f"WHEN k = 3 AND n_ldl = 1 AND `label_time` = first_label AND (imp_time IS NULL OR imp_time > first_label) "
+            f"THEN CASE WHEN imp_time IS NOT NULL AND imp_time <= first_label + {W} THEN 'label_before_impression' "
+            "ELSE 'unknown_impression' END END")
+    inputs = "inputs" if keep_inputs_of_late else "CASE WHEN info IN ('label', 'expired') THEN inputs ELSE '' END"
+    return (f"SELECT `event_id`, rt, CASE WHEN k = 2 THEN imp_time + {W} ELSE `label_time` END AS resolution_time, "
+            f"CASE WHEN info = 'unknown_impression' THEN {NO_TIME} ELSE imp_time END AS `event_time`, "
+            "CASE WHEN k = 2 THEN 0 ELSE label END AS label, "
+            f"CASE WHEN k = 2 THEN {NO_TIME} ELSE `label_time` END AS `label_time`, info, "
+            f"COALESCE({inputs}, '') AS inputs FROM (SELECT *, {info} AS info FROM ({over})) WHERE info IS NOT NULL")
 
 
 def tick_sql(kind: str, table: str, rowtime: str, tick_ms: int, pack_fn: str, cols: list[str]) -> str:
@@ -294,6 +329,8 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     add_source(t_env, "labels", ev / "labels", lambda n, p: labels_ddl(n, p, D, monitor), cfg.follow)
     add_source(t_env, "labels_j", ev / "labels", lambda n, p: labels_join_ddl(n, p, D, monitor), cfg.follow)
     add_source(t_env, "deadlines", ev / "impressions", lambda n, p: deadlines_ddl(n, p, W, D, monitor), cfg.follow)
+    add_source(t_env, "label_deadlines", ev / "labels",
+               lambda n, p: label_deadlines_ddl(n, p, W, D, monitor), cfg.follow)
 
     raw_cols = ["event_id", "event_time", *source.string_fields, *source.numeric_fields]
     # the impression branch, shared by the Learner's plan and the sinks' (see shared_view)
@@ -310,35 +347,18 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
         f"SELECT `event_id`, `event_time`, ts, featurize({args}) AS feat, "
         f"COALESCE(CAST({_q(unit)} AS STRING), '') AS unit, {json_array(feature_cols)} AS inputs "
         f"FROM imp_nth WHERE nth = 1"))
-    t_env.create_temporary_view("lab", t_env.sql_query("SELECT * FROM lab_nth WHERE nth = 1"))
-    t_env.create_temporary_view("examples", t_env.sql_query(join_sql(W)))
-
-    w, h = interval(W), interval(H)
-    correction = cfg.join.late_policy == "correction"
-    carry_inputs = "COALESCE(i.inputs, '')" if correction else "''"
-    outcomes = (f"SELECT l.`event_id`, l.lts, l.`label_time` AS resolution_time, "
-                f"COALESCE(i.`event_time`, {NO_TIME}) AS `event_time`, l.`label` AS label, l.`label_time`, "
-                f"CASE WHEN i.`event_id` IS NULL THEN 'unknown_impression' "
-                f"WHEN l.`label_time` < i.`event_time` THEN 'label_before_impression' ELSE 'late' END AS info, "
-                f"{carry_inputs} AS inputs "
-                f"FROM lab l LEFT JOIN (SELECT `event_id`, `event_time`, ts, inputs FROM imp) i "
-                f"ON l.`event_id` = i.`event_id` AND i.ts >= l.lts - {h} AND i.ts <= l.lts + {w} "
-                f"WHERE i.`event_id` IS NULL OR l.`label_time` < i.`event_time` "
-                f"OR l.`label_time` >= i.`event_time` + {W}")
-    t_env.create_temporary_view("outcomes", t_env.sql_query(outcomes))
+    # examples and label outcomes (late, unknown impression, label before impression): one
+    # OVER, all through the Learner, which learns them in order (corrections too) and writes
+    # late labels and dead letters
+    t_env.create_temporary_view("resolved", t_env.sql_query(
+        join_sql(W, cfg.join.late_horizon_ms, cfg.join.late_policy == "correction")))
 
     ex_cols = ["event_id", "resolution_time", "event_time", "label", "label_time", "info", "inputs"]
     t_env.create_temporary_function("pack_rows", make_pack(ex_cols))
     t_env.create_temporary_function("pack_imps", make_pack(["event_id", "event_time", "unit", "feat"]))
     tick = cfg.learn_tick_ms
     ticks = [tick_sql("imp", "imp", "ts", tick, "pack_imps", ["event_id", "event_time", "unit", "feat"]),
-             tick_sql("ex", "examples", "rt", tick, "pack_rows", ex_cols)]
-    # The label-side join holds the watermark back by the late horizon H. Under the "sink"
-    # policy its rows never touch the model, so they go straight to their sinks; under
-    # "correction" they must be learned in order, so learning waits H.
-    through_learner = cfg.join.late_policy == "correction"
-    if through_learner:
-        ticks.append(tick_sql("lab", "outcomes", "lts", tick, "pack_rows", ex_cols))
+             tick_sql("ex", "resolved", "rt", tick, "pack_rows", ex_cols)]
     learner_in = t_env.sql_query(" UNION ALL ".join(ticks))
 
     for name in OUTPUTS:
@@ -364,25 +384,10 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
              .process(learner, output_type=LINE)
              .name("learner").set_parallelism(1))
     stmts.add_insert("sink_predictions", t_env.from_data_stream(preds))
-    late = bad = None
-    if not through_learner:
-        late = t_env.sql_query(
-            f"SELECT {json_object(['event_id', 'event_time', 'label_time', 'label', 'delay_ms', 'policy'])} AS line "
-            f"FROM (SELECT `event_id`, `event_time`, `label_time`, label, `label_time` - `event_time` AS delay_ms, "
-            f"'sink' AS policy FROM outcomes WHERE info = 'late')")
-        bad = t_env.sql_query(
-            f"SELECT {json_object(dead_cols)} AS line FROM (SELECT info AS `reason`, "
-            "CONCAT('label at ', CAST(`label_time` AS STRING)) AS `detail`, 'label' AS `kind`, "
-            "'flink:labels' AS `origin`, CONCAT('', JSON_OBJECT('event_id' VALUE `event_id`, 'label_time' VALUE "
-            f"`label_time`, 'label' VALUE label, 'impression_time' VALUE NULLIF(`event_time`, {NO_TIME}))) AS `raw` "
-            "FROM outcomes WHERE info <> 'late')")
-        dups = dups.union_all(bad)
     for name, tag in OUTPUT_TAGS.items():
         side = t_env.from_data_stream(preds.get_side_output(tag))
         if name == "dead_letter":
             side = side.union_all(dups)
-        elif name == "late_labels" and late is not None:
-            side = side.union_all(late)
         stmts.add_insert(f"sink_{name}", side)
     stmts.attach_as_datastream()
 

@@ -1,9 +1,9 @@
 """The Learner: the one Python operator of the streaming job (parallelism 1, one key).
 
 It receives *ticks*, not rows (``runners.packing``): every ``learn_tick_ms`` of event time,
-one packed batch of impressions and one of resolved examples (rows of the native join,
-stamped with their resolution time), plus, under the ``correction`` policy, one of label
-outcomes. A tick waits in keyed state until the watermark passes its end (the window
+one packed batch of impressions and one of the native join's rows, stamped with their
+resolution time: resolved examples and label outcomes (late labels, learned as corrections
+under the ``correction`` policy, and labels without an impression: dead letters). A tick waits in keyed state until the watermark passes its end (the window
 operators emit before they forward the watermark, so by then every tick up to it is here);
 then, tick by tick in event-time order:
 
@@ -43,6 +43,7 @@ from models.monitor import WindowMetrics
 from models.online import OnlineConfig, OnlineLayer
 from models.registry import Registry, RegistryError
 from pipelines.join import JoinConfig
+from runners.flink_job import LABEL_INFO
 from runners.packing import NO_TIME, json_lines, pack_table, unpack
 from transforms.apply import apply, inputs_objects, inputs_table
 from transforms.apply import unpack_many as features
@@ -361,10 +362,11 @@ class Learner(KeyedProcessFunction):
         tick)."""
         cols = ("event_id", "resolution_time", "event_time", "label", "label_time", "info", "inputs")
         rows = {c: [] for c in (*cols, "kind")}
-        for kind, tab in batches:
+        for _, tab in batches:
             for c in cols:
                 rows[c] += tab.column(c).to_pylist()
-            rows["kind"] += [kind] * tab.num_rows
+        # the join's one stream: examples ("ex") and label outcomes ("lab"), told by their info
+        rows["kind"] = ["ex" if info in LABEL_INFO else "lab" for info in rows["info"]]
         order = sorted(range(len(rows["event_id"])),
                        key=lambda j: (rows["resolution_time"][j], rows["event_id"][j], EXAMPLE_RANK[rows["kind"][j]]))
         now = [j for j in order if rows["resolution_time"][j] < t]

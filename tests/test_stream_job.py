@@ -4,6 +4,7 @@ Python (``models.ftrl.ReferenceFTRL``)."""
 import itertools
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -26,7 +27,29 @@ ONLINE = OnlineConfig(hybrid_share=0.5)
 def events(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
     generate_event_dir(root / "ev", GeneratorConfig(events=4_000, seed=11, duplicate_rate=0.01))
+    _plant_boundary_labels(root / "ev")
     return root
+
+
+def _plant_boundary_labels(ev) -> None:
+    """Labels at the join's boundaries for impressions without one (as a part of their own,
+    counted in the manifest): every label class the reference knows, so each comparison with
+    ``reference_join`` below covers them."""
+    W, H = JOIN.window_ms, JOIN.late_horizon_ms
+    imps = read_stream(ev, "impression").to_pylist()
+    labelled = {r["event_id"] for r in read_stream(ev, "label").to_pylist()}
+    n = Counter(r["event_id"] for r in imps)
+    free = [r for r in imps if n[r["event_id"]] == 1 and r["event_id"] not in labelled]
+    a, b, c, d, e, f = free[100:106]
+    t = lambda r: r["event_time"]  # noqa: E731
+    planted = [(a, t(a)), (a, t(a) + 5), (b, t(b) + W - 1), (c, t(c) + W), (d, t(d) - 1), (e, t(e) + H + 1),
+               (f, t(f) + W + 1), ({"event_id": "no-such-impression"}, t(f))]
+    rows = sorted(({"event_id": r["event_id"], "label_time": lt, "label": 1, "label_type": "click"}
+                   for r, lt in planted), key=lambda x: x["label_time"])
+    (ev / "labels" / "part-000099.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    manifest = json.loads((ev / "_manifest.json").read_text())
+    manifest["counts"]["valid"]["label"] += len(rows)
+    (ev / "_manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +63,8 @@ def test_counts_reconcile(run):
     assert r["every_impression_one_example"]
     assert run["counts"]["dead_letter"].get("duplicate_event_id", 0) > 0  # the generator planted some
     assert run["counts"]["late_labels"] > 0 and run["counts"]["examples_by_kind"]["label"] > 0
+    # the planted boundary labels: every label outcome class occurs
+    assert {"duplicate_label", "label_before_impression", "unknown_impression"} <= set(run["counts"]["dead_letter"])
 
 
 def test_join_matches_the_reference(events, run):
