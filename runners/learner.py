@@ -45,7 +45,7 @@ from models.registry import Registry, RegistryError
 from pipelines.join import JoinConfig
 from runners.flink_job import LABEL_INFO
 from runners.packing import NO_TIME, json_lines, pack_table, unpack
-from transforms.apply import apply, inputs_objects, inputs_table
+from transforms.apply import apply, inputs_objects, inputs_table, parse_inputs
 from transforms.apply import unpack_many as features
 from transforms.artifact import TransformArtifact
 
@@ -417,11 +417,11 @@ class Learner(KeyedProcessFunction):
         before = layer.ftrl.updates
         res = np.array([rows["resolution_time"][j] for j in js], np.int64)
         et = np.array([rows["event_time"][j] for j in js], np.int64)
-        arrays = [rows["inputs"][j] for j in js]
-        raw = inputs_table(arrays, self.input_types)
+        values = parse_inputs([rows["inputs"][j] for j in js])
+        raw = inputs_table(values, self.input_types)
         f = apply(self.artifact, raw.append_column("event_time", pa.array(et)))
         idx, vals = f.indices, f.values.astype(np.float64)
-        inputs = inputs_objects(arrays, list(self.input_types))  # objects, for the retrains
+        inputs = inputs_objects(values, list(self.input_types))  # objects, for the retrains
         lt = np.array([rows["label_time"][j] for j in js], np.int64)
         y = np.array([rows["label"][j] for j in js], np.float64)
         wts = np.array([w for _, _, w in learn], np.float64)

@@ -84,27 +84,31 @@ def unpack_many(packed: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 INPUT_TYPES = {"string": pa.string(), "double": pa.float64(), "bigint": pa.int64()}
 
 
-def inputs_table(rows: list[str], types: dict[str, str]) -> pa.Table:
-    """Raw inputs given as JSON arrays of values in the order of ``types`` (name -> string |
+def parse_inputs(rows: list[str]) -> list[list]:
+    """JSON arrays of raw input values (the streaming job's join keeps a pending impression's
+    inputs this way: no field names, a smaller join state) -> lists of values, in one parse."""
+    import json
+
+    return json.loads("[" + ",".join(rows) + "]") if rows else []
+
+
+def inputs_table(values: list[list], types: dict[str, str]) -> pa.Table:
+    """Parsed input rows (``parse_inputs``), values in the order of ``types`` (name -> string |
     double | bigint; null for a missing value) -> a table ``apply`` takes. The streaming job
-    keeps a pending impression's inputs this way (no field names: a smaller join state) and
-    recomputes its features from them when a label resolves it; a JSON number round-trips a
-    double exactly, so those are the features it served, bit for bit.
+    recomputes a resolved impression's features this way; a JSON number round-trips a double
+    exactly, so those are the features it served, bit for bit.
 
     >>> from transforms.spec import load_spec
     >>> from transforms.artifact import fit
     >>> spec = load_spec("elec2")
     >>> t = pa.table({"event_time": [0], **{n.source: [0.25] for n in spec.numeric}})
     >>> art = fit(spec, t)
-    >>> got = inputs_table(["[" + ", ".join("0.25" for _ in spec.numeric) + "]"],
+    >>> got = inputs_table(parse_inputs(["[" + ", ".join("0.25" for _ in spec.numeric) + "]"]),
     ...                    {n.source: "double" for n in spec.numeric})
     >>> f = apply(art, got.append_column("event_time", pa.array([0], pa.int64())))
     >>> bool((f.indices == apply(art, t).indices).all() and (f.values == apply(art, t).values).all())
     True
     """
-    import json
-
-    values = json.loads("[" + ",".join(rows) + "]") if rows else []
     names = list(types)
     if any(len(v) != len(names) for v in values):
         raise ValueError(f"an inputs row does not have the {len(names)} values {names}")
@@ -112,16 +116,16 @@ def inputs_table(rows: list[str], types: dict[str, str]) -> pa.Table:
     return pa.table({n: pa.array(list(c), INPUT_TYPES[types[n]]) for n, c in zip(names, cols)})
 
 
-def inputs_objects(rows: list[str], names: list[str]) -> list[str]:
+def inputs_objects(values: list[list], names: list[str]) -> list[str]:
     """The same rows as JSON objects (what joined examples carry for the retrains).
 
-    >>> inputs_objects(['["a", 1.5, null]'], ["x", "y", "z"])
+    >>> inputs_objects(parse_inputs(['["a", 1.5, null]']), ["x", "y", "z"])
     ['{"x":"a","y":1.5,"z":null}']
     """
     import json
 
     encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    return [encode(dict(zip(names, v))) for v in json.loads("[" + ",".join(rows) + "]")] if rows else []
+    return [encode(dict(zip(names, v))) for v in values]
 
 
 def time_features(event_time: np.ndarray) -> dict[str, np.ndarray]:
