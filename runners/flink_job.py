@@ -49,7 +49,7 @@ class JobConfig:
     parallelism: int = 1  # of the SQL operators; the Learner always runs with 1
     checkpoint_interval_ms: int = 5_000
     # Snappy-compressed state snapshots: the pending join state is mostly repeated keys and
-    # input values; measured 886.7 -> 225.7 B per pending impression (bench/stream.py
+    # input values; measured 723.2 -> 169.8 B per pending impression (bench/stream.py
     # --only-checkpoint), restored transparently
     snapshot_compression: bool = True
     follow: bool = False  # keep monitoring the event directory for new part files
@@ -181,22 +181,14 @@ def deadlines_ddl(table: str, path: str, window_ms: int, watermark_delay_ms: int
             f"'json.fail-on-missing-field' = 'false'{monitor})")
 
 
-def labels_join_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str = "") -> str:
-    """The labels stamped at label time + 1 ms: a label at exactly the impression time comes
-    after its impression."""
+def labels_join_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str = "",
+                    shift_ms: int = 1, rowtime: str = "jts") -> str:
+    """The labels stamped at label time + ``shift_ms``: + 1 ms for the join (a label at exactly
+    the impression time comes after its impression); + W + 1 ms for the label deadlines (by
+    then an impression that comes after its label, at most W after it, has been seen)."""
     return (f"CREATE TABLE {table} (`event_id` STRING, `label_time` BIGINT, `label` INT, "
-            f"jts AS TO_TIMESTAMP_LTZ(`label_time` + 1, 3), "
-            f"WATERMARK FOR jts AS jts - {interval(watermark_delay_ms + 1)}) WITH ("
-            f"'connector' = 'filesystem', 'path' = '{path}', 'format' = 'json', "
-            f"'json.fail-on-missing-field' = 'false'{monitor})")
-
-
-def label_deadlines_ddl(table: str, path: str, window_ms: int, watermark_delay_ms: int, monitor: str = "") -> str:
-    """The labels again, stamped at label time + W + 1 ms: by then an impression that comes
-    after its label (at most W after it) has been seen, so a label still without one is decided."""
-    return (f"CREATE TABLE {table} (`event_id` STRING, `label_time` BIGINT, `label` INT, "
-            f"ldts AS TO_TIMESTAMP_LTZ(`label_time` + {window_ms + 1}, 3), "
-            f"WATERMARK FOR ldts AS ldts - {interval(watermark_delay_ms + 1)}) WITH ("
+            f"{rowtime} AS TO_TIMESTAMP_LTZ(`label_time` + {int(shift_ms)}, 3), "
+            f"WATERMARK FOR {rowtime} AS {rowtime} - {interval(watermark_delay_ms + 1)}) WITH ("
             f"'connector' = 'filesystem', 'path' = '{path}', 'format' = 'json', "
             f"'json.fail-on-missing-field' = 'false'{monitor})")
 
@@ -330,7 +322,7 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     add_source(t_env, "labels_j", ev / "labels", lambda n, p: labels_join_ddl(n, p, D, monitor), cfg.follow)
     add_source(t_env, "deadlines", ev / "impressions", lambda n, p: deadlines_ddl(n, p, W, D, monitor), cfg.follow)
     add_source(t_env, "label_deadlines", ev / "labels",
-               lambda n, p: label_deadlines_ddl(n, p, W, D, monitor), cfg.follow)
+               lambda n, p: labels_join_ddl(n, p, D, monitor, W + 1, "ldts"), cfg.follow)
 
     raw_cols = ["event_id", "event_time", *source.string_fields, *source.numeric_fields]
     # the impression branch, shared by the Learner's plan and the sinks' (see shared_view)
