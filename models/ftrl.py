@@ -128,6 +128,10 @@ class FTRL:
     def weights(self) -> np.ndarray:
         return self.weights_at(np.arange(self.dimension))
 
+    def weight_norm(self) -> float:
+        """L2 norm of the weights (over the nonzero ones: |z| > l1), for the guard."""
+        return float(np.linalg.norm(self.weights_at(np.flatnonzero(np.abs(self.z) > self.params.l1))))
+
     # ---- snapshots: .npz without pickle ---------------------------------------------------
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from models.ftrl import FTRL, LOGIT_CLIP, FTRLParams, sigmoid
+from models.guard import Guard, GuardConfig
 from transforms.hashing import fingerprint64
 
 ARM_BUCKETS = 10_000
@@ -67,6 +68,7 @@ class OnlineConfig:
     prior_rate: float = 0.01
     prior_strength: float = 100.0
     hold_after_reset: bool = True  # see the module: positives wait for their window after a reset
+    guard: GuardConfig = field(default_factory=GuardConfig)  # models.guard: when the delta is served
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hybrid_share <= 1.0:
@@ -79,6 +81,8 @@ class OnlineConfig:
         d = dict(d)
         if isinstance(d.get("ftrl"), dict):
             d["ftrl"] = FTRLParams(**d["ftrl"])
+        if isinstance(d.get("guard"), dict):
+            d["guard"] = GuardConfig(**d["guard"])
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -111,6 +115,28 @@ class OnlineLayer:
         self.hold_until: int | None = None  # positives resolved before this are held (None: not set yet)
         self._held: list[tuple] = []  # heap: (window close, order, indices, values, label, weight)
         self._held_order = 0
+        self.guard = Guard(cfg.guard)
+        self.alerts: list[dict] = []  # the guard's alerts, drained by the caller
+
+    def __setstate__(self, state: dict) -> None:
+        # a layer checkpointed by a build without the guard: restored with it disabled
+        if "guard" not in state:
+            state = {**state, "guard": Guard(GuardConfig(enabled=False)), "alerts": []}
+        self.__dict__.update(state)
+
+    def guard_decide(self, at: int) -> None:
+        """Let the guard decide what is served from now on (before a tick is scored)."""
+        if not self.cfg.enabled:
+            return
+        c = self.guard.cfg
+        norm = self.ftrl.weight_norm() if c.enabled and c.max_weight_norm else 0.0
+        alert = self.guard.decide(norm, at)
+        if alert is not None:
+            self.alerts.append({**alert, "base_version": self.base_version, "delta_version": self.ftrl.updates})
+
+    def drain_alerts(self) -> list[dict]:
+        out, self.alerts = self.alerts, []
+        return out
 
     @property
     def held(self) -> int:
@@ -137,11 +163,14 @@ class OnlineLayer:
         """Learn examples the stream already counted (a rebase, held gradients, replay mixing)
         on the current base's residual: the update sequence and the prior are untouched."""
         if not len(labels):
-            return
+            return np.empty(0), np.empty(0)
         base = np.broadcast_to(np.asarray(self.base_logits(indices, values), np.float64), len(labels))
+        if self.guard.frozen:
+            weights = np.zeros(len(labels))
         seq = self.ftrl.updates
-        self.ftrl.learn_batch(indices, values, labels, np.ascontiguousarray(base), weights, want_weights=False)
+        p, _ = self.ftrl.learn_batch(indices, values, labels, np.ascontiguousarray(base), weights, want_weights=False)
         self.ftrl.updates = seq
+        return p, np.ascontiguousarray(base)
 
     # ---- the base model (a constant prior until the registry has a TFX model) --------------
     @property
@@ -175,6 +204,7 @@ class OnlineLayer:
         self.ftrl = FTRL(self.cfg.ftrl, self.ftrl.dimension)
         self.ftrl.updates = seq
         self._held = []
+        self.guard.reset()  # new weights: they earn their place again, from the replayed examples
         hold = bool(self.window_ms) and at is not None
         if hold:
             self.hold_until = int(at) + self.window_ms
@@ -191,11 +221,26 @@ class OnlineLayer:
             now = ~((y > 0) & (close > at) & (close > np.asarray(replay["resolution_time"], np.int64)))
             for j in np.flatnonzero(~now):
                 self._hold(close[j], idx[j], vals[j], y[j], wt[j])
-        self.relearn(idx[now], vals[now], y[now], wt[now])
+        p, base = self.relearn(idx[now], vals[now], y[now], wt[now])
+        self.guard.observe(p, 1.0 / (1.0 + np.exp(-base)), y[now])
         return m
+
+    def restore_delta(self, ftrl: FTRL, base_version: str) -> None:
+        """Serve an earlier delta snapshot (a rollback): its weights replace the current ones;
+        the update sequence keeps counting the stream. It must have been learned on the residual
+        of the base served now, and it earns its place again (the guard's window starts empty)."""
+        if ftrl.dimension != self.ftrl.dimension:
+            raise ValueError(f"delta dimension {ftrl.dimension} != the served {self.ftrl.dimension}")
+        if base_version != self.base_version:
+            raise ValueError(f"delta was learned on base {base_version}, the job serves {self.base_version}")
+        seq = self.ftrl.updates
+        self.ftrl, self.ftrl.updates = ftrl, seq
+        self._held = []
+        self.guard.reset()
 
     # ---- serving ---------------------------------------------------------------------------
     def score(self, event_id: str, event_time: int, indices, values, unit: str) -> dict:
+        self.guard_decide(int(event_time))
         base = self._one_base(indices, values)
         delta = self.ftrl.predict_logit(indices, values)
         arm = arm_of(unit, self.cfg.hybrid_share)
@@ -203,6 +248,8 @@ class OnlineLayer:
             served, why = "base_only", "disabled"
         elif arm == "base":
             served, why = "base_only", "ab_arm"
+        elif not self.guard.serving:
+            served, why = "base_only", self.guard.reason
         else:
             served, why = "hybrid", ""
         p = sigmoid(base + delta) if served == "hybrid" else sigmoid(base)
@@ -211,17 +258,21 @@ class OnlineLayer:
                 "delta_version": self.ftrl.updates, "spec_fingerprint": self.spec_fingerprint,
                 "arm": arm, "served": served, "base_only_reason": why}
 
-    def score_batch(self, indices: np.ndarray, values: np.ndarray, units: list[str]) -> dict:
+    def score_batch(self, indices: np.ndarray, values: np.ndarray, units: list[str], at: int = 0) -> dict:
         """``score`` for a batch [m, k] with the current weights: columns ``p``, ``delta_logit``,
         ``arm``, ``served``, ``base_only_reason``, ``base_logit`` (a column with a TFX base
-        model, else the prior's scalar) and the scalars every row shares."""
+        model, else the prior's scalar) and the scalars every row shares. First the guard decides whether the delta is
+        served (``at``: the event time of the decision, for its alert)."""
+        self.guard_decide(at)
         base = self.base_logits(indices, values) if len(units) else self.base_logit()
         delta = self.ftrl.predict_logits(indices, values) if len(units) else np.zeros(0)
         share = self.cfg.hybrid_share
         arms = [("hybrid" if share >= 1.0 else "base" if share <= 0.0 else arm_of(u, share)) for u in units]
-        hybrid = np.array([a == "hybrid" for a in arms], bool) & self.cfg.enabled
+        in_arm = np.array([a == "hybrid" for a in arms], bool)
+        hybrid = in_arm & self.cfg.enabled & self.guard.serving
         logits = np.clip(base + np.where(hybrid, delta, 0.0), -LOGIT_CLIP, LOGIT_CLIP)
-        why = ["" if h else ("disabled" if not self.cfg.enabled else "ab_arm") for h in hybrid]
+        why = ["" if h else "disabled" if not self.cfg.enabled else "ab_arm" if not a else self.guard.reason
+               for h, a in zip(hybrid, in_arm)]
         return {"p": 1.0 / (1.0 + np.exp(-logits)), "delta_logit": delta, "arm": arms,
                 "served": np.where(hybrid, "hybrid", "base_only").tolist(), "base_only_reason": why,
                 "base_logit": base.tolist() if isinstance(base, np.ndarray) else base,
@@ -229,12 +280,15 @@ class OnlineLayer:
                 "spec_fingerprint": self.spec_fingerprint}
 
     def learn_batch(self, resolution_times: np.ndarray, indices: np.ndarray, values: np.ndarray,
-                    labels: np.ndarray, weights: np.ndarray, window_close: np.ndarray) -> dict:
+                    labels: np.ndarray, weights: np.ndarray, window_close: np.ndarray,
+                    first: np.ndarray | None = None) -> dict:
         """``learn`` for a batch already in learning order: the prior's base logit per example
         (it moves as windows close), then the compiled kernel. Returns ``seq``, ``p_before``
         and each row's new weights. First the held gradients whose window closed by the batch's
         last resolution time are applied; in the first window after a reset, positives whose
-        window is open are held (learned now with weight 0: recorded, not applied)."""
+        window is open are held (learned now with weight 0: recorded, not applied). The guard
+        (``models.guard``) compares hybrid and base-only on the ``first`` rows (default: all; a
+        correction repeats its event); a frozen delta learns nothing."""
         m = len(labels)
         weights = np.asarray(weights, np.float64)
         if self.window_ms and m:
@@ -262,9 +316,14 @@ class OnlineLayer:
                 self.examples += 1
         if self.base is not None and m:
             base = np.asarray(self.base_logits(indices, values), np.float64)
-        first = self.ftrl.updates + 1
+        if self.guard.frozen:
+            weights = np.zeros(m)
+        seq0 = self.ftrl.updates + 1
         p_before, w = self.ftrl.learn_batch(indices, values, labels, base, weights)
-        return {"seq": np.arange(first, first + m), "p_before": p_before, "weights": w, "base_logit": base}
+        sel = slice(None) if first is None else np.asarray(first, bool)
+        self.guard.observe(p_before[sel], (1.0 / (1.0 + np.exp(-np.broadcast_to(base, m))))[sel],
+                           np.asarray(labels)[sel])
+        return {"seq": np.arange(seq0, seq0 + m), "p_before": p_before, "weights": w, "base_logit": base}
 
     def _one_base(self, indices, values) -> float:
         if self.base is None:
@@ -282,7 +341,9 @@ class OnlineLayer:
             self.positives += heapq.heappop(self._open)[2]
             self.examples += 1
         base = self._one_base(indices, values)
-        p, idx, w = self.ftrl.learn_one(indices, values, label, base_logit=base, weight=weight)
+        p, idx, w = self.ftrl.learn_one(indices, values, label, base_logit=base,
+                                        weight=0.0 if self.guard.frozen else weight)
+        self.guard.observe([p], [sigmoid(base)], [label])
         if window_close is not None and window_close > resolution_time:
             heapq.heappush(self._open, (window_close, self.ftrl.updates, float(label)))
         else:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.guard import GuardConfig
 from models.online import OnlineConfig
 from pipelines.join import JoinConfig
 from pipelines.progressive import BaseSwap, Examples, Strategy, replay
@@ -44,7 +45,8 @@ class EvalConfig:
     # late labels become corrections: every strategy is scored against the final label, and the
     # fake-negative policies learn every label up to the late horizon
     join: JoinConfig = field(default_factory=lambda: JoinConfig(late_policy="correction"))
-    online: OnlineConfig = field(default_factory=OnlineConfig)
+    # the guard (models.guard) is off: the evaluation measures the layers themselves
+    online: OnlineConfig = field(default_factory=lambda: OnlineConfig(guard=GuardConfig(enabled=False)))
     # RetrainConfig overrides; defaults: all history before the boundary (K), E = a quarter
     # period, drift reported rather than blocking (see retrain_config)
     retrain: dict = field(default_factory=dict)

@@ -21,7 +21,9 @@ hybrid are all this one loop.
 ...          "kind": "label", "weight": 1.0, "features": '{"indices": [1], "values": [1.0]}'},
 ...         {"event_id": "b", "event_time": 7, "resolution_time": 600, "label": 0, "label_time": None,
 ...          "kind": "expired", "weight": 1.0, "features": '{"indices": [1], "values": [1.0]}'}]
->>> cfg = OnlineConfig(ftrl=FTRLParams(l1=0.0), hold_after_reset=False)  # see models.online
+>>> from models.guard import GuardConfig
+>>> cfg = OnlineConfig(ftrl=FTRLParams(l1=0.0), hold_after_reset=False,  # see models.online
+...                    guard=GuardConfig(enabled=False))  # serve the delta from the first example
 >>> online = Strategy("online", online=cfg)
 >>> out = replay(Examples.from_rows(rows), online, dimension=4, window_ms=600, tick_ms=1)
 >>> out.event_id, out.delta_version.tolist(), out.label.astype(int).tolist()
@@ -224,7 +226,8 @@ def replay(ex: Examples, strategy: Strategy, dimension: int, window_ms: int, tic
             next_swap += 1
         if s_hi[k] > s_lo[k]:
             rows = imp[s_lo[k]:s_hi[k]]
-            r = layer.score_batch(ex.indices[rows], ex.values[rows], [""] * len(rows))
+            r = layer.score_batch(ex.indices[rows], ex.values[rows], [""] * len(rows),
+                                  at=(int(tick) + 1) * tick_ms - 1)  # the job's tick key
             p[s_lo[k]:s_hi[k]] = r["p"]
             base[s_lo[k]:s_hi[k]] = r["base_logit"]
             delta[s_lo[k]:s_hi[k]] = r["delta_logit"]
@@ -242,7 +245,7 @@ def replay(ex: Examples, strategy: Strategy, dimension: int, window_ms: int, tic
                 _learn_replayed(layer, ex, learned_weight, np.array(reservoir)[rng.integers(0, len(reservoir), m)],
                                 strategy.replay_weight)
             layer.learn_batch(ex.resolution_time[j], ex.indices[j], ex.values[j], ex.label[j], learned_weight[j],
-                              ex.event_time[j] + window_ms)
+                              ex.event_time[j] + window_ms, ~ex.correction[j])
             learned = l_hi[k]
             if strategy.replay_mix > 0:
                 for i in range(l_lo[k], l_hi[k]):  # reservoir sampling (Algorithm R), seeded

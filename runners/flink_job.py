@@ -36,7 +36,7 @@ from pipelines.join import JoinConfig
 from runners.packing import NO_TIME
 from transforms.flink_sql import _q, aggregates_sql, impressions_ddl, interval
 
-OUTPUTS = ("predictions", "updates", "examples", "late_labels", "dead_letter", "metrics")
+OUTPUTS = ("predictions", "updates", "examples", "late_labels", "dead_letter", "metrics", "alerts")
 
 
 @dataclass

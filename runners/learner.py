@@ -40,6 +40,7 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from models.hotswap import DriftAlert, Schedule, load_base, pushed_unix, record, replay_columns
 from models.monitor import WindowMetrics
+from models.ftrl import FTRL
 from models.online import OnlineConfig, OnlineLayer
 from models.registry import Registry, RegistryError
 from pipelines.join import JoinConfig
@@ -56,7 +57,7 @@ LINE = Types.ROW_NAMED(["line"], [Types.STRING()])
 PARTITIONED_LINE = Types.ROW_NAMED(["line", "dt", "hr"], [Types.STRING(), Types.STRING(), Types.STRING()])
 OUTPUT_TAGS = {"updates": OutputTag("updates", LINE), "examples": OutputTag("examples", PARTITIONED_LINE),
                "late_labels": OutputTag("late_labels", LINE), "dead_letter": OutputTag("dead_letter", LINE),
-               "metrics": OutputTag("metrics", LINE)}
+               "metrics": OutputTag("metrics", LINE), "alerts": OutputTag("alerts", LINE)}
 EXAMPLE_RANK = {"ex": 0, "lab": 1}  # a correction after the negative it fixes (example_order)
 
 
@@ -141,6 +142,8 @@ class Learner(KeyedProcessFunction):
         self.m_dead = g.counter("dead_letters")
         self.m_ticks = g.counter("ticks_learned")
         self.m_swaps = g.counter("base_swaps")
+        self.m_alerts = g.counter("guard_alerts")
+        g.gauge("delta_served", lambda: int(self.layer.guard.serving) if self.layer is not None else 0)
         g.gauge("delta_version", lambda: self.layer.ftrl.updates if self.layer is not None else 0)
         # progressive quality of the last `metrics_window` examples (Flink gauges are integers:
         # micro-units), and the label-delay histogram as one counter per bucket
@@ -177,12 +180,13 @@ class Learner(KeyedProcessFunction):
         self.pending.update(pending)
         timers.register_event_time_timer(tick)
 
-    def _score(self, layer: OnlineLayer, t):
+    def _score(self, layer: OnlineLayer, t, tick: int):
         n = t.num_rows
         if n == 0:
             return
         idx, vals = features(t.column("feat").to_pylist())
-        s = layer.score_batch(idx, vals, t.column("unit").to_pylist())
+        s = layer.score_batch(idx, vals, t.column("unit").to_pylist(), at=tick)
+        yield from self._alerts(layer)
         self.m_scored.inc(n)
         yield Row(json_lines({
             "event_id": t.column("event_id").to_pylist(), "event_time": t.column("event_time").to_pylist(),
@@ -203,7 +207,7 @@ class Learner(KeyedProcessFunction):
             self._before_tick(layer, key)
             for kind, payload in items:
                 if kind == "imp":
-                    yield from self._score(layer, unpack(payload))
+                    yield from self._score(layer, unpack(payload), key)
             carry += [(kind, unpack(p)) for kind, p in items if kind != "imp"]
             if carry:
                 carry = yield from self._learn_rows(layer, carry, key)
@@ -234,9 +238,32 @@ class Learner(KeyedProcessFunction):
                 "refused": []}
         return self.control
 
+    def _follow_delta_rollback(self, layer: OnlineLayer, tick: int) -> None:
+        """An operator's ``driftline models rollback --kind delta VERSION`` while the job runs:
+        serve that snapshot from this tick (verified: checksums, feature spec, dimension, and
+        learned on the base served now; otherwise refused and logged)."""
+        c = self._control()
+        history = Registry(self.registry).history("delta")
+        if c.get("delta_history") is None:  # actions before the job started are not replayed
+            c["delta_history"] = len(history)
+        new, c["delta_history"] = history[c["delta_history"]:], len(history)
+        for h in [h for h in new if h.get("action") == "rollback"][-1:]:
+            version = h["version"]
+            entry = {"kind": "delta", "version": version, "live_at": tick, "mode": "rollback",
+                     "previous_delta_version": layer.ftrl.updates}
+            try:
+                ref = Registry(self.registry).verify("delta", version, self.fingerprint)
+                ftrl = FTRL.from_bytes((ref.path / "weights.npz").read_bytes())
+                layer.restore_delta(ftrl, str(ref.manifest.get("base_version")))
+            except (RegistryError, OSError, ValueError) as e:
+                record(self.out, {**entry, "outcome": "refused", "reason": str(e)})
+                continue
+            record(self.out, {**entry, "outcome": "live", "snapshot_updates": ref.manifest.get("updates")})
+
     def _before_tick(self, layer: OnlineLayer, tick: int) -> None:
         """Swap in the base model due at this tick, before the tick is scored."""
         c = self._control()
+        self._follow_delta_rollback(layer, tick)
         if self.self_retraining:
             for p in [p for p in c["pending"] if p["live_at"] <= tick]:
                 c["pending"].remove(p)
@@ -343,6 +370,13 @@ class Learner(KeyedProcessFunction):
                               "reason": "" if outcome.get("pushed") else _why_not(outcome)})
         c["pending"] = []
 
+    def _alerts(self, layer: OnlineLayer):
+        """The guard's alerts (models.guard): the delta disabled, enabled again, or frozen."""
+        alerts = layer.drain_alerts()
+        if alerts:
+            self.m_alerts.inc(len(alerts))
+            yield OUTPUT_TAGS["alerts"], Row("".join(json.dumps(a, sort_keys=True) + "\n" for a in alerts))
+
     def _report(self, layer: OnlineLayer, tick: int):
         """One metrics line per tick that learned something: the sliding window's progressive
         logloss/AUC and the label-delay histogram (also the Flink gauges and counters)."""
@@ -350,8 +384,10 @@ class Learner(KeyedProcessFunction):
         if self.window is None or self.window.seen == seen:
             return
         before = self.last_metrics.get("label_delay_hist", {})
+        g = layer.guard
         self.last_metrics = {"tick": None if tick == MAX_TIME else tick, "delta_version": layer.ftrl.updates,
-                             **self.window.as_dict()}
+                             **self.window.as_dict(),
+                             "guard": {**g.stats(), "serving": g.serving, "reason": g.reason, "frozen": g.frozen}}
         for b, c in self.last_metrics["label_delay_hist"].items():
             self.m_delay[b].inc(c - before.get(b, 0))
         yield OUTPUT_TAGS["metrics"], Row(json.dumps(self.last_metrics, sort_keys=True) + "\n")
@@ -425,15 +461,15 @@ class Learner(KeyedProcessFunction):
         lt = np.array([rows["label_time"][j] for j in js], np.int64)
         y = np.array([rows["label"][j] for j in js], np.float64)
         wts = np.array([w for _, _, w in learn], np.float64)
-        u = layer.learn_batch(res, idx, vals, y, wts, et + self.join.window_ms)
+        kinds = [k for _, k, _ in learn]
+        first = np.array([k != "correction" for k in kinds])  # a correction repeats its event
+        u = layer.learn_batch(res, idx, vals, y, wts, et + self.join.window_ms, first)
         self.m_learned.inc(m)
         seq = u["seq"].tolist()
         eids = [rows["event_id"][j] for j in js]
         yield OUTPUT_TAGS["updates"], Row(json_lines({
             "seq": seq, "event_id": eids, "resolution_time": res.tolist(), "p_before": u["p_before"].tolist(),
             "label": y.astype(int).tolist(), "indices": idx.tolist(), "weights": u["weights"].tolist()}, m))
-        kinds = [k for _, k, _ in learn]
-        first = np.array([k != "correction" for k in kinds])  # a correction repeats its event
         self._window().update(u["p_before"][first], y[first], np.where(lt == NO_TIME, -1, lt - et)[first])
         label_time = _opt(lt)
         delay = [None if x is None else x - e for x, e in zip(label_time, et.tolist())]

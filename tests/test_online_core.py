@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.ftrl import FTRL, FTRLParams, ReferenceFTRL
+from models.guard import GuardConfig
 from models.online import OnlineConfig, OnlineLayer, arm_of
 from pipelines.join import JoinConfig, reference_join
 from transforms.apply import Features, unpack
@@ -156,7 +157,7 @@ def test_swap_base_rebases_the_delta_on_the_new_residual():
     y = (rng.random(m) < 0.3).astype(float)
     base = BaseModel.zeros(dim, embedding=2, hidden=3, bias=-0.5)
     base.wide[:] = rng.normal(size=dim).astype(np.float32)
-    cfg = OnlineConfig(ftrl=FTRLParams(l1=0.0))
+    cfg = OnlineConfig(ftrl=FTRLParams(l1=0.0), guard=GuardConfig(enabled=False))  # the layer's arithmetic
     layer = OnlineLayer(cfg, dim, "f")
     layer.learn_batch(np.arange(m), idx, vals, y, np.ones(m), np.arange(m))
     assert layer.ftrl.updates == m and layer.base_version == "prior"

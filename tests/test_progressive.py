@@ -9,11 +9,12 @@ import pytest
 
 from models.base import BaseModel
 from models.ftrl import FTRLParams
+from models.guard import GuardConfig
 from models.online import OnlineConfig
 from pipelines.progressive import BaseSwap, Examples, Strategy, replay
 
 W = 10**9  # negatives resolve long after the stream: only planted labels arrive in it
-ONLINE = OnlineConfig(ftrl=FTRLParams(l1=0.0))
+ONLINE = OnlineConfig(ftrl=FTRLParams(l1=0.0), guard=GuardConfig(enabled=False))  # the replay itself
 
 
 def _rows(planted_label: int, label_time: int) -> list[dict]:
@@ -96,7 +97,7 @@ def _constant_rate_rows(n: int = 6_000, rate: float = 0.3, seed: int = 1) -> lis
 
 def test_fake_negatives_bias_the_rate_low_and_fake_negative_weighting_corrects_it():
     ex = Examples.from_rows(_constant_rate_rows(20_000))
-    online = OnlineConfig(ftrl=FTRLParams(alpha=0.05, l1=0.0, l2=0.0), prior_rate=0.3)
+    online = OnlineConfig(ftrl=FTRLParams(alpha=0.05, l1=0.0, l2=0.0), prior_rate=0.3, guard=ONLINE.guard)
     mean = {}
     for fb in ("wait", "fake_negative", "fnw"):
         out = replay(ex, Strategy(fb, online=online, feedback=fb), dimension=4, window_ms=600_000, tick_ms=1_000)

@@ -153,11 +153,17 @@ def test_predictions_carry_versions_and_ab_arms(run, events):
     preds = read_output(events / "run", "predictions")
     arms = {p["arm"] for p in preds}
     assert arms == {"hybrid", "base"}
-    for p in preds[:200]:
+    for p in preds:
         assert p["spec_fingerprint"] and p["base_version"] == "prior" and p["delta_version"] >= 0
         logit = p["base_logit"] + (p["delta_logit"] if p["served"] == "hybrid" else 0.0)
         assert p["p"] == pytest.approx(1 / (1 + math.exp(-logit)), rel=1e-12)
-        assert (p["served"] == "base_only") == (p["arm"] == "base")
+        # base-only: the A/B arm, or the guard (models.guard: warming up after the start, ...)
+        assert (p["served"] == "base_only") == (p["arm"] == "base" or p["base_only_reason"] != "")
+        assert p["base_only_reason"] == ("" if p["served"] == "hybrid" else "ab_arm" if p["arm"] == "base"
+                                         else p["base_only_reason"])
+    first = min(preds, key=lambda p: p["event_time"])
+    assert first["served"] == "base_only" and first["base_only_reason"] in ("ab_arm", "warming_up")
+    assert any(p["served"] == "hybrid" for p in preds)
 
 
 def _reference_weights(examples, online: OnlineConfig, window_ms: int) -> ReferenceFTRL:
