@@ -129,3 +129,90 @@ def test_the_guard_decides_on_whole_state_not_batches():
         b.observe(ph[j:j + 1], pb[j:j + 1], y[j:j + 1])
     assert a.decide(0.0, 1) == b.decide(0.0, 1)
     assert a.stats() == b.stats()
+
+
+def _write_part(folder, name, rows) -> None:
+    """An event part published atomically (hidden temp name, then rename), as the writer does."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.inprogress"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, folder / name)
+
+
+def test_a_delta_rollback_is_served_by_the_running_job(tmp_path):
+    """``driftline models rollback --kind delta V`` while the job runs (follow mode): from the
+    next tick the job serves snapshot V's weights (its predictions' delta logits are V's on the
+    served features), logs the rollback, and the delta earns its place again (guard)."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from models.ftrl import FTRL
+    from models.hotswap import read_swaps
+    from models.registry import Registry
+    from runners.stream import fit_warmup_artifact, prepare_run
+
+    generate_event_dir(tmp_path / "ev", GeneratorConfig(events=3_000, seed=5, malformed_rate=0.0,
+                                                       duplicate_rate=0.0, out_of_order_rate=0.0))
+    imps = read_stream(tmp_path / "ev", "impression").to_pylist()
+    labels = read_stream(tmp_path / "ev", "label").to_pylist()
+    t0 = min(r["event_time"] for r in imps)
+    mid = t0 + 30 * MIN
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(tmp_path / "ev" / "_manifest.json", live / "_manifest.json")
+    _write_part(live / "impressions", "part-000000.jsonl", [r for r in imps if r["event_time"] < mid])
+    _write_part(live / "labels", "part-000000.jsonl", [r for r in labels if r["label_time"] < mid])
+    fit_warmup_artifact(tmp_path / "ev", "generator", tmp_path / "art")
+    tick = 10_000
+    guard = GuardConfig(window=400, min_examples=100, max_excess=10.0, max_weight_norm=0)
+    prepare_run(live, tmp_path / "run", "generator", JOIN, OnlineConfig(guard=guard), artifact=tmp_path / "art",
+                follow=True, checkpoint_interval_ms=2_000, monitor_interval_ms=500, learn_tick_ms=tick,
+                snapshot_every=150)
+    registry = tmp_path / "run" / "registry"
+    proc = subprocess.Popen([sys.executable, "-m", "runners.flink_job", str(tmp_path / "run" / "job.json")],
+                            stdout=open(tmp_path / "flink.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+    def wait_for(cond, what, timeout=240):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "flink.log").read_text()[-3000:]
+            if cond():
+                return
+            time.sleep(2)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    try:
+        wait_for(lambda: len(Registry(registry).versions("delta")) >= 3, "three delta snapshots")
+        first = Registry(registry).versions("delta")[0]
+        cli = subprocess.run([sys.executable, "-m", "runners.cli", "models", "rollback", first, "--kind", "delta",
+                              "--registry", str(registry)], capture_output=True, text=True)
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        _write_part(live / "impressions", "part-000001.jsonl", [r for r in imps if r["event_time"] >= mid])
+        _write_part(live / "labels", "part-000001.jsonl", [r for r in labels if r["label_time"] >= mid])
+        wait_for(lambda: any(s.get("mode") == "rollback" for s in read_swaps(tmp_path / "run")), "the rollback")
+        rb = next(s for s in read_swaps(tmp_path / "run") if s.get("mode") == "rollback")
+        assert rb["outcome"] == "live" and rb["version"] == first and rb["snapshot_updates"] == int(first)
+        at = rb["live_at"]
+        wait_for(lambda: any(e["event_time"] > at - tick for e in read_output(tmp_path / "run", "examples")),
+                 "examples of the rollback's tick")
+        wait_for(lambda: any(p["event_time"] > at for p in read_output(tmp_path / "run", "predictions")),
+                 "predictions after the rollback")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    snap = FTRL.from_bytes((registry / "delta" / first / "weights.npz").read_bytes())
+    feats = {e["event_id"]: json.loads(e["features"]) for e in read_output(tmp_path / "run", "examples")}
+    in_tick = [p for p in read_output(tmp_path / "run", "predictions")
+               if at - tick < p["event_time"] <= at and p["event_id"] in feats]
+    assert in_tick  # scored with V's weights, before the tick's examples are learned
+    for p in in_tick:
+        f = feats[p["event_id"]]
+        assert p["delta_logit"] == pytest.approx(snap.predict_logit(f["indices"], f["values"]), abs=1e-12)
+        assert p["served"] == "base_only" and p["base_only_reason"] == "warming_up"
