@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from pathlib import Path
 
 KINDS = ("base", "delta")
 MANIFEST = "manifest.json"
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class RegistryError(Exception):
@@ -67,6 +69,21 @@ class Registry:
             raise RegistryError(f"unknown model kind {kind!r}; one of {KINDS}")
         return self.root / kind
 
+    def _version_dir(self, kind: str, version: str) -> Path:
+        """A version's folder; the name (from a CURRENT pointer, a manifest, a command line)
+        must be a plain folder name: no path can leave the registry."""
+        if not isinstance(version, str) or not VERSION.fullmatch(version) or ".." in version:
+            raise RegistryError(f"{kind}: invalid version name {version!r}")
+        return self._dir(kind) / version
+
+    @staticmethod
+    def _inside(folder: Path, name: str) -> Path:
+        """A payload file of a version folder; names that would leave it are refused."""
+        f = (folder / name).resolve()
+        if Path(name).is_absolute() or not f.is_relative_to(folder.resolve()):
+            raise RegistryError(f"file name {name!r} leaves the version folder {folder}")
+        return f
+
     def versions(self, kind: str) -> list[str]:
         """Published versions, oldest first (hidden in-progress folders are not versions)."""
         d = self._dir(kind)
@@ -80,15 +97,20 @@ class Registry:
         d.mkdir(parents=True, exist_ok=True)
         if version is None:
             version = f"{int(max(self.versions(kind), default='0')) + 1:012d}"
-        final = d / version
+        final = self._version_dir(kind, version)
         sums = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
         if final.exists():
             return self._same_or_error(kind, version, sums)
         tmp = d / f".{version}.inprogress-{os.getpid()}"
         tmp.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():  # names may be relative paths (a SavedModel's tree)
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_bytes(data)
+            try:
+                f = self._inside(tmp, name)
+            except RegistryError:
+                shutil.rmtree(tmp)
+                raise
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(data)
         full = {**manifest, "kind": kind, "version": version, "files": sums,
                 "created_unix": manifest.get("created_unix", time.time())}
         (tmp / MANIFEST).write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
@@ -108,7 +130,7 @@ class Registry:
     def verify(self, kind: str, version: str, fingerprint: str | None = None) -> ModelRef:
         """The version's folder, if it is complete, uncorrupted and (given a fingerprint) built
         for the same feature spec; else ``RegistryError`` saying why."""
-        path = self._dir(kind) / version
+        path = self._version_dir(kind, version)
         where = f"{kind} {version}"
         if not path.is_dir():
             raise RegistryError(f"{where}: no such version in {self._dir(kind)}")
@@ -116,8 +138,13 @@ class Registry:
             manifest = json.loads((path / MANIFEST).read_text())
         except (OSError, ValueError) as e:
             raise RegistryError(f"{where}: unreadable manifest ({e})") from None
+        if not isinstance(manifest, dict):
+            raise RegistryError(f"{where}: manifest is not a JSON object")
         for name, want in (manifest.get("files") or {}).items():
-            f = path / name
+            try:
+                f = self._inside(path, name)
+            except RegistryError as e:
+                raise RegistryError(f"{where}: {e}") from None
             if not f.is_file():
                 raise RegistryError(f"{where}: file {name} is missing")
             if _sha256(f) != want:
@@ -133,7 +160,8 @@ class Registry:
         """The promoted version, or the newest one if none was promoted."""
         pointer = self._dir(kind) / "CURRENT"
         if pointer.exists():
-            return pointer.read_text().strip()
+            with open(pointer, encoding="utf-8", errors="replace") as f:
+                return f.read(256).strip()  # a version name; verify() checks it
         versions = self.versions(kind)
         return versions[-1] if versions else None
 

@@ -112,6 +112,53 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _socket_inodes(pid: int) -> set[str]:
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(link[8:-1])
+    return out
+
+
+def _addr(hex_addr: str) -> str:
+    """An address of /proc/net/tcp{,6} ("0100007F:1F90") as text ("127.0.0.1:8080")."""
+    import ipaddress
+
+    host, port = hex_addr.split(":")
+    raw = bytes.fromhex(host)
+    if len(raw) == 4:
+        ip = ipaddress.IPv4Address(raw[::-1])
+    else:  # four little-endian 32-bit words
+        ip = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+        ip = ip.ipv4_mapped or ip
+    return f"{ip}:{int(port, 16)}"
+
+
+def listening(cfg: ClusterConfig) -> list[dict]:
+    """Every TCP socket the cluster's processes listen on, with whether it is loopback-only:
+    what the 127.0.0.1 binding promises, checked from the kernel's socket table."""
+    import ipaddress
+
+    inodes = {i: p for p in pids(cfg) for i in _socket_inodes(p)}
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
+                addr = _addr(f[1])
+                out.append({"pid": inodes[f[9]], "address": addr,
+                            "loopback": ipaddress.ip_address(addr.rsplit(":", 1)[0]).is_loopback})
+    return out
+
+
 def status(cfg: ClusterConfig) -> dict:
     alive = [p for p in pids(cfg) if _alive(p)]
     try:

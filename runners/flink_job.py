@@ -80,8 +80,11 @@ class JobConfig:
     drift_retrain_ratio: float = 0.0
     drift_min_examples: int = 2_000
     drift_cooldown_ms: int = 6 * 3_600_000
+    # security: when set, event_dir, out and artifact must lie under one of these folders
+    roots: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_paths({"event_dir": self.event_dir, "out": self.out, "artifact": self.artifact}, self.roots)
         if self.retrain_every_ms < 0 or self.swap_delay_ms < 0 or self.replay_buffer_ms < 0:
             raise ValueError("retrain_every_ms, swap_delay_ms and replay_buffer_ms must be >= 0")
         if self.retrain_every_ms and self.retrain_every_ms % self.learn_tick_ms:
@@ -101,6 +104,20 @@ class JobConfig:
         d["join"] = JoinConfig(**d.get("join", {}))
         d["online"] = OnlineConfig.from_dict(d.get("online", {}))
         return cls(**d)
+
+
+def check_paths(paths: dict[str, str], roots: list[str]) -> None:
+    """Paths from a job config go into Flink SQL DDL as quoted strings and name the folders the
+    job reads and writes: refuse quotes, backticks and control characters (no SQL option
+    injection), and with ``roots``, any path that resolves (symlinks and ``..`` followed) outside
+    all of them."""
+    allowed = [Path(r).resolve() for r in roots]
+    for name, value in paths.items():
+        text = str(value)
+        if any(c in text for c in "'`\\") or any(ord(c) < 32 for c in text):
+            raise ValueError(f"{name}: path {text!r} contains a quote, backslash or control character")
+        if allowed and not any(Path(text).resolve().is_relative_to(r) for r in allowed):
+            raise ValueError(f"{name}: {text} is outside the configured roots {[str(r) for r in allowed]}")
 
 
 # ---- SQL ------------------------------------------------------------------------------------

@@ -43,6 +43,14 @@ def test_cluster_binds_to_localhost_only(standalone):
     assert "0.0.0.0" not in conf and "bind-address: 127.0.0.1" in conf
 
 
+def test_every_listening_socket_is_loopback(standalone):
+    """Not just the config: the kernel's socket table for the cluster's processes (RPC, REST,
+    blob server, data ports) shows no socket reachable from outside the machine."""
+    socks = cluster.listening(standalone)
+    assert len(socks) >= 3 and all(s["loopback"] for s in socks), socks
+    assert any(s["address"].endswith(f":{standalone.rest_port}") for s in socks)
+
+
 def test_standalone_cluster_equals_mini_cluster(standalone, tmp_path):
     generate_event_dir(tmp_path / "ev", GeneratorConfig(events=3_000, seed=21))
     local = run_stream(tmp_path / "ev", tmp_path / "local", "generator", JOIN)
