@@ -80,11 +80,16 @@ class JobConfig:
     drift_retrain_ratio: float = 0.0
     drift_min_examples: int = 2_000
     drift_cooldown_ms: int = 6 * 3_600_000
+    # feature-drift monitor (models.feature_drift.DriftConfig fields; {} = the defaults)
+    feature_drift: dict = field(default_factory=dict)
     # security: when set, event_dir, out and artifact must lie under one of these folders
     roots: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_paths({"event_dir": self.event_dir, "out": self.out, "artifact": self.artifact}, self.roots)
+        from models.feature_drift import DriftConfig
+
+        DriftConfig(**self.feature_drift)  # fails early on a bad setting
         if self.retrain_every_ms < 0 or self.swap_delay_ms < 0 or self.replay_buffer_ms < 0:
             raise ValueError("retrain_every_ms, swap_delay_ms and replay_buffer_ms must be >= 0")
         if self.retrain_every_ms and self.retrain_every_ms % self.learn_tick_ms:

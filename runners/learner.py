@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from models.hotswap import DriftAlert, Schedule, load_base, pushed_unix, record, replay_columns
 from models.monitor import WindowMetrics
+from models.feature_drift import DriftConfig, FeatureDrift
 from models.ftrl import FTRL
 from models.online import OnlineConfig, OnlineLayer
 from models.registry import Registry, RegistryError
@@ -122,7 +124,12 @@ class Learner(KeyedProcessFunction):
                                 int(job.get("drift_cooldown_ms") or 6 * 3_600_000))
         # retrains started by the job (schedule or drift alert) swap at their live time; otherwise
         # the job follows the registry
-        self.self_retraining = bool(self.schedule.every_ms or self.drift.ratio)
+        # feature drift of the served traffic against the artifact's fit span (models.feature_drift)
+        self.fd_cfg = DriftConfig.from_dict(job.get("feature_drift") or {})
+        self.fd_state = runtime_context.get_state(ValueStateDescriptor("feature_drift", Types.PICKLED_BYTE_ARRAY()))
+        self.fd = None
+        self.fd_trigger = None  # a tick whose feature-drift alert starts a retrain
+        self.self_retraining = bool(self.schedule.every_ms or self.drift.ratio or self.fd_cfg.retrain)
         self.buffer_ms = int(job.get("replay_buffer_ms") or 0)
         self.retrain_timeout = float(job.get("retrain_timeout_s") or 1800)
         self.python = job.get("python_executable") or "python"
@@ -144,6 +151,8 @@ class Learner(KeyedProcessFunction):
         self.m_swaps = g.counter("base_swaps")
         self.m_alerts = g.counter("guard_alerts")
         g.gauge("delta_served", lambda: int(self.layer.guard.serving) if self.layer is not None else 0)
+        g.gauge("feature_drift_max_psi_micro", lambda: int(round(1e6 * max(
+            (v["psi"] for v in (self.fd.last.values() if self.fd is not None else [])), default=0.0))))
         g.gauge("delta_version", lambda: self.layer.ftrl.updates if self.layer is not None else 0)
         # progressive quality of the last `metrics_window` examples (Flink gauges are integers:
         # micro-units), and the label-delay histogram as one counter per bucket
@@ -160,6 +169,16 @@ class Learner(KeyedProcessFunction):
         if self.window is None:
             self.window = self.metrics_state.value() or WindowMetrics(self.metrics_window)
         return self.window
+
+    def _feature_drift(self) -> FeatureDrift:
+        if self.fd is None:
+            lo, hi = self.artifact.event_time_range
+            cfg = self.fd_cfg if lo is not None and hi is not None else DriftConfig(enabled=False)
+            # windowed aggregates are still filling in the fit span: a biased reference
+            cfg = replace(cfg, exclude=(*cfg.exclude, *(a.name for a in self.artifact.spec.aggregates)))
+            names = [n for n, _ in self.artifact.spec.sparse_features()]
+            self.fd = self.fd_state.value() or FeatureDrift(cfg, names, (int(lo or 0), int(hi or 0)))
+        return self.fd
 
     def _layer(self) -> OnlineLayer:
         if self.layer is None:
@@ -187,6 +206,13 @@ class Learner(KeyedProcessFunction):
         idx, vals = features(t.column("feat").to_pylist())
         s = layer.score_batch(idx, vals, t.column("unit").to_pylist(), at=tick)
         yield from self._alerts(layer)
+        drift = self._feature_drift().observe(np.asarray(t.column("event_time").to_pylist(), np.int64), idx, vals)
+        if drift:
+            self.m_alerts.inc(len(drift))
+            yield OUTPUT_TAGS["alerts"], Row("".join(json.dumps({**a, "base_version": layer.base_version},
+                                                                sort_keys=True) + "\n" for a in drift))
+            if self.fd_cfg.retrain and any(a["alert"] == "feature_drift" for a in drift):
+                self.fd_trigger = tick
         self.m_scored.inc(n)
         yield Row(json_lines({
             "event_id": t.column("event_id").to_pylist(), "event_time": t.column("event_time").to_pylist(),
@@ -224,6 +250,8 @@ class Learner(KeyedProcessFunction):
         self.layer_state.update(layer)
         if self.window is not None:
             self.metrics_state.update(self.window)
+        if self.fd is not None:
+            self.fd_state.update(self.fd)
         if self.control is not None:
             self.control_state.update(self.control)
         self.m_ticks.inc()
@@ -342,6 +370,12 @@ class Learner(KeyedProcessFunction):
                 record(self.out, {"outcome": "drift_alert", "cutoff": tick, "window_ne": ne, "best_ne": best,
                                   "window_n": w.n, "ratio": self.drift.ratio})
                 self._start_retrain(c, tick, tick, "drift")
+        if self.fd_trigger is not None and traffic:
+            if not any(p["cutoff"] == tick for p in c["pending"]):
+                record(self.out, {"outcome": "feature_drift_alert", "cutoff": tick,
+                                  "alerting": sorted(self.fd.alerting) if self.fd is not None else []})
+                self._start_retrain(c, tick, tick, "feature_drift")
+            self.fd_trigger = None
         while c["ticks"] and c["ticks"][0] < tick - self.buffer_ms:
             old = c["ticks"].pop(0)
             self.replay.remove(old)
@@ -387,7 +421,8 @@ class Learner(KeyedProcessFunction):
         g = layer.guard
         self.last_metrics = {"tick": None if tick == MAX_TIME else tick, "delta_version": layer.ftrl.updates,
                              **self.window.as_dict(),
-                             "guard": {**g.stats(), "serving": g.serving, "reason": g.reason, "frozen": g.frozen}}
+                             "guard": {**g.stats(), "serving": g.serving, "reason": g.reason, "frozen": g.frozen},
+                             "feature_drift": self.fd.metrics() if self.fd is not None else None}
         for b, c in self.last_metrics["label_delay_hist"].items():
             self.m_delay[b].inc(c - before.get(b, 0))
         yield OUTPUT_TAGS["metrics"], Row(json.dumps(self.last_metrics, sort_keys=True) + "\n")

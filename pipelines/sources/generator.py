@@ -56,6 +56,9 @@ class GeneratorConfig:
     effect_scale: float = 0.6  # std of categorical effects (logit units)
     gradual_drift: float = 0.8  # how far item effects and the intercept move over the stream
     drift_points: tuple[float, ...] = (0.5,)  # fractions of the stream with a sudden shift
+    # also shift the feature distribution at each drift point (site popularity reshuffled, the
+    # two main device types swapped): covariate drift for the drift monitor; off by default
+    covariate_shift: bool = False
     delay: tuple[DelayComponent, ...] = (
         DelayComponent(0.6, 60.0, 1.0),  # most clicks within minutes
         DelayComponent(0.3, 1_200.0, 1.0),  # tens of minutes
@@ -148,6 +151,11 @@ def generate(cfg: GeneratorConfig) -> GeneratedStream:
     bid = np.round(rng.lognormal(0.0, 0.5, n), 4)
     position = (np.minimum(rng.geometric(0.35, n), 10)).astype(np.float64)
     age = np.round(rng.exponential(200.0, n), 1)
+    if cfg.covariate_shift:  # its own seeded stream: the draws above and below stay the same
+        srng = np.random.default_rng([cfg.seed, 17])
+        perms = np.stack([np.arange(cfg.n_sites)] + [srng.permutation(cfg.n_sites) for _ in range(n_phases - 1)])
+        site = perms[phase, site]
+        device = np.where(phase % 2 == 1, np.array([1, 0, 3, 2])[device], device)
 
     s = cfg.effect_scale
     max_users = int(cfg.n_users * (1 + cfg.user_growth)) + 1

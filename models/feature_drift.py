@@ -1,0 +1,174 @@
+"""Feature drift of serving traffic against the training reference, as the job serves.
+
+The reference is the distribution of the *served features* over the span the transform
+artifact was fitted on (``TransformArtifact.event_time_range``: the data its statistics come
+from, and the features every base model is trained on are this artifact's). The monitor
+collects it from the impressions it scores in that span, then compares a sliding window of the
+last ``window`` impressions with it, every ``step`` impressions: per feature (sparse column),
+population stability index and Jensen-Shannon divergence (``models.drift``). A feature whose
+PSI rises above ``psi_alert`` raises an alert (once, until it falls below half of that again).
+
+Features are compared as served: a one-hot column by its slot (hashed bucket, time or numeric
+bucket), a numeric column by its scaled value in fixed bins. The reference keeps its ``top``
+most frequent bins per column with at least ``min_bin_count`` impressions (the rest: "other").
+Calendar features are excluded by default, and the job also excludes the windowed aggregates:
+the fit span starts with their windows still filling, so their reference is biased low. Engine-free and deterministic: the result
+depends only on the impressions, in scoring order.
+
+>>> import numpy as np
+>>> m = FeatureDrift(DriftConfig(window=100, step=50, min_reference=100), ["site"], (0, 999))
+>>> a = np.array([[1], [2]] * 50)
+>>> m.observe(np.arange(100), a, np.ones((100, 1)))  # the reference span
+[]
+>>> m.observe(np.arange(1000, 1100), a, np.ones((100, 1)))  # same distribution
+[]
+>>> [x["feature"] for x in m.observe(np.arange(1100, 1200), np.full((100, 1), 7), np.ones((100, 1)))]
+['site']
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from models.drift import jsd, psi
+
+VALUE_EDGES = np.array([-3.0, -2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0])
+OTHER = -(2**62)
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    enabled: bool = True
+    window: int = 5_000  # impressions in the serving window
+    step: int = 1_000  # compare every this many impressions
+    psi_alert: float = 0.25  # the usual "large shift"
+    top: int = 50  # reference bins per feature, plus "other"
+    min_bin_count: int = 10  # a reference bin needs this many impressions (rarer: "other"), or
+    # the PSI of a high-cardinality feature is mostly the noise of its rare bins
+    min_reference: int = 1_000  # fewer reference impressions: no comparisons
+    retrain: bool = False  # an alert also starts an early retrain (a job that retrains itself)
+    # calendar features differ from any short reference by construction
+    exclude: tuple = ("hour_of_day", "day_of_week")
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.step < 1 or self.psi_alert <= 0:
+            raise ValueError("drift: window and step must be >= 1 and psi_alert > 0")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    @classmethod
+    def from_dict(cls, d: "dict | DriftConfig") -> "DriftConfig":
+        return d if isinstance(d, DriftConfig) else cls(**d)
+
+
+def bin_keys(indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """One bin key per served feature: the slot for one-hot features (value 1), a negative
+    value-bin key for scaled numeric values."""
+    v = np.asarray(values, np.float64)
+    return np.where(v == 1.0, np.asarray(indices, np.int64), -1 - np.searchsorted(VALUE_EDGES, v, side="right"))
+
+
+@dataclass
+class FeatureDrift:
+    cfg: DriftConfig
+    names: list[str]
+    span: tuple[int, int]  # reference: impressions with event time in [lo, hi]
+    ref_counts: list[Counter] = field(default_factory=list)
+    ref_n: int = 0
+    bins: list[np.ndarray] | None = None  # per column: the reference's top keys (frozen)
+    ref_hist: list[np.ndarray] | None = None
+    ring: np.ndarray | None = None  # [window, k] keys of the last impressions
+    filled: int = 0
+    at: int = 0  # next ring row
+    since: int = 0  # impressions since the last comparison
+    alerting: set = field(default_factory=set)
+    last: dict = field(default_factory=dict)  # feature -> {"psi", "jsd"} of the last comparison
+    seen: int = 0
+
+    cols: list[int] = field(default_factory=list)  # the monitored sparse columns
+
+    def __post_init__(self) -> None:
+        if not self.cols:
+            self.cols = [j for j, n in enumerate(self.names) if n not in self.cfg.exclude]
+            self.names = [self.names[j] for j in self.cols]
+        if not self.ref_counts:
+            self.ref_counts = [Counter() for _ in self.names]
+
+    def _freeze(self) -> None:
+        self.bins, self.ref_hist = [], []
+        for c in self.ref_counts:
+            keys = np.array([k for k in sorted(c, key=lambda k: (-c[k], k))[: self.cfg.top]
+                             if c[k] >= self.cfg.min_bin_count], np.int64)
+            self.bins.append(keys)
+            self.ref_hist.append(self._hist(keys, c))
+        self.ref_counts = []
+        self.ring = np.zeros((self.cfg.window, len(self.names)), np.int64)
+
+    @staticmethod
+    def _hist(keys: np.ndarray, counts: Counter) -> np.ndarray:
+        top = np.array([counts.get(int(k), 0) for k in keys], np.float64)
+        h = np.append(top, sum(counts.values()) - top.sum())
+        return h / h.sum() if h.sum() else h
+
+    def observe(self, event_time: np.ndarray, indices: np.ndarray, values: np.ndarray) -> list[dict]:
+        """Impressions just scored (in scoring order); returns the alerts they raise."""
+        if not self.cfg.enabled or len(event_time) == 0:
+            return []
+        keys = bin_keys(indices, values)[:, self.cols]
+        et = np.asarray(event_time, np.int64)
+        lo, hi = self.span
+        if self.bins is None:
+            ref = (et >= lo) & (et <= hi)
+            for j, c in enumerate(self.ref_counts):
+                c.update(keys[ref, j].tolist())
+            self.ref_n += int(ref.sum())
+            if not (et > hi).any():
+                return []
+            if self.ref_n < self.cfg.min_reference:  # too little reference: stay silent
+                self.cfg = DriftConfig(**{**asdict(self.cfg), "enabled": False})
+                return []
+            self._freeze()
+            keys = keys[et > hi]
+            et = et[et > hi]
+        alerts = []
+        w = self.cfg.window
+        for row, t in zip(keys, et.tolist()):
+            self.ring[self.at] = row
+            self.at = (self.at + 1) % w
+            self.filled = min(self.filled + 1, w)
+            self.since += 1
+            self.seen += 1
+            if self.filled == w and self.since >= self.cfg.step:
+                self.since = 0
+                alerts += self._compare(int(t))
+        return alerts
+
+    def _compare(self, t: int) -> list[dict]:
+        out = []
+        for j, name in enumerate(self.names):
+            col = self.ring[:, j]
+            keys, ref = self.bins[j], self.ref_hist[j]
+            pos = np.searchsorted(np.sort(keys), col)
+            order = np.argsort(keys)
+            sk = keys[order]
+            hit = (pos < len(sk)) & (sk[np.minimum(pos, len(sk) - 1)] == col)
+            counts = np.zeros(len(keys) + 1)
+            np.add.at(counts, np.where(hit, order[np.minimum(pos, len(sk) - 1)], len(keys)), 1.0)
+            cur = counts / counts.sum()
+            p, d = psi(ref, cur), jsd(ref, cur)
+            self.last[name] = {"psi": p, "jsd": d}
+            if p > self.cfg.psi_alert and name not in self.alerting:
+                self.alerting.add(name)
+                out.append({"alert": "feature_drift", "at": t, "feature": name, "psi": p, "jsd": d,
+                            "threshold": self.cfg.psi_alert, "window": self.cfg.window,
+                            "impressions_since_reference": self.seen, "reference_n": self.ref_n})
+            elif p < self.cfg.psi_alert / 2 and name in self.alerting:
+                self.alerting.discard(name)
+                out.append({"alert": "feature_drift_cleared", "at": t, "feature": name, "psi": p, "jsd": d,
+                            "threshold": self.cfg.psi_alert, "window": self.cfg.window,
+                            "impressions_since_reference": self.seen, "reference_n": self.ref_n})
+        return out
+
+    def metrics(self) -> dict:
+        return {"features": self.last, "alerting": sorted(self.alerting), "reference_n": self.ref_n}
