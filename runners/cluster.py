@@ -40,6 +40,10 @@ class ClusterConfig:
     python_executable: str = field(default_factory=lambda: sys.executable)
     taskmanager_memory: str = "2g"
     jobmanager_memory: str = "1g"
+    # a lost TaskManager is noticed by missed heartbeats: 50 s by Flink's default, 10 s here
+    heartbeat_interval_ms: int = 2_000
+    heartbeat_timeout_ms: int = 10_000
+    extra_conf: dict = field(default_factory=dict)  # more Flink options, flat keys
 
     @property
     def path(self) -> Path:
@@ -65,6 +69,8 @@ def write_conf(cfg: ClusterConfig) -> Path:
     base["python"] = {"executable": cfg.python_executable, "client": {"executable": cfg.python_executable}}
     base["execution"] = {"checkpointing": {"dir": (cfg.path / "checkpoints").as_uri(),
                                            "savepoint-dir": (cfg.path / "savepoints").as_uri()}}
+    base["heartbeat"] = {"interval": cfg.heartbeat_interval_ms, "timeout": cfg.heartbeat_timeout_ms}
+    base.update(cfg.extra_conf)
     (conf_dir / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):
         (conf_dir / name).write_text((flink_home() / "conf" / name).read_text())
@@ -186,6 +192,41 @@ def up(cfg: ClusterConfig, timeout: float = 90) -> dict:
         time.sleep(1)
     down(cfg)
     raise RuntimeError(f"cluster did not come up in {timeout:.0f}s; see {cfg.path / 'log'}")
+
+
+def taskmanagers(cfg: ClusterConfig) -> list[int]:
+    """Live pids of this folder's TaskManager JVMs."""
+    out = []
+    for p in pids(cfg):
+        try:
+            if "TaskManagerRunner" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace"):
+                out.append(p)
+        except OSError:
+            pass
+    return out
+
+
+def kill_taskmanager(cfg: ClusterConfig) -> int:
+    """SIGKILL this folder's TaskManager (a crash: no shutdown hooks, no goodbye to the
+    JobManager); its Python workers lose their connection and exit. Returns the pid."""
+    tms = taskmanagers(cfg)
+    if not tms:
+        raise RuntimeError("no TaskManager of this cluster is running")
+    os.kill(tms[0], signal.SIGKILL)
+    deadline = time.time() + 10
+    while _alive(tms[0]) and time.time() < deadline:
+        time.sleep(0.1)
+    return tms[0]
+
+
+def start_taskmanager(cfg: ClusterConfig) -> None:
+    """Start a TaskManager again (what a supervisor or Kubernetes does after a crash)."""
+    _daemon(cfg, "taskmanager.sh", "start")
+
+
+def checkpoints(cfg: ClusterConfig, job_id: str) -> dict:
+    with urllib.request.urlopen(f"{cfg.rest_url}/jobs/{job_id}/checkpoints", timeout=5) as r:
+        return json.loads(r.read())
 
 
 def down(cfg: ClusterConfig, timeout: float = 30) -> list[int]:
