@@ -124,6 +124,17 @@ class OnlineLayer:
             state = {**state, "guard": Guard(GuardConfig(enabled=False)), "alerts": []}
         self.__dict__.update(state)
 
+    def reconfigure(self, cfg: OnlineConfig) -> None:
+        """Apply a new build's config to a layer restored from a checkpoint or savepoint: serving
+        (A/B share, enabled), the prior, the guard and FTRL's learning rates take effect from
+        now on; the learned state is kept. The weights' dimension and precision cannot change."""
+        if cfg.ftrl.precision != self.cfg.ftrl.precision:
+            raise ValueError(f"FTRL precision {self.cfg.ftrl.precision} cannot change to {cfg.ftrl.precision} "
+                             "on restore")
+        self.cfg = cfg
+        self.ftrl.params = cfg.ftrl
+        self.guard.cfg = cfg.guard
+
     def guard_decide(self, at: int) -> None:
         """Let the guard decide what is served from now on (before a tick is scored)."""
         if not self.cfg.enabled:

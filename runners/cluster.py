@@ -269,6 +269,16 @@ def submit(cfg: ClusterConfig, job_json: Path, detached: bool = True, savepoint:
     return m.group(1)
 
 
+def stop_with_savepoint(cfg: ClusterConfig, job_id: str, timeout: float = 600) -> str:
+    """``flink stop`` (a savepoint, then the job stops without draining); returns the savepoint path."""
+    out = flink_cli(cfg, "stop", "-m", f"127.0.0.1:{cfg.rest_port}", "--savepointPath",
+                    (cfg.path / "savepoints").as_uri(), job_id, timeout=timeout)
+    m = re.search(r"Savepoint completed\. Path: (\S+)", out)
+    if not m:
+        raise RuntimeError(f"no savepoint path in flink's output:\n{out[-2000:]}")
+    return m.group(1)
+
+
 def job_state(cfg: ClusterConfig, job_id: str) -> str:
     with urllib.request.urlopen(f"{cfg.rest_url}/jobs/{job_id}", timeout=5) as r:
         return json.loads(r.read())["state"]

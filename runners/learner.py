@@ -168,6 +168,7 @@ class Learner(KeyedProcessFunction):
     def _window(self) -> WindowMetrics:
         if self.window is None:
             self.window = self.metrics_state.value() or WindowMetrics(self.metrics_window)
+            self.window.size = self.metrics_window  # this build's setting, also after a restore
         return self.window
 
     def _feature_drift(self) -> FeatureDrift:
@@ -182,8 +183,11 @@ class Learner(KeyedProcessFunction):
 
     def _layer(self) -> OnlineLayer:
         if self.layer is None:
-            self.layer = self.layer_state.value() or OnlineLayer(self.online, self.dimension, self.fingerprint,
-                                                                    window_ms=self.join.window_ms)
+            restored = self.layer_state.value()
+            if restored is not None:
+                restored.reconfigure(self.online)  # a changed build's settings apply from now on
+            self.layer = restored or OnlineLayer(self.online, self.dimension, self.fingerprint,
+                                                 window_ms=self.join.window_ms)
         return self.layer
 
     def process_element(self, r, ctx):

@@ -113,3 +113,42 @@ def test_three_taskmanager_kills_lose_nothing_and_duplicate_nothing(standalone, 
         assert a == b, name
     a, b = _weights(root / "local"), _weights(root / "remote")
     assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
+
+
+def test_stop_with_a_savepoint_and_resume_with_a_changed_build(standalone, reference):
+    """``flink stop`` mid-stream, then the job resubmitted from the savepoint with a changed
+    build (another metrics window and guard settings: Python code and config, same operator
+    graph): together the two runs give exactly the uninterrupted run's outputs."""
+    from dataclasses import replace
+
+    from models.online import OnlineConfig
+    from runners.flink_job import JobConfig
+
+    root, local = reference
+    run = root / "resumed"
+    prepare_run(root / "ev", run, "generator", JOIN, artifact=root / "local" / "transform", parallelism=2,
+                checkpoint_interval_ms=2_000)
+    job_id = cluster.submit(standalone, run / "job.json")
+    _wait(standalone, job_id, lambda st: _all_tasks_running(standalone, job_id), "all tasks running")
+    time.sleep(5)
+    savepoint = cluster.stop_with_savepoint(standalone, job_id)
+    assert cluster.wait(standalone, job_id, timeout=60) == "FINISHED" or cluster.job_state(standalone, job_id)
+    partial = sum(_lines(run, "predictions").values())
+    assert 0 < partial < local["counts"]["predictions"]  # stopped mid-stream
+    cfg = JobConfig.from_dict(json.loads((run / "job.json").read_text()))
+    # the new build: a smaller metrics window (visible in the metrics output) and a higher
+    # weight-norm limit for the guard (never reached: the served outputs stay the same)
+    guard = {**cfg.online.guard.__dict__, "max_weight_norm": 2 * cfg.online.guard.max_weight_norm}
+    changed = replace(cfg, metrics_window=cfg.metrics_window // 2,
+                      online=OnlineConfig.from_dict({**cfg.online.to_dict(), "guard": guard}))
+    (run / "job.json").write_text(json.dumps(changed.to_dict(), indent=1) + "\n")
+    resumed = cluster.submit(standalone, run / "job.json", savepoint=savepoint)
+    assert cluster.wait(standalone, resumed, timeout=900) == "FINISHED"
+    for name in ("predictions", "updates", "examples", "late_labels", "dead_letter"):
+        assert _lines(root / "local", name) == _lines(run, name), name
+    # the changed build took effect on the restored state
+    last = max(read_output(run, "metrics"), key=lambda m: m["examples_seen"])
+    ref = max(read_output(root / "local", "metrics"), key=lambda m: m["examples_seen"])
+    assert ref["window_n"] == cfg.metrics_window and last["window_n"] == changed.metrics_window
+    a, b = _weights(root / "local"), _weights(run)
+    assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
