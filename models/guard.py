@@ -107,7 +107,8 @@ class Guard:
         if not c.enabled:
             self.serving, self.reason = True, ""
             return None
-        if c.max_weight_norm and weight_norm > c.max_weight_norm and not self.frozen:
+        froze = bool(c.max_weight_norm) and weight_norm > c.max_weight_norm and not self.frozen
+        if froze:
             self.frozen = True
             detail = f"delta weight norm {weight_norm:.4g} > {c.max_weight_norm:g}: frozen until a rebase or rollback"
         s = self.stats()
@@ -125,11 +126,10 @@ class Guard:
                 detail = f"hybrid logloss {h:.5f} <= base-only {b:.5f} x {1 + c.recover_excess:g}"
             elif not self.serving and self.reason == "warming_up":
                 self.reason = "guard_logloss"  # warmed up, but not good enough yet
-        if self.serving == before and not detail.startswith("delta weight"):
+        if self.serving == before and not froze:
             return None
         self.alerts += 1
-        alert = ("delta_frozen" if self.frozen and detail.startswith("delta weight")
-                 else "delta_enabled" if self.serving else "delta_disabled")
+        alert = "delta_frozen" if froze else "delta_enabled" if self.serving else "delta_disabled"
         why = self.reason or ("warmed_up" if was == "warming_up" else "recovered")
         return {"alert": alert, "at": int(at), "reason": why, "detail": detail,
                 "weight_norm": float(weight_norm), **s, "config": asdict(c)}
