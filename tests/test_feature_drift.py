@@ -30,8 +30,11 @@ def test_covariate_shift_is_opt_in_and_changes_only_the_features():
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("drift")
     generate_event_dir(root / "ev", GEN)
-    drift = {"window": WINDOW, "step": 100, "min_reference": 300}
-    summary = run_stream(root / "ev", root / "run", "generator", JOIN, feature_drift=drift)
+    # an alert also starts an early retrain; the span is made too small to train on (the retrain
+    # is then "skipped" at once, no TFX run), which is enough to see the trigger work
+    drift = {"window": WINDOW, "step": 100, "min_reference": 300, "retrain": True}
+    summary = run_stream(root / "ev", root / "run", "generator", JOIN, feature_drift=drift,
+                         retrain={"min_examples": 10**9}, swap_delay_ms=600_000, replay_buffer_ms=7_200_000)
     truth = json.loads((root / "ev" / "ground_truth" / "truth.json").read_text())
     return root / "run", summary, truth["drift_points_ms"][0]
 
@@ -66,3 +69,15 @@ def test_the_monitor_is_deterministic_and_batch_independent():
     out_b = [x for s in range(0, 3_000, 137) for x in b.observe(t[s:s + 137], idx[s:s + 137], vals[s:s + 137])]
     assert out_a == out_b and [x["feature"] for x in out_a] == ["x"]
     assert 2_000 <= out_a[0]["at"] <= 2_000 + 500
+
+
+def test_a_drift_alert_starts_an_early_retrain(run):
+    run_dir, summary, shift = run
+    first = min((a for a in read_output(run_dir, "alerts") if a["alert"] == "feature_drift"), key=lambda a: a["at"])
+    started = [s for s in summary["swaps"] if s["outcome"] == "feature_drift_alert"]
+    assert started and all(s["cutoff"] >= shift for s in started)
+    # at the end of the tick that raised the first alert (learn ticks: 60 s)
+    assert 0 <= started[0]["cutoff"] - first["at"] < 60_000 and started[0]["alerting"]
+    outcomes = {r["cutoff"]: r for r in summary["retrains"]}
+    assert outcomes[started[0]["cutoff"]]["status"] == "skipped"  # it ran, on too small a span
+    assert set(summary["base_versions"]) == {"prior"}
