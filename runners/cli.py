@@ -103,6 +103,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         hold: bool = typer.Option(True, help="After a start or rebase, positives of open windows wait for "
                                              "their window to close (see models/online.py)."),
         follow: bool = typer.Option(False, help="Keep monitoring the event directory (unbounded)."),
+        speedup: float = typer.Option(0.0, help="Replay at most this many times event-time speed (e.g. 3600: "
+                                                "an hour per second; 0: as fast as possible). Outputs are "
+                                                "the same at any pace."),
         retrain_every: Optional[str] = typer.Option(None, help="Scheduled TFX retrains every this much event "
                                                                 "time (e.g. 6h, 90m); default: none (the job "
                                                                 "watches the registry instead)."),
@@ -133,7 +136,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     except (DataDirMissing, ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
-    job: dict = {"follow": follow}
+    if speedup < 0:
+        raise typer.BadParameter("--speedup must be >= 0")
+    job: dict = {"follow": follow, "replay_speedup": speedup}
     retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours}
     if retrain_every or retrain_on_drift:
         every = _duration_ms(retrain_every) if retrain_every else 0

@@ -67,6 +67,11 @@ class JobConfig:
     learn_tick_ms: int = 60_000  # rows reach Python in batches of this much event time
     snapshot_every: int = 0  # write a full FTRL snapshot every N updates (0: only at the end)
     metrics_window: int = 10_000  # progressive logloss/AUC over the last N learned examples
+    # replay pacing: serve at most this many times event-time speed (0: as fast as possible), for
+    # demos, shadow runs and tests that must act mid-stream. Processing time only: outputs are the
+    # same at any pace; after a restore the pace restarts from the restored tick; one wait is at
+    # most 1 s (a gap in event time is not slept through)
+    replay_speedup: float = 0.0
     python_executable: str = field(default_factory=lambda: sys.executable)
     flink_conf: dict = field(default_factory=dict)  # extra Flink options, e.g. python.fn-execution.*
     # base-model swaps (models.hotswap): scheduled TFX retrains every N ms of event time (0: none;
@@ -90,6 +95,8 @@ class JobConfig:
         from models.feature_drift import DriftConfig
 
         DriftConfig(**self.feature_drift)  # fails early on a bad setting
+        if self.replay_speedup < 0:
+            raise ValueError("replay_speedup must be >= 0 (0: as fast as possible)")
         if self.retrain_every_ms < 0 or self.swap_delay_ms < 0 or self.replay_buffer_ms < 0:
             raise ValueError("retrain_every_ms, swap_delay_ms and replay_buffer_ms must be >= 0")
         if self.retrain_every_ms and self.retrain_every_ms % self.learn_tick_ms:

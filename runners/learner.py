@@ -116,6 +116,8 @@ class Learner(KeyedProcessFunction):
         self.pending = runtime_context.get_state(ValueStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         self.metrics_state = runtime_context.get_state(ValueStateDescriptor("metrics", Types.PICKLED_BYTE_ARRAY()))
         self.metrics_window = int(c["job"]["metrics_window"])
+        self.speedup = float(c["job"].get("replay_speedup") or 0.0)
+        self.pace_origin = None  # (tick, monotonic seconds) of the first tick served by this run
         job = c["job"]
         self.out = Path(job["out"])
         self.schedule = Schedule(int(job.get("retrain_every_ms") or 0), int(job.get("swap_delay_ms") or 0))
@@ -203,6 +205,21 @@ class Learner(KeyedProcessFunction):
         self.pending.update(pending)
         timers.register_event_time_timer(tick)
 
+    def _pace(self, tick: int) -> None:
+        """``replay_speedup``: wait until ``tick`` is due at that many times event-time speed."""
+        if not self.speedup or tick == MAX_TIME:
+            return
+        now = time.monotonic()
+        if self.pace_origin is None:
+            self.pace_origin = (tick, now)
+            return
+        wait = self.pace_origin[1] + (tick - self.pace_origin[0]) / 1000.0 / self.speedup - now
+        if wait > 1.0:  # a gap in event time: wait 1 s, then pace from here
+            time.sleep(1.0)
+            self.pace_origin = (tick, time.monotonic())
+        elif wait > 0:
+            time.sleep(wait)
+
     def _score(self, layer: OnlineLayer, t, tick: int):
         n = t.num_rows
         if n == 0:
@@ -234,6 +251,7 @@ class Learner(KeyedProcessFunction):
         carry = [(kind, unpack(p)) for kind, p in pending.pop(CARRY, [])]
         for key in sorted(k for k in pending if k <= t):
             items = pending.pop(key)
+            self._pace(key)
             self._before_tick(layer, key)
             for kind, payload in items:
                 if kind == "imp":

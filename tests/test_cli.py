@@ -70,6 +70,15 @@ def test_run_rejects_a_bad_policy(tmp_path):
     assert r.exit_code != 0 and "late_policy" in r.output
 
 
+def test_run_rejects_a_negative_speedup(tmp_path):
+    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "100", "--speedup", "-1"])
+    assert r.exit_code != 0 and "--speedup" in r.output
+    from runners.flink_job import JobConfig
+
+    with pytest.raises(ValueError, match="replay_speedup"):
+        JobConfig(event_dir=str(tmp_path), out=str(tmp_path), artifact=str(tmp_path), replay_speedup=-1.0)
+
+
 def test_load_without_data_is_a_clear_error(tmp_path):
     r = runner.invoke(app, ["load", "talkingdata", "--out", str(tmp_path), "--data-dir", str(tmp_path)])
     assert r.exit_code == 2 and "DRIFTLINE_DATA_DIR" in r.output
