@@ -151,9 +151,32 @@ def _addr(hex_addr: str) -> str:
 def listening(cfg: ClusterConfig) -> list[dict]:
     """Every TCP socket the cluster's processes listen on, with whether it is loopback-only:
     what the 127.0.0.1 binding promises, checked from the kernel's socket table."""
+    return listening_of(pids(cfg))
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it (a local job: its JVM, the Python workers)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def listening_of(process_ids: list[int]) -> list[dict]:
+    """The listening TCP sockets of these processes (``listening``)."""
     import ipaddress
 
-    inodes = {i: p for p in pids(cfg) for i in _socket_inodes(p)}
+    inodes = {i: p for p in process_ids for i in _socket_inodes(p)}
     out = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:

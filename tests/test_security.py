@@ -2,6 +2,9 @@
 make the job leave its folders, run code, or use unbounded memory; config paths cannot inject
 SQL options into the job's DDL."""
 import re
+import subprocess
+import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -76,3 +79,45 @@ def test_no_pickle_or_eval_on_files_or_inputs():
             for p in (ROOT / d).rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
             if bad.search(line)]
     assert hits == []
+
+
+def test_the_local_job_listens_on_loopback_only(tmp_path):
+    """The mini-cluster job (``make run``'s): the py4j gateway, the mini-cluster's RPC, blob and
+    data ports and the gRPC endpoints of the Python workers. Every listening socket of the job's
+    process tree, sampled while the Learner's Python workers run (the replay is paced so that
+    they run for a while), should be loopback-only. Measured: not yet — the Beam Fn API servers
+    (control, data, state, logging) that the JVM opens for each Python operator listen on all
+    interfaces (Flink's ``ServerFactory`` computes a loopback address but binds ``forPort``),
+    and so does PyFlink's loopback worker pool in the driver (``'[::]:0'``). The test then ends
+    as an expected failure that names them; it passes on its own once they are loopback."""
+    from pipelines.join import JoinConfig
+    from pipelines.sources.generator import GeneratorConfig
+    from runners import cluster
+    from runners.local import generate_event_dir
+    from runners.stream import prepare_run
+
+    generate_event_dir(tmp_path / "ev", GeneratorConfig(events=3_000, seed=5))  # ~3,000 s of event time
+    prepare_run(tmp_path / "ev", tmp_path / "run", "generator", JoinConfig(window_ms=600_000),
+                replay_speedup=400.0)
+    with open(tmp_path / "flink.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "runners.flink_job", str(tmp_path / "run" / "job.json")],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    samples = []
+    try:
+        deadline = time.time() + 600
+        while proc.poll() is None and time.time() < deadline:
+            tree = cluster.descendants(proc.pid)
+            python_workers = [p for p in tree[1:] if "python" in Path(f"/proc/{p}/exe").resolve().name]
+            if python_workers:
+                samples.append(cluster.listening_of(tree))
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.wait() == 0, (tmp_path / "flink.log").read_text()[-3000:]
+    socks = [s for sample in samples for s in sample]
+    assert len(samples) >= 3 and len({s["address"] for s in socks}) >= 3, samples  # really observed
+    bad = sorted({(s["pid"] == proc.pid and "driver" or "jvm", s["address"]) for s in socks if not s["loopback"]})
+    if bad:  # visible in every test report until Flink binds them to loopback (README: threat model)
+        pytest.xfail(f"known gap: {len(bad)} Python-worker gRPC listeners on all interfaces {bad[:4]}...: "
+                     "Flink's Beam ServerFactory binds forPort(), PyFlink's loopback worker pool '[::]:0'")
