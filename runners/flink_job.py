@@ -26,6 +26,7 @@ exactly-once.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -188,6 +189,13 @@ def configure(cfg: JobConfig):
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", "1 s")
+    if cfg.replay_speedup:
+        # a checkpoint barrier waits until the Python worker finished its current bundle: at a
+        # paced rate a default bundle (up to 100k rows) takes minutes, so a paced job keeps its
+        # bundles to about one second of paced input (two rows per tick at the Learner)
+        rows_per_s = 2 * cfg.replay_speedup * 1000 / cfg.learn_tick_ms
+        conf.set_string("python.fn-execution.bundle.size", str(max(1, math.ceil(rows_per_s))))
+        conf.set_string("python.fn-execution.bundle.time", "200")
     for key, value in cfg.flink_conf.items():  # the user's own Flink options win
         conf.set_string(key, str(value))
     env = StreamExecutionEnvironment.get_execution_environment(conf)
