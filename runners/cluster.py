@@ -9,6 +9,7 @@ with the job config, and returns the job id.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from pathlib import Path
 import yaml
 
 JOB_ENTRY = Path(__file__).resolve().parent / "flink_job.py"
+log = logging.getLogger(__name__)
 
 
 def flink_home() -> Path:
@@ -80,10 +82,16 @@ def write_conf(cfg: ClusterConfig) -> Path:
 
 
 def _env(cfg: ClusterConfig) -> dict:
+    from runners import jvm
+
     env = dict(os.environ)
     env.update({"FLINK_HOME": str(flink_home()), "FLINK_CONF_DIR": str(cfg.path / "conf"),
                 "FLINK_LOG_DIR": str(cfg.path / "log"), "FLINK_PID_DIR": str(cfg.path / "pid"),
                 "PATH": f"{Path(cfg.python_executable).parent}:{env.get('PATH', '')}"})
+    try:  # the Python operators' gRPC servers on 127.0.0.1 (runners.jvm)
+        env["FLINK_LIB_DIR"] = str(jvm.lib_dir(with_flink_python=True))
+    except (FileNotFoundError, RuntimeError) as e:
+        log.warning("the cluster's Python operators' gRPC servers will listen on all interfaces: %s", e)
     return env
 
 
@@ -149,9 +157,10 @@ def _addr(hex_addr: str) -> str:
 
 
 def listening(cfg: ClusterConfig) -> list[dict]:
-    """Every TCP socket the cluster's processes listen on, with whether it is loopback-only:
-    what the 127.0.0.1 binding promises, checked from the kernel's socket table."""
-    return listening_of(pids(cfg))
+    """Every TCP socket the cluster's processes (and their Python workers) listen on, with
+    whether it is loopback-only: what the 127.0.0.1 binding promises, checked from the
+    kernel's socket table."""
+    return listening_of([d for p in pids(cfg) for d in descendants(p)])
 
 
 def descendants(pid: int) -> list[int]:

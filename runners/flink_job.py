@@ -174,7 +174,15 @@ def configure(cfg: JobConfig):
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import EnvironmentSettings, StreamTableEnvironment
 
+    from runners.jvm import LOCAL_ENDPOINTS, prepare_local, under_flink_run
+
+    # before anything starts the gateway JVM (Configuration() does): the Python operators'
+    # endpoints on 127.0.0.1 (a no-op under `flink run`)
+    prepare_local()
     conf = Configuration()
+    if not under_flink_run():
+        for key, value in LOCAL_ENDPOINTS.items():
+            conf.set_string(key, value)
     conf.set_string("python.executable", cfg.python_executable)
     conf.set_string("python.client.executable", cfg.python_executable)
     conf.set_string("parallelism.default", str(cfg.parallelism))

@@ -2,6 +2,7 @@
 parallelism 2) gives the same joined examples and bit-identical weights as the mini-cluster;
 the test stops the cluster and only its own processes."""
 import json
+import time
 
 import pytest
 
@@ -52,12 +53,22 @@ def test_every_listening_socket_is_loopback(standalone):
 
 
 def test_standalone_cluster_equals_mini_cluster(standalone, tmp_path):
+    """Also: while the job runs, the TaskManager's servers for the Python operators (Beam Fn
+    API control, data, state, logging) listen on loopback only, like the idle cluster."""
     generate_event_dir(tmp_path / "ev", GeneratorConfig(events=3_000, seed=21))
     local = run_stream(tmp_path / "ev", tmp_path / "local", "generator", JOIN)
+    idle = {s["address"] for s in cluster.listening(standalone)}
+    # paced (outputs are the same at any pace) so that the Python operators run a while
     job = prepare_run(tmp_path / "ev", tmp_path / "remote", "generator", JOIN,
-                      artifact=tmp_path / "local" / "transform", parallelism=2)
+                      artifact=tmp_path / "local" / "transform", parallelism=2, replay_speedup=400.0)
     job_id = cluster.submit(standalone, tmp_path / "remote" / "job.json")
+    running: dict[str, bool] = {}
+    while cluster.job_state(standalone, job_id) not in ("FINISHED", "FAILED", "CANCELED"):
+        running.update({s["address"]: s["loopback"] for s in cluster.listening(standalone)})
+        time.sleep(0.5)
     assert cluster.wait(standalone, job_id, timeout=600) == "FINISHED"
+    assert len(set(running) - idle) >= 4, running  # the job's own servers were seen
+    assert all(running.values()), sorted(a for a, lo in running.items() if not lo)
     remote = summarize(tmp_path / "remote", json.loads((tmp_path / "ev" / "_manifest.json").read_text()))
     assert remote["reconciliation"]["reconciles"] and remote["counts"] == local["counts"]
     assert _examples(tmp_path / "remote") == _examples(tmp_path / "local")

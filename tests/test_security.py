@@ -1,6 +1,7 @@
 """Security basics (README: threat model): nothing read from the registry or the inputs can
 make the job leave its folders, run code, or use unbounded memory; config paths cannot inject
 SQL options into the job's DDL."""
+import os
 import re
 import subprocess
 import sys
@@ -81,15 +82,22 @@ def test_no_pickle_or_eval_on_files_or_inputs():
     assert hits == []
 
 
+def _exe(pid: int) -> str:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:  # gone meanwhile
+        return ""
+
+
 def test_the_local_job_listens_on_loopback_only(tmp_path):
-    """The mini-cluster job (``make run``'s): the py4j gateway, the mini-cluster's RPC, blob and
-    data ports and the gRPC endpoints of the Python workers. Every listening socket of the job's
-    process tree, sampled while the Learner's Python workers run (the replay is paced so that
-    they run for a while), should be loopback-only. Measured: not yet — the Beam Fn API servers
-    (control, data, state, logging) that the JVM opens for each Python operator listen on all
-    interfaces (Flink's ``ServerFactory`` computes a loopback address but binds ``forPort``),
-    and so does PyFlink's loopback worker pool in the driver (``'[::]:0'``). The test then ends
-    as an expected failure that names them; it passes on its own once they are loopback."""
+    """The mini-cluster job (``make run``'s): the py4j gateway, the mini-cluster's RPC, blob,
+    data and REST ports, the Beam Fn API servers (control, data, state, logging) that the JVM
+    opens for each Python operator, and the Python workers. Every listening socket of the
+    job's process tree, sampled while the Python workers run (the replay is paced so that they
+    run for a while), is loopback-only. Flink's own ``ServerFactory`` binds those servers on
+    all interfaces and PyFlink's loopback worker pool listens on ``[::]``: ``runners.jvm``
+    replaces the first and chooses process mode for the second; ``LOCAL_ENDPOINTS`` binds the
+    mini-cluster's ports (two of them listened on all interfaces)."""
     from pipelines.join import JoinConfig
     from pipelines.sources.generator import GeneratorConfig
     from runners import cluster
@@ -107,8 +115,7 @@ def test_the_local_job_listens_on_loopback_only(tmp_path):
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline:
             tree = cluster.descendants(proc.pid)
-            python_workers = [p for p in tree[1:] if "python" in Path(f"/proc/{p}/exe").resolve().name]
-            if python_workers:
+            if any("python" in _exe(p) for p in tree[1:]):  # the JVM's Python workers
                 samples.append(cluster.listening_of(tree))
             time.sleep(0.5)
     finally:
@@ -116,8 +123,7 @@ def test_the_local_job_listens_on_loopback_only(tmp_path):
             proc.kill()
     assert proc.wait() == 0, (tmp_path / "flink.log").read_text()[-3000:]
     socks = [s for sample in samples for s in sample]
-    assert len(samples) >= 3 and len({s["address"] for s in socks}) >= 3, samples  # really observed
-    bad = sorted({(s["pid"] == proc.pid and "driver" or "jvm", s["address"]) for s in socks if not s["loopback"]})
-    if bad:  # visible in every test report until Flink binds them to loopback (README: threat model)
-        pytest.xfail(f"known gap: {len(bad)} Python-worker gRPC listeners on all interfaces {bad[:4]}...: "
-                     "Flink's Beam ServerFactory binds forPort(), PyFlink's loopback worker pool '[::]:0'")
+    # really observed: the gateway, the mini-cluster's ports and the Python operators' servers
+    assert len(samples) >= 3 and len({s["address"] for s in socks}) >= 6, samples
+    bad = sorted({(s["pid"] == proc.pid and "driver" or "other", s["address"]) for s in socks if not s["loopback"]})
+    assert bad == []

@@ -1,0 +1,156 @@
+"""Keep the Python operators' endpoints on loopback: our ServerFactory for Flink's JVM, and a
+loopback-bound worker pool for the PyFlink driver.
+
+Flink runs each Python operator's Beam Fn API services on gRPC servers made by Beam's
+``ServerFactory`` (vendored in flink-python's jar), which binds ``NettyServerBuilder.forPort``:
+every interface. ``runners/jvm/.../ServerFactory.java`` is our own drop-in replacement that
+binds 127.0.0.1. ``patch_jar`` compiles it with ``javac`` against the installed flink-python
+jar (no download) into a cached jar; ``lib_dir`` makes a Flink lib folder (links to PyFlink's
+jars, plus ours) that puts it ahead of flink-python's jar on the class path, for the local
+gateway JVM (``FLINK_LIB_DIR``, read by PyFlink's launcher) and for the standalone cluster's
+daemons (``FLINK_LIB_DIR`` of Flink's scripts; there flink-python's jar goes in too, so the
+operators and our class share one class loader).
+
+In a local run PyFlink's driver would also serve a "loopback" worker pool on ``[::]:0``;
+``prepare_local`` chooses PyFlink's process mode instead (the JVM starts the Python workers,
+as on a cluster).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
+
+SOURCES = Path(__file__).resolve().parent / "jvm"
+log = logging.getLogger(__name__)
+
+# the mini-cluster's own endpoints (RPC, blob server, shuffle, REST): Flink binds two of them
+# on all interfaces unless told; a cluster's conf says the same (runners.cluster.write_conf)
+LOCAL_ENDPOINTS = {"jobmanager.bind-host": "127.0.0.1", "taskmanager.bind-host": "127.0.0.1",
+                   "taskmanager.host": "127.0.0.1", "rest.bind-address": "127.0.0.1",
+                   "rest.address": "127.0.0.1"}
+
+
+def under_flink_run() -> bool:
+    """``flink run -py`` started this process and its gateway: the cluster's conf decides."""
+    return "PYFLINK_GATEWAY_PORT" in os.environ
+
+
+def pyflink_home() -> Path:
+    import pyflink
+
+    return Path(pyflink.__file__).resolve().parent
+
+
+def flink_python_jar() -> Path:
+    jars = sorted((pyflink_home() / "opt").glob("flink-python*.jar"))
+    if not jars:
+        raise FileNotFoundError(f"no flink-python jar in {pyflink_home() / 'opt'}")
+    return jars[0]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "driftline" / "jvm"
+
+
+def _key() -> str:
+    """Changes with our sources and with the jar they are compiled against."""
+    h = hashlib.sha256(flink_python_jar().name.encode())
+    for src in sorted(SOURCES.rglob("*.java")):
+        h.update(str(src.relative_to(SOURCES)).encode() + b"\0" + src.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def patch_jar(cache: Path | None = None) -> Path:
+    """Compile our Java sources into ``driftline-loopback-<key>.jar`` (once per key)."""
+    folder = (cache or cache_root()) / _key()
+    jar = folder / f"driftline-loopback-{folder.name}.jar"
+    if jar.exists():
+        return jar
+    javac = shutil.which("javac")
+    if javac is None:
+        raise FileNotFoundError("javac not found: a JDK is needed to build driftline's loopback ServerFactory")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        classes = Path(tmp) / "classes"
+        proc = subprocess.run([javac, "-nowarn", "--release", "11", "-cp", str(flink_python_jar()),
+                               "-d", str(classes), *map(str, sorted(SOURCES.rglob("*.java")))],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"javac failed:\n{proc.stderr[-3000:]}")
+        part = Path(tmp) / jar.name
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nCreated-By: driftline\n")
+            for f in sorted(classes.rglob("*.class")):
+                z.write(f, f.relative_to(classes).as_posix())
+        os.replace(part, jar)  # atomic: a concurrent build leaves one whole jar
+    return jar
+
+
+def lib_dir(with_flink_python: bool = False, cache: Path | None = None) -> Path:
+    """A Flink lib folder: links to PyFlink's lib jars and our jar (and flink-python's, for a
+    cluster). Both PyFlink's launcher and Flink's scripts put lib jars before opt's
+    flink-python jar, and Flink's scripts sort them: ``driftline-…`` sorts before ``flink-…``."""
+    jar = patch_jar(cache)
+    folder = jar.parent / ("lib-cluster" if with_flink_python else "lib-local")
+    wanted = {p.name: p for p in (pyflink_home() / "lib").glob("*.jar")}
+    wanted[jar.name] = jar
+    if with_flink_python:
+        wanted[flink_python_jar().name] = flink_python_jar()
+    folder.mkdir(exist_ok=True)
+    for name, target in wanted.items():
+        link = folder / name
+        if not (link.is_symlink() and link.resolve() == target.resolve()):
+            tmp = folder / f".{name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            os.replace(tmp, link)
+    for stale in set(p.name for p in folder.glob("*.jar")) - set(wanted):
+        (folder / stale).unlink()
+    return folder
+
+
+def gateway_started() -> bool:
+    """Whether this process already talks to a Flink JVM."""
+    from pyflink import java_gateway
+
+    return java_gateway._gateway is not None or under_flink_run()
+
+
+def prepare_local() -> bool:
+    """Before a local job's gateway starts: our ServerFactory first on its class path, and the
+    Python workers as processes of the JVM (not a worker pool in this process on ``[::]``); the
+    job's conf adds ``LOCAL_ENDPOINTS``. Returns whether the JVM side is patched. Not under
+    ``flink run`` (the cluster's lib decides), nor when a gateway already runs in this process
+    or ``FLINK_LIB_DIR`` is the user's own, nor without a JDK: then the job runs, with a warning."""
+    if under_flink_run():
+        return False
+    patched = False
+    ours = cache_root()
+    if gateway_started():
+        patched = ours in Path(os.environ.get("FLINK_LIB_DIR", "/")).parents
+        if not patched:
+            log.warning("the Flink gateway was started before driftline's loopback ServerFactory "
+                        "was put on its class path: Python operators' gRPC servers listen on all interfaces")
+    elif os.environ.get("FLINK_LIB_DIR") and ours not in Path(os.environ["FLINK_LIB_DIR"]).parents:
+        log.warning("FLINK_LIB_DIR is set (%s): add %s to it to keep Python operators' gRPC "
+                    "servers on loopback", os.environ["FLINK_LIB_DIR"], "driftline's loopback jar")
+    else:
+        try:
+            lib = lib_dir()
+            # without FLINK_HOME, PyFlink's launcher resets FLINK_LIB_DIR to its own lib
+            os.environ.setdefault("FLINK_HOME", str(pyflink_home()))
+            os.environ["FLINK_LIB_DIR"] = str(lib)
+            patched = True
+        except (FileNotFoundError, RuntimeError) as e:
+            log.warning("Python operators' gRPC servers will listen on all interfaces: %s", e)
+    # PyFlink's loopback mode serves a worker pool from this process on [::]:0 (and its
+    # "singleton" re-binds on every construction); process mode has the JVM start the
+    # Python workers as child processes, which connect to the JVM's loopback servers
+    os.environ.setdefault("_python_worker_execution_mode", "process")
+    return patched
