@@ -1,14 +1,16 @@
 """Joined training examples as Parquet, partitioned by event-time date and hour.
 
 The streaming job commits its joined examples as JSON lines (the pip PyFlink ships no Parquet
-format jar) under ``RUN_DIR/examples/dt=YYYY-MM-DD/hr=HH/``; Flink marks a partition committed
-with a ``_SUCCESS`` file. ``export_parquet`` turns every committed partition into one Parquet
+format jar) under ``RUN_DIR/examples/dt=YYYY-MM-DD/hr=HH/``: Flink's FileSink writes part files under
+hidden in-progress names and renames them when a checkpoint completes, so every visible part
+file is committed. ``export_parquet`` turns every partition with committed part files into one Parquet
 file, ``RUN_DIR/examples_parquet/dt=.../hr=.../examples.parquet``: the fixed columns of
 ``EXAMPLE_SCHEMA`` plus the raw model inputs as served (point-in-time, windowed aggregates
 included), one typed column each (``inputs_schema``: what TFX's Transform reads), rows in
 update order (``seq``), published atomically (write, then rename). It is idempotent and
-incremental: a partition is rewritten only when a JSON part file is newer than its Parquet
-file, so it can run while a follow-mode job is still committing. The TFX retrain reads these.
+incremental: a partition is rewritten only when its committed part files differ from the ones
+its Parquet file was made from (``.parts.json`` beside it), so it can run while a follow-mode
+job is still committing. The TFX retrain reads these.
 
 >>> import json, tempfile
 >>> import pyarrow as pa
@@ -21,7 +23,7 @@ file, so it can run while a follow-mode job is still committing. The TFX retrain
 ...        "weight": 1.0, "features": json.dumps({"indices": [3, 7], "values": [1.0, 0.5]}),
 ...        "inputs": "{}", "spec_fingerprint": "abc", "seq": 1}
 >>> _ = (part / "part-0").write_text(json.dumps(row) + "\\n")
->>> _ = (part / "_SUCCESS").write_text("")
+>>> _ = (part / ".part-1.inprogress").write_text("not committed yet")
 >>> [p.relative_to(run).as_posix() for p in export_parquet(run, pa.schema([]))]
 ['examples_parquet/dt=2017-11-07/hr=09/examples.parquet']
 >>> t = read_examples(run / "examples_parquet")
@@ -75,12 +77,11 @@ def run_inputs_schema(run_dir: str | Path) -> pa.Schema:
     return inputs_schema(source, TransformArtifact.load(job["artifact"]).spec)
 
 
-def _partition_rows(folder: Path, inputs: pa.Schema) -> pa.Table:
+def _partition_rows(parts: list[Path], inputs: pa.Schema) -> pa.Table:
     rows = []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith((".", "_")):
-            with open(p, encoding="utf-8") as f:
-                rows += [json.loads(line) for line in f if line.strip()]
+    for p in parts:
+        with open(p, encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f if line.strip()]
     return rows_to_table(rows, inputs)
 
 
@@ -97,6 +98,11 @@ def rows_to_table(rows: list[dict], inputs: pa.Schema) -> pa.Table:
     return pa.table({f.name: pa.array(cols[f.name], f.type) for f in schema}, schema=schema)
 
 
+def committed_parts(folder: Path) -> list[Path]:
+    """A partition's committed part files: the visible ones (in-progress files are hidden)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+
+
 def export_parquet(run_dir: str | Path, inputs: pa.Schema | None = None) -> list[Path]:
     """Export the committed JSON example partitions of ``run_dir``; returns the Parquet files
     (re)written now. ``inputs``: the input columns (default: ``run_inputs_schema``)."""
@@ -105,16 +111,19 @@ def export_parquet(run_dir: str | Path, inputs: pa.Schema | None = None) -> list
         inputs = run_inputs_schema(run_dir)
     src, dst = run_dir / "examples", run_dir / "examples_parquet"
     written = []
-    for success in sorted(src.glob("dt=*/hr=*/_SUCCESS")):
-        folder = success.parent
+    for folder in sorted(p for p in src.glob("dt=*/hr=*") if p.is_dir()):
         target = dst / folder.relative_to(src) / FILE
-        parts = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "_"))]
-        if target.exists() and all(p.stat().st_mtime <= target.stat().st_mtime for p in parts):
+        parts = committed_parts(folder)
+        # the part files it was made from (a file renamed on commit keeps its older mtime)
+        names = target.with_name(".parts.json")
+        listed = json.dumps([p.name for p in parts])
+        if not parts or target.exists() and names.exists() and names.read_text() == listed:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{FILE}.{os.getpid()}.tmp")
-        pq.write_table(_partition_rows(folder, inputs), tmp)
+        pq.write_table(_partition_rows(parts, inputs), tmp)
         os.replace(tmp, target)
+        names.write_text(listed)
         written.append(target)
     return written
 

@@ -88,10 +88,10 @@ def _env(cfg: ClusterConfig) -> dict:
     env.update({"FLINK_HOME": str(flink_home()), "FLINK_CONF_DIR": str(cfg.path / "conf"),
                 "FLINK_LOG_DIR": str(cfg.path / "log"), "FLINK_PID_DIR": str(cfg.path / "pid"),
                 "PATH": f"{Path(cfg.python_executable).parent}:{env.get('PATH', '')}"})
-    try:  # the Python operators' gRPC servers on 127.0.0.1 (runners.jvm)
+    try:  # our sink classes and loopback ServerFactory first on the class path (runners.jvm)
         env["FLINK_LIB_DIR"] = str(jvm.lib_dir(with_flink_python=True))
     except (FileNotFoundError, RuntimeError) as e:
-        log.warning("the cluster's Python operators' gRPC servers will listen on all interfaces: %s", e)
+        log.warning("driftline's JVM classes could not be built (jobs' sinks will fail): %s", e)
     return env
 
 

@@ -398,10 +398,6 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
              tick_sql("ex", "resolved", "rt", tick, "pack_rows", ex_cols)]
     learner_in = t_env.sql_query(" UNION ALL ".join(ticks))
 
-    for name in OUTPUTS:
-        t_env.execute_sql(raw_sink_ddl(f"sink_{name}", str(out / name), name == "examples",
-                                       max(cfg.checkpoint_interval_ms, 1000)))
-    stmts = t_env.create_statement_set()
     # duplicates never reach the learner: straight to the dead-letter output, with their reason
     dead_cols = ["reason", "detail", "kind", "origin", "raw"]
     dups = t_env.sql_query(
@@ -420,26 +416,35 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     preds = (ds.key_by(lambda r: 0, key_type=Types.INT())
              .process(learner, output_type=LINE)
              .name("learner").set_parallelism(1))
-    stmts.add_insert("sink_predictions", t_env.from_data_stream(preds))
+    # every output through Flink's FileSink (sink v2): part files are committed when a
+    # checkpoint completes, the final one of a bounded job included, so a restart never
+    # duplicates or drops them (the table filesystem sink committed all at end of input)
+    preds.sink_to(file_sink(str(out / "predictions"))).name("sink_predictions")
     for name, tag in OUTPUT_TAGS.items():
-        side = t_env.from_data_stream(preds.get_side_output(tag))
-        if name == "dead_letter":
-            side = side.union_all(dups)
-        stmts.add_insert(f"sink_{name}", side)
-    stmts.attach_as_datastream()
+        preds.get_side_output(tag).sink_to(file_sink(str(out / name), partitioned=name == "examples")) \
+            .name(f"sink_{name}")
+    t_env.to_data_stream(dups).sink_to(file_sink(str(out / "dead_letter"))).name("sink_dead_letter_duplicates")
 
 
-def raw_sink_ddl(name: str, path: str, partitioned: bool = False, roll_ms: int = 60_000) -> str:
-    """A filesystem sink of text values written verbatim (``raw`` format): each value is one
-    or more JSON lines. Part files become visible (committed) on the first checkpoint after
-    they roll, at the latest ``roll_ms`` after they were opened."""
-    cols = "`line` STRING" + (", `dt` STRING, `hr` STRING" if partitioned else "")
-    part = " PARTITIONED BY (`dt`, `hr`)" if partitioned else ""
-    extra = (", 'sink.partition-commit.policy.kind' = 'success-file', "
-             "'partition.time-extractor.timestamp-pattern' = '$dt $hr:00:00'") if partitioned else ""
-    return (f"CREATE TABLE {name} ({cols}){part} WITH ('connector' = 'filesystem', "
-            f"'path' = '{path}', 'format' = 'raw', 'sink.rolling-policy.rollover-interval' = '{roll_ms} ms', "
-            f"'sink.rolling-policy.check-interval' = '{min(roll_ms, 1000)} ms'{extra})")
+def file_sink(path: str, partitioned: bool = False):
+    """A FileSink of one output: each row's ``line`` field (one or more JSON lines) written
+    verbatim, part files rolled at every checkpoint and visible when it completes; the
+    examples bucketed by their own event-time partition (``dt=…/hr=…``, the rows' 2nd and 3rd
+    fields). The encoder and bucket assigner are ours (``runners/jvm/driftline/flink``)."""
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream.connectors.file_system import BucketAssigner, FileSink, RollingPolicy
+    from pyflink.java_gateway import get_gateway
+
+    classes = get_gateway().jvm.driftline.flink
+    try:
+        encoder = classes.LineEncoder()
+        assigner = BucketAssigner(classes.PartitionBucketAssigner()) if partitioned \
+            else BucketAssigner.base_path_bucket_assigner()
+    except TypeError as e:  # py4j: a JavaPackage, not a class, when the jar is missing
+        raise RuntimeError("driftline's JVM classes are not on Flink's class path "
+                           "(runners.jvm.lib_dir: FLINK_LIB_DIR; a JDK is needed to build them)") from e
+    return (FileSink.for_row_format(path, Encoder(encoder)).with_bucket_assigner(assigner)
+            .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy()).build())
 
 
 def make_pack(columns: list[str]):

@@ -1,5 +1,5 @@
-"""Keep the Python operators' endpoints on loopback: our ServerFactory for Flink's JVM, and a
-loopback-bound worker pool for the PyFlink driver.
+"""driftline's JVM side: our ServerFactory (Python operators' endpoints on loopback) and the
+output file sink's encoder and event-time bucket assigner (``driftline.flink``).
 
 Flink runs each Python operator's Beam Fn API services on gRPC servers made by Beam's
 ``ServerFactory`` (vendored in flink-python's jar), which binds ``NettyServerBuilder.forPort``:
@@ -67,9 +67,9 @@ def _key() -> str:
 
 
 def patch_jar(cache: Path | None = None) -> Path:
-    """Compile our Java sources into ``driftline-loopback-<key>.jar`` (once per key)."""
+    """Compile our Java sources into ``driftline-jvm-<key>.jar`` (once per key)."""
     folder = (cache or cache_root()) / _key()
-    jar = folder / f"driftline-loopback-{folder.name}.jar"
+    jar = folder / f"driftline-jvm-{folder.name}.jar"
     if jar.exists():
         return jar
     javac = shutil.which("javac")
@@ -78,7 +78,8 @@ def patch_jar(cache: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         classes = Path(tmp) / "classes"
-        proc = subprocess.run([javac, "-nowarn", "--release", "11", "-cp", str(flink_python_jar()),
+        cp = os.pathsep.join([str(flink_python_jar()), *map(str, sorted((pyflink_home() / "lib").glob("*.jar")))])
+        proc = subprocess.run([javac, "-nowarn", "--release", "11", "-cp", cp,
                                "-d", str(classes), *map(str, sorted(SOURCES.rglob("*.java")))],
                               capture_output=True, text=True)
         if proc.returncode != 0:
@@ -127,7 +128,7 @@ def prepare_local() -> bool:
     Python workers as processes of the JVM (not a worker pool in this process on ``[::]``); the
     job's conf adds ``LOCAL_ENDPOINTS``. Returns whether the JVM side is patched. Not under
     ``flink run`` (the cluster's lib decides), nor when a gateway already runs in this process
-    or ``FLINK_LIB_DIR`` is the user's own, nor without a JDK: then the job runs, with a warning."""
+    or ``FLINK_LIB_DIR`` is the user's own, nor without a JDK (warnings; the job's sinks then fail)."""
     if under_flink_run():
         return False
     patched = False
@@ -135,11 +136,11 @@ def prepare_local() -> bool:
     if gateway_started():
         patched = ours in Path(os.environ.get("FLINK_LIB_DIR", "/")).parents
         if not patched:
-            log.warning("the Flink gateway was started before driftline's loopback ServerFactory "
-                        "was put on its class path: Python operators' gRPC servers listen on all interfaces")
+            log.warning("the Flink gateway was started before driftline's jar was put on its class "
+                        "path (runners.jvm.prepare_local must run first)")
     elif os.environ.get("FLINK_LIB_DIR") and ours not in Path(os.environ["FLINK_LIB_DIR"]).parents:
-        log.warning("FLINK_LIB_DIR is set (%s): add %s to it to keep Python operators' gRPC "
-                    "servers on loopback", os.environ["FLINK_LIB_DIR"], "driftline's loopback jar")
+        log.warning("FLINK_LIB_DIR is set (%s): it needs driftline's jar (runners.jvm.patch_jar) "
+                    "for the output sinks and loopback-only gRPC servers", os.environ["FLINK_LIB_DIR"])
     else:
         try:
             lib = lib_dir()
@@ -147,8 +148,8 @@ def prepare_local() -> bool:
             os.environ.setdefault("FLINK_HOME", str(pyflink_home()))
             os.environ["FLINK_LIB_DIR"] = str(lib)
             patched = True
-        except (FileNotFoundError, RuntimeError) as e:
-            log.warning("Python operators' gRPC servers will listen on all interfaces: %s", e)
+        except (FileNotFoundError, RuntimeError) as e:  # the job's sinks will say so (flink_job.file_sink)
+            log.warning("driftline's JVM classes could not be built: %s", e)
     # PyFlink's loopback mode serves a worker pool from this process on [::]:0 (and its
     # "singleton" re-binds on every construction); process mode has the JVM start the
     # Python workers as child processes, which connect to the JVM's loopback servers
