@@ -3,7 +3,8 @@ checkpoints every 2 s): the TaskManager process is killed (SIGKILL) three times 
 points mid-stream and started again, Flink restarts the job from its last checkpoint each time,
 and the outputs are exactly-once: joined examples, predictions and weight updates equal the
 uninterrupted run's (no duplicates, none missing) and the final FTRL weights are bit-identical.
-Then: stop with a savepoint, resume from it with a changed job build."""
+Then: stop with a savepoint, resume from it with a changed job build; and a kill after the end
+of the bounded input, before the final checkpoint."""
 import json
 import random
 import time
