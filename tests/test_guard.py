@@ -200,17 +200,22 @@ def test_a_delta_rollback_is_served_by_the_running_job(tmp_path):
         rb = next(s for s in read_swaps(tmp_path / "run") if s.get("mode") == "rollback")
         assert rb["outcome"] == "live" and rb["version"] == first and rb["snapshot_updates"] == int(first)
         at = rb["live_at"]
-        wait_for(lambda: any(e["event_time"] > at - tick for e in read_output(tmp_path / "run", "examples")),
-                 "examples of the rollback's tick")
+
+        def scored_in_tick():
+            # predictions of the rollback's tick whose joined example (with its features) is out;
+            # examples commit later than predictions (negatives wait for the attribution window)
+            feats = {e["event_id"]: json.loads(e["features"]) for e in read_output(tmp_path / "run", "examples")}
+            return feats, [p for p in read_output(tmp_path / "run", "predictions")
+                           if at - tick < p["event_time"] <= at and p["event_id"] in feats]
+
+        wait_for(lambda: scored_in_tick()[1], "examples and predictions of the rollback's tick")
         wait_for(lambda: any(p["event_time"] > at for p in read_output(tmp_path / "run", "predictions")),
                  "predictions after the rollback")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
     snap = FTRL.from_bytes((registry / "delta" / first / "weights.npz").read_bytes())
-    feats = {e["event_id"]: json.loads(e["features"]) for e in read_output(tmp_path / "run", "examples")}
-    in_tick = [p for p in read_output(tmp_path / "run", "predictions")
-               if at - tick < p["event_time"] <= at and p["event_id"] in feats]
+    feats, in_tick = scored_in_tick()
     assert in_tick  # scored with V's weights, before the tick's examples are learned
     for p in in_tick:
         f = feats[p["event_id"]]
