@@ -35,7 +35,7 @@ from models.online import OnlineConfig
 from pipelines.events import SourceSpec
 from pipelines.join import JoinConfig
 from runners.packing import NO_TIME
-from transforms.flink_sql import _q, aggregates_sql, impressions_ddl, interval
+from transforms.flink_sql import _q, impressions_ddl, interval, windowed_counts
 
 OUTPUTS = ("predictions", "updates", "examples", "late_labels", "dead_letter", "metrics", "alerts")
 
@@ -371,7 +371,7 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
 
     raw_cols = ["event_id", "event_time", *source.string_fields, *source.numeric_fields]
     # the impression branch, shared by the Learner's plan and the sinks' (see shared_view)
-    shared_view(t_env, "imp_agg", t_env.sql_query(aggregates_sql(spec, "impressions", raw_cols)))
+    windowed_counts(t_env, "imp_agg", "impressions", raw_cols, source, spec.aggregates)
     shared_view(t_env, "imp_nth", t_env.sql_query(_first_flag("imp_agg", "ts")))
     t_env.create_temporary_view("lab_nth", t_env.sql_query(_first_flag("labels", "lts")))
 

@@ -1,5 +1,11 @@
-"""Windowed aggregates natively in Flink SQL (event-time OVER windows), and the DDL that
-reads an event directory's impressions as a Flink table with a watermark.
+"""Windowed aggregates in Flink, and the DDL that reads an event directory's impressions as a
+Flink table with a watermark.
+
+The streaming job computes the aggregates with ``windowed_counts``: our Java keyed operator
+(``runners/jvm/driftline/flink/WindowedCount.java``), O(1) per row. ``aggregates_sql`` is the
+same definition in Flink SQL's own OVER windows, which scan every row a key holds on every
+row (quadratic in a hot key's rows per window); tests hold the two, the Beam backfill and the
+numpy reference equal.
 
 Flink's ``RANGE BETWEEN INTERVAL w PRECEDING AND CURRENT ROW`` counts rows in [t - w, t],
 *including* every row at exactly t (peers). ``transforms.aggregates`` defines the count over
@@ -71,26 +77,92 @@ def aggregates_sql(spec: FeatureSpec, source_table: str, columns: list[str]) -> 
     return f"SELECT {', '.join(out)} FROM ({sql})"
 
 
-def _run_in_this_process(spec: FeatureSpec, source: SourceSpec, impressions_path: str,
-                         watermark_delay_ms: int, parallelism: int):
-    from pyflink.table import EnvironmentSettings, TableEnvironment
+def windowed_counts(t_env, name: str, table: str, columns: list[str], source: SourceSpec, aggregates) -> None:
+    """Register view ``name``: ``columns`` of ``table``, its rowtime ``ts``, and one BIGINT per
+    aggregate (``transforms.spec.Aggregate``): the rows of its key in [t - W, t), as
+    ``aggregates_sql`` defines them in SQL. Computed by our Java
+    ``driftline.flink.WindowedCount`` (one keyed operator per aggregate, O(1) per row), not
+    the SQL RANGE OVERs, which scan all of a key's rows on every row (measured: 60 % of the
+    job's JVM time on a dense stream; ``runners/jvm/driftline/flink/WindowedCount.java``).
+    Goes through a DataStream, so every plan using the view shares one chain (as
+    ``runners.flink_job.shared_view``). Our classes must be on Flink's class path
+    (``runners.jvm.prepare_local`` before the gateway starts, or a cluster's lib)."""
+    from pyflink.common import Types
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+    from pyflink.table import Schema
 
-    env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
-    env.get_config().set("parallelism.default", str(parallelism))
-    env.execute_sql(impressions_ddl("impressions", source, impressions_path, watermark_delay_ms))
-    sql = aggregates_sql(spec, "impressions", ["event_id", "event_time"])
+    jvm = get_gateway().jvm
+    keys = [k for a in aggregates for k in a.keys if k not in columns]
+    carry = list(dict.fromkeys([*columns, *keys]))
+    kind = {c: Types.DOUBLE() if c in source.numeric_fields else Types.LONG() if c == "event_time"
+            else Types.STRING() for c in carry}
+    names, types = [*carry, ROWTIME], [kind[c] for c in carry] + [Types.INSTANT()]
+    j = t_env.to_data_stream(t_env.sql_query(
+        f"SELECT {', '.join(_q(c) for c in carry)}, {ROWTIME} FROM {table}"))._j_data_stream
+
+    def strings(xs):
+        a = get_gateway().new_array(jvm.String, len(xs))
+        for i, x in enumerate(xs):
+            a[i] = x
+        return a
+
+    def ints(xs):
+        a = get_gateway().new_array(jvm.int, len(xs))
+        for i, x in enumerate(xs):
+            a[i] = x
+        return a
+
+    for a in aggregates:
+        out_type = Types.ROW_NAMED([*names, a.name], [*types, Types.LONG()])
+        key = jvm.driftline.flink.FieldsKey(ints([names.index(k) for k in a.keys]), strings(list(a.keys)))
+        j = (j.keyBy(key, Types.STRING().get_java_type_info())
+             .process(jvm.driftline.flink.WindowedCount(int(a.window_ms), strings(names), j.getType()),
+                      out_type.get_java_type_info())
+             .name(f"windowed_count_{a.name}"))
+        names, types = [*names, a.name], [*types, Types.LONG()]
+    ds = t_env.from_data_stream(DataStream(j), Schema.new_builder()
+                                .column_by_metadata("rowtime_", "TIMESTAMP_LTZ(3)", "rowtime")
+                                .watermark("rowtime_", "SOURCE_WATERMARK()").build())
+    t_env.create_temporary_view(f"{name}_stream", ds)
+    keep = [*columns, *(a.name for a in aggregates)]
+    t_env.create_temporary_view(name, t_env.sql_query(
+        f"SELECT {', '.join(_q(c) for c in keep)}, rowtime_ AS {ROWTIME} FROM {name}_stream"))
+
+
+def _run_in_this_process(spec: FeatureSpec, source: SourceSpec, impressions_path: str,
+                         watermark_delay_ms: int, parallelism: int, engine: str = "java"):
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import EnvironmentSettings, StreamTableEnvironment
+
+    from runners.jvm import prepare_local
+
+    prepare_local()  # our classes on the class path, before the gateway starts
+    conf = Configuration()
+    conf.set_string("parallelism.default", str(parallelism))
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
+    t_env.execute_sql(impressions_ddl("impressions", source, impressions_path, watermark_delay_ms))
     names = ", ".join(_q(a.name) for a in spec.aggregates)
-    return env.sql_query(f"SELECT `event_id`, `event_time`, {names} FROM ({sql})").to_pandas()
+    if engine == "sql":
+        sql = aggregates_sql(spec, "impressions", ["event_id", "event_time"])
+    else:
+        windowed_counts(t_env, "agg", "impressions", ["event_id", "event_time"], source, spec.aggregates)
+        sql = "SELECT * FROM agg"
+    return t_env.sql_query(f"SELECT `event_id`, `event_time`, {names} FROM ({sql})").to_pandas()
 
 
 def run_aggregates(spec: FeatureSpec, source: SourceSpec, impressions_path: str,
-                   watermark_delay_ms: int, parallelism: int = 1):
+                   watermark_delay_ms: int, parallelism: int = 1, engine: str = "java"):
     """Run the aggregates on a Flink mini-cluster over a folder of JSONL impressions; returns a
     pandas DataFrame ``event_id, event_time, <aggregates...>`` (fetched as Arrow batches).
+    ``engine``: ``java`` (``windowed_counts``, what the streaming job runs) or ``sql``
+    (``aggregates_sql``, Flink's own OVER windows: the definition it is tested against).
 
     The job runs in a child process: PyFlink registers its own operations in Beam's worker
     registry on import, which breaks Beam pipelines later in the same process. For tests and
-    backfills; the streaming job embeds ``aggregates_sql`` in its own plan."""
+    backfills; the streaming job embeds ``windowed_counts`` in its own plan."""
     import json
     import subprocess
     import sys
@@ -100,7 +172,8 @@ def run_aggregates(spec: FeatureSpec, source: SourceSpec, impressions_path: str,
 
     with tempfile.TemporaryDirectory() as tmp:
         args = {"spec": spec.to_dict(), "source": source.to_dict(), "path": impressions_path,
-                "delay": watermark_delay_ms, "parallelism": parallelism, "out": f"{tmp}/out.parquet"}
+                "delay": watermark_delay_ms, "parallelism": parallelism, "out": f"{tmp}/out.parquet",
+                "engine": engine}
         proc = subprocess.run([sys.executable, "-m", "transforms.flink_sql", json.dumps(args)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
@@ -114,5 +187,5 @@ if __name__ == "__main__":
 
     a = json.loads(sys.argv[1])
     df = _run_in_this_process(FeatureSpec.from_dict(a["spec"]), SourceSpec.from_dict(a["source"]),
-                              a["path"], a["delay"], a["parallelism"])
+                              a["path"], a["delay"], a["parallelism"], a["engine"])
     df.to_parquet(a["out"])
