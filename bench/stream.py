@@ -1,9 +1,11 @@
 """Benchmark the streaming job on the Flink mini-cluster.
 
-    python bench/stream.py [--json] [--data-dir DIR] [--events N]
+    python bench/stream.py [--json] [--data-dir DIR] [--events N] [--dense-rate R]
 
-Runs a tiny generated stream (start-up cost), TalkingData replayed at full speed, and a
-generated stream of N impressions; prints impressions/s end to end and with start-up
+Runs a tiny generated stream (start-up cost), TalkingData replayed at full speed, a
+generated stream of N impressions at 1 per second of event time (sparse: ~60 per tick), and
+the same N at R per second (dense, default 1,000: per-row costs dominate, as in a busy
+production stream, rather than per-tick ones); prints impressions/s end to end and with start-up
 subtracted, checkpoint bytes per pending impression, and the label -> weight visibility lag in event time (from a label's resolution to
 the first prediction served with a delta version that includes it). Last line: one JSON object.
 """
@@ -250,13 +252,23 @@ class BusyProfile:
         return sorted(rows, key=lambda r: -r["busy_s"])
 
 
-def one(data: str, root: Path, events: int, data_dir: str | None) -> dict:
-    run_dir = root / data
-    event_dir, source = prepare_events(data, run_dir, events, 7, data_dir)
+def one(data: str, root: Path, events: int, data_dir: str | None, rate_per_s: float | None = None) -> dict:
+    """One run of the job; ``rate_per_s``: the generated stream's impressions per second of
+    event time (a dense stream has many rows per tick and per key: per-row costs, not per-tick)."""
+    run_dir = root / (data if rate_per_s is None else f"{data}_{rate_per_s:g}")
+    if rate_per_s is None:
+        event_dir, source = prepare_events(data, run_dir, events, 7, data_dir)
+    else:
+        from pipelines.sources.generator import GeneratorConfig
+        from runners.local import REPLAY_ROWS_PER_FILE, generate_event_dir
+
+        event_dir, source = run_dir / "events", "generator"
+        generate_event_dir(event_dir, GeneratorConfig(events=events, seed=7, rate_per_s=rate_per_s),
+                           rows_per_file=REPLAY_ROWS_PER_FILE, overwrite=True)
     with BusyProfile() as prof:
         s = run_stream(event_dir, run_dir, source, JoinConfig(), flink_conf=prof.conf())
     n = s["counts"]["predictions"]
-    return {"data": data, "impressions": n, "seconds": round(s["seconds"], 2),
+    return {"data": data if rate_per_s is None else f"{data}@{rate_per_s:g}/s", "impressions": n, "seconds": round(s["seconds"], 2),
             "impressions_per_s_incl_startup": round(n / s["seconds"], 1),
             "reconciles": s["reconciliation"].get("reconciles"),
             "progressive_logloss": s["progressive"]["logloss"], "visibility_lag": visibility_lag(run_dir),
@@ -274,6 +286,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--events", type=int, default=50_000, help="generated impressions")
+    ap.add_argument("--dense-rate", type=float, default=1000.0,
+                    help="impressions per second of event time of the dense generated run (0: skip it)")
     ap.add_argument("--only-checkpoint", action="store_true", help="only the checkpoint bytes per pending impression")
     ap.add_argument("--flink-conf", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Flink option for the checkpoint run (repeatable), e.g. state.backend.type=rocksdb")
@@ -289,16 +303,18 @@ def main() -> None:
         root = Path(tmp)
         startup = one("generator", root / "startup", 200, None)
         rows = [one("talkingdata", root, 0, args.data_dir), one("generator", root, args.events, None)]
+        if args.dense_rate:
+            rows.append(one("generator", root, args.events, None, args.dense_rate))
         ckpt = checkpoint_bytes_per_pending(root / "ckpt", flink_conf=conf)
     for r in rows:
         busy = r["seconds"] - startup["seconds"]
         r["startup_seconds"] = startup["seconds"]
         r["impressions_per_s_excl_startup"] = round(r["impressions"] / busy, 1) if busy > 0 else None
-    print(f"{'data':<12} {'impressions':>11} {'seconds':>8} {'imp/s (all)':>12} {'imp/s (-startup)':>17} "
+    print(f"{'data':<16} {'impressions':>11} {'seconds':>8} {'imp/s (all)':>12} {'imp/s (-startup)':>17} "
           f"{'lag p50 s':>10} {'lag p99 s':>10}")
     for r in rows:
         lag = r["visibility_lag"]
-        print(f"{r['data']:<12} {r['impressions']:>11,} {r['seconds']:>8.1f} {r['impressions_per_s_incl_startup']:>12,.0f} "
+        print(f"{r['data']:<16} {r['impressions']:>11,} {r['seconds']:>8.1f} {r['impressions_per_s_incl_startup']:>12,.0f} "
               f"{r['impressions_per_s_excl_startup'] or 0:>17,.0f} {lag.get('p50_ms', float('nan')) / 1000:>10.1f} "
               f"{lag.get('p99_ms', float('nan')) / 1000:>10.1f}")
     print(f"start-up (200-impression run): {startup['seconds']:.1f}s; goal >= 50,000 impressions/s steady state")
