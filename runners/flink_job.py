@@ -3,7 +3,7 @@
 Plan (state-heavy work in Flink's native operators, Python only where it must be, and rows
 cross into Python in batches: one packed value per event-time tick, ``runners.packing``):
 
-    impressions ─ OVER: aggregates ─ OVER: first of its event_id? ─┬─ dup ─▶ dead letter
+    impressions ─ windowed counts (Java, per key) ─ OVER: first of its event_id? ─┬─ dup ─▶ dead letter
                                      pandas UDF: features (packed) ─┤
                                                                     ├─ TUMBLE tick: pack ─┐
     impressions ∪ labels (at lt+1) ∪ deadlines (impressions at t+W+1, labels at lt+W+1)      │
