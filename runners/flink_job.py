@@ -35,7 +35,7 @@ from models.online import OnlineConfig
 from pipelines.events import SourceSpec
 from pipelines.join import JoinConfig
 from runners.packing import NO_TIME
-from transforms.flink_sql import _q, impressions_ddl, interval, windowed_counts
+from transforms.flink_sql import _q, impressions_ddl, interval, stream_view, windowed_counts
 
 OUTPUTS = ("predictions", "updates", "examples", "late_labels", "dead_letter", "metrics", "alerts")
 
@@ -335,15 +335,8 @@ def shared_view(t_env, name: str, table) -> None:
     the watermark are the table's own (``SOURCE_WATERMARK``). (Converting the dedup's output
     directly fails in Flink 2.3 — "Field names must be unique. Found duplicates: [w0$o0]" —
     for an OVER over an OVER; sharing the aggregates first avoids that.)"""
-    from pyflink.table import Schema
-
-    ds = t_env.from_data_stream(t_env.to_data_stream(table), Schema.new_builder()
-                                .column_by_metadata("rowtime_", "TIMESTAMP_LTZ(3)", "rowtime")
-                                .watermark("rowtime_", "SOURCE_WATERMARK()").build())
     cols = [c for c in table.get_schema().get_field_names() if c != "ts"]
-    t_env.create_temporary_view(f"{name}_stream", ds)
-    t_env.create_temporary_view(name, t_env.sql_query(
-        f"SELECT {', '.join(_q(c) for c in cols)}, rowtime_ AS ts FROM {name}_stream"))
+    stream_view(t_env, name, t_env.to_data_stream(table), cols)
 
 
 def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:

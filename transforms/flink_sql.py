@@ -90,7 +90,6 @@ def windowed_counts(t_env, name: str, table: str, columns: list[str], source: So
     from pyflink.common import Types
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
-    from pyflink.table import Schema
 
     jvm = get_gateway().jvm
     keys = [k for a in aggregates for k in a.keys if k not in columns]
@@ -101,33 +100,34 @@ def windowed_counts(t_env, name: str, table: str, columns: list[str], source: So
     j = t_env.to_data_stream(t_env.sql_query(
         f"SELECT {', '.join(_q(c) for c in carry)}, {ROWTIME} FROM {table}"))._j_data_stream
 
-    def strings(xs):
-        a = get_gateway().new_array(jvm.String, len(xs))
-        for i, x in enumerate(xs):
-            a[i] = x
-        return a
-
-    def ints(xs):
-        a = get_gateway().new_array(jvm.int, len(xs))
+    def array(kind, xs):
+        a = get_gateway().new_array(kind, len(xs))
         for i, x in enumerate(xs):
             a[i] = x
         return a
 
     for a in aggregates:
         out_type = Types.ROW_NAMED([*names, a.name], [*types, Types.LONG()])
-        key = jvm.driftline.flink.FieldsKey(ints([names.index(k) for k in a.keys]), strings(list(a.keys)))
+        key = jvm.driftline.flink.FieldsKey(array(jvm.int, [names.index(k) for k in a.keys]),
+                                            array(jvm.String, list(a.keys)))
         j = (j.keyBy(key, Types.STRING().get_java_type_info())
-             .process(jvm.driftline.flink.WindowedCount(int(a.window_ms), strings(names), j.getType()),
+             .process(jvm.driftline.flink.WindowedCount(int(a.window_ms), array(jvm.String, names), j.getType()),
                       out_type.get_java_type_info())
              .name(f"windowed_count_{a.name}"))
         names, types = [*names, a.name], [*types, Types.LONG()]
-    ds = t_env.from_data_stream(DataStream(j), Schema.new_builder()
+    stream_view(t_env, name, DataStream(j), [*columns, *(a.name for a in aggregates)])
+
+
+def stream_view(t_env, name: str, ds, columns: list[str]) -> None:
+    """Register view ``name`` over DataStream ``ds``: its ``columns`` and, as rowtime ``ts``,
+    the records' timestamps, with the stream's own watermark (``SOURCE_WATERMARK``)."""
+    from pyflink.table import Schema
+
+    t_env.create_temporary_view(f"{name}_stream", t_env.from_data_stream(ds, Schema.new_builder()
                                 .column_by_metadata("rowtime_", "TIMESTAMP_LTZ(3)", "rowtime")
-                                .watermark("rowtime_", "SOURCE_WATERMARK()").build())
-    t_env.create_temporary_view(f"{name}_stream", ds)
-    keep = [*columns, *(a.name for a in aggregates)]
+                                .watermark("rowtime_", "SOURCE_WATERMARK()").build()))
     t_env.create_temporary_view(name, t_env.sql_query(
-        f"SELECT {', '.join(_q(c) for c in keep)}, rowtime_ AS {ROWTIME} FROM {name}_stream"))
+        f"SELECT {', '.join(_q(c) for c in columns)}, rowtime_ AS {ROWTIME} FROM {name}_stream"))
 
 
 def _run_in_this_process(spec: FeatureSpec, source: SourceSpec, impressions_path: str,
