@@ -256,19 +256,12 @@ def one(data: str, root: Path, events: int, data_dir: str | None, rate_per_s: fl
     """One run of the job; ``rate_per_s``: the generated stream's impressions per second of
     event time (a dense stream has many rows per tick and per key: per-row costs, not per-tick)."""
     run_dir = root / (data if rate_per_s is None else f"{data}_{rate_per_s:g}")
-    if rate_per_s is None:
-        event_dir, source = prepare_events(data, run_dir, events, 7, data_dir)
-    else:
-        from pipelines.sources.generator import GeneratorConfig
-        from runners.local import REPLAY_ROWS_PER_FILE, generate_event_dir
-
-        event_dir, source = run_dir / "events", "generator"
-        generate_event_dir(event_dir, GeneratorConfig(events=events, seed=7, rate_per_s=rate_per_s),
-                           rows_per_file=REPLAY_ROWS_PER_FILE, overwrite=True)
+    event_dir, source = prepare_events(data, run_dir, events, 7, data_dir, rate_per_s)
     with BusyProfile() as prof:
         s = run_stream(event_dir, run_dir, source, JoinConfig(), flink_conf=prof.conf())
     n = s["counts"]["predictions"]
-    return {"data": data if rate_per_s is None else f"{data}@{rate_per_s:g}/s", "impressions": n, "seconds": round(s["seconds"], 2),
+    label = data if rate_per_s is None else f"{data}@{rate_per_s:g}/s"
+    return {"data": label, "impressions": n, "seconds": round(s["seconds"], 2),
             "impressions_per_s_incl_startup": round(n / s["seconds"], 1),
             "reconciles": s["reconciliation"].get("reconciles"),
             "progressive_logloss": s["progressive"]["logloss"], "visibility_lag": visibility_lag(run_dir),

@@ -94,15 +94,17 @@ def ingest_event_dir(paths: list[str], spec: SourceSpec, out: str | Path, kind: 
 
 
 def prepare_events(data: str, run_dir: str | Path, events: int = 20_000, seed: int = 7,
-                   data_dir_opt: str | Path | None = None) -> tuple[Path, str]:
+                   data_dir_opt: str | Path | None = None, rate_per_s: float | None = None) -> tuple[Path, str]:
     """The event directory a run reads: generated or loaded into ``RUN_DIR/events``, or an
-    existing event directory. Returns (event_dir, source name)."""
+    existing event directory. Returns (event_dir, source name). ``rate_per_s``: the
+    generator's impressions per second of event time (default: ``GeneratorConfig``'s)."""
     from pipelines.config import data_dir
     from pipelines.eventlog import read_manifest
 
     run_dir = Path(run_dir)
     if data == "generator":
-        generate_event_dir(run_dir / "events", GeneratorConfig(events=events, seed=seed),
+        rate = {} if rate_per_s is None else {"rate_per_s": rate_per_s}
+        generate_event_dir(run_dir / "events", GeneratorConfig(events=events, seed=seed, **rate),
                            rows_per_file=REPLAY_ROWS_PER_FILE, overwrite=True)
         return run_dir / "events", "generator"
     if data in LOADERS:
