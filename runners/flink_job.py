@@ -348,7 +348,7 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     spec = artifact.spec
     ev = Path(cfg.event_dir).resolve()
     out = Path(cfg.out).resolve()
-    W, H, D = cfg.join.window_ms, cfg.join.late_horizon_ms, cfg.join.watermark_delay_ms
+    W, D = cfg.join.window_ms, cfg.join.watermark_delay_ms
     monitor = f", 'source.monitor-interval' = '{cfg.monitor_interval_ms} ms'" if cfg.follow else ""
 
     def imp_ddl(name: str, path: str) -> str:

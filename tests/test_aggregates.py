@@ -4,7 +4,6 @@ with out-of-order events."""
 import json
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
