@@ -3,11 +3,11 @@
 Plan (state-heavy work in Flink's native operators, Python only where it must be, and rows
 cross into Python in batches: one packed value per event-time tick, ``runners.packing``):
 
-    impressions ─ windowed counts (Java, per key) ─ OVER: first of its event_id? ─┬─ dup ─▶ dead letter
+    impressions ─ windowed counts (Java, per key) ─ first of its event_id? (Java) ─┬─ dup ─▶ dead letter
                                      pandas UDF: features (packed) ─┤
                                                                     ├─ TUMBLE tick: pack ─┐
     impressions ∪ labels (at lt+1) ∪ deadlines (impressions at t+W+1, labels at lt+W+1)      │
-      ─ OVER per event_id, in event time: positive at the first label in [t, t+W),          │
+      ─ join per event_id (Java), in event time: positive at the first label in [t, t+W),  │
         negative at the deadline otherwise; late / unknown impression / label before        │
         impression for the first label otherwise; stamped at resolution time (no hold-back) │
       ─ TUMBLE tick: pack ──────────────────────────────────────────────────────────────────┤
@@ -18,10 +18,10 @@ cross into Python in batches: one packed value per event-time tick, ``runners.pa
         updates, joined examples, late labels, dead letters, snapshots, each as JSON lines,
         one value per tick
 
-Pending impressions live in the join OVER's state (Java); the Learner's state is the online
-layer (FTRL z/n arrays). Outputs are Flink filesystem sinks (``raw`` format: the JSON lines as
-written; joined examples partitioned by event-time date and hour), committed on checkpoints:
-exactly-once.
+Pending impressions live in the join's keyed state (``driftline.flink.ExampleJoin``, freed in
+event time); the Learner's state is the online layer (FTRL z/n arrays). Outputs are Flink
+FileSinks (the JSON lines as written; joined examples bucketed by event-time date and hour),
+committed on checkpoints: exactly-once.
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ from models.online import OnlineConfig
 from pipelines.events import SourceSpec
 from pipelines.join import JoinConfig
 from runners.packing import NO_TIME
-from transforms.flink_sql import _q, impressions_ddl, interval, stream_view, windowed_counts
+from transforms.flink_sql import (JavaRows, _q, impressions_ddl, interval, java_array, stream_view,
+                                  table_rows, windowed_count_rows)
 
 OUTPUTS = ("predictions", "updates", "examples", "late_labels", "dead_letter", "metrics", "alerts")
 
@@ -60,11 +61,13 @@ class JobConfig:
     # join's watermark jump past impressions still inside a Python function (then dropped late)
     idle_timeout_ms: int = 0
     restart_attempts: int = 3
-    # idle-state retention (processing time) of the keyed SQL state: the dedup's first-of-event_id
-    # counts and the join's per-event_id state (never before the impression's deadline: Flink
-    # keeps an OVER's state while rows wait for the watermark). In a real-time run keep it
-    # above the late horizon H, or late labels after it count as unknown impressions
+    # idle-state retention (processing time) of keyed Flink SQL state, a safety bound: the
+    # job's keyed state (dedup, join) lives in our Java operators, freed in event time
     dedup_ttl_ms: int = 2 * 86_400_000
+    # how long (event time) the dedup remembers an event_id after its last occurrence: a
+    # duplicate impression or label further apart than this is not recognized as one. Event
+    # time, so every run of a log decides the same (driftline.flink.FirstOccurrence)
+    dedup_retention_ms: int = 2 * 86_400_000
     learn_tick_ms: int = 60_000  # rows reach Python in batches of this much event time
     snapshot_every: int = 0  # write a full FTRL snapshot every N updates (0: only at the end)
     metrics_window: int = 10_000  # progressive logloss/AUC over the last N learned examples
@@ -96,6 +99,8 @@ class JobConfig:
         from models.feature_drift import DriftConfig
 
         DriftConfig(**self.feature_drift)  # fails early on a bad setting
+        if self.dedup_retention_ms <= 0:
+            raise ValueError("dedup_retention_ms must be > 0")
         if self.replay_speedup < 0:
             raise ValueError("replay_speedup must be >= 0 (0: as fast as possible)")
         if self.retrain_every_ms < 0 or self.swap_delay_ms < 0 or self.replay_buffer_ms < 0:
@@ -142,10 +147,19 @@ def labels_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str = ""
             f"'connector' = 'filesystem', 'path' = '{path}', 'format' = 'json'{monitor})")
 
 
-def _first_flag(table: str, rowtime: str) -> str:
-    """Adds ``nth``: 1 for the first row of its event_id in event time (ties: arrival order)."""
-    return (f"SELECT *, COUNT(*) OVER (PARTITION BY `event_id` ORDER BY {rowtime} "
-            f"ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS nth FROM {table}")
+def first_occurrences(rows: JavaRows, retention_ms: int) -> JavaRows:
+    """``rows`` with ``nth`` appended: 1 for the first row of its event_id in event time (ties:
+    arrival order; ``pipelines.join``), 2, 3, ... for duplicates, by our Java
+    ``driftline.flink.FirstOccurrence`` (O(1) per row; an id's state, 16 B, is cleared
+    ``retention_ms`` of event time after its last occurrence: freed at a known time, and every
+    run of a log decides the same; the SQL OVER it replaces expired in processing time)."""
+    from pyflink.common import Types
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    op = jvm.driftline.flink.FirstOccurrence(int(retention_ms), java_array(jvm.String, rows.names),
+                                             rows.stream.getType())
+    return rows.then(["event_id"], op, [("nth", Types.LONG())], "first_occurrence")
 
 
 PREDICTION_COLUMNS = [("event_id", "STRING"), ("event_time", "BIGINT"), ("p", "DOUBLE"),
@@ -210,8 +224,7 @@ def configure(cfg: JobConfig):
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     if cfg.follow and cfg.idle_timeout_ms > 0:
         t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.idle_timeout_ms} ms")
-    # keyed SQL state without a time bound (first-of-event_id counts) expires after this much
-    # processing time: duplicates further apart than that are not recognized
+    # keyed SQL state expires after this much processing time (a bound; see JobConfig)
     t_env.get_config().set("table.exec.state.ttl", f"{cfg.dedup_ttl_ms} ms")
     return env, t_env
 
@@ -241,54 +254,45 @@ def labels_join_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str
 LABEL_INFO = ("label", "expired")  # resolved examples; every other ``info`` is a label outcome
 
 
-def join_sql(window_ms: int, late_horizon_ms: int, keep_inputs_of_late: bool) -> str:
-    """The delayed-label join as one native OVER operator per event_id (no watermark hold-back).
+JOIN_INPUT = ["event_id", "k", "event_time", "inputs", "label_time", "label"]
+JOIN_OUTPUT = ["event_id", "resolution_time", "event_time", "label", "label_time", "info", "inputs"]
 
-    Impressions (at t), labels (at lt + 1), impression deadlines (at t + W + 1) and label
-    deadlines (at lt + W + 1) of an event_id meet in event-time order. The first label (the
-    earliest) decides:
 
-    * at the label, with the impression seen: a positive example if t <= lt < t + W; else
-      ``late`` if lt - t <= H (the late horizon), ``unknown_impression`` beyond;
-    * at the impression's deadline: a negative example unless the first label fell in [t, t + W);
-    * at the label's deadline, if no impression had come before the label:
-      ``label_before_impression`` if one came since (lt < t <= lt + W), else ``unknown_impression``.
+def join_union_sql() -> str:
+    """The join's input: impressions (k 0, at t), labels (1, at lt + 1), impression deadlines
+    (2, at t + W + 1) and label deadlines (3, at lt + W + 1) in one stream, rowtime ``rt``
+    (the views ``imp``, ``labels_j``, ``deadlines``, ``label_deadlines``)."""
+    return ("SELECT `event_id`, 0 AS k, `event_time`, inputs, CAST(NULL AS BIGINT) AS `label_time`, "
+            "CAST(NULL AS INT) AS label, ts AS rt FROM imp "
+            "UNION ALL SELECT `event_id`, 1, CAST(NULL AS BIGINT), CAST(NULL AS STRING), `label_time`, label, jts "
+            "FROM labels_j "
+            "UNION ALL SELECT `event_id`, 2, CAST(NULL AS BIGINT), CAST(NULL AS STRING), CAST(NULL AS BIGINT), "
+            "CAST(NULL AS INT), dts FROM deadlines "
+            "UNION ALL SELECT `event_id`, 3, CAST(NULL AS BIGINT), CAST(NULL AS STRING), `label_time`, label, ldts "
+            "FROM label_deadlines")
 
-    Each row is stamped with its resolution time + 1 ms (label outcomes: the label deadline's
-    stamp for the last two), so windows over it are ticks of resolution time. A pending
-    impression keeps only its raw inputs here (a JSON array of values), not its packed
-    features: the Learner recomputes those with the same artifact
-    (``transforms.apply.inputs_table``). Measured with ``bench/stream.py --only-checkpoint``."""
-    W, H = int(window_ms), int(late_horizon_ms)
-    union = ("SELECT `event_id`, ts AS rt, 0 AS k, `event_time`, inputs, CAST(NULL AS BIGINT) AS `label_time`, "
-             "CAST(NULL AS INT) AS label FROM imp "
-             "UNION ALL SELECT `event_id`, jts, 1, CAST(NULL AS BIGINT), CAST(NULL AS STRING), "
-             "`label_time`, label FROM labels_j "
-             "UNION ALL SELECT `event_id`, dts, 2, CAST(NULL AS BIGINT), CAST(NULL AS STRING), "
-             "CAST(NULL AS BIGINT), CAST(NULL AS INT) FROM deadlines "
-             "UNION ALL SELECT `event_id`, ldts, 3, CAST(NULL AS BIGINT), CAST(NULL AS STRING), "
-             "`label_time`, label FROM label_deadlines")
-    over = ("SELECT `event_id`, rt, k, `label_time`, label, MAX(`event_time`) OVER w AS imp_time, "
-            "LAST_VALUE(inputs) OVER w AS inputs, MIN(`label_time`) OVER w AS first_label, "
-            "SUM(CASE WHEN k = 1 THEN 1 ELSE 0 END) OVER w AS n_lab, "
-            "SUM(CASE WHEN k = 2 THEN 1 ELSE 0 END) OVER w AS n_dl, "
-            "SUM(CASE WHEN k = 3 THEN 1 ELSE 0 END) OVER w AS n_ldl "
-            f"FROM ({union}) WINDOW w AS (PARTITION BY `event_id` ORDER BY rt "
-            "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
-    in_window = f"first_label >= imp_time AND first_label < imp_time + {W}"
-    info = (f"CASE WHEN k = 1 AND n_lab = 1 AND imp_time IS NOT NULL THEN "
-            f"CASE WHEN `label_time` < imp_time + {W} THEN 'label' "
-            f"WHEN `label_time` - imp_time <= {H} THEN 'late' ELSE 'unknown_impression' END "
-            f"WHEN k = 2 AND n_dl = 1 AND imp_time IS NOT NULL AND NOT COALESCE({in_window}, FALSE) THEN 'expired' "
-            f"WHEN k = 3 AND n_ldl = 1 AND `label_time` = first_label AND (imp_time IS NULL OR imp_time > first_label) "
-            f"THEN CASE WHEN imp_time IS NOT NULL AND imp_time <= first_label + {W} THEN 'label_before_impression' "
-            "ELSE 'unknown_impression' END END")
-    inputs = "inputs" if keep_inputs_of_late else "CASE WHEN info IN ('label', 'expired') THEN inputs ELSE '' END"
-    return (f"SELECT `event_id`, rt, CASE WHEN k = 2 THEN imp_time + {W} ELSE `label_time` END AS resolution_time, "
-            f"CASE WHEN info = 'unknown_impression' THEN {NO_TIME} ELSE imp_time END AS `event_time`, "
-            "CASE WHEN k = 2 THEN 0 ELSE label END AS label, "
-            f"CASE WHEN k = 2 THEN {NO_TIME} ELSE `label_time` END AS `label_time`, info, "
-            f"COALESCE({inputs}, '') AS inputs FROM (SELECT *, {info} AS info FROM ({over})) WHERE info IS NOT NULL")
+
+def example_join(t_env, name: str, join: JoinConfig) -> None:
+    """Register view ``name``: the delayed-label join's outcomes (``JOIN_OUTPUT``, rowtime ``ts``
+    = the deciding row's time) by our Java ``driftline.flink.ExampleJoin`` per event_id, which
+    states the semantics (``pipelines.join.reference_join`` in plain Python; tests hold the job
+    to it). No watermark hold-back: a positive is out at its label, a negative at its deadline.
+    A pending impression keeps only its raw inputs here (a JSON array of values), not its
+    packed features: the Learner recomputes those with the same artifact
+    (``transforms.apply.inputs_table``); they are dropped at its deadline unless late labels
+    become corrections (``late_policy``), and the rest of its state in event time after the
+    late horizon. Measured with ``bench/stream.py --only-checkpoint``."""
+    from pyflink.common import Types
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    types = [Types.STRING(), Types.INT(), Types.LONG(), Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()]
+    rows = table_rows(t_env, join_union_sql(), [*JOIN_INPUT, "rt"], types)
+    op = jvm.driftline.flink.ExampleJoin(int(join.window_ms), int(join.late_horizon_ms),
+                                         join.late_policy == "correction", int(NO_TIME), rows.stream.getType())
+    out = [Types.STRING(), Types.LONG(), Types.LONG(), Types.INT(), Types.LONG(), Types.STRING(), Types.STRING()]
+    rows = rows.then(["event_id"], op, list(zip(JOIN_OUTPUT, out)), "example_join", append=False)
+    stream_view(t_env, name, rows.data_stream(), JOIN_OUTPUT)
 
 
 def tick_sql(kind: str, table: str, rowtime: str, tick_ms: int, pack_fn: str, cols: list[str]) -> str:
@@ -326,19 +330,6 @@ def add_source(t_env, name: str, folder: Path, ddl, follow: bool) -> None:
         " UNION ALL ".join(f"SELECT * FROM {name}_p{i}" for i in range(len(parts)))))
 
 
-def shared_view(t_env, name: str, table) -> None:
-    """Register ``table`` as view ``name`` through a DataStream, so that every plan using it
-    shares one operator chain. The Learner's input becomes a DataStream (``to_data_stream``) and
-    the sinks a statement set; the two are planned separately, so a plain SQL view used by both
-    would run twice (two scans of the impressions, two sets of OVER state: measured as two
-    identical state files growing ~152 B per pending impression each). The rowtime ``ts`` and
-    the watermark are the table's own (``SOURCE_WATERMARK``). (Converting the dedup's output
-    directly fails in Flink 2.3 — "Field names must be unique. Found duplicates: [w0$o0]" —
-    for an OVER over an OVER; sharing the aggregates first avoids that.)"""
-    cols = [c for c in table.get_schema().get_field_names() if c != "ts"]
-    stream_view(t_env, name, t_env.to_data_stream(table), cols)
-
-
 def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     """Add the whole job to ``env``/``t_env`` (executed by the caller)."""
     from pyflink.common import Types
@@ -363,10 +354,20 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
                lambda n, p: labels_join_ddl(n, p, D, monitor, W + 1, "ldts"), cfg.follow)
 
     raw_cols = ["event_id", "event_time", *source.string_fields, *source.numeric_fields]
-    # the impression branch, shared by the Learner's plan and the sinks' (see shared_view)
-    windowed_counts(t_env, "imp_agg", "impressions", raw_cols, source, spec.aggregates)
-    shared_view(t_env, "imp_nth", t_env.sql_query(_first_flag("imp_agg", "ts")))
-    t_env.create_temporary_view("lab_nth", t_env.sql_query(_first_flag("labels", "lts")))
+    # The impression branch (windowed counts, then the dedup) in our Java keyed operators,
+    # registered as a view over their DataStream: the Learner's input (``to_data_stream``) and
+    # the sinks (a statement set) are planned separately, and a plain SQL view used by both
+    # would run twice (two scans, two sets of state: measured as two identical state files);
+    # a view over one DataStream is one chain both plans share. Its rowtime ``ts`` and
+    # watermark are the stream's own (``SOURCE_WATERMARK``).
+    imp_rows = first_occurrences(windowed_count_rows(t_env, "impressions", raw_cols, source, spec.aggregates),
+                                 cfg.dedup_retention_ms)
+    agg_names = [a.name for a in spec.aggregates]
+    stream_view(t_env, "imp_nth", imp_rows.data_stream(), [*raw_cols, *agg_names, "nth"])
+    lab_rows = table_rows(t_env, "SELECT `event_id`, lts FROM labels", ["event_id", "lts"],
+                          [Types.STRING(), Types.INSTANT()])
+    stream_view(t_env, "lab_nth", first_occurrences(lab_rows, cfg.dedup_retention_ms).data_stream(),
+                ["event_id", "nth"])
 
     feature_cols = [*source.string_fields, *source.numeric_fields, *[a.name for a in spec.aggregates]]
     featurize = make_featurize(artifact.to_dict(), ["event_time", *feature_cols], source)
@@ -380,15 +381,14 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     # examples and label outcomes (late, unknown impression, label before impression): one
     # OVER, all through the Learner, which learns them in order (corrections too) and writes
     # late labels and dead letters
-    t_env.create_temporary_view("resolved", t_env.sql_query(
-        join_sql(W, cfg.join.late_horizon_ms, cfg.join.late_policy == "correction")))
+    example_join(t_env, "resolved", cfg.join)
 
     ex_cols = ["event_id", "resolution_time", "event_time", "label", "label_time", "info", "inputs"]
     t_env.create_temporary_function("pack_rows", make_pack(ex_cols))
     t_env.create_temporary_function("pack_imps", make_pack(["event_id", "event_time", "unit", "feat"]))
     tick = cfg.learn_tick_ms
     ticks = [tick_sql("imp", "imp", "ts", tick, "pack_imps", ["event_id", "event_time", "unit", "feat"]),
-             tick_sql("ex", "resolved", "rt", tick, "pack_rows", ex_cols)]
+             tick_sql("ex", "resolved", "ts", tick, "pack_rows", ex_cols)]
     learner_in = t_env.sql_query(" UNION ALL ".join(ticks))
 
     # duplicates never reach the learner: straight to the dead-letter output, with their reason

@@ -20,6 +20,8 @@ the source's disorder (``watermark_delay_ms``; the DDL adds 1 ms so that ties ar
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pipelines.events import SourceSpec
 from transforms.spec import FeatureSpec
 
@@ -87,8 +89,61 @@ def windowed_counts(t_env, name: str, table: str, columns: list[str], source: So
     Goes through a DataStream, so every plan using the view shares one chain (as
     ``runners.flink_job.shared_view``). Our classes must be on Flink's class path
     (``runners.jvm.prepare_local`` before the gateway starts, or a cluster's lib)."""
+    rows = windowed_count_rows(t_env, table, columns, source, aggregates)
+    stream_view(t_env, name, rows.data_stream(), [*columns, *(a.name for a in aggregates)])
+
+
+@dataclass
+class JavaRows:
+    """A Java DataStream of named rows (py4j), for chaining our keyed operators without a
+    round trip through the Table API between them."""
+
+    stream: object  # a py4j DataStream<Row>
+    names: list[str]
+    types: list  # PyFlink TypeInformation, one per name
+
+    def data_stream(self):
+        from pyflink.datastream import DataStream
+
+        return DataStream(self.stream)
+
+    def then(self, key: list[str], operator, fields: list[tuple[str, object]], op_name: str,
+             append: bool = True) -> "JavaRows":
+        """Key the rows by the fields ``key`` (``driftline.flink.FieldsKey``) and apply the keyed
+        process function ``operator`` (py4j), whose rows are these with ``fields`` (name, type)
+        appended, or (``append=False``) exactly ``fields``."""
+        from pyflink.common import Types
+        from pyflink.java_gateway import get_gateway
+
+        jvm = get_gateway().jvm
+        names = [*(self.names if append else []), *(n for n, _ in fields)]
+        types = [*(self.types if append else []), *(t for _, t in fields)]
+        selector = jvm.driftline.flink.FieldsKey(java_array(jvm.int, [self.names.index(k) for k in key]),
+                                                 java_array(jvm.String, list(key)))
+        out = (self.stream.keyBy(selector, Types.STRING().get_java_type_info())
+               .process(operator, Types.ROW_NAMED(names, types).get_java_type_info()).name(op_name))
+        return JavaRows(out, names, types)
+
+
+def java_array(kind, xs: list):
+    """A py4j Java array of ``kind`` (e.g. ``jvm.int``, ``jvm.String``) holding ``xs``."""
+    from pyflink.java_gateway import get_gateway
+
+    a = get_gateway().new_array(kind, len(xs))
+    for i, x in enumerate(xs):
+        a[i] = x
+    return a
+
+
+def table_rows(t_env, sql: str, names: list[str], types: list) -> JavaRows:
+    """The rows of a SQL query (its columns ``names`` of PyFlink ``types``) as ``JavaRows``."""
+    return JavaRows(t_env.to_data_stream(t_env.sql_query(sql))._j_data_stream, list(names), list(types))
+
+
+def windowed_count_rows(t_env, table: str, columns: list[str], source: SourceSpec, aggregates) -> JavaRows:
+    """``columns`` of ``table`` (and the aggregates' keys), its rowtime ``ts`` and one count
+    per aggregate (``driftline.flink.WindowedCount``), as ``JavaRows``."""
     from pyflink.common import Types
-    from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
 
     jvm = get_gateway().jvm
@@ -96,26 +151,13 @@ def windowed_counts(t_env, name: str, table: str, columns: list[str], source: So
     carry = list(dict.fromkeys([*columns, *keys]))
     kind = {c: Types.DOUBLE() if c in source.numeric_fields else Types.LONG() if c == "event_time"
             else Types.STRING() for c in carry}
-    names, types = [*carry, ROWTIME], [kind[c] for c in carry] + [Types.INSTANT()]
-    j = t_env.to_data_stream(t_env.sql_query(
-        f"SELECT {', '.join(_q(c) for c in carry)}, {ROWTIME} FROM {table}"))._j_data_stream
-
-    def array(kind, xs):
-        a = get_gateway().new_array(kind, len(xs))
-        for i, x in enumerate(xs):
-            a[i] = x
-        return a
-
+    rows = table_rows(t_env, f"SELECT {', '.join(_q(c) for c in carry)}, {ROWTIME} FROM {table}",
+                      [*carry, ROWTIME], [kind[c] for c in carry] + [Types.INSTANT()])
     for a in aggregates:
-        out_type = Types.ROW_NAMED([*names, a.name], [*types, Types.LONG()])
-        key = jvm.driftline.flink.FieldsKey(array(jvm.int, [names.index(k) for k in a.keys]),
-                                            array(jvm.String, list(a.keys)))
-        j = (j.keyBy(key, Types.STRING().get_java_type_info())
-             .process(jvm.driftline.flink.WindowedCount(int(a.window_ms), array(jvm.String, names), j.getType()),
-                      out_type.get_java_type_info())
-             .name(f"windowed_count_{a.name}"))
-        names, types = [*names, a.name], [*types, Types.LONG()]
-    stream_view(t_env, name, DataStream(j), [*columns, *(a.name for a in aggregates)])
+        op = jvm.driftline.flink.WindowedCount(int(a.window_ms), java_array(jvm.String, rows.names),
+                                               rows.stream.getType())
+        rows = rows.then(list(a.keys), op, [(a.name, Types.LONG())], f"windowed_count_{a.name}")
+    return rows
 
 
 def stream_view(t_env, name: str, ds, columns: list[str]) -> None:

@@ -1,0 +1,106 @@
+/*
+ * driftline: which occurrence of its key (an event_id) a row is, in event time, appended as
+ * the last field ("nth": 1 for the first occurrence, 2, 3, ... for duplicates). Rows of one
+ * time keep their arrival order (ties), as pipelines.join states the dedup.
+ *
+ * The same value as Flink SQL's
+ *   COUNT(*) OVER (PARTITION BY key ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+ * which the job used before (runners.flink_job._first_flag), with one difference that makes
+ * the job deterministic: the SQL state expires after a span of processing time (the table's
+ * state TTL), so whether a late duplicate was recognized depended on how fast the job ran.
+ * Here a key's state (a count and the last time seen, 16 bytes, plus its rows waiting for the
+ * watermark) is cleared when the watermark passes the last occurrence + the retention, in
+ * event time: a duplicate more than the retention after the previous occurrence of its id
+ * counts as a first occurrence again, on every run and runner alike.
+ *
+ * Like the OVER, a row is processed when the watermark passes its time; a row at or behind
+ * the watermark when it arrives is late and dropped (the "numLateRecordsDropped" metric).
+ */
+package driftline.flink;
+
+import java.util.ArrayList;
+import java.util.List;
+import org.apache.flink.api.common.functions.OpenContext;
+import org.apache.flink.api.common.state.MapState;
+import org.apache.flink.api.common.state.MapStateDescriptor;
+import org.apache.flink.api.common.state.ValueState;
+import org.apache.flink.api.common.state.ValueStateDescriptor;
+import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.api.java.typeutils.ListTypeInfo;
+import org.apache.flink.metrics.Counter;
+import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
+import org.apache.flink.types.Row;
+import org.apache.flink.util.Collector;
+
+public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row> {
+  private static final long serialVersionUID = 1L;
+
+  private final long retentionMs;
+  private final String[] names; // the input's field names, in order (rows may be name-based)
+  private final TypeInformation<Row> inputType;
+  // [occurrences processed, time of the last one]
+  private transient ValueState<long[]> seen;
+  private transient MapState<Long, List<Row>> waiting;
+  private transient Counter lateDropped;
+
+  public FirstOccurrence(long retentionMs, String[] names, TypeInformation<Row> inputType) {
+    if (retentionMs <= 0) {
+      throw new IllegalArgumentException("retentionMs must be > 0");
+    }
+    this.retentionMs = retentionMs;
+    this.names = names.clone();
+    this.inputType = inputType;
+  }
+
+  @Override
+  public void open(OpenContext ctx) {
+    seen = getRuntimeContext().getState(
+        new ValueStateDescriptor<long[]>("seen", PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO));
+    waiting = getRuntimeContext().getMapState(
+        new MapStateDescriptor<>("waiting", Types.LONG, new ListTypeInfo<>(inputType)));
+    lateDropped = getRuntimeContext().getMetricGroup().counter("numLateRecordsDropped");
+  }
+
+  @Override
+  public void processElement(Row row, Context ctx, Collector<Row> out) throws Exception {
+    long t = ctx.timestamp();
+    if (t <= ctx.timerService().currentWatermark()) {
+      lateDropped.inc();
+      return;
+    }
+    List<Row> rows = waiting.get(t);
+    if (rows == null) {
+      rows = new ArrayList<>();
+      ctx.timerService().registerEventTimeTimer(t);
+    }
+    rows.add(row);
+    waiting.put(t, rows);
+  }
+
+  @Override
+  public void onTimer(long t, OnTimerContext ctx, Collector<Row> out) throws Exception {
+    long[] s = seen.value();
+    List<Row> rows = waiting.get(t);
+    if (rows != null) {
+      if (s == null) {
+        s = new long[2];
+      }
+      for (Row row : rows) {
+        Row o = Row.withPositions(names.length + 1);
+        for (int i = 0; i < names.length; i++) {
+          o.setField(i, Fields.get(row, i, names[i]));
+        }
+        o.setField(names.length, ++s[0]);
+        out.collect(o);
+      }
+      waiting.remove(t);
+      s[1] = t;
+      seen.update(s);
+      ctx.timerService().registerEventTimeTimer(t + retentionMs); // the expiry of this occurrence
+    } else if (s != null && t >= s[1] + retentionMs) {
+      seen.clear(); // retention passed since the last occurrence (rows waiting stay)
+    }
+  }
+}

@@ -1,0 +1,75 @@
+"""Our Java keyed operators on a real Flink mini-cluster (``tests/jvm_operators_job.py``, in a
+child process): the dedup's event-time retention and the join's outcomes, against
+``pipelines.join.reference_join``, on hand-made streams with the boundary cases."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines.join import JoinConfig, reference_join
+from runners.packing import NO_TIME
+
+JOB = Path(__file__).with_name("jvm_operators_job.py")
+
+
+def _run(tmp_path, args: dict) -> list:
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, str(JOB), json.dumps(args), str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(out.read_text())
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_dedup_counts_occurrences_in_event_time_and_forgets_after_the_retention(tmp_path):
+    R = 10_000
+    events = [("a", 1_000), ("b", 5_000), ("a", 1_000), ("b", 2_000),  # a tie (arrival order); b out of order
+              ("c", 20_000), ("d", 20_000),
+              ("c", 20_000 + R),  # exactly the retention later: still a duplicate
+              ("d", 20_000 + R + 1),  # one ms more: forgotten, a first occurrence again
+              ("e", 40_000), ("e", 45_000), ("e", 45_000 + R),  # the retention runs from the last occurrence
+              ("z", 100_000)]
+    got = _run(tmp_path, {"op": "dedup", "retention_ms": R, "delay": 5_000,
+                          "events": _jsonl(tmp_path / "ev.jsonl", [{"event_id": e, "event_time": t} for e, t in events])})
+    nth = sorted((e, t, n) for e, t, n in got)
+    assert nth == sorted([("a", 1_000, 1), ("a", 1_000, 2), ("b", 2_000, 1), ("b", 5_000, 2),
+                          ("c", 20_000, 1), ("c", 20_000 + R, 2), ("d", 20_000, 1), ("d", 20_000 + R + 1, 1),
+                          ("e", 40_000, 1), ("e", 45_000, 2), ("e", 45_000 + R, 3), ("z", 100_000, 1)])
+
+
+def test_the_join_gives_the_reference_outcomes_at_every_boundary(tmp_path):
+    W, H = 1_000, 5_000
+    cfg = JoinConfig(window_ms=W, late_horizon_ms=H, watermark_delay_ms=100)
+    imps = [{"event_id": f"i{k}", "event_time": 10_000 * (k + 1)} for k in range(10)]
+    t = {r["event_id"]: r["event_time"] for r in imps}
+    planted = [("i0", t["i0"]), ("i1", t["i1"] + W - 1), ("i2", t["i2"] + W),  # positive at the edges; late
+               ("i3", t["i3"] - 1),  # one ms before its impression (ties with it in the join's time)
+               ("i4", t["i4"] + H), ("i5", t["i5"] + H + 1),  # last late; just beyond the horizon
+               ("i6", t["i6"] + H + 3 * W),  # after the key's state was freed
+               ("i7", t["i7"] - W), ("i7", t["i7"] - W + 10),  # W before; a duplicate label
+               ("nobody", 12_345)]
+    labels = [{"event_id": e, "label_time": lt, "label": 1} for e, lt in sorted(planted, key=lambda x: x[1])]
+    ref = reference_join(imps, labels, cfg)
+    for policy in ("sink", "correction"):
+        got = _run(tmp_path, {"op": "join", "join": {**cfg.to_dict(), "late_policy": policy},
+                              "impressions": _jsonl(tmp_path / "imps.jsonl", imps),
+                              "labels": _jsonl(tmp_path / "labs.jsonl", labels)})
+        rows = [dict(zip(["event_id", "resolution_time", "event_time", "label", "label_time", "info", "inputs"], r))
+                for r in got]
+        examples = sorted((r["event_id"], r["resolution_time"], r["label"]) for r in rows
+                          if r["info"] in ("label", "expired"))
+        assert examples == sorted((e["event_id"], e["resolution_time"], e["label"]) for e in ref["examples"]
+                                  if e["kind"] != "correction")
+        assert sorted((r["event_id"], r["label_time"]) for r in rows if r["info"] == "late") == \
+            sorted((x["event_id"], x["label_time"]) for x in ref["late"])
+        outcomes = sorted((r["info"], r["event_id"]) for r in rows if r["info"] not in ("label", "expired", "late"))
+        assert outcomes == sorted(d for d in ref["dead_letter"] if d[0] != "duplicate_label")
+        assert {r["event_id"] for r in rows if r["info"] == "unknown_impression"} == {"i5", "i6", "nobody"}
+        assert all(r["event_time"] == NO_TIME for r in rows if r["info"] == "unknown_impression")
+        # the inputs reach the examples; a late label carries them only when it becomes a correction
+        assert all(r["inputs"] == f"[{r['event_id']}]" for r in rows if r["info"] in ("label", "expired"))
+        late = [r for r in rows if r["info"] == "late"]
+        assert late and all(r["inputs"] == (f"[{r['event_id']}]" if policy == "correction" else "") for r in late)
