@@ -6,8 +6,8 @@ cross into Python in batches: one packed value per event-time tick, ``runners.pa
     impressions ─ windowed counts (Java, per key) ─ first of its event_id? (Java) ─┬─ dup ─▶ dead letter
                                      pandas UDF: features (packed) ─┤
                                                                     ├─ TUMBLE tick: pack ─┐
-    impressions ∪ labels (at lt+1) ∪ deadlines (impressions at t+W+1, labels at lt+W+1)      │
-      ─ join per event_id (Java), in event time: positive at the first label in [t, t+W),  │
+    impressions ∪ labels (at lt+1) ─ join per event_id (Java; its own deadline timers at  │
+        t+W+1 and lt+W+1), in event time: positive at the first label in [t, t+W),         │
         negative at the deadline otherwise; late / unknown impression / label before        │
         impression for the first label otherwise; stamped at resolution time (no hold-back) │
       ─ TUMBLE tick: pack ──────────────────────────────────────────────────────────────────┤
@@ -57,8 +57,8 @@ class JobConfig:
     follow: bool = False  # keep monitoring the event directory for new part files
     monitor_interval_ms: int = 1_000
     # follow mode: a source quiet this long stops holding the watermark back (0: never). Off by
-    # default: the join's deadline source runs W ahead, so an idle impression source lets the
-    # join's watermark jump past impressions still inside a Python function (then dropped late)
+    # default: with an idle impression source the label source alone drives the join's
+    # watermark, which can pass impressions still inside a Python function (then dropped late)
     idle_timeout_ms: int = 0
     restart_attempts: int = 3
     # idle-state retention (processing time) of keyed Flink SQL state, a safety bound: the
@@ -229,24 +229,12 @@ def configure(cfg: JobConfig):
     return env, t_env
 
 
-def deadlines_ddl(table: str, path: str, window_ms: int, watermark_delay_ms: int, monitor: str = "") -> str:
-    """The impressions again, stamped at the end of their attribution window (t + W, + 1 ms so
-    that a label at t + W - 1 always comes first): the event that resolves a negative."""
-    return (f"CREATE TABLE {table} (`event_id` STRING, `event_time` BIGINT, "
-            f"dts AS TO_TIMESTAMP_LTZ(`event_time` + {window_ms + 1}, 3), "
-            f"WATERMARK FOR dts AS dts - {interval(watermark_delay_ms + 1)}) WITH ("
-            f"'connector' = 'filesystem', 'path' = '{path}', 'format' = 'json', "
-            f"'json.fail-on-missing-field' = 'false'{monitor})")
-
-
-def labels_join_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str = "",
-                    shift_ms: int = 1, rowtime: str = "jts") -> str:
-    """The labels stamped at label time + ``shift_ms``: + 1 ms for the join (a label at exactly
-    the impression time comes after its impression); + W + 1 ms for the label deadlines (by
-    then an impression that comes after its label, at most W after it, has been seen)."""
+def labels_join_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str = "") -> str:
+    """The labels for the join, stamped at label time + 1 ms (rowtime ``jts``): a label at
+    exactly the impression time comes after its impression."""
     return (f"CREATE TABLE {table} (`event_id` STRING, `label_time` BIGINT, `label` INT, "
-            f"{rowtime} AS TO_TIMESTAMP_LTZ(`label_time` + {int(shift_ms)}, 3), "
-            f"WATERMARK FOR {rowtime} AS {rowtime} - {interval(watermark_delay_ms + 1)}) WITH ("
+            f"jts AS TO_TIMESTAMP_LTZ(`label_time` + 1, 3), "
+            f"WATERMARK FOR jts AS jts - {interval(watermark_delay_ms + 1)}) WITH ("
             f"'connector' = 'filesystem', 'path' = '{path}', 'format' = 'json', "
             f"'json.fail-on-missing-field' = 'false'{monitor})")
 
@@ -259,17 +247,12 @@ JOIN_OUTPUT = ["event_id", "resolution_time", "event_time", "label", "label_time
 
 
 def join_union_sql() -> str:
-    """The join's input: impressions (k 0, at t), labels (1, at lt + 1), impression deadlines
-    (2, at t + W + 1) and label deadlines (3, at lt + W + 1) in one stream, rowtime ``rt``
-    (the views ``imp``, ``labels_j``, ``deadlines``, ``label_deadlines``)."""
+    """The join's input: impressions (k 0, at t) and labels (1, at lt + 1) in one stream,
+    rowtime ``rt`` (the views ``imp`` and ``labels_j``); the join adds the deadlines itself."""
     return ("SELECT `event_id`, 0 AS k, `event_time`, inputs, CAST(NULL AS BIGINT) AS `label_time`, "
             "CAST(NULL AS INT) AS label, ts AS rt FROM imp "
             "UNION ALL SELECT `event_id`, 1, CAST(NULL AS BIGINT), CAST(NULL AS STRING), `label_time`, label, jts "
-            "FROM labels_j "
-            "UNION ALL SELECT `event_id`, 2, CAST(NULL AS BIGINT), CAST(NULL AS STRING), CAST(NULL AS BIGINT), "
-            "CAST(NULL AS INT), dts FROM deadlines "
-            "UNION ALL SELECT `event_id`, 3, CAST(NULL AS BIGINT), CAST(NULL AS STRING), `label_time`, label, ldts "
-            "FROM label_deadlines")
+            "FROM labels_j")
 
 
 def example_join(t_env, name: str, join: JoinConfig) -> None:
@@ -339,7 +322,7 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     spec = artifact.spec
     ev = Path(cfg.event_dir).resolve()
     out = Path(cfg.out).resolve()
-    W, D = cfg.join.window_ms, cfg.join.watermark_delay_ms
+    D = cfg.join.watermark_delay_ms
     monitor = f", 'source.monitor-interval' = '{cfg.monitor_interval_ms} ms'" if cfg.follow else ""
 
     def imp_ddl(name: str, path: str) -> str:
@@ -349,9 +332,6 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     add_source(t_env, "impressions", ev / "impressions", imp_ddl, cfg.follow)
     add_source(t_env, "labels", ev / "labels", lambda n, p: labels_ddl(n, p, D, monitor), cfg.follow)
     add_source(t_env, "labels_j", ev / "labels", lambda n, p: labels_join_ddl(n, p, D, monitor), cfg.follow)
-    add_source(t_env, "deadlines", ev / "impressions", lambda n, p: deadlines_ddl(n, p, W, D, monitor), cfg.follow)
-    add_source(t_env, "label_deadlines", ev / "labels",
-               lambda n, p: labels_join_ddl(n, p, D, monitor, W + 1, "ldts"), cfg.follow)
 
     raw_cols = ["event_id", "event_time", *source.string_fields, *source.numeric_fields]
     # The impression branch (windowed counts, then the dedup) in our Java keyed operators,

@@ -54,12 +54,12 @@ def join(a: dict) -> list[list]:
     """The join's outcome rows (``runners.flink_job.JOIN_OUTPUT``) for impressions
     ``a["impressions"]`` and labels ``a["labels"]``."""
     from pipelines.join import JoinConfig
-    from runners.flink_job import JOIN_OUTPUT, deadlines_ddl, example_join, labels_join_ddl
+    from runners.flink_job import JOIN_OUTPUT, example_join, labels_join_ddl
     from transforms.flink_sql import interval
 
     t_env = _env()
     cfg = JoinConfig(**a["join"])
-    W, D = cfg.window_ms, cfg.watermark_delay_ms
+    D = cfg.watermark_delay_ms
     t_env.execute_sql(
         "CREATE TABLE impressions (`event_id` STRING, `event_time` BIGINT, ts AS TO_TIMESTAMP_LTZ(`event_time`, 3), "
         f"WATERMARK FOR ts AS ts - {interval(D + 1)}) WITH ('connector' = 'filesystem', "
@@ -67,8 +67,6 @@ def join(a: dict) -> list[list]:
     t_env.create_temporary_view("imp", t_env.sql_query(
         "SELECT `event_id`, `event_time`, ts, CONCAT('[', `event_id`, ']') AS inputs FROM impressions"))
     t_env.execute_sql(labels_join_ddl("labels_j", a["labels"], D))
-    t_env.execute_sql(deadlines_ddl("deadlines", a["impressions"], W, D))
-    t_env.execute_sql(labels_join_ddl("label_deadlines", a["labels"], D, "", W + 1, "ldts"))
     example_join(t_env, "resolved", cfg)
     return _collect(t_env.sql_query(f"SELECT {', '.join(f'`{c}`' for c in JOIN_OUTPUT)} FROM resolved"))
 

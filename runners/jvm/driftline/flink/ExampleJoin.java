@@ -2,13 +2,14 @@
  * driftline: the delayed-label join (pipelines.join states it; reference_join in plain
  * Python), one keyed operator per event_id in event time, without watermark hold-back.
  *
- * Input rows (event_id, k, event_time, inputs, label_time, label), timestamped:
- *   k = 0 the impression at t; 1 a label at lt + 1; 2 the impression's deadline at t + W + 1;
- *   3 the label's deadline at lt + W + 1.
- * A key's rows are processed when the watermark passes their time, in time order; rows of one
- * time in the order label, impression, deadline, label deadline (then arrival), so a label at
- * t - 1 (stamped t) always comes before an impression at t: it is before the impression. The
- * first label (the earliest) decides:
+ * Input rows (event_id, k, event_time, inputs, label_time, label), timestamped: k = 0 the
+ * impression at t, k = 1 a label at lt + 1. The operator adds each key's deadlines itself, as
+ * event-time timers: the impression's at t + W + 1 and its first label's at lt + W + 1 (to
+ * decide a label that came before any impression). A key's rows are processed when the
+ * watermark passes their time, in time order; at one time in the order label, impression,
+ * deadline, label deadline (then arrival), so a label at t - 1 (stamped t) always comes
+ * before an impression at t: it is before the impression. The first label (the earliest)
+ * decides:
  *   - at the label, with the impression seen: "label" (a positive, or its 0/1 value) if
  *     lt < t + W; else "late" if lt - t <= H, "unknown_impression" beyond;
  *   - at the impression's deadline: "expired" (a negative) unless the first label fell in
@@ -18,9 +19,11 @@
  * Output rows (event_id, resolution_time, event_time, label, label_time, info, inputs) are
  * stamped with the deciding row's time.
  *
- * This replaces a Flink SQL OVER (MAX/LAST_VALUE/MIN/SUM ... ROWS UNBOUNDED PRECEDING) that
- * registered a processing-time cleanup timer on every row and kept a key's state until a
- * processing-time TTL (2 days), resolved or not; its ties were broken by arrival order. Here a
+ * This replaces a Flink SQL OVER (MAX/LAST_VALUE/MIN/SUM ... ROWS UNBOUNDED PRECEDING) over
+ * the impressions, the labels and both deadlines read as two more sources (the impressions and
+ * labels again, stamped later), which registered a processing-time cleanup timer on every row
+ * and kept a key's state until a processing-time TTL (2 days), resolved or not; its ties were
+ * broken by arrival order, and every deadline row waited in its state for W. Here a
  * key's state is freed in event time: the inputs at the impression's deadline (unless late
  * labels become corrections, which need them), everything when no row can change an outcome
  * any more: after t + H + 1 (the last late label's stamp) and the first label's deadline. A
@@ -60,6 +63,10 @@ public final class ExampleJoin extends KeyedProcessFunction<String, Row, Row> {
   private static final int N_LDL = 4;
   private static final int FLAGS = 5; // bit 0: an impression seen; bit 1: a label seen
   private static final int CLEAR = 6; // the time the key's state is cleared (0: none yet)
+  private static final int DL_DUE = 7; // the impression's deadline (valid if flag bit 2)
+  private static final int LDL_DUE = 8; // the first label's deadline (valid if flag bit 3)
+  private static final int FIRST_VALUE = 9; // the first label's value
+  private static final int SLOTS = 10;
 
   private final long windowMs;
   private final long horizonMs;
@@ -96,6 +103,10 @@ public final class ExampleJoin extends KeyedProcessFunction<String, Row, Row> {
   @Override
   public void processElement(Row row, Context ctx, Collector<Row> out) throws Exception {
     long t = ctx.timestamp();
+    int k = kind(row);
+    if (k != 0 && k != 1) {
+      throw new IllegalArgumentException("input rows are impressions (k = 0) or labels (k = 1), got k = " + k);
+    }
     if (t <= ctx.timerService().currentWatermark()) {
       lateDropped.inc();
       return;
@@ -121,18 +132,31 @@ public final class ExampleJoin extends KeyedProcessFunction<String, Row, Row> {
   public void onTimer(long t, OnTimerContext ctx, Collector<Row> out) throws Exception {
     long[] a = acc.value();
     List<Row> rows = waiting.get(t);
-    if (rows == null) {
+    boolean deadline = a != null && (a[FLAGS] & 4) != 0 && a[DL_DUE] == t;
+    boolean labelDeadline = a != null && (a[FLAGS] & 8) != 0 && a[LDL_DUE] == t;
+    if (rows == null && !deadline && !labelDeadline) {
       if (a != null && a[CLEAR] != 0 && t >= a[CLEAR] && waiting.isEmpty()) {
         acc.clear();
         inputs.clear();
       }
       return;
     }
-    waiting.remove(t);
-    if (a == null) {
-      a = new long[7];
+    if (rows != null) {
+      waiting.remove(t);
+      rows.sort(Comparator.comparingInt(r -> RANK[kind(r)])); // stable: arrival order within a kind
+    } else {
+      rows = new ArrayList<>();
     }
-    rows.sort(Comparator.comparingInt(r -> RANK[kind(r)])); // stable: arrival order within a kind
+    if (a == null) {
+      a = new long[SLOTS];
+    }
+    String key = ctx.getCurrentKey();
+    if (deadline) {
+      rows.add(Row.of(key, 2, null, null, null, null));
+    }
+    if (labelDeadline) {
+      rows.add(Row.of(key, 3, null, null, a[FIRST], (int) a[FIRST_VALUE]));
+    }
     String in = inputs.value();
     boolean inputsChanged = false;
     long lastLabel = Long.MIN_VALUE / 2; // the latest label time among these rows
@@ -144,6 +168,11 @@ public final class ExampleJoin extends KeyedProcessFunction<String, Row, Row> {
         long et = num(row, 2);
         a[IMP] = (a[FLAGS] & 1) != 0 ? Math.max(a[IMP], et) : et;
         a[FLAGS] |= 1;
+        if ((a[FLAGS] & 4) == 0) { // the first impression's deadline decides (later ones never do)
+          a[DL_DUE] = et + windowMs + 1;
+          a[FLAGS] |= 4;
+          ctx.timerService().registerEventTimeTimer(a[DL_DUE]);
+        }
         Object v = Fields.get(row, 3, IN[3]);
         if (v != null) {
           in = (String) v;
@@ -157,6 +186,12 @@ public final class ExampleJoin extends KeyedProcessFunction<String, Row, Row> {
         a[FLAGS] |= 2;
         a[k == 1 ? N_LAB : N_LDL]++;
         lastLabel = Math.max(lastLabel, labelTime);
+        if (k == 1 && (a[FLAGS] & 8) == 0) { // the first label (the earliest: rows come in time order)
+          a[LDL_DUE] = labelTime + windowMs + 1;
+          a[FIRST_VALUE] = label;
+          a[FLAGS] |= 8;
+          ctx.timerService().registerEventTimeTimer(a[LDL_DUE]);
+        }
       } else {
         a[N_DL]++;
       }
