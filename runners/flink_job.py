@@ -255,9 +255,9 @@ def join_union_sql() -> str:
             "FROM labels_j")
 
 
-def example_join(t_env, name: str, join: JoinConfig) -> None:
-    """Register view ``name``: the delayed-label join's outcomes (``JOIN_OUTPUT``, rowtime ``ts``
-    = the deciding row's time) by our Java ``driftline.flink.ExampleJoin`` per event_id, which
+def example_join(t_env, join: JoinConfig) -> JavaRows:
+    """The delayed-label join's outcomes (``JOIN_OUTPUT``, timestamped with the deciding row's
+    time) of the views ``imp`` and ``labels_j``, by our Java ``driftline.flink.ExampleJoin`` per event_id, which
     states the semantics (``pipelines.join.reference_join`` in plain Python; tests hold the job
     to it). No watermark hold-back: a positive is out at its label, a negative at its deadline.
     A pending impression keeps only its raw inputs here (a JSON array of values), not its
@@ -274,15 +274,27 @@ def example_join(t_env, name: str, join: JoinConfig) -> None:
     op = jvm.driftline.flink.ExampleJoin(int(join.window_ms), int(join.late_horizon_ms),
                                          join.late_policy == "correction", int(NO_TIME), rows.stream.getType())
     out = [Types.STRING(), Types.LONG(), Types.LONG(), Types.INT(), Types.LONG(), Types.STRING(), Types.STRING()]
-    rows = rows.then(["event_id"], op, list(zip(JOIN_OUTPUT, out)), "example_join", append=False)
-    stream_view(t_env, name, rows.data_stream(), JOIN_OUTPUT)
+    return rows.then(["event_id"], op, list(zip(JOIN_OUTPUT, out)), "example_join", append=False)
 
 
-def tick_sql(kind: str, table: str, rowtime: str, tick_ms: int, pack_fn: str, cols: list[str]) -> str:
-    """One row per tick of event time: all rows of ``table`` in it, packed (``runners.packing``)."""
-    t = interval(tick_ms)
-    return (f"SELECT '{kind}' AS `kind`, TUMBLE_ROWTIME({rowtime}, {t}) AS tick, "
-            f"{pack_fn}({', '.join(_q(c) for c in cols)}) AS payload FROM {table} GROUP BY TUMBLE({rowtime}, {t})")
+PACK_KINDS = {"event_id": "string", "event_time": "long", "unit": "string", "feat": "bytes",
+              "resolution_time": "long", "label": "int", "label_time": "long", "info": "string",
+              "inputs": "string"}
+
+
+def tick_pack(rows: JavaRows, kind: str, tick_ms: int, columns: list[str]) -> JavaRows:
+    """One row ``(kind, payload)`` per tick of event time holding ``columns`` of all of its
+    ``rows`` as an Arrow IPC stream (``runners.packing.unpack``), timestamped at the tick's
+    last millisecond, by our Java ``driftline.flink.TickPack``."""
+    from pyflink.common import Types
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    op = jvm.driftline.flink.TickPack(kind, int(tick_ms), java_array(jvm.String, rows.names),
+                                      java_array(jvm.String, columns),
+                                      java_array(jvm.String, [PACK_KINDS[c] for c in columns]), rows.stream.getType())
+    return rows.then([], op, [("kind", Types.STRING()), ("payload", Types.PRIMITIVE_ARRAY(Types.BYTE()))],
+                     f"tick_pack_{kind}", append=False)
 
 
 def json_object(cols: list[str]) -> str:
@@ -359,17 +371,15 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
         f"COALESCE(CAST({_q(unit)} AS STRING), '') AS unit, {json_array(feature_cols)} AS inputs "
         f"FROM imp_nth WHERE nth = 1"))
     # examples and label outcomes (late, unknown impression, label before impression): one
-    # OVER, all through the Learner, which learns them in order (corrections too) and writes
-    # late labels and dead letters
-    example_join(t_env, "resolved", cfg.join)
-
-    ex_cols = ["event_id", "resolution_time", "event_time", "label", "label_time", "info", "inputs"]
-    t_env.create_temporary_function("pack_rows", make_pack(ex_cols))
-    t_env.create_temporary_function("pack_imps", make_pack(["event_id", "event_time", "unit", "feat"]))
+    # join, all through the Learner, which learns them in order (corrections too) and writes
+    # late labels and dead letters. Both reach it packed, one value per tick (Java TickPack)
+    imp_cols = ["event_id", "event_time", "unit", "feat"]
+    imps = table_rows(t_env, f"SELECT {', '.join(_q(c) for c in imp_cols)}, ts FROM imp", [*imp_cols, "ts"],
+                      [Types.STRING(), Types.LONG(), Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()),
+                       Types.INSTANT()])
     tick = cfg.learn_tick_ms
-    ticks = [tick_sql("imp", "imp", "ts", tick, "pack_imps", ["event_id", "event_time", "unit", "feat"]),
-             tick_sql("ex", "resolved", "ts", tick, "pack_rows", ex_cols)]
-    learner_in = t_env.sql_query(" UNION ALL ".join(ticks))
+    ds = tick_pack(imps, "imp", tick, imp_cols).data_stream().union(
+        tick_pack(example_join(t_env, cfg.join), "ex", tick, JOIN_OUTPUT).data_stream())
 
     # duplicates never reach the learner: straight to the dead-letter output, with their reason
     dead_cols = ["reason", "detail", "kind", "origin", "raw"]
@@ -380,7 +390,6 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
         "UNION ALL SELECT 'duplicate_label', CONCAT('occurrence ', CAST(nth AS STRING)), 'label', "
         "'flink:labels', `event_id` FROM lab_nth WHERE nth > 1)")
 
-    ds = t_env.to_data_stream(learner_in)
     input_types = {c: "double" if c in source.numeric_fields else "string" if c in source.string_fields
                    else "bigint" for c in feature_cols}  # the inputs array, as featurize sees them
     learner = Learner(json.dumps({"job": cfg.to_dict(), "dimension": spec.dimension,
@@ -418,24 +427,6 @@ def file_sink(path: str, partitioned: bool = False):
                            "(runners.jvm.lib_dir: FLINK_LIB_DIR; a JDK is needed to build them)") from e
     return (FileSink.for_row_format(path, Encoder(encoder)).with_bucket_assigner(assigner)
             .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy()).build())
-
-
-def make_pack(columns: list[str]):
-    """A pandas aggregate function: all rows of a window -> one Arrow IPC value."""
-    from pyflink.table import DataTypes
-    from pyflink.table.udf import udaf
-
-    types = {"event_id": DataTypes.STRING(), "event_time": DataTypes.BIGINT(), "unit": DataTypes.STRING(),
-             "feat": DataTypes.BYTES(), "resolution_time": DataTypes.BIGINT(), "label": DataTypes.INT(),
-             "label_time": DataTypes.BIGINT(), "info": DataTypes.STRING(), "inputs": DataTypes.STRING()}
-
-    def pack_rows(*cols):
-        from runners.packing import pack
-
-        return pack(dict(zip(columns, cols)))
-
-    return udaf(pack_rows, input_types=[types[c] for c in columns], result_type=DataTypes.BYTES(),
-                func_type="pandas")
 
 
 def make_featurize(artifact_dict: dict, columns: list[str], source: SourceSpec):

@@ -55,7 +55,7 @@ def join(a: dict) -> list[list]:
     ``a["impressions"]`` and labels ``a["labels"]``."""
     from pipelines.join import JoinConfig
     from runners.flink_job import JOIN_OUTPUT, example_join, labels_join_ddl
-    from transforms.flink_sql import interval
+    from transforms.flink_sql import interval, stream_view
 
     t_env = _env()
     cfg = JoinConfig(**a["join"])
@@ -67,7 +67,7 @@ def join(a: dict) -> list[list]:
     t_env.create_temporary_view("imp", t_env.sql_query(
         "SELECT `event_id`, `event_time`, ts, CONCAT('[', `event_id`, ']') AS inputs FROM impressions"))
     t_env.execute_sql(labels_join_ddl("labels_j", a["labels"], D))
-    example_join(t_env, "resolved", cfg)
+    stream_view(t_env, "resolved", example_join(t_env, cfg).data_stream(), JOIN_OUTPUT)
     return _collect(t_env.sql_query(f"SELECT {', '.join(f'`{c}`' for c in JOIN_OUTPUT)} FROM resolved"))
 
 
