@@ -23,6 +23,7 @@ setup(
         "protobuf==3.20.3",
         "numpy",
         "numba==0.60.0",  # the compiled FTRL kernel (models.ftrl_kernel)
+        "orjson",  # the learner's JSON lines (runners.packing.json_lines)
         "pyyaml",
         "typer",
         "rich",

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag
@@ -530,7 +531,7 @@ class Learner(KeyedProcessFunction):
         self._window().update(u["p_before"][first], y[first], np.where(lt == NO_TIME, -1, lt - et)[first])
         label_time = _opt(lt)
         delay = [None if x is None else x - e for x, e in zip(label_time, et.tolist())]
-        feats = [json.dumps({"indices": i, "values": v}) for i, v in zip(idx.tolist(), vals.tolist())]
+        feats = [orjson.dumps({"indices": i, "values": v}).decode() for i, v in zip(idx.tolist(), vals.tolist())]
         cols = {"event_id": eids, "event_time": et.tolist(), "resolution_time": res.tolist(),
                 "label": y.astype(int).tolist(), "label_time": label_time, "label_delay_ms": delay, "kind": kinds,
                 "weight": wts.tolist(), "features": feats, "inputs": inputs,
