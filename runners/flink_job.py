@@ -1,16 +1,17 @@
 """The streaming job on PyFlink: one plan for the embedded mini-cluster and a standalone cluster.
 
-Plan (state-heavy work in Flink's native operators, Python only where it must be, and rows
-cross into Python in batches: one packed value per event-time tick, ``runners.packing``):
+Plan (state-heavy work in Java keyed operators of ours, ``runners/jvm/driftline/flink``,
+Python only where it must be, and rows cross into Python in batches: one packed value per
+event-time tick, ``runners.packing``):
 
     impressions ─ windowed counts (Java, per key) ─ first of its event_id? (Java) ─┬─ dup ─▶ dead letter
                                      pandas UDF: features (packed) ─┤
-                                                                    ├─ TUMBLE tick: pack ─┐
+                                                                    ├─ tick pack (Java) ─┐
     impressions ∪ labels (at lt+1) ─ join per event_id (Java; its own deadline timers at  │
         t+W+1 and lt+W+1), in event time: positive at the first label in [t, t+W),         │
         negative at the deadline otherwise; late / unknown impression / label before        │
         impression for the first label otherwise; stamped at resolution time (no hold-back) │
-      ─ TUMBLE tick: pack ──────────────────────────────────────────────────────────────────┤
+      ─ tick pack (Java: Arrow IPC, one value per tick) ───────────────────────────────────┤
                                                                                             ▼
     key 0 ─▶ Learner (Python, parallelism 1): score impression ticks at once (base + delta, A/B
         arm); learn example ticks in (resolution_time, event_id) order with the compiled FTRL

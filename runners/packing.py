@@ -3,10 +3,11 @@ and its one Python operator.
 
 A PyFlink Python operator costs ~100-200 µs per row it receives or emits (measured here: a
 keyed process function passing 300k rows through took 53 s). So rows cross that boundary in
-batches: a pandas aggregate function packs all rows of an event-time tick into one Arrow IPC
-value (``pack``), the learner unpacks it (``unpack``) and answers with one value per tick and
-sink: JSON lines joined by newlines (``json_lines``), which Flink's ``raw`` format writes
-verbatim: the files are ordinary JSON lines.
+batches: the job's Java ``driftline.flink.TickPack`` packs all rows of an event-time tick into
+one Arrow IPC stream (what ``pack`` writes in Python, for replays and tests), the learner
+unpacks it (``unpack``) and answers with one value per tick and sink: JSON lines joined by
+newlines (``json_lines``), which the job's FileSinks write verbatim: the files are ordinary
+JSON lines.
 
 >>> import pandas as pd
 >>> t = unpack(pack({"event_id": pd.Series(["a", "b"]), "t": pd.Series([1, 2])}))
