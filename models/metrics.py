@@ -30,10 +30,11 @@ def auc(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
     pos, neg = w[y].sum(), w[~y].sum()
     if pos == 0 or neg == 0:
         return float("nan")
-    order = np.argsort(p, kind="mergesort")
+    order = np.argsort(p)  # any order within ties: they are summed per distinct score
     ps, ys, ws = np.asarray(p)[order], y[order], w[order]
-    # per distinct score: weight of negatives strictly below + half of the tied negatives
-    _, first, counts = np.unique(ps, return_index=True, return_counts=True)
+    # per distinct score (runs of the sorted scores: no second sort, as np.unique would do):
+    # weight of negatives strictly below + half of the tied negatives
+    first = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
     neg_w = np.where(ys, 0.0, ws)
     neg_group = np.add.reduceat(neg_w, first)
     neg_below = np.cumsum(neg_group) - neg_group
