@@ -37,15 +37,11 @@ import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
 import org.apache.flink.api.common.functions.OpenContext;
-import org.apache.flink.api.common.state.MapState;
-import org.apache.flink.api.common.state.MapStateDescriptor;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.Types;
-import org.apache.flink.api.java.typeutils.ListTypeInfo;
-import org.apache.flink.metrics.Counter;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
@@ -75,8 +71,7 @@ public final class ExampleJoin extends KeyedProcessFunction<String, Row, Row> {
   private final TypeInformation<Row> inputType;
   private transient ValueState<long[]> acc;
   private transient ValueState<String> inputs;
-  private transient MapState<Long, List<Row>> waiting;
-  private transient Counter lateDropped;
+  private transient WaitingRows waiting;
 
   public ExampleJoin(long windowMs, long horizonMs, boolean keepInputsOfLate, long noTime,
       TypeInformation<Row> inputType) {
@@ -95,9 +90,7 @@ public final class ExampleJoin extends KeyedProcessFunction<String, Row, Row> {
     acc = getRuntimeContext().getState(
         new ValueStateDescriptor<long[]>("acc", PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO));
     inputs = getRuntimeContext().getState(new ValueStateDescriptor<>("inputs", Types.STRING));
-    waiting = getRuntimeContext().getMapState(
-        new MapStateDescriptor<>("waiting", Types.LONG, new ListTypeInfo<>(inputType)));
-    lateDropped = getRuntimeContext().getMetricGroup().counter("numLateRecordsDropped");
+    waiting = new WaitingRows(getRuntimeContext(), inputType);
   }
 
   @Override
@@ -108,16 +101,10 @@ public final class ExampleJoin extends KeyedProcessFunction<String, Row, Row> {
       throw new IllegalArgumentException("input rows are impressions (k = 0) or labels (k = 1), got k = " + k);
     }
     if (t <= ctx.timerService().currentWatermark()) {
-      lateDropped.inc();
+      waiting.drop();
       return;
     }
-    List<Row> rows = waiting.get(t);
-    if (rows == null) {
-      rows = new ArrayList<>();
-      ctx.timerService().registerEventTimeTimer(t);
-    }
-    rows.add(row);
-    waiting.put(t, rows);
+    waiting.add(t, row, ctx.timerService());
   }
 
   private static long num(Row row, int i) {
@@ -131,7 +118,7 @@ public final class ExampleJoin extends KeyedProcessFunction<String, Row, Row> {
   @Override
   public void onTimer(long t, OnTimerContext ctx, Collector<Row> out) throws Exception {
     long[] a = acc.value();
-    List<Row> rows = waiting.get(t);
+    List<Row> rows = waiting.take(t);
     boolean deadline = a != null && (a[FLAGS] & 4) != 0 && a[DL_DUE] == t;
     boolean labelDeadline = a != null && (a[FLAGS] & 8) != 0 && a[LDL_DUE] == t;
     if (rows == null && !deadline && !labelDeadline) {
@@ -142,7 +129,6 @@ public final class ExampleJoin extends KeyedProcessFunction<String, Row, Row> {
       return;
     }
     if (rows != null) {
-      waiting.remove(t);
       rows.sort(Comparator.comparingInt(r -> RANK[kind(r)])); // stable: arrival order within a kind
     } else {
       rows = new ArrayList<>();

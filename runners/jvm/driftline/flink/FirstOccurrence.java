@@ -18,18 +18,12 @@
  */
 package driftline.flink;
 
-import java.util.ArrayList;
 import java.util.List;
 import org.apache.flink.api.common.functions.OpenContext;
-import org.apache.flink.api.common.state.MapState;
-import org.apache.flink.api.common.state.MapStateDescriptor;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
-import org.apache.flink.api.common.typeinfo.Types;
-import org.apache.flink.api.java.typeutils.ListTypeInfo;
-import org.apache.flink.metrics.Counter;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
@@ -42,8 +36,7 @@ public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row
   private final TypeInformation<Row> inputType;
   // [occurrences processed, time of the last one]
   private transient ValueState<long[]> seen;
-  private transient MapState<Long, List<Row>> waiting;
-  private transient Counter lateDropped;
+  private transient WaitingRows waiting;
 
   public FirstOccurrence(long retentionMs, String[] names, TypeInformation<Row> inputType) {
     if (retentionMs <= 0) {
@@ -58,31 +51,23 @@ public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row
   public void open(OpenContext ctx) {
     seen = getRuntimeContext().getState(
         new ValueStateDescriptor<long[]>("seen", PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO));
-    waiting = getRuntimeContext().getMapState(
-        new MapStateDescriptor<>("waiting", Types.LONG, new ListTypeInfo<>(inputType)));
-    lateDropped = getRuntimeContext().getMetricGroup().counter("numLateRecordsDropped");
+    waiting = new WaitingRows(getRuntimeContext(), inputType);
   }
 
   @Override
   public void processElement(Row row, Context ctx, Collector<Row> out) throws Exception {
     long t = ctx.timestamp();
     if (t <= ctx.timerService().currentWatermark()) {
-      lateDropped.inc();
+      waiting.drop();
       return;
     }
-    List<Row> rows = waiting.get(t);
-    if (rows == null) {
-      rows = new ArrayList<>();
-      ctx.timerService().registerEventTimeTimer(t);
-    }
-    rows.add(row);
-    waiting.put(t, rows);
+    waiting.add(t, row, ctx.timerService());
   }
 
   @Override
   public void onTimer(long t, OnTimerContext ctx, Collector<Row> out) throws Exception {
     long[] s = seen.value();
-    List<Row> rows = waiting.get(t);
+    List<Row> rows = waiting.take(t);
     if (rows != null) {
       if (s == null) {
         s = new long[2];
@@ -95,7 +80,6 @@ public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row
         o.setField(names.length, ++s[0]);
         out.collect(o);
       }
-      waiting.remove(t);
       s[1] = t;
       seen.update(s);
       ctx.timerService().registerEventTimeTimer(t + retentionMs); // the expiry of this occurrence

@@ -21,11 +21,7 @@ import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
 import org.apache.flink.api.common.functions.OpenContext;
-import org.apache.flink.api.common.state.MapState;
-import org.apache.flink.api.common.state.MapStateDescriptor;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
-import org.apache.flink.api.common.typeinfo.Types;
-import org.apache.flink.api.java.typeutils.ListTypeInfo;
 import org.apache.flink.api.python.shaded.org.apache.arrow.memory.BufferAllocator;
 import org.apache.flink.api.python.shaded.org.apache.arrow.memory.RootAllocator;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.BigIntVector;
@@ -39,7 +35,6 @@ import org.apache.flink.api.python.shaded.org.apache.arrow.vector.types.pojo.Arr
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.types.pojo.Field;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.types.pojo.FieldType;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.types.pojo.Schema;
-import org.apache.flink.metrics.Counter;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
@@ -54,10 +49,9 @@ public final class TickPack extends KeyedProcessFunction<String, Row, Row> {
   private final String[] kinds; // their kinds: string, long, int, bytes
   private final TypeInformation<Row> inputType;
   private transient int[] positions;
-  private transient MapState<Long, List<Row>> waiting;
+  private transient WaitingRows waiting;
   private transient BufferAllocator allocator;
   private transient Schema schema;
-  private transient Counter lateDropped;
 
   public TickPack(String kind, long tickMs, String[] inputNames, String[] columns, String[] kinds,
       TypeInformation<Row> inputType) {
@@ -100,9 +94,7 @@ public final class TickPack extends KeyedProcessFunction<String, Row, Row> {
     }
     schema = new Schema(fields);
     allocator = new RootAllocator(Long.MAX_VALUE);
-    waiting = getRuntimeContext().getMapState(
-        new MapStateDescriptor<>("waiting", Types.LONG, new ListTypeInfo<>(inputType)));
-    lateDropped = getRuntimeContext().getMetricGroup().counter("numLateRecordsDropped");
+    waiting = new WaitingRows(getRuntimeContext(), inputType);
   }
 
   @Override
@@ -116,26 +108,19 @@ public final class TickPack extends KeyedProcessFunction<String, Row, Row> {
   public void processElement(Row row, Context ctx, Collector<Row> out) throws Exception {
     long t = ctx.timestamp();
     if (t <= ctx.timerService().currentWatermark()) {
-      lateDropped.inc();
+      waiting.drop();
       return;
     }
     long last = t - Math.floorMod(t, tickMs) + tickMs - 1; // the tick's rowtime
-    List<Row> rows = waiting.get(last);
-    if (rows == null) {
-      rows = new ArrayList<>();
-      ctx.timerService().registerEventTimeTimer(last);
-    }
-    rows.add(row);
-    waiting.put(last, rows);
+    waiting.add(last, row, ctx.timerService());
   }
 
   @Override
   public void onTimer(long t, OnTimerContext ctx, Collector<Row> out) throws Exception {
-    List<Row> rows = waiting.get(t);
+    List<Row> rows = waiting.take(t);
     if (rows == null) {
       return;
     }
-    waiting.remove(t);
     out.collect(Row.of(kind, pack(rows)));
   }
 

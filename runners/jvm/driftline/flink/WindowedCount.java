@@ -21,18 +21,12 @@
  */
 package driftline.flink;
 
-import java.util.ArrayList;
 import java.util.List;
 import org.apache.flink.api.common.functions.OpenContext;
-import org.apache.flink.api.common.state.MapState;
-import org.apache.flink.api.common.state.MapStateDescriptor;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
-import org.apache.flink.api.common.typeinfo.Types;
-import org.apache.flink.api.java.typeutils.ListTypeInfo;
-import org.apache.flink.metrics.Counter;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
@@ -45,8 +39,7 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> 
   private final TypeInformation<Row> inputType;
   // queue of the window's event times: [0] = head index, [1] = end index, times in [head, end)
   private transient ValueState<long[]> window;
-  private transient MapState<Long, List<Row>> waiting;
-  private transient Counter lateDropped;
+  private transient WaitingRows waiting;
 
   public WindowedCount(long windowMs, String[] names, TypeInformation<Row> inputType) {
     this.windowMs = windowMs;
@@ -58,9 +51,7 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> 
   public void open(OpenContext ctx) {
     window = getRuntimeContext().getState(
         new ValueStateDescriptor<long[]>("window", PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO));
-    waiting = getRuntimeContext().getMapState(
-        new MapStateDescriptor<>("waiting", Types.LONG, new ListTypeInfo<>(inputType)));
-    lateDropped = getRuntimeContext().getMetricGroup().counter("numLateRecordsDropped");
+    waiting = new WaitingRows(getRuntimeContext(), inputType);
   }
 
   @Override
@@ -68,16 +59,10 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> 
     long t = ctx.timestamp();
     long[] w = window.value();
     if (w != null && w[1] > 2 && t <= w[(int) w[1] - 1]) {
-      lateDropped.inc(); // its key has already been processed at or past t
+      waiting.drop(); // its key has already been processed at or past t
       return;
     }
-    List<Row> rows = waiting.get(t);
-    if (rows == null) {
-      rows = new ArrayList<>();
-      ctx.timerService().registerEventTimeTimer(t);
-    }
-    rows.add(row);
-    waiting.put(t, rows);
+    waiting.add(t, row, ctx.timerService());
   }
 
   @Override
@@ -91,7 +76,7 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> 
     while (head < end && w[head] < t - windowMs) {
       head++;
     }
-    List<Row> rows = waiting.get(t);
+    List<Row> rows = waiting.take(t);
     if (rows != null) {
       long count = end - head;
       for (Row row : rows) {
@@ -102,7 +87,6 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> 
         o.setField(names.length, count);
         out.collect(o);
       }
-      waiting.remove(t);
       int need = end - head + rows.size();
       if (end + rows.size() > w.length) { // compact to the front, grow if more than half full
         long[] g = new long[Math.max(w.length, 2 * (need + 2))];
