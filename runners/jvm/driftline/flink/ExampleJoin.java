@@ -100,8 +100,7 @@ public final class ExampleJoin extends KeyedProcessFunction<String, Row, Row> {
     if (k != 0 && k != 1) {
       throw new IllegalArgumentException("input rows are impressions (k = 0) or labels (k = 1), got k = " + k);
     }
-    if (t <= ctx.timerService().currentWatermark()) {
-      waiting.drop();
+    if (waiting.dropIfLate(t, ctx.timerService())) {
       return;
     }
     waiting.add(t, row, ctx.timerService());

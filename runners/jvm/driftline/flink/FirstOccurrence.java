@@ -57,8 +57,7 @@ public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row
   @Override
   public void processElement(Row row, Context ctx, Collector<Row> out) throws Exception {
     long t = ctx.timestamp();
-    if (t <= ctx.timerService().currentWatermark()) {
-      waiting.drop();
+    if (waiting.dropIfLate(t, ctx.timerService())) {
       return;
     }
     waiting.add(t, row, ctx.timerService());

@@ -107,8 +107,7 @@ public final class TickPack extends KeyedProcessFunction<String, Row, Row> {
   @Override
   public void processElement(Row row, Context ctx, Collector<Row> out) throws Exception {
     long t = ctx.timestamp();
-    if (t <= ctx.timerService().currentWatermark()) {
-      waiting.drop();
+    if (waiting.dropIfLate(t, ctx.timerService())) {
       return;
     }
     long last = t - Math.floorMod(t, tickMs) + tickMs - 1; // the tick's rowtime

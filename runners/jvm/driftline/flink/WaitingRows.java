@@ -2,8 +2,9 @@
  * driftline: the rows of a key waiting for the watermark, by event time: what each of our
  * keyed operators buffers (Flink processes a key's rows in time order only once the watermark
  * has passed them). The first row of a time registers an event-time timer at that time; the
- * operator takes the rows in its onTimer, in arrival order. Late rows are the operator's to
- * decide (each has its own rule); drop() counts them in "numLateRecordsDropped".
+ * operator takes the rows in its onTimer, in arrival order. A row at or behind the watermark
+ * is late (dropIfLate); an operator with its own rule calls drop(); both count it in
+ * "numLateRecordsDropped".
  */
 package driftline.flink;
 
@@ -55,5 +56,15 @@ final class WaitingRows {
   /** A late row: dropped, and counted. */
   void drop() {
     lateDropped.inc();
+  }
+
+  /** Drops (and counts) a row at ``t`` if it is late: at or behind the watermark on arrival,
+   * the rule of a buffer processed at the watermark (Flink's OVER and windows drop such rows). */
+  boolean dropIfLate(long t, TimerService timers) {
+    if (t <= timers.currentWatermark()) {
+      drop();
+      return true;
+    }
+    return false;
   }
 }
