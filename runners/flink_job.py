@@ -5,7 +5,7 @@ Python only where it must be, and rows cross into Python in batches: one packed 
 event-time tick, ``runners.packing``):
 
     impressions ─ windowed counts (Java, per key) ─ first of its event_id? (Java) ─┬─ dup ─▶ dead letter
-                                     pandas UDF: features (packed) ─┤
+                                                  raw inputs (no Python operator) ─┤
                                                                     ├─ tick pack (Java) ─┐
     impressions ∪ labels (at lt+1) ─ join per event_id (Java; its own deadline timers at  │
         t+W+1 and lt+W+1), in event time: positive at the first label in [t, t+W),         │
@@ -13,9 +13,10 @@ event-time tick, ``runners.packing``):
         impression for the first label otherwise; stamped at resolution time (no hold-back) │
       ─ tick pack (Java: Arrow IPC, one value per tick) ───────────────────────────────────┤
                                                                                             ▼
-    key 0 ─▶ Learner (Python, parallelism 1): score impression ticks at once (base + delta, A/B
-        arm); learn example ticks in (resolution_time, event_id) order with the compiled FTRL
-        kernel (late labels too, as corrections, under that policy) ─▶ predictions, weight
+    key 0 ─▶ Learner (Python, parallelism 1): featurize and score impression ticks at once
+        (the artifact's vectorized apply; base + delta, A/B arm); learn example ticks in
+        (resolution_time, event_id) order with the compiled FTRL kernel (late labels too, as
+        corrections, under that policy) ─▶ predictions, weight
         updates, joined examples, late labels, dead letters, snapshots, each as JSON lines,
         one value per tick
 
@@ -247,53 +248,80 @@ JOIN_INPUT = ["event_id", "k", "event_time", "inputs", "label_time", "label"]
 JOIN_OUTPUT = ["event_id", "resolution_time", "event_time", "label", "label_time", "info", "inputs"]
 
 
-def join_union_sql() -> str:
-    """The join's input: impressions (k 0, at t) and labels (1, at lt + 1) in one stream,
-    rowtime ``rt`` (the views ``imp`` and ``labels_j``); the join adds the deadlines itself."""
-    return ("SELECT `event_id`, 0 AS k, `event_time`, inputs, CAST(NULL AS BIGINT) AS `label_time`, "
-            "CAST(NULL AS INT) AS label, ts AS rt FROM imp "
-            "UNION ALL SELECT `event_id`, 1, CAST(NULL AS BIGINT), CAST(NULL AS STRING), `label_time`, label, jts "
-            "FROM labels_j")
+JOIN_TYPES = ("STRING", "INT", "LONG", "STRING", "LONG", "INT", "INSTANT")  # JOIN_INPUT + rt
 
 
-def example_join(t_env, join: JoinConfig) -> JavaRows:
-    """The delayed-label join's outcomes (``JOIN_OUTPUT``, timestamped with the deciding row's
-    time) of the views ``imp`` and ``labels_j``, by our Java ``driftline.flink.ExampleJoin`` per event_id, which
-    states the semantics (``pipelines.join.reference_join`` in plain Python; tests hold the job
-    to it). No watermark hold-back: a positive is out at its label, a negative at its deadline.
-    A pending impression keeps only its raw inputs here (a JSON array of values), not its
-    packed features: the Learner recomputes those with the same artifact
-    (``transforms.apply.inputs_table``); they are dropped at its deadline unless late labels
-    become corrections (``late_policy``), and the rest of its state in event time after the
-    late horizon. Measured with ``bench/stream.py --only-checkpoint``."""
+def _types(names) -> list:
+    from pyflink.common import Types
+
+    return [getattr(Types, n)() for n in names]
+
+
+def join_labels(t_env) -> JavaRows:
+    """The labels as the join's rows (k 1, at lt + 1: the view ``labels_j``), rowtime ``rt``;
+    the impressions' rows come from ``impression_rows`` with the same type."""
+    sql = ("SELECT `event_id`, 1 AS k, CAST(NULL AS BIGINT) AS `event_time`, CAST(NULL AS STRING) AS inputs, "
+           "`label_time`, label, jts AS rt FROM labels_j")
+    return table_rows(t_env, sql, [*JOIN_INPUT, "rt"], _types(JOIN_TYPES))
+
+
+def impression_rows(rows: JavaRows, unit: str | None, input_types: dict[str, str], join_type, line_type):
+    """Our Java ``driftline.flink.ImpressionRows`` over the dedup's ``rows``: (first occurrences
+    as ``JavaRows`` event_id, event_time, unit, the inputs; the join's impression rows, of
+    ``join_type``; the duplicates' dead-letter lines, of ``line_type``)."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
     jvm = get_gateway().jvm
-    types = [Types.STRING(), Types.INT(), Types.LONG(), Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()]
-    rows = table_rows(t_env, join_union_sql(), [*JOIN_INPUT, "rt"], types)
+    op = jvm.driftline.flink.ImpressionRows(java_array(jvm.String, rows.names), unit,
+                                            java_array(jvm.String, list(input_types)), join_type, line_type)
+    names = ["event_id", "event_time", "unit", *input_types]
+    types = [Types.STRING(), Types.LONG(), Types.STRING(),
+             *(_types([INPUT_TYPES[t]])[0] for t in input_types.values())]
+    out = rows.stream.process(op, Types.ROW_NAMED(names, types).get_java_type_info()).name("impression_rows")
+    return JavaRows(out, names, types), out.getSideOutput(op.joinTag()), out.getSideOutput(op.duplicatesTag())
+
+
+def example_join(join_rows, join: JoinConfig) -> JavaRows:
+    """The delayed-label join's outcomes (``JOIN_OUTPUT``, timestamped with the deciding row's
+    time) of ``join_rows`` (impressions and labels, ``JOIN_INPUT``), by our Java
+    ``driftline.flink.ExampleJoin`` per event_id, which states the semantics
+    (``pipelines.join.reference_join`` in plain Python; tests hold the job to it). No watermark
+    hold-back: a positive is out at its label, a negative at its deadline. A pending impression
+    keeps only its raw inputs here (a JSON array of values), not its features: the Learner
+    computes those with the same artifact (``transforms.apply.inputs_table``); they are
+    dropped at its deadline unless late labels become corrections (``late_policy``), and the
+    rest of its state in event time after the late horizon. Measured with
+    ``bench/stream.py --only-checkpoint``."""
+    from pyflink.common import Types
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    rows = JavaRows(join_rows, [*JOIN_INPUT, "rt"], _types(JOIN_TYPES))
     op = jvm.driftline.flink.ExampleJoin(int(join.window_ms), int(join.late_horizon_ms),
                                          join.late_policy == "correction", int(NO_TIME), rows.stream.getType())
     out = [Types.STRING(), Types.LONG(), Types.LONG(), Types.INT(), Types.LONG(), Types.STRING(), Types.STRING()]
     return rows.then(["event_id"], op, list(zip(JOIN_OUTPUT, out)), "example_join", append=False)
 
 
-PACK_KINDS = {"event_id": "string", "event_time": "long", "unit": "string", "feat": "bytes",
-              "resolution_time": "long", "label": "int", "label_time": "long", "info": "string",
-              "inputs": "string"}
+PACK_KINDS = {"event_id": "string", "event_time": "long", "resolution_time": "long", "label": "int",
+              "label_time": "long", "info": "string", "inputs": "string"}  # the join's outcomes
+INPUT_KINDS = {"double": "double", "string": "string", "bigint": "long"}  # input type -> TickPack kind
+INPUT_TYPES = {"double": "DOUBLE", "string": "STRING", "bigint": "LONG"}  # input type -> PyFlink type
 
 
-def tick_pack(rows: JavaRows, kind: str, tick_ms: int, columns: list[str]) -> JavaRows:
-    """One row ``(kind, payload)`` per tick of event time holding ``columns`` of all of its
-    ``rows`` as an Arrow IPC stream (``runners.packing.unpack``), timestamped at the tick's
-    last millisecond, by our Java ``driftline.flink.TickPack``."""
+def tick_pack(rows: JavaRows, kind: str, tick_ms: int, kinds: dict[str, str]) -> JavaRows:
+    """One row ``(kind, payload)`` per tick of event time holding the columns ``kinds`` (name ->
+    string | long | int | double | bytes) of all of its ``rows`` as an Arrow IPC stream
+    (``runners.packing.unpack``), timestamped at the tick's last millisecond, by our Java
+    ``driftline.flink.TickPack``."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
     jvm = get_gateway().jvm
     op = jvm.driftline.flink.TickPack(kind, int(tick_ms), java_array(jvm.String, rows.names),
-                                      java_array(jvm.String, columns),
-                                      java_array(jvm.String, [PACK_KINDS[c] for c in columns]), rows.stream.getType())
+                                      java_array(jvm.String, list(kinds)),
+                                      java_array(jvm.String, list(kinds.values())), rows.stream.getType())
     return rows.then([], op, [("kind", Types.STRING()), ("payload", Types.PRIMITIVE_ARRAY(Types.BYTE()))],
                      f"tick_pack_{kind}", append=False)
 
@@ -329,6 +357,7 @@ def add_source(t_env, name: str, folder: Path, ddl, follow: bool) -> None:
 def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     """Add the whole job to ``env``/``t_env`` (executed by the caller)."""
     from pyflink.common import Types
+    from pyflink.datastream import DataStream
 
     from runners.learner import LINE, OUTPUT_TAGS, Learner
 
@@ -347,52 +376,46 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     add_source(t_env, "labels_j", ev / "labels", lambda n, p: labels_join_ddl(n, p, D, monitor), cfg.follow)
 
     raw_cols = ["event_id", "event_time", *source.string_fields, *source.numeric_fields]
-    # The impression branch (windowed counts, then the dedup) in our Java keyed operators,
-    # registered as a view over their DataStream: the Learner's input (``to_data_stream``) and
-    # the sinks (a statement set) are planned separately, and a plain SQL view used by both
-    # would run twice (two scans, two sets of state: measured as two identical state files);
-    # a view over one DataStream is one chain both plans share. Its rowtime ``ts`` and
-    # watermark are the stream's own (``SOURCE_WATERMARK``).
+    # The impression branch in our Java operators, without Table round trips between them:
+    # windowed counts, the dedup, then ImpressionRows (the Learner's rows, the join's rows and
+    # the duplicates' dead letters from one pass). The Learner's input and the sinks share it.
     imp_rows = first_occurrences(windowed_count_rows(t_env, "impressions", raw_cols, source, spec.aggregates),
                                  cfg.dedup_retention_ms)
     agg_names = [a.name for a in spec.aggregates]
-    stream_view(t_env, "imp_nth", imp_rows.data_stream(), [*raw_cols, *agg_names, "nth"])
     lab_rows = table_rows(t_env, "SELECT `event_id`, lts FROM labels", ["event_id", "lts"],
                           [Types.STRING(), Types.INSTANT()])
     stream_view(t_env, "lab_nth", first_occurrences(lab_rows, cfg.dedup_retention_ms).data_stream(),
                 ["event_id", "nth"])
+    # duplicates never reach the learner: straight to the dead-letter output, with their reason
+    # (the impressions' lines written in Java by ImpressionRows, the same fields)
+    dead_cols = ["reason", "detail", "kind", "origin", "raw"]
+    label_dups = t_env.to_data_stream(t_env.sql_query(
+        f"SELECT {json_object(dead_cols)} AS line FROM ("
+        "SELECT 'duplicate_label' AS `reason`, CONCAT('occurrence ', CAST(nth AS STRING)) AS `detail`, "
+        "'label' AS `kind`, 'flink:labels' AS `origin`, `event_id` AS `raw` FROM lab_nth WHERE nth > 1)"))
 
-    feature_cols = [*source.string_fields, *source.numeric_fields, *[a.name for a in spec.aggregates]]
-    featurize = make_featurize(artifact.to_dict(), ["event_time", *feature_cols], source)
-    t_env.create_temporary_function("featurize", featurize)
-    unit = source.entity_fields[0] if source.entity_fields else "event_id"
-    args = ", ".join(_q(c) for c in ["event_time", *feature_cols])
-    t_env.create_temporary_view("imp", t_env.sql_query(
-        f"SELECT `event_id`, `event_time`, ts, featurize({args}) AS feat, "
-        f"COALESCE(CAST({_q(unit)} AS STRING), '') AS unit, {json_array(feature_cols)} AS inputs "
-        f"FROM imp_nth WHERE nth = 1"))
+    feature_cols = [*source.string_fields, *source.numeric_fields, *agg_names]
+    # the inputs as the transforms see them (the Learner applies the artifact to each tick's
+    # impressions, and to the join's inputs arrays of resolved ones)
+    input_types = {c: "double" if c in source.numeric_fields else "string" if c in source.string_fields
+                   else "bigint" for c in feature_cols}
+    labels = join_labels(t_env)
+    imps, join_imps, imp_dups = impression_rows(
+        imp_rows, source.entity_fields[0] if source.entity_fields else None, input_types,
+        labels.stream.getType(), label_dups._j_data_stream.getType())
     # examples and label outcomes (late, unknown impression, label before impression): one
     # join, all through the Learner, which learns them in order (corrections too) and writes
-    # late labels and dead letters. Both reach it packed, one value per tick (Java TickPack)
-    imp_cols = ["event_id", "event_time", "unit", "feat"]
-    imps = table_rows(t_env, f"SELECT {', '.join(_q(c) for c in imp_cols)}, ts FROM imp", [*imp_cols, "ts"],
-                      [Types.STRING(), Types.LONG(), Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()),
-                       Types.INSTANT()])
+    # late labels and dead letters. Both reach it packed, one value per tick (Java TickPack):
+    # impressions with their raw inputs, featurized in the Learner per tick (no Python
+    # operator before it, no Table round trip of every impression after the dedup: each was
+    # measured as the busiest chain on a dense stream)
     tick = cfg.learn_tick_ms
-    ds = tick_pack(imps, "imp", tick, imp_cols).data_stream().union(
-        tick_pack(example_join(t_env, cfg.join), "ex", tick, JOIN_OUTPUT).data_stream())
+    imp_kinds = {"event_id": "string", "event_time": "long", "unit": "string",
+                 **{c: INPUT_KINDS[input_types[c]] for c in feature_cols}}
+    ds = tick_pack(imps, "imp", tick, imp_kinds).data_stream().union(
+        tick_pack(example_join(DataStream(join_imps).union(labels.data_stream())._j_data_stream, cfg.join), "ex", tick,
+                  {c: PACK_KINDS[c] for c in JOIN_OUTPUT}).data_stream())
 
-    # duplicates never reach the learner: straight to the dead-letter output, with their reason
-    dead_cols = ["reason", "detail", "kind", "origin", "raw"]
-    dups = t_env.sql_query(
-        f"SELECT {json_object(dead_cols)} AS line FROM ("
-        "SELECT 'duplicate_event_id' AS `reason`, CONCAT('occurrence ', CAST(nth AS STRING)) AS `detail`, "
-        "'impression' AS `kind`, 'flink:impressions' AS `origin`, `event_id` AS `raw` FROM imp_nth WHERE nth > 1 "
-        "UNION ALL SELECT 'duplicate_label', CONCAT('occurrence ', CAST(nth AS STRING)), 'label', "
-        "'flink:labels', `event_id` FROM lab_nth WHERE nth > 1)")
-
-    input_types = {c: "double" if c in source.numeric_fields else "string" if c in source.string_fields
-                   else "bigint" for c in feature_cols}  # the inputs array, as featurize sees them
     learner = Learner(json.dumps({"job": cfg.to_dict(), "dimension": spec.dimension,
                                   "spec_fingerprint": spec.fingerprint(), "registry": str(out / "registry"),
                                   "artifact": artifact.to_dict(), "input_types": input_types}))
@@ -406,7 +429,8 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     for name, tag in OUTPUT_TAGS.items():
         preds.get_side_output(tag).sink_to(file_sink(str(out / name), partitioned=name == "examples")) \
             .name(f"sink_{name}")
-    t_env.to_data_stream(dups).sink_to(file_sink(str(out / "dead_letter"))).name("sink_dead_letter_duplicates")
+    DataStream(imp_dups).union(label_dups).sink_to(file_sink(str(out / "dead_letter"))) \
+        .name("sink_dead_letter_duplicates")
 
 
 def file_sink(path: str, partitioned: bool = False):
@@ -428,42 +452,6 @@ def file_sink(path: str, partitioned: bool = False):
                            "(runners.jvm.lib_dir: FLINK_LIB_DIR; a JDK is needed to build them)") from e
     return (FileSink.for_row_format(path, Encoder(encoder)).with_bucket_assigner(assigner)
             .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy()).build())
-
-
-def make_featurize(artifact_dict: dict, columns: list[str], source: SourceSpec):
-    """A vectorized (pandas) UDF: raw columns -> packed sparse features, the numpy apply."""
-    from pyflink.table import DataTypes
-    from pyflink.table.udf import udf
-
-    numeric, strings = set(source.numeric_fields), set(source.string_fields)
-    loaded: dict = {}
-
-    def featurize(*cols):
-        import numpy as np
-        import pandas as pd
-        import pyarrow as pa
-
-        from transforms.apply import apply
-        from transforms.artifact import TransformArtifact
-
-        if "art" not in loaded:  # parsed once per worker, not per batch
-            loaded["art"] = TransformArtifact.from_dict(artifact_dict)
-        art = loaded["art"]
-        arrays = {}
-        for name, col in zip(columns, cols):
-            if name not in numeric and name not in strings:  # event_time, aggregates: BIGINT
-                arrays[name] = pa.array(col.to_numpy(np.int64))
-            elif name in numeric:
-                arrays[name] = pa.array(col.to_numpy(np.float64, na_value=np.nan), from_pandas=True)
-            else:
-                arrays[name] = pa.array(col.tolist(), pa.string())
-        return pd.Series(apply(art, pa.table(arrays)).packed())
-
-    in_types = [DataTypes.BIGINT()]
-    for c in columns[1:]:
-        in_types.append(DataTypes.DOUBLE() if c in numeric else
-                        DataTypes.STRING() if c in source.string_fields else DataTypes.BIGINT())
-    return udf(featurize, input_types=in_types, result_type=DataTypes.BYTES(), func_type="pandas")
 
 
 def run(cfg: JobConfig) -> str:

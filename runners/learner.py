@@ -50,7 +50,6 @@ from pipelines.join import JoinConfig
 from runners.flink_job import LABEL_INFO
 from runners.packing import NO_TIME, json_lines, pack_table, unpack
 from transforms.apply import apply, inputs_objects, inputs_table, parse_inputs
-from transforms.apply import unpack_many as features
 from transforms.artifact import TransformArtifact
 
 MAX_TIME = 2**62  # beyond any event; below the final watermark
@@ -225,7 +224,10 @@ class Learner(KeyedProcessFunction):
         n = t.num_rows
         if n == 0:
             return
-        idx, vals = features(t.column("feat").to_pylist())
+        # the tick's impressions carry their raw inputs: featurized here, in one vectorized
+        # apply of the artifact (the same as the resolved examples' recomputation below)
+        f = apply(self.artifact, t.select(["event_time", *self.input_types]))
+        idx, vals = f.indices, f.values.astype(np.float64)
         s = layer.score_batch(idx, vals, t.column("unit").to_pylist(), at=tick)
         yield from self._alerts(layer)
         drift = self._feature_drift().observe(np.asarray(t.column("event_time").to_pylist(), np.int64), idx, vals)

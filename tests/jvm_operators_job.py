@@ -54,8 +54,9 @@ def join(a: dict) -> list[list]:
     """The join's outcome rows (``runners.flink_job.JOIN_OUTPUT``) for impressions
     ``a["impressions"]`` and labels ``a["labels"]``."""
     from pipelines.join import JoinConfig
-    from runners.flink_job import JOIN_OUTPUT, example_join, labels_join_ddl
-    from transforms.flink_sql import interval, stream_view
+    from runners.flink_job import (JOIN_INPUT, JOIN_OUTPUT, JOIN_TYPES, _types, example_join, join_labels,
+                                   labels_join_ddl)
+    from transforms.flink_sql import interval, stream_view, table_rows
 
     t_env = _env()
     cfg = JoinConfig(**a["join"])
@@ -64,10 +65,13 @@ def join(a: dict) -> list[list]:
         "CREATE TABLE impressions (`event_id` STRING, `event_time` BIGINT, ts AS TO_TIMESTAMP_LTZ(`event_time`, 3), "
         f"WATERMARK FOR ts AS ts - {interval(D + 1)}) WITH ('connector' = 'filesystem', "
         f"'path' = '{a['impressions']}', 'format' = 'json')")
-    t_env.create_temporary_view("imp", t_env.sql_query(
-        "SELECT `event_id`, `event_time`, ts, CONCAT('[', `event_id`, ']') AS inputs FROM impressions"))
+    # the impressions' join rows as the job's ImpressionRows makes them (k 0, at t)
+    imps = table_rows(t_env, "SELECT `event_id`, 0 AS k, `event_time`, CONCAT('[', `event_id`, ']') AS inputs, "
+                      "CAST(NULL AS BIGINT) AS `label_time`, CAST(NULL AS INT) AS label, ts AS rt FROM impressions",
+                      [*JOIN_INPUT, "rt"], _types(JOIN_TYPES))
     t_env.execute_sql(labels_join_ddl("labels_j", a["labels"], D))
-    stream_view(t_env, "resolved", example_join(t_env, cfg).data_stream(), JOIN_OUTPUT)
+    rows = imps.data_stream().union(join_labels(t_env).data_stream())._j_data_stream
+    stream_view(t_env, "resolved", example_join(rows, cfg).data_stream(), JOIN_OUTPUT)
     return _collect(t_env.sql_query(f"SELECT {', '.join(f'`{c}`' for c in JOIN_OUTPUT)} FROM resolved"))
 
 

@@ -10,7 +10,8 @@
  * ticks of few rows; the Python call costs per window). A row behind the watermark on arrival
  * is late and dropped (the "numLateRecordsDropped" metric), as the window did.
  *
- * Column kinds: "string" (utf8), "long" (int64), "int" (int32), "bytes" (binary); nulls kept.
+ * Column kinds: "string" (utf8), "long" (int64), "int" (int32), "double" (float64), "bytes"
+ * (binary); nulls kept.
  * The operator is keyed (timers need keys): key every row alike to get one stream of ticks.
  */
 package driftline.flink;
@@ -26,11 +27,13 @@ import org.apache.flink.api.python.shaded.org.apache.arrow.memory.BufferAllocato
 import org.apache.flink.api.python.shaded.org.apache.arrow.memory.RootAllocator;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.BigIntVector;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.FieldVector;
+import org.apache.flink.api.python.shaded.org.apache.arrow.vector.Float8Vector;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.IntVector;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.VarBinaryVector;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.VarCharVector;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.VectorSchemaRoot;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.ipc.ArrowStreamWriter;
+import org.apache.flink.api.python.shaded.org.apache.arrow.vector.types.FloatingPointPrecision;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.types.pojo.ArrowType;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.types.pojo.Field;
 import org.apache.flink.api.python.shaded.org.apache.arrow.vector.types.pojo.FieldType;
@@ -46,7 +49,7 @@ public final class TickPack extends KeyedProcessFunction<String, Row, Row> {
   private final long tickMs;
   private final String[] inputNames; // the input's field names, in order
   private final String[] columns; // the packed columns (input field names)
-  private final String[] kinds; // their kinds: string, long, int, bytes
+  private final String[] kinds; // their kinds: string, long, int, double, bytes
   private final TypeInformation<Row> inputType;
   private transient int[] positions;
   private transient WaitingRows waiting;
@@ -74,6 +77,8 @@ public final class TickPack extends KeyedProcessFunction<String, Row, Row> {
         return new ArrowType.Int(64, true);
       case "int":
         return new ArrowType.Int(32, true);
+      case "double":
+        return new ArrowType.FloatingPoint(FloatingPointPrecision.DOUBLE);
       case "bytes":
         return ArrowType.Binary.INSTANCE;
       default:
@@ -145,6 +150,9 @@ public final class TickPack extends KeyedProcessFunction<String, Row, Row> {
               break;
             case "int":
               ((IntVector) v).setSafe(j, ((Number) x).intValue());
+              break;
+            case "double":
+              ((Float8Vector) v).setSafe(j, ((Number) x).doubleValue());
               break;
             default:
               ((VarBinaryVector) v).setSafe(j, (byte[]) x);
