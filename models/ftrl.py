@@ -107,6 +107,7 @@ class FTRL:
         self.z[idx] = self.z[idx].astype(np.float64) + (g - sigma * w)
         self.n[idx] = n + g * g
         self.updates += 1
+        self._touch(idx)
         return p, idx, self.weights_at(idx)
 
     # ---- batches: the compiled kernel (models.ftrl_kernel), same arithmetic ---------------
@@ -133,14 +134,43 @@ class FTRL:
                                   np.asarray(base_logits, np.float64), sw, p.alpha, p.beta, p.l1, p.l2,
                                   self.z.dtype == np.float64, bool(want_weights))
         self.updates += m
+        self._touch(indices)
         return p_before, w
 
     def weights(self) -> np.ndarray:
         return self.weights_at(np.arange(self.dimension))
 
     def weight_norm(self) -> float:
-        """L2 norm of the weights (over the nonzero ones: |z| > l1), for the guard."""
-        return float(np.linalg.norm(self.weights_at(np.flatnonzero(np.abs(self.z) > self.params.l1))))
+        """L2 norm of the weights, for the guard (before every tick of the job). Kept as each
+        coordinate's squared weight, refreshed only where updates touched since the last call:
+        a tick costs its touched coordinates and one sum, not a pass over all of z (measured
+        ~0.5-0.8 ms per tick on the generator and TalkingData spaces). Recomputed in full on
+        first use, after new parameters, or when more coordinates were touched than exist.
+
+        >>> m = FTRL(FTRLParams(alpha=0.5), 8)
+        >>> _ = m.learn_batch(np.array([[1, 3]]), np.ones((1, 2)), np.ones(1), np.zeros(1))
+        >>> bool(np.isclose(m.weight_norm(), np.linalg.norm(m.weights())))
+        True
+        """
+        key = (self.params.alpha, self.params.beta, self.params.l1, self.params.l2)
+        cache = self.__dict__.get("_w2")
+        touched = self.__dict__.get("_touched") or []
+        if cache is None or cache[0] != key or sum(len(t) for t in touched) > self.dimension:
+            w = self.weights()
+            cache = (key, w * w)
+        elif touched:
+            idx = np.unique(np.concatenate(touched))
+            cache[1][idx] = self.weights_at(idx) ** 2
+        self._w2, self._touched = cache, []
+        return float(np.sqrt(cache[1].sum()))
+
+    def _touch(self, idx: np.ndarray) -> None:
+        if "_w2" in self.__dict__:  # only once the norm is in use
+            self._touched.append(np.asarray(idx, np.int64).ravel())
+
+    def __getstate__(self) -> dict:
+        # the norm's cache is derived: not in checkpoints (rebuilt on first use)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_w2", "_touched")}
 
     # ---- snapshots: .npz without pickle ---------------------------------------------------
     def to_bytes(self) -> bytes:

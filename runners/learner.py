@@ -220,14 +220,36 @@ class Learner(KeyedProcessFunction):
         elif wait > 0:
             time.sleep(wait)
 
-    def _score(self, layer: OnlineLayer, t, tick: int):
+    def _featurize(self, imps: list, batches: list):
+        """The features of a tick's impressions (their raw inputs) and of its resolved rows
+        (their pending impressions' inputs, a JSON array each), in one vectorized apply of the
+        artifact: its fixed cost (~0.9 ms for 60 rows of the generator's spec) once per tick,
+        not twice. Row-wise, so each row gets the features it would get alone. Returns
+        ([(indices, values)] per impression table, (indices, values, parsed inputs) of the
+        resolved rows in ``_learn_rows``' order; rows without inputs get unused features)."""
+        names = list(self.input_types)
+        parts = [t.select(["event_time", *names]) for t in imps]
+        values: list = []
+        if batches:
+            values = parse_inputs([x or "null" for _, tab in batches for x in tab.column("inputs").to_pylist()])
+            raw = inputs_table([v if v is not None else [None] * len(names) for v in values], self.input_types)
+            et = pa.array([x for _, tab in batches for x in tab.column("event_time").to_pylist()], pa.int64())
+            parts.append(pa.Table.from_arrays([et, *raw.columns], ["event_time", *names]))
+        if not parts:
+            return [], None
+        schema = parts[-1].schema
+        f = apply(self.artifact, pa.concat_tables([p.cast(schema) for p in parts]))
+        idx, vals = f.indices, f.values.astype(np.float64)
+        ends = np.cumsum([p.num_rows for p in parts])
+        scored = [(idx[e - p.num_rows:e], vals[e - p.num_rows:e]) for p, e in zip(parts[:len(imps)], ends)]
+        start = int(ends[len(imps) - 1]) if imps else 0
+        return scored, ((idx[start:], vals[start:], values) if batches else None)
+
+    def _score(self, layer: OnlineLayer, t, tick: int, features):
         n = t.num_rows
         if n == 0:
             return
-        # the tick's impressions carry their raw inputs: featurized here, in one vectorized
-        # apply of the artifact (the same as the resolved examples' recomputation below)
-        f = apply(self.artifact, t.select(["event_time", *self.input_types]))
-        idx, vals = f.indices, f.values.astype(np.float64)
+        idx, vals = features  # from the tick's raw inputs (``_featurize``)
         s = layer.score_batch(idx, vals, t.column("unit").to_pylist(), at=tick)
         yield from self._alerts(layer)
         drift = self._feature_drift().observe(np.asarray(t.column("event_time").to_pylist(), np.int64), idx, vals)
@@ -256,16 +278,17 @@ class Learner(KeyedProcessFunction):
             items = pending.pop(key)
             self._pace(key)
             self._before_tick(layer, key)
-            for kind, payload in items:
-                if kind == "imp":
-                    yield from self._score(layer, unpack(payload), key)
+            imps = [unpack(p) for kind, p in items if kind == "imp"]
             carry += [(kind, unpack(p)) for kind, p in items if kind != "imp"]
+            scored, resolved = self._featurize(imps, carry)
+            for tab, f in zip(imps, scored):
+                yield from self._score(layer, tab, key, f)
             if carry:
-                carry = yield from self._learn_rows(layer, carry, key)
+                carry = yield from self._learn_rows(layer, carry, key, resolved)
                 yield from self._report(layer, key)
             self._after_tick(key, any(kind == "imp" for kind, _ in items))
         if carry and t == MAX_TIME:  # the input has ended: nothing else can come before them
-            carry = yield from self._learn_rows(layer, carry, MAX_TIME)
+            carry = yield from self._learn_rows(layer, carry, MAX_TIME, self._featurize([], carry)[1])
             yield from self._report(layer, MAX_TIME)
         if t == MAX_TIME:
             self._at_end()
@@ -452,7 +475,7 @@ class Learner(KeyedProcessFunction):
             self.m_delay[b].inc(c - before.get(b, 0))
         yield OUTPUT_TAGS["metrics"], Row(json.dumps(self.last_metrics, sort_keys=True) + "\n")
 
-    def _learn_rows(self, layer: OnlineLayer, batches, t: int):
+    def _learn_rows(self, layer: OnlineLayer, batches, t: int, features):
         """Learn the rows resolved before ``t`` in ``example_order``; returns the rest (only
         label outcomes can be resolved at ``t`` itself: an example at ``t`` is in the next
         tick)."""
@@ -504,19 +527,20 @@ class Learner(KeyedProcessFunction):
                                     "impression_time": None if rows["event_time"][j] == NO_TIME else rows["event_time"][j]})
                         for j in dead]}, len(dead)))
         if learn:
-            yield from self._learn(layer, rows, learn)
+            yield from self._learn(layer, rows, learn, features)
         return deferred
 
-    def _learn(self, layer: OnlineLayer, rows: dict, learn: list):
+    def _learn(self, layer: OnlineLayer, rows: dict, learn: list, features):
         js = [j for j, _, _ in learn]
         m = len(js)
         before = layer.ftrl.updates
         res = np.array([rows["resolution_time"][j] for j in js], np.int64)
         et = np.array([rows["event_time"][j] for j in js], np.int64)
-        values = parse_inputs([rows["inputs"][j] for j in js])
-        raw = inputs_table(values, self.input_types)
-        f = apply(self.artifact, raw.append_column("event_time", pa.array(et)))
-        idx, vals = f.indices, f.values.astype(np.float64)
+        # recomputed from the pending impression's inputs with the artifact that served it
+        # (``_featurize``, aligned with ``rows``): the features it was scored with
+        sel = np.array(js, np.int64)
+        idx, vals = features[0][sel], features[1][sel]
+        values = [features[2][j] for j in js]
         inputs = inputs_objects(values, list(self.input_types))  # objects, for the retrains
         lt = np.array([rows["label_time"][j] for j in js], np.int64)
         y = np.array([rows["label"][j] for j in js], np.float64)

@@ -270,3 +270,30 @@ def test_float32_state_halves_memory_and_stays_close():
     assert back.params.precision == "float32" and back.z.tobytes() == runs["float32"].z.tobytes()
     with pytest.raises(ValueError, match="precision"):
         FTRLParams(precision="float16")
+
+
+def test_weight_norm_follows_every_update():
+    """The guard's norm is kept incrementally (only touched coordinates refreshed): it must
+    equal the norm recomputed from all weights after batches, single steps, new parameters
+    and a pickle round trip (a checkpoint drops the cache)."""
+    import pickle
+
+    rng = np.random.default_rng(3)
+    m = FTRL(FTRLParams(alpha=0.3, l1=0.5), 1_000)
+
+    def full() -> float:
+        return float(np.linalg.norm(m.weights()))
+
+    assert m.weight_norm() == 0.0
+    for step in range(30):
+        idx = np.stack([rng.choice(1_000, 5, replace=False) for _ in range(20)])
+        m.learn_batch(idx, rng.normal(size=(20, 5)), rng.integers(0, 2, 20).astype(float), np.zeros(20))
+        if step % 7 == 0:
+            m.learn_one(idx[0], np.ones(5), 1)
+        if step == 15:
+            m.params = FTRLParams(alpha=0.1, l1=0.2)  # a changed build's rates: every weight moves
+        if step == 20:
+            m = pickle.loads(pickle.dumps(m))
+            assert "_w2" not in m.__dict__
+        assert m.weight_norm() == pytest.approx(full(), rel=1e-12)
+    assert full() > 0
