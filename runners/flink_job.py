@@ -412,16 +412,14 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     tick = cfg.learn_tick_ms
     imp_kinds = {"event_id": "string", "event_time": "long", "unit": "string",
                  **{c: INPUT_KINDS[input_types[c]] for c in feature_cols}}
-    ds = tick_pack(imps, "imp", tick, imp_kinds).data_stream().union(
-        tick_pack(example_join(DataStream(join_imps).union(labels.data_stream())._j_data_stream, cfg.join), "ex", tick,
-                  {c: PACK_KINDS[c] for c in JOIN_OUTPUT}).data_stream())
+    ticks = [tick_pack(imps, "imp", tick, imp_kinds),
+             tick_pack(example_join(DataStream(join_imps).union(labels.data_stream())._j_data_stream, cfg.join),
+                       "ex", tick, {c: PACK_KINDS[c] for c in JOIN_OUTPUT})]
 
     learner = Learner(json.dumps({"job": cfg.to_dict(), "dimension": spec.dimension,
                                   "spec_fingerprint": spec.fingerprint(), "registry": str(out / "registry"),
                                   "artifact": artifact.to_dict(), "input_types": input_types}))
-    preds = (ds.key_by(lambda r: 0, key_type=Types.INT())
-             .process(learner, output_type=LINE)
-             .name("learner").set_parallelism(1))
+    preds = keyed_by_constant(ticks).process(learner, output_type=LINE).name("learner").set_parallelism(1)
     # every output through Flink's FileSink (sink v2): part files are committed when a
     # checkpoint completes, the final one of a bounded job included, so a restart never
     # duplicates or drops them (the table filesystem sink committed all at end of input)
@@ -431,6 +429,26 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
             .name(f"sink_{name}")
     DataStream(imp_dups).union(label_dups).sink_to(file_sink(str(out / "dead_letter"))) \
         .name("sink_dead_letter_duplicates")
+
+
+def keyed_by_constant(parts: list[JavaRows]):
+    """The union of ``parts`` as a PyFlink ``KeyedStream`` with one key (0), keyed in the JVM:
+    what ``DataStream.key_by(lambda r: 0)`` gives, without its Python map operator (each row
+    wrapped as ``(0, row)`` by our ``driftline.flink.ConstantKey``, chained to its producer,
+    then Flink's ``KeyByKeySelector``, as PyFlink's key_by does)."""
+    from pyflink.common import Types
+    from pyflink.common.typeinfo import _from_java_type
+    from pyflink.datastream import DataStream, KeyedStream
+    from pyflink.java_gateway import get_gateway
+
+    gateway = get_gateway()
+    row_type = _from_java_type(parts[0].stream.getType())
+    wrapped = [DataStream(p.stream.map(gateway.jvm.driftline.flink.ConstantKey(),
+                                       Types.ROW([Types.INT(), row_type]).get_java_type_info()).name("constant_key"))
+               for p in parts]
+    union = wrapped[0].union(*wrapped[1:])
+    keyed = union._j_data_stream.keyBy(gateway.jvm.KeyByKeySelector(), Types.ROW([Types.INT()]).get_java_type_info())
+    return KeyedStream(keyed, row_type, DataStream(parts[0].stream))
 
 
 def file_sink(path: str, partitioned: bool = False):
