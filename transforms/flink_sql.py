@@ -136,8 +136,16 @@ def java_array(kind, xs: list):
 
 
 def table_rows(t_env, sql: str, names: list[str], types: list) -> JavaRows:
-    """The rows of a SQL query (its columns ``names`` of PyFlink ``types``) as ``JavaRows``."""
-    return JavaRows(t_env.to_data_stream(t_env.sql_query(sql))._j_data_stream, list(names), list(types))
+    """The rows of a SQL query (its columns ``names`` of PyFlink ``types``) as ``JavaRows``,
+    typed as plain rows (``driftline.flink.Identity``, chained): the Table runtime's own type
+    for them converts each row to its internal format and back at every shuffle."""
+    from pyflink.common import Types
+    from pyflink.java_gateway import get_gateway
+
+    stream = t_env.to_data_stream(t_env.sql_query(sql))._j_data_stream
+    typed = stream.map(get_gateway().jvm.driftline.flink.Identity(),
+                       Types.ROW_NAMED(list(names), list(types)).get_java_type_info()).name("as_rows")
+    return JavaRows(typed, list(names), list(types))
 
 
 def windowed_count_rows(t_env, table: str, columns: list[str], source: SourceSpec, aggregates) -> JavaRows:
