@@ -165,3 +165,26 @@ def test_skew_check_detects_a_different_artifact(edge_artifact):
     served.columns["site"] = served.columns["site"].copy()
     served.columns["site"][:10] += 1  # a hashing bug in 10 rows
     assert row_mismatches(edge_artifact, table, served).sum() == 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "a\x00b", "é", ""]), st.text(max_size=4)),
+                max_size=64))
+def test_small_batches_encode_as_arrow_does(xs):
+    """``dictionary`` encodes short columns in Python (Arrow's per-call cost dominates a tick
+    of a few dozen rows): codes, values (canonical form) and null mask equal Arrow's."""
+    from transforms import hashing
+
+    arr = pa.array(xs, pa.string())
+    small = hashing.dictionary(arr)
+    assert len(arr) <= hashing.SMALL_BATCH
+    saved, hashing.SMALL_BATCH = hashing.SMALL_BATCH, -1  # force the Arrow path
+    try:
+        big = hashing.dictionary(arr)
+    finally:
+        hashing.SMALL_BATCH = saved
+    assert small[0].tolist() == big[0].tolist() and small[1] == big[1] and small[2].tolist() == big[2].tolist()
+    assert small[0].dtype == big[0].dtype and small[2].dtype == big[2].dtype
+    k = len(xs) // 2  # a table's column: chunked
+    chunked = hashing.dictionary(pa.chunked_array([arr[:k], arr[k:]], pa.string()))
+    assert chunked[0].tolist() == big[0].tolist() and chunked[1] == big[1] and chunked[2].tolist() == big[2].tolist()
