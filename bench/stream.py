@@ -6,8 +6,11 @@ Runs a tiny generated stream (start-up cost), TalkingData replayed at full speed
 generated stream of N impressions at 1 per second of event time (sparse: ~60 per tick), and
 the same N at R per second (dense, default 1,000: per-row costs dominate, as in a busy
 production stream, rather than per-tick ones); prints impressions/s end to end and with start-up
-subtracted, checkpoint bytes per pending impression, and the label -> weight visibility lag in event time (from a label's resolution to
-the first prediction served with a delta version that includes it). Last line: one JSON object.
+subtracted, checkpoint bytes per pending impression, the label -> weight visibility lag in
+event time (from a label's resolution to the first prediction served with a delta version
+that includes it), and Flink's own floor on the dense stream (its source alone and with a
+native keyed dedup: what the machine allows before any operator of ours). Last line: one
+JSON object.
 """
 from __future__ import annotations
 
@@ -268,6 +271,66 @@ def one(data: str, root: Path, events: int, data_dir: str | None, rate_per_s: fl
             "profile": prof.table()}
 
 
+FLOOR_QUERIES = {
+    "source": "INSERT INTO floor_sink SELECT {cols} FROM impressions",
+    "source + keyed dedup": ("INSERT INTO floor_sink SELECT {cols} FROM (SELECT *, ROW_NUMBER() OVER "
+                             "(PARTITION BY `event_id` ORDER BY ts) AS rn FROM impressions) WHERE rn = 1"),
+}
+
+
+def _floor_child(a: dict) -> None:
+    """One floor query (``FLOOR_QUERIES``) on the job's own impression source (same DDL, same
+    Flink configuration), into a blackhole; prints its seconds."""
+    from pipelines.eventlog import read_manifest
+    from pipelines.events import SourceSpec
+    from runners.flink_job import JobConfig, add_source, configure
+    from transforms.flink_sql import _q, impressions_ddl
+
+    ev = Path(a["event_dir"])
+    source = SourceSpec.from_dict(read_manifest(ev)["source"])
+    env, t_env = configure(JobConfig(event_dir=str(ev), out=a["out"], artifact=str(ev)))
+    add_source(t_env, "impressions", ev / "impressions",
+               lambda n, path: impressions_ddl(n, source, path, JoinConfig().watermark_delay_ms), False)
+    fields = [("event_id", "STRING"), ("event_time", "BIGINT"), *((c, "STRING") for c in source.string_fields),
+              *((c, "DOUBLE") for c in source.numeric_fields)]
+    t_env.execute_sql(f"CREATE TABLE floor_sink ({', '.join(f'{_q(c)} {t}' for c, t in fields)}) "
+                      "WITH ('connector' = 'blackhole')")
+    t0 = time.time()
+    t_env.execute_sql(FLOOR_QUERIES[a["query"]].format(cols=", ".join(_q(c) for c, _ in fields))).wait()
+    print(json.dumps({"seconds": time.time() - t0}))
+
+
+def flink_floor(root: Path, events: int, rate_per_s: float) -> dict:
+    """What Flink itself costs on this machine, without any operator of ours: the job's
+    impression source alone, and with Flink SQL's native keyed dedup (one shuffle by event_id,
+    keyed state per row), each into a blackhole over the same dense generated stream, in a
+    child process; impressions/s with a 200-impression run's time subtracted."""
+    import subprocess
+
+    out = {}
+    for query in FLOOR_QUERIES:
+        secs = {}
+        for n in (200, events):
+            ev, _ = prepare_events("generator", root / f"floor_{n}", n, 7, None, rate_per_s)
+            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--floor-child",
+                                   json.dumps({"event_dir": str(ev), "out": str(root / "floor_out"), "query": query})],
+                                  capture_output=True, text=True, cwd=HERE.parent)
+            if proc.returncode != 0:
+                raise RuntimeError(f"floor run failed:\n{proc.stderr[-3000:]}")
+            secs[n] = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+        busy = secs[events] - secs[200]
+        out[query] = {"impressions": events, "seconds": round(secs[events], 2), "startup_seconds": round(secs[200], 2),
+                      "impressions_per_s_excl_startup": round(events / busy) if busy > 0 else None}
+    return out
+
+
+def print_floor(floor: dict) -> None:
+    print("Flink's own floor here (dense generated stream, no operator of ours, into a blackhole):")
+    for q, r in floor.items():
+        print(f"  {q:<22} {r['impressions']:>9,} impressions {r['seconds']:>6.1f} s "
+              f"(start-up {r['startup_seconds']:.1f} s): {r['impressions_per_s_excl_startup'] or 0:>9,} imp/s")
+
+
 def print_profile(r: dict) -> None:
     print(f"{r['data']}: busy / back-pressured / idle seconds per operator chain (Flink REST, summed over subtasks)")
     for row in r["profile"][:8]:
@@ -282,10 +345,22 @@ def main() -> None:
     ap.add_argument("--dense-rate", type=float, default=1000.0,
                     help="impressions per second of event time of the dense generated run (0: skip it)")
     ap.add_argument("--only-checkpoint", action="store_true", help="only the checkpoint bytes per pending impression")
+    ap.add_argument("--only-floor", action="store_true",
+                    help="only Flink's own floor: the impression source alone and with a native keyed dedup")
+    ap.add_argument("--floor-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--flink-conf", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Flink option for the checkpoint run (repeatable), e.g. state.backend.type=rocksdb")
     args = ap.parse_args()
     conf = dict(kv.split("=", 1) for kv in args.flink_conf)
+    if args.floor_child:
+        _floor_child(json.loads(args.floor_child))
+        return
+    if args.only_floor:
+        with tempfile.TemporaryDirectory() as tmp:
+            floor = flink_floor(Path(tmp), args.events, args.dense_rate or 1000.0)
+        print_floor(floor)
+        print(json.dumps({"flink_floor": floor}))
+        return
     if args.only_checkpoint:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = checkpoint_bytes_per_pending(Path(tmp) / "ckpt", flink_conf=conf)
@@ -299,6 +374,7 @@ def main() -> None:
         if args.dense_rate:
             rows.append(one("generator", root, args.events, None, args.dense_rate))
         ckpt = checkpoint_bytes_per_pending(root / "ckpt", flink_conf=conf)
+        floor = flink_floor(root, args.events, args.dense_rate or 1000.0)
     for r in rows:
         busy = r["seconds"] - startup["seconds"]
         r["startup_seconds"] = startup["seconds"]
@@ -314,8 +390,10 @@ def main() -> None:
     for r in rows:
         print_profile(r)
     print_checkpoint(ckpt)
+    print_floor(floor)
     result = {"startup_seconds": startup["seconds"], "runs": rows, "goal_impressions_per_s": 50_000,
-              "checkpoint": ckpt, "checkpoint_bytes_per_pending_impression": ckpt["bytes_per_pending_impression"]}
+              "checkpoint": ckpt, "checkpoint_bytes_per_pending_impression": ckpt["bytes_per_pending_impression"],
+              "flink_floor": floor}
     print(json.dumps(result))
 
 
