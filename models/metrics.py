@@ -31,7 +31,12 @@ def auc(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
     if pos == 0 or neg == 0:
         return float("nan")
     order = np.argsort(p)  # any order within ties: they are summed per distinct score
-    ps, ys, ws = np.asarray(p)[order], y[order], w[order]
+    return auc_sorted(np.asarray(p)[order], y[order], w[order], pos, neg)
+
+
+def auc_sorted(ps: np.ndarray, ys: np.ndarray, ws: np.ndarray, pos: float, neg: float) -> float:
+    """``auc`` of scores sorted ascending (any order within ties), their labels (bool) and
+    weights, with the positives' and negatives' total weights (both > 0)."""
     # per distinct score (runs of the sorted scores: no second sort, as np.unique would do):
     # weight of negatives strictly below + half of the tied negatives
     first = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])

@@ -25,6 +25,44 @@ DELAY_BUCKETS_MS = {"le_1m": 60_000, "le_5m": 300_000, "le_15m": 900_000, "le_1h
                     "le_6h": 21_600_000, "le_1d": 86_400_000}
 
 
+def _losses(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-example log losses, as ``metrics.logloss`` computes them before averaging."""
+    q = np.clip(np.asarray(p, np.float64), metrics.EPS, 1 - metrics.EPS)
+    t = np.asarray(y, np.float64)
+    return -(t * np.log(q) + (1 - t) * np.log1p(-q))
+
+
+def _tie_slots(ps: np.ndarray, ys: np.ndarray, vp: np.ndarray):
+    """For scores ``vp``: (start of their tie in the sorted ``ps``, its 0-labels' count, its
+    end), from a prefix sum of the sorted labels (ties hold their 0s, then their 1s)."""
+    cs = np.concatenate([[0], np.cumsum(ys, dtype=np.int64)])
+    lo, hi = np.searchsorted(ps, vp, "left"), np.searchsorted(ps, vp, "right")
+    return lo, hi - lo - (cs[hi] - cs[lo]), hi
+
+
+def _shift(cache, out_p, out_y, in_p, in_y):
+    """The sorted window (by score, then label) and its losses with the examples ``out``
+    (the oldest, in window order) removed and ``in`` added (appended to the losses);
+    vectorized: a tick moves a few dozen of the window's examples."""
+    ps, ys, loss = cache
+    if len(out_p):
+        order = np.lexsort((out_y, out_p))
+        vp, vy = out_p[order], out_y[order]
+        lo, zeros, _ = _tie_slots(ps, ys, vp)
+        start = np.where(vy > 0, lo + zeros, lo)
+        i = np.arange(len(vp))  # the k-th repeat of one (score, label) pair takes the next slot
+        same = np.r_[False, (vp[1:] == vp[:-1]) & (vy[1:] == vy[:-1])]
+        gone = start + i - np.maximum.accumulate(np.where(same, 0, i))
+        ps, ys = np.delete(ps, gone), np.delete(ys, gone)
+    if len(in_p):
+        order = np.lexsort((in_y, in_p))
+        vp, vy = in_p[order], in_y[order].astype(ys.dtype)
+        lo, zeros, hi = _tie_slots(ps, ys, vp)
+        at = np.where(vy > 0, hi, lo + zeros)  # a 1 after its tie's 1s, a 0 after its 0s
+        ps, ys = np.insert(ps, at, vp), np.insert(ys, at, vy)
+    return ps, ys, np.concatenate([loss[len(out_p):], _losses(in_p, in_y)])
+
+
 @dataclass
 class WindowMetrics:
     size: int = 10_000
@@ -37,6 +75,12 @@ class WindowMetrics:
         """Add examples in learning order: their pre-update predictions, labels, and label
         delays (negative: no label, e.g. a negative example)."""
         p, y, d = np.asarray(p, float), np.asarray(y, np.int8), np.asarray(delay_ms, np.int64)
+        drop = max(0, len(self.p) + len(p) - self.size)  # the oldest examples leaving the window
+        cache = self.__dict__.get("_cache")
+        if cache is not None and drop <= len(self.p) and drop + len(p) <= max(1, self.size // 4):
+            self._cache = _shift(cache, self.p[:drop], self.y[:drop], p, y)
+        else:
+            self._cache = None  # rebuilt on the next read
         self.p = np.concatenate([self.p, p])[-self.size:]
         self.y = np.concatenate([self.y, y])[-self.size:]
         d = d[d >= 0]
@@ -48,11 +92,31 @@ class WindowMetrics:
     def n(self) -> int:
         return len(self.y)
 
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores sorted, their labels, the window's per-example log losses in window order),
+        kept across updates (``_shift``): a tick changes a few dozen of the 10,000 examples, so
+        the Learner's per-tick report neither re-sorts nor recomputes every loss. Not pickled
+        (a checkpoint keeps p and y only; rebuilt on first read)."""
+        if self.__dict__.get("_cache") is None:
+            order = np.lexsort((self.y, self.p))
+            self._cache = (self.p[order], self.y[order], _losses(self.p, self.y))
+        return self._cache
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
     def logloss(self) -> float | None:
-        return metrics.logloss(self.y, self.p) if self.n else None
+        """``metrics.logloss`` of the window (the same losses, summed the same way)."""
+        return float(np.mean(self._sorted()[2])) if self.n else None
 
     def auc(self) -> float | None:
-        return metrics.auc(self.y, self.p) if 0 < self.y.sum() < self.n else None
+        """``metrics.auc`` of the window, from the kept sorted scores: tie groups of unit
+        weights sum exactly, so the value is bit for bit the same."""
+        if not 0 < self.y.sum() < self.n:
+            return None
+        ps, ys, _ = self._sorted()
+        pos = float(ys.sum())
+        return metrics.auc_sorted(ps, ys > 0, np.ones(len(ys)), pos, float(len(ys)) - pos)
 
     def normalized_entropy(self) -> float | None:
         """Logloss over the entropy of the window's positive rate (He et al. 2014): 1.0 is no

@@ -52,3 +52,30 @@ def test_paired_bootstrap_interval(data):
     assert b == metrics.paired_bootstrap(t, y, p, noisy, "logloss", block_ms=60_000, n=100)  # seeded
     same = metrics.paired_bootstrap(t, y, p, p, "auc", block_ms=60_000, n=50)
     assert same["diff"] == 0 and not same["excludes_zero"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_sliding_window_is_kept_sorted_and_exact(seed):
+    """WindowMetrics keeps its window sorted and its losses across updates (the Learner reports
+    them every tick): after every update, pickle round trip and large batch, its log loss and
+    AUC equal metrics.logloss / metrics.auc of the window, bit for bit (ties included)."""
+    import pickle
+
+    from models.monitor import WindowMetrics
+
+    rng = np.random.default_rng(seed)
+    w = WindowMetrics(size=400)
+    for step in range(120):
+        m = int(rng.choice([0, 1, 7, 30, 90, 500]))  # 90 > size/4 and 500 > size: rebuilt
+        p = np.round(rng.random(m), 2)  # many ties
+        y = (rng.random(m) < p).astype(int)
+        w.update(p, y, np.full(m, -1))
+        if step % 17 == 5:
+            w = pickle.loads(pickle.dumps(w))
+            assert "_cache" not in w.__dict__
+        if w.n:
+            assert w.logloss() == metrics.logloss(w.y, w.p)
+        if 0 < w.y.sum() < w.n:
+            assert w.auc() == metrics.auc(w.y, w.p)
+            assert list(w._sorted()[0]) == sorted(w.p)
+    assert w.n == 400
