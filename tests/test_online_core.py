@@ -10,7 +10,6 @@ from models.ftrl import FTRL, FTRLParams, ReferenceFTRL
 from models.guard import GuardConfig
 from models.online import OnlineConfig, OnlineLayer, arm_of
 from pipelines.join import JoinConfig, reference_join
-from transforms.apply import Features, unpack
 
 
 @settings(max_examples=25, deadline=None)
@@ -36,13 +35,6 @@ def test_snapshot_round_trip_without_pickle():
     back = FTRL.from_bytes(m.to_bytes())
     assert back.updates == 1 and back.params == m.params
     assert back.z.tobytes() == m.z.tobytes() and back.n.tobytes() == m.n.tobytes()
-
-
-def test_packed_features_round_trip():
-    f = Features({}, np.array([[1, 70000], [2, 3]], dtype=np.int64), np.array([[1.0, 0.25], [1.0, -3.5]], np.float32))
-    rows = f.packed()
-    idx, val = unpack(rows[1])
-    assert idx.tolist() == [2, 3] and val.tolist() == [1.0, -3.5]
 
 
 def test_ab_arms_are_deterministic_and_split():

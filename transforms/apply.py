@@ -54,32 +54,6 @@ class Features:
         cols["ftrl_values"] = pa.FixedSizeListArray.from_arrays(pa.array(self.values.ravel()), k)
         return pa.table(cols)
 
-    def packed(self) -> list[bytes]:
-        """One compact value per row (int32 indices then float32 values, little endian): what
-        the streaming job carries from serving to the joined example, so an example has exactly
-        the features that were served."""
-        n, k = self.indices.shape
-        both = np.concatenate([self.indices.astype("<i4").view("<u4"), self.values.astype("<f4").view("<u4")],
-                              axis=1)
-        raw = both.tobytes()
-        return [raw[i * 8 * k:(i + 1) * 8 * k] for i in range(n)]
-
-
-def unpack(packed: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(indices int64, values float64) of one ``Features.packed`` row."""
-    a = np.frombuffer(packed, dtype="<u4")
-    k = len(a) // 2
-    return a[:k].view("<i4").astype(np.int64), a[k:].view("<f4").astype(np.float64)
-
-
-def unpack_many(packed: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """``unpack`` for many rows of one spec at once: (indices int64 [m, k], values float64)."""
-    if not packed:
-        return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float64)
-    a = np.frombuffer(b"".join(packed), dtype="<u4").reshape(len(packed), -1)
-    k = a.shape[1] // 2
-    return a[:, :k].view("<i4").astype(np.int64), a[:, k:].view("<f4").astype(np.float64)
-
 
 INPUT_TYPES = {"string": pa.string(), "double": pa.float64(), "bigint": pa.int64()}
 
