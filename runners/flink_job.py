@@ -4,16 +4,15 @@ Plan (state-heavy work in Java keyed operators of ours, ``runners/jvm/driftline/
 Python only where it must be, and rows cross into Python in batches: one packed value per
 event-time tick, ``runners.packing``):
 
-    impressions ─ windowed counts (Java, per key) ─ first of its event_id? (Java) ─┬─ dup ─▶ dead letter
-                                                  raw inputs (no Python operator) ─┤
-                                                                    ├─ tick pack (Java) ─┐
+    impressions ─ windowed counts (Java, per key) ─ first of its event_id? (Java)
+      ─ impression rows (Java: dup ─▶ dead letter; raw inputs; inputs as JSON) ─┬─ tick pack (Java) ─┐
     impressions ∪ labels (at lt+1) ─ join per event_id (Java; its own deadline timers at  │
         t+W+1 and lt+W+1), in event time: positive at the first label in [t, t+W),         │
         negative at the deadline otherwise; late / unknown impression / label before        │
         impression for the first label otherwise; stamped at resolution time (no hold-back) │
       ─ tick pack (Java: Arrow IPC, one value per tick) ───────────────────────────────────┤
                                                                                             ▼
-    key 0 ─▶ Learner (Python, parallelism 1): featurize and score impression ticks at once
+    key 0 (in Java) ─▶ Learner (Python, parallelism 1): featurize and score impression ticks at once
         (the artifact's vectorized apply; base + delta, A/B arm); learn example ticks in
         (resolution_time, event_id) order with the compiled FTRL kernel (late labels too, as
         corrections, under that policy) ─▶ predictions, weight
