@@ -35,3 +35,40 @@ def test_the_lib_folder_puts_our_jar_before_flink_python(tmp_path):
     ours = jvm.patch_jar(cache=tmp_path).name
     assert names.index(ours) < names.index(jvm.flink_python_jar().name)
     assert jvm.lib_dir(cache=tmp_path) == local  # idempotent: the same folder, links unchanged
+
+
+PROBE = r'''
+import java.io.PrintStream;
+
+public class Probe {
+  public static void main(String[] args) throws Exception {
+    Object[] values = {"plain", "quo\"te", "back\\slash", "new\nline\ttab", "ctl\u0001\u001f", "é☃",
+        "\uD834\uDD1E", "", null, 1.5, 1e-7, -0.0, 1e300, 0.1 + 0.2, 123456789012345L, 42L,
+        Double.NaN, Double.POSITIVE_INFINITY};
+    new PrintStream(System.out, true, "UTF-8").println(driftline.flink.ImpressionRows.jsonArray(values));
+  }
+}
+'''
+
+
+def test_the_joins_inputs_array_reads_back_in_python(tmp_path):
+    """ImpressionRows writes a pending impression's inputs as a JSON array in Java; the
+    Learner reads it with Python's json (``transforms.apply.parse_inputs``) and must get the
+    same values: escapes, non-ASCII, nulls, doubles exactly (Double.toString round-trips),
+    longs, NaN and infinities."""
+    import json
+    import math
+
+    from transforms.apply import parse_inputs
+
+    (tmp_path / "Probe.java").write_text(PROBE, encoding="utf-8")
+    cp = f"{jvm.lib_dir(cache=tmp_path)}/*"
+    subprocess.run(["javac", "-encoding", "UTF-8", "-cp", cp, "-d", str(tmp_path), str(tmp_path / "Probe.java")],
+                   check=True, capture_output=True)
+    out = subprocess.run(["java", "-cp", f"{cp}:{tmp_path}", "Probe"], check=True, capture_output=True).stdout
+    got = parse_inputs([out.decode("utf-8").strip()])[0]
+    want = ["plain", 'quo"te', "back\\slash", "new\nline\ttab", "ctl\x01\x1f", "é☃", "\U0001d11e", "", None,
+            1.5, 1e-7, -0.0, 1e300, 0.1 + 0.2, 123456789012345, 42]
+    assert got[:len(want)] == want and json.dumps(got[:len(want)]) == json.dumps(want)
+    assert math.copysign(1.0, got[11]) == -1.0
+    assert math.isnan(got[16]) and got[17] == math.inf

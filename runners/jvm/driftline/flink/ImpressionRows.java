@@ -95,18 +95,26 @@ public final class ImpressionRows extends ProcessFunction<Row, Row> {
     o.setField(1, eventTime);
     Object u = unitPos < 0 ? eventId : get(row, unitPos);
     o.setField(2, u == null ? "" : u.toString());
-    StringBuilder json = new StringBuilder(16 * inputs.length + 2).append('[');
+    Object[] values = new Object[inputs.length];
     for (int i = 0; i < inputs.length; i++) {
-      Object v = get(row, inputPos[i]);
-      o.setField(3 + i, v);
+      values[i] = get(row, inputPos[i]);
+      o.setField(3 + i, values[i]);
+    }
+    out.collect(o);
+    ctx.output(join, Row.of(eventId, 0, eventTime, jsonArray(values), null, null,
+        Instant.ofEpochMilli(ctx.timestamp())));
+  }
+
+  /** The values as one JSON array (what a pending impression keeps as its inputs). */
+  public static String jsonArray(Object[] values) {
+    StringBuilder json = new StringBuilder(16 * values.length + 2).append('[');
+    for (int i = 0; i < values.length; i++) {
       if (i > 0) {
         json.append(',');
       }
-      appendJson(json, v);
+      appendJson(json, values[i]);
     }
-    out.collect(o);
-    ctx.output(join, Row.of(eventId, 0, eventTime, json.append(']').toString(), null, null,
-        Instant.ofEpochMilli(ctx.timestamp())));
+    return json.append(']').toString();
   }
 
   /** The dead-letter line of a duplicate impression (the fields of every dead letter). */
@@ -118,7 +126,7 @@ public final class ImpressionRows extends ProcessFunction<Row, Row> {
     return s.append('}').toString();
   }
 
-  static void appendJson(StringBuilder s, Object v) {
+  private static void appendJson(StringBuilder s, Object v) {
     if (v == null) {
       s.append("null");
     } else if (v instanceof String) {
