@@ -275,8 +275,7 @@ def impression_rows(rows: JavaRows, unit: str | None, input_types: dict[str, str
     op = jvm.driftline.flink.ImpressionRows(java_array(jvm.String, rows.names), unit,
                                             java_array(jvm.String, list(input_types)), join_type, line_type)
     names = ["event_id", "event_time", "unit", *input_types]
-    types = [Types.STRING(), Types.LONG(), Types.STRING(),
-             *(_types([INPUT_TYPES[t]])[0] for t in input_types.values())]
+    types = [Types.STRING(), Types.LONG(), Types.STRING(), *_types(INPUT_TYPES[t] for t in input_types.values())]
     out = rows.stream.process(op, Types.ROW_NAMED(names, types).get_java_type_info()).name("impression_rows")
     return JavaRows(out, names, types), out.getSideOutput(op.joinTag()), out.getSideOutput(op.duplicatesTag())
 
