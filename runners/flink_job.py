@@ -61,7 +61,7 @@ class JobConfig:
     # default: with an idle impression source the label source alone drives the join's
     # watermark, which can pass impressions still inside a Python function (then dropped late)
     idle_timeout_ms: int = 0
-    restart_attempts: int = 3
+    restart_attempts: int = 5  # consecutive restarts (backing off) before the job fails
     # idle-state retention (processing time) of keyed Flink SQL state, a safety bound: the
     # job's keyed state (dedup, join) lives in our Java operators, freed in event time
     dedup_ttl_ms: int = 2 * 86_400_000
@@ -208,10 +208,17 @@ def configure(cfg: JobConfig):
     conf.set_string("execution.checkpointing.dir", (Path(cfg.out).resolve() / "checkpoints").as_uri())
     conf.set_string("execution.checkpointing.snapshot-compression", str(cfg.snapshot_compression).lower())
     # a fault restarts from the last checkpoint a few times; a deterministic failure then fails
-    # the job instead of looping
-    conf.set_string("restart-strategy.type", "fixed-delay")
-    conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
-    conf.set_string("restart-strategy.fixed-delay.delay", "1 s")
+    # the job instead of looping. Backing off (1 s, 2 s, 4 s, ... at most 1 min; reset after an
+    # hour without a failure): failures in a burst while a TaskManager comes back (its tasks
+    # and Python workers deploying on a loaded machine) spread over half a minute with the
+    # default 5 attempts instead of using them up in 5 s
+    conf.set_string("restart-strategy.type", "exponential-delay")
+    conf.set_string("restart-strategy.exponential-delay.attempts-before-reset-backoff", str(cfg.restart_attempts))
+    conf.set_string("restart-strategy.exponential-delay.initial-backoff", "1 s")
+    conf.set_string("restart-strategy.exponential-delay.backoff-multiplier", "2.0")
+    conf.set_string("restart-strategy.exponential-delay.max-backoff", "1 min")
+    conf.set_string("restart-strategy.exponential-delay.reset-backoff-threshold", "1 h")
+    conf.set_string("restart-strategy.exponential-delay.jitter-factor", "0.1")
     if cfg.replay_speedup:
         # a checkpoint barrier waits until the Python worker finished its current bundle: at a
         # paced rate a default bundle (up to 100k rows) takes minutes, so a paced job keeps its

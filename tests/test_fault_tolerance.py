@@ -72,6 +72,16 @@ def _failures(cfg, job_id) -> int:
         return len(json.loads(r.read()).get("exceptionHistory", {}).get("entries", []))
 
 
+def _exceptions(cfg, job_id) -> str:
+    """The job's exception history (root causes, newest first), for a failing assertion's message."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{cfg.rest_url}/jobs/{job_id}/exceptions", timeout=5) as r:
+        entries = json.loads(r.read()).get("exceptionHistory", {}).get("entries", [])
+    return "\n---\n".join(f"{e.get('taskName')} @ {e.get('location')}:\n{e.get('stacktrace', '')[:4000]}"
+                            for e in entries)
+
+
 def _all_tasks_running(cfg, job_id) -> bool:
     """Every task deployed and running (or already finished): a kill then hits live tasks."""
     import urllib.request
@@ -209,7 +219,8 @@ def test_a_kill_after_the_end_of_input_loses_nothing(standalone, reference):
             _trigger_checkpoint(standalone, job_id)
         except OSError:  # not running at this moment (restarting, or finished meanwhile)
             pass
-    assert cluster.job_state(standalone, job_id) == "FINISHED"
+    state = cluster.job_state(standalone, job_id)
+    assert state == "FINISHED", _exceptions(standalone, job_id)
     assert ((cluster.checkpoints(standalone, job_id).get("latest") or {}).get("restored") or {}).get("id", 0) >= 1
     for name in OUTS:
         assert _lines(root / "local", name) == _lines(run, name), name
