@@ -221,29 +221,35 @@ class Learner(KeyedProcessFunction):
             time.sleep(wait)
 
     def _featurize(self, imps: list, batches: list):
-        """The features of a tick's impressions (their raw inputs) and of its resolved rows
+        """The features of impression tables (their raw inputs) and of resolved rows' tables
         (their pending impressions' inputs, a JSON array each), in one vectorized apply of the
-        artifact: its fixed cost (~0.7 ms for 60 rows of the generator's spec) once per tick,
-        not twice. Row-wise, so each row gets the features it would get alone. Returns
-        ([(indices, values)] per impression table, (indices, values, parsed inputs) of the
-        resolved rows in ``_learn_rows``' order; rows without inputs get unused features)."""
+        artifact for all the ticks a timer handles: its fixed cost (~0.7 ms for 60 rows of the
+        generator's spec) once, not once or twice per tick. Row-wise, so each row gets the
+        features it would get alone (the artifact is fixed: a swapped base model has the same
+        spec). Returns ([(indices, values)] per impression table, [(indices, values, parsed
+        inputs)] per resolved table; rows without inputs get unused features)."""
         names = list(self.input_types)
         parts = [t.select(["event_time", *names]) for t in imps]
         values: list = []
         if batches:
-            values = parse_inputs([x or "null" for _, tab in batches for x in tab.column("inputs").to_pylist()])
+            values = parse_inputs([x or "null" for tab in batches for x in tab.column("inputs").to_pylist()])
             raw = inputs_table([v if v is not None else [None] * len(names) for v in values], self.input_types)
-            et = pa.array([x for _, tab in batches for x in tab.column("event_time").to_pylist()], pa.int64())
+            et = pa.array([x for tab in batches for x in tab.column("event_time").to_pylist()], pa.int64())
             parts.append(pa.Table.from_arrays([et, *raw.columns], ["event_time", *names]))
         if not parts:
-            return [], None
+            return [], []
         schema = parts[-1].schema
         f = apply(self.artifact, pa.concat_tables([p.cast(schema) for p in parts]))
         idx, vals = f.indices, f.values.astype(np.float64)
-        ends = np.cumsum([p.num_rows for p in parts])
-        scored = [(idx[e - p.num_rows:e], vals[e - p.num_rows:e]) for p, e in zip(parts[:len(imps)], ends)]
-        start = int(ends[len(imps) - 1]) if imps else 0
-        return scored, ((idx[start:], vals[start:], values) if batches else None)
+        ends = np.cumsum([t.num_rows for t in imps], dtype=np.int64)
+        scored = [(idx[e - t.num_rows:e], vals[e - t.num_rows:e]) for t, e in zip(imps, ends.tolist())]
+        base, r = (int(ends[-1]) if imps else 0), 0  # the resolved rows follow the impressions
+        resolved = []
+        for tab in batches:
+            a, b = base + r, base + r + tab.num_rows
+            resolved.append((idx[a:b], vals[a:b], values[r:r + tab.num_rows]))
+            r += tab.num_rows
+        return scored, resolved
 
     def _score(self, layer: OnlineLayer, t, tick: int, features):
         n = t.num_rows
@@ -270,30 +276,38 @@ class Learner(KeyedProcessFunction):
     def on_timer(self, t, ctx):
         """Ticks up to ``t`` in order: score the tick's impressions with the weights learned
         from examples resolved before the tick (never from their own tick: no leakage), then
-        learn the tick's examples. Predictions, too, depend only on the event log."""
+        learn the tick's examples. Predictions, too, depend only on the event log. Features
+        for all of them at once (``_featurize``): they depend on the inputs and the artifact
+        only, not on the weights."""
         layer = self._layer()
         pending = self.pending.value() or {}
         carry = [(kind, unpack(p)) for kind, p in pending.pop(CARRY, [])]
+        ticks = []
         for key in sorted(k for k in pending if k <= t):
-            items = pending.pop(key)
+            items = [(kind, unpack(p)) for kind, p in pending.pop(key)]
+            ticks.append((key, [tab for kind, tab in items if kind == "imp"],
+                          [(kind, tab) for kind, tab in items if kind != "imp"]))
+        imp_f, row_f = self._featurize([tab for _, imps, _ in ticks for tab in imps],
+                                       [tab for _, tab in carry] + [tab for _, _, rows in ticks for _, tab in rows])
+        imp_f, row_f = iter(imp_f), iter(row_f)  # in the order given: the carry, then tick by tick
+        carry = [(kind, tab, next(row_f)) for kind, tab in carry]
+        for key, imps, rows in ticks:
             self._pace(key)
             self._before_tick(layer, key)
-            imps = [unpack(p) for kind, p in items if kind == "imp"]
-            carry += [(kind, unpack(p)) for kind, p in items if kind != "imp"]
-            scored, resolved = self._featurize(imps, carry)
-            for tab, f in zip(imps, scored):
-                yield from self._score(layer, tab, key, f)
+            carry += [(kind, tab, next(row_f)) for kind, tab in rows]
+            for tab in imps:
+                yield from self._score(layer, tab, key, next(imp_f))
             if carry:
-                carry = yield from self._learn_rows(layer, carry, key, resolved)
+                carry = yield from self._learn_rows(layer, carry, key)
                 yield from self._report(layer, key)
-            self._after_tick(key, any(kind == "imp" for kind, _ in items))
+            self._after_tick(key, bool(imps))
         if carry and t == MAX_TIME:  # the input has ended: nothing else can come before them
-            carry = yield from self._learn_rows(layer, carry, MAX_TIME, self._featurize([], carry)[1])
+            carry = yield from self._learn_rows(layer, carry, MAX_TIME)
             yield from self._report(layer, MAX_TIME)
         if t == MAX_TIME:
             self._at_end()
         if carry:  # label outcomes resolved at the tick's last millisecond: with the next tick
-            pending[CARRY] = [(kind, pack_table(tab)) for kind, tab in carry]
+            pending[CARRY] = [(kind, pack_table(tab)) for kind, tab, _ in carry]
         self.pending.update(pending)
         self.layer_state.update(layer)
         if self.window is not None:
@@ -475,15 +489,17 @@ class Learner(KeyedProcessFunction):
             self.m_delay[b].inc(c - before.get(b, 0))
         yield OUTPUT_TAGS["metrics"], Row(json.dumps(self.last_metrics, sort_keys=True) + "\n")
 
-    def _learn_rows(self, layer: OnlineLayer, batches, t: int, features):
+    def _learn_rows(self, layer: OnlineLayer, batches, t: int):
         """Learn the rows resolved before ``t`` in ``example_order``; returns the rest (only
         label outcomes can be resolved at ``t`` itself: an example at ``t`` is in the next
-        tick)."""
+        tick). ``batches``: (kind, table, its features from ``_featurize``)."""
         cols = ("event_id", "resolution_time", "event_time", "label", "label_time", "info", "inputs")
         rows = {c: [] for c in (*cols, "kind")}
-        for _, tab in batches:
+        for _, tab, _ in batches:
             for c in cols:
                 rows[c] += tab.column(c).to_pylist()
+        features = (np.concatenate([f[0] for _, _, f in batches]), np.concatenate([f[1] for _, _, f in batches]),
+                    [v for _, _, f in batches for v in f[2]])
         # the join's one stream: examples ("ex") and label outcomes ("lab"), told by their info
         rows["kind"] = ["ex" if info in LABEL_INFO else "lab" for info in rows["info"]]
         order = sorted(range(len(rows["event_id"])),
@@ -495,7 +511,8 @@ class Learner(KeyedProcessFunction):
             sel = [j for j in later if rows["kind"][j] == kind]
             if sel:
                 deferred.append((kind, pa.table({c: pa.array([rows[c][j] for j in sel], type=batches[0][1].schema.field(c).type)
-                                                 for c in cols})))
+                                                 for c in cols}),
+                                 (features[0][sel], features[1][sel], [features[2][j] for j in sel])))
         if not now:
             return deferred
         learn, late, dead = [], [], []
