@@ -33,8 +33,9 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "hypothesis"],
-        # benchmark-only: bench/ftrl.py compares the FTRL kernel with them
-        "bench": ["river==0.19.0", "vowpalwabbit==9.11.9"],
+        # benchmark-only: bench/ftrl.py compares the FTRL kernel with them; bench/stream.py
+        # samples the job's memory with psutil (pinned in constraints.txt, from the TFX stack)
+        "bench": ["river==0.19.0", "vowpalwabbit==9.11.9", "psutil"],
     },
     entry_points={"console_scripts": ["driftline = runners.cli:main"]},
 )

@@ -1,12 +1,13 @@
 """Benchmark the streaming job on the Flink mini-cluster.
 
-    python bench/stream.py [--json] [--data-dir DIR] [--events N] [--dense-rate R]
+    python bench/stream.py [--json] [--data-dir DIR] [--events N] [--dense-events M] [--dense-rate R]
 
 Runs a tiny generated stream (start-up cost), TalkingData replayed at full speed, a
-generated stream of N impressions at 1 per second of event time (sparse: ~60 per tick), and
-the same N at R per second (dense, default 1,000: per-row costs dominate, as in a busy
-production stream, rather than per-tick ones); prints impressions/s end to end and with start-up
-subtracted, checkpoint bytes per pending impression, the label -> weight visibility lag in
+generated stream of N impressions (default 2M) at 1 per second of event time (sparse: ~60 per
+tick), and M (default 300k) at R per second (dense, default 1,000: per-row costs dominate, as
+in a busy production stream, rather than per-tick ones); prints impressions/s end to end and
+with start-up subtracted, peak memory (RSS of the job's processes), checkpoints (count,
+duration, size), checkpoint bytes per pending impression, the label -> weight visibility lag in
 event time (from a label's resolution to the first prediction served with a delta version
 that includes it), and Flink's own floor on the dense stream (its source alone and with a
 native keyed dedup: what the machine allows before any operator of ours). Last line: one
@@ -211,6 +212,7 @@ class BusyProfile:
 
         self.port = _free_port()
         self.last: dict[str, dict[str, float]] = {}
+        self.checkpoints: dict = {}  # the job's last checkpoint statistics seen (REST)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -229,6 +231,7 @@ class BusyProfile:
                 for job in self._get("/jobs")["jobs"]:
                     if job["status"] != "RUNNING":
                         continue
+                    self.checkpoints = self._get(f"/jobs/{job['id']}/checkpoints")
                     for v in self._get(f"/jobs/{job['id']}")["vertices"]:
                         got = self._get(f"/jobs/{job['id']}/vertices/{v['id']}/subtasks/metrics"
                                         f"?get={','.join(self.METRICS)}&agg=sum")
@@ -247,6 +250,16 @@ class BusyProfile:
         self.stop.set()
         self.thread.join(timeout=10)
 
+    def checkpoint_stats(self) -> dict:
+        """Completed checkpoints, their end-to-end duration (median, max) and size (last, max)."""
+        c = self.checkpoints
+        summary = c.get("summary", {})
+        dur, size = summary.get("end_to_end_duration", {}), summary.get("checkpointed_size", {})
+        return {"completed": c.get("counts", {}).get("completed", 0), "failed": c.get("counts", {}).get("failed", 0),
+                "duration_ms_p50": dur.get("p50"), "duration_ms_max": dur.get("max"),
+                "size_bytes_last": ((c.get("latest") or {}).get("completed") or {}).get("checkpointed_size"),
+                "size_bytes_max": size.get("max")}
+
     def table(self) -> list[dict]:
         """Operator chains by busy seconds, most first."""
         rows = [{"operator": name[:120], "busy_s": round(v.get("accumulateBusyTimeMs", 0), 1),
@@ -255,12 +268,60 @@ class BusyProfile:
         return sorted(rows, key=lambda r: -r["busy_s"])
 
 
+class PeakMemory:
+    """Peak resident memory of this process and everything it started (the mini-cluster's JVM,
+    the Python workers), sampled every 0.2 s with psutil: total, JVM and Python workers (RSS,
+    so pages shared between processes count once per process)."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        import threading
+
+        self.every_s = every_s
+        self.peak = {"total": 0, "jvm": 0, "python_workers": 0}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _sample(self) -> dict[str, int]:
+        import psutil
+
+        me = psutil.Process()
+        out = {"total": me.memory_info().rss, "jvm": 0, "python_workers": 0}
+        for child in me.children(recursive=True):
+            try:
+                rss, name = child.memory_info().rss, child.name()
+            except psutil.Error:  # gone meanwhile
+                continue
+            out["total"] += rss
+            if name == "java":
+                out["jvm"] += rss
+            elif name.startswith("python"):
+                out["python_workers"] += rss
+        return out
+
+    def _poll(self) -> None:
+        while not self.stop.is_set():
+            for k, v in self._sample().items():
+                self.peak[k] = max(self.peak[k], v)
+            self.stop.wait(self.every_s)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def mib(self) -> dict[str, float]:
+        return {k: round(v / 2**20, 1) for k, v in self.peak.items()}
+
+
 def one(data: str, root: Path, events: int, data_dir: str | None, rate_per_s: float | None = None) -> dict:
     """One run of the job; ``rate_per_s``: the generated stream's impressions per second of
     event time (a dense stream has many rows per tick and per key: per-row costs, not per-tick)."""
     run_dir = root / (data if rate_per_s is None else f"{data}_{rate_per_s:g}")
     event_dir, source = prepare_events(data, run_dir, events, 7, data_dir, rate_per_s)
-    with BusyProfile() as prof:
+    with BusyProfile() as prof, PeakMemory() as mem:
         s = run_stream(event_dir, run_dir, source, JoinConfig(), flink_conf=prof.conf())
     n = s["counts"]["predictions"]
     label = data if rate_per_s is None else f"{data}@{rate_per_s:g}/s"
@@ -268,7 +329,7 @@ def one(data: str, root: Path, events: int, data_dir: str | None, rate_per_s: fl
             "impressions_per_s_incl_startup": round(n / s["seconds"], 1),
             "reconciles": s["reconciliation"].get("reconciles"),
             "progressive_logloss": s["progressive"]["logloss"], "visibility_lag": visibility_lag(run_dir),
-            "profile": prof.table()}
+            "peak_memory_mib": mem.mib(), "checkpoints": prof.checkpoint_stats(), "profile": prof.table()}
 
 
 FLOOR_QUERIES = {
@@ -341,7 +402,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--events", type=int, default=50_000, help="generated impressions")
+    ap.add_argument("--events", type=int, default=2_000_000, help="impressions of the generated (sparse) run")
+    ap.add_argument("--dense-events", type=int, default=300_000,
+                    help="impressions of the dense generated run and of the floor runs (a dense stream "
+                         "holds every impression of the join's window pending: memory)")
     ap.add_argument("--dense-rate", type=float, default=1000.0,
                     help="impressions per second of event time of the dense generated run (0: skip it)")
     ap.add_argument("--only-checkpoint", action="store_true", help="only the checkpoint bytes per pending impression")
@@ -357,7 +421,7 @@ def main() -> None:
         return
     if args.only_floor:
         with tempfile.TemporaryDirectory() as tmp:
-            floor = flink_floor(Path(tmp), args.events, args.dense_rate or 1000.0)
+            floor = flink_floor(Path(tmp), args.dense_events, args.dense_rate or 1000.0)
         print_floor(floor)
         print(json.dumps({"flink_floor": floor}))
         return
@@ -372,9 +436,9 @@ def main() -> None:
         startup = one("generator", root / "startup", 200, None)
         rows = [one("talkingdata", root, 0, args.data_dir), one("generator", root, args.events, None)]
         if args.dense_rate:
-            rows.append(one("generator", root, args.events, None, args.dense_rate))
+            rows.append(one("generator", root, args.dense_events, None, args.dense_rate))
         ckpt = checkpoint_bytes_per_pending(root / "ckpt", flink_conf=conf)
-        floor = flink_floor(root, args.events, args.dense_rate or 1000.0)
+        floor = flink_floor(root, args.dense_events, args.dense_rate or 1000.0)
     for r in rows:
         busy = r["seconds"] - startup["seconds"]
         r["startup_seconds"] = startup["seconds"]
@@ -387,6 +451,14 @@ def main() -> None:
               f"{r['impressions_per_s_excl_startup'] or 0:>17,.0f} {lag.get('p50_ms', float('nan')) / 1000:>10.1f} "
               f"{lag.get('p99_ms', float('nan')) / 1000:>10.1f}")
     print(f"start-up (200-impression run): {startup['seconds']:.1f}s; goal >= 50,000 impressions/s steady state")
+    print(f"{'data':<16} {'peak MiB':>9} {'JVM':>7} {'workers':>8} {'checkpoints':>12} {'dur p50 ms':>11} "
+          f"{'dur max ms':>11} {'size last MiB':>14}")
+    for r in rows:
+        m, c = r["peak_memory_mib"], r["checkpoints"]
+        last = (c["size_bytes_last"] or 0) / 2**20
+        print(f"{r['data']:<16} {m['total']:>9,.0f} {m['jvm']:>7,.0f} {m['python_workers']:>8,.0f} "
+              f"{c['completed']:>12} {c['duration_ms_p50'] or 0:>11,.0f} {c['duration_ms_max'] or 0:>11,.0f} "
+              f"{last:>14.1f}")
     for r in rows:
         print_profile(r)
     print_checkpoint(ckpt)
