@@ -269,9 +269,10 @@ class BusyProfile:
 
 
 class PeakMemory:
-    """Peak resident memory of this process and everything it started (the mini-cluster's JVM,
-    the Python workers), sampled every 0.2 s with psutil: total, JVM and Python workers (RSS,
-    so pages shared between processes count once per process)."""
+    """Peak resident memory of the job: every process this one started (the job's PyFlink
+    client, the mini-cluster's JVM, the Python workers; not this process, which generates the
+    events and reads the outputs back), sampled every 0.2 s with psutil: total, JVM and Python
+    workers (RSS, so pages shared between processes count once per process)."""
 
     def __init__(self, every_s: float = 0.2) -> None:
         import threading
@@ -284,17 +285,16 @@ class PeakMemory:
     def _sample(self) -> dict[str, int]:
         import psutil
 
-        me = psutil.Process()
-        out = {"total": me.memory_info().rss, "jvm": 0, "python_workers": 0}
-        for child in me.children(recursive=True):
+        out = {"total": 0, "jvm": 0, "python_workers": 0}
+        for child in psutil.Process().children(recursive=True):
             try:
-                rss, name = child.memory_info().rss, child.name()
+                rss, name, cmd = child.memory_info().rss, child.name(), " ".join(child.cmdline())
             except psutil.Error:  # gone meanwhile
                 continue
             out["total"] += rss
             if name == "java":
                 out["jvm"] += rss
-            elif name.startswith("python"):
+            elif "pyflink.fn_execution" in cmd:  # a Python worker (beam_boot), not the client
                 out["python_workers"] += rss
         return out
 
