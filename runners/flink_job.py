@@ -12,10 +12,10 @@ event-time tick, ``runners.packing``):
         impression for the first label otherwise; stamped at resolution time (no hold-back) │
       ─ tick pack (Java: Arrow IPC, one value per tick) ───────────────────────────────────┤
                                                                                             ▼
-    key 0 (in Java) ─▶ Learner (Python, parallelism 1): featurize and score impression ticks at once
-        (the artifact's vectorized apply; base + delta, A/B arm); learn example ticks in
-        (resolution_time, event_id) order with the compiled FTRL kernel (late labels too, as
-        corrections, under that policy) ─▶ predictions, weight
+    key 0 (in Java) ─▶ Learner (Python, parallelism 1): featurize the ticks a timer releases at once
+        (the artifact's vectorized apply), then per tick score the impressions (base + delta, A/B
+        arm) and learn the examples in (resolution_time, event_id) order with the compiled FTRL
+        kernel (late labels too, as corrections, under that policy) ─▶ predictions, weight
         updates, joined examples, late labels, dead letters, snapshots, each as JSON lines,
         one value per tick
 
