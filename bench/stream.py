@@ -200,7 +200,34 @@ def print_checkpoint(ckpt: dict) -> None:
               + ", ".join(f"{b:,}" for b in ckpt["largest_files_bytes_per_pending"]))
 
 
-class BusyProfile:
+class Poller:
+    """A daemon thread calling ``poll_once`` every ``every_s`` seconds inside a ``with``."""
+
+    def __init__(self, every_s: float) -> None:
+        import threading
+
+        self.every_s = every_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def poll_once(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.poll_once()
+            self.stop.wait(self.every_s)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+class BusyProfile(Poller):
     """Where the time goes, per operator chain: a thread polls Flink's REST API (localhost) for
     each vertex's accumulated busy / back-pressured / idle time (summed over subtasks) and
     keeps the last values seen before the job ends."""
@@ -208,13 +235,10 @@ class BusyProfile:
     METRICS = ("accumulateBusyTimeMs", "accumulateBackPressuredTimeMs", "accumulateIdleTimeMs")
 
     def __init__(self) -> None:
-        import threading
-
+        super().__init__(every_s=2.0)
         self.port = _free_port()
         self.last: dict[str, dict[str, float]] = {}
         self.checkpoints: dict = {}  # the job's last checkpoint statistics seen (REST)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
 
     def conf(self) -> dict:
         return {"rest.port": str(self.port), "rest.address": "127.0.0.1", "rest.bind-address": "127.0.0.1"}
@@ -225,30 +249,20 @@ class BusyProfile:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
             return json.load(r)
 
-    def _poll(self) -> None:
-        while not self.stop.is_set():
-            try:
-                for job in self._get("/jobs")["jobs"]:
-                    if job["status"] != "RUNNING":
-                        continue
-                    self.checkpoints = self._get(f"/jobs/{job['id']}/checkpoints")
-                    for v in self._get(f"/jobs/{job['id']}")["vertices"]:
-                        got = self._get(f"/jobs/{job['id']}/vertices/{v['id']}/subtasks/metrics"
-                                        f"?get={','.join(self.METRICS)}&agg=sum")
-                        vals = {m["id"]: float(m["sum"]) / 1000 for m in got if "sum" in m}
-                        if vals:
-                            self.last[v["name"]] = vals
-            except Exception:  # noqa: BLE001 - not up yet, or gone: keep the last values
-                pass
-            self.stop.wait(2.0)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
+    def poll_once(self) -> None:
+        try:
+            for job in self._get("/jobs")["jobs"]:
+                if job["status"] != "RUNNING":
+                    continue
+                self.checkpoints = self._get(f"/jobs/{job['id']}/checkpoints")
+                for v in self._get(f"/jobs/{job['id']}")["vertices"]:
+                    got = self._get(f"/jobs/{job['id']}/vertices/{v['id']}/subtasks/metrics"
+                                    f"?get={','.join(self.METRICS)}&agg=sum")
+                    vals = {m["id"]: float(m["sum"]) / 1000 for m in got if "sum" in m}
+                    if vals:
+                        self.last[v["name"]] = vals
+        except Exception:  # noqa: BLE001 - not up yet, or gone: keep the last values
+            pass
 
     def checkpoint_stats(self) -> dict:
         """Completed checkpoints, their end-to-end duration (median, max) and size (last, max)."""
@@ -268,19 +282,15 @@ class BusyProfile:
         return sorted(rows, key=lambda r: -r["busy_s"])
 
 
-class PeakMemory:
+class PeakMemory(Poller):
     """Peak resident memory of the job: every process this one started (the job's PyFlink
     client, the mini-cluster's JVM, the Python workers; not this process, which generates the
     events and reads the outputs back), sampled every 0.2 s with psutil: total, JVM and Python
     workers (RSS, so pages shared between processes count once per process)."""
 
     def __init__(self, every_s: float = 0.2) -> None:
-        import threading
-
-        self.every_s = every_s
+        super().__init__(every_s)
         self.peak = {"total": 0, "jvm": 0, "python_workers": 0}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
 
     def _sample(self) -> dict[str, int]:
         import psutil
@@ -298,19 +308,9 @@ class PeakMemory:
                 out["python_workers"] += rss
         return out
 
-    def _poll(self) -> None:
-        while not self.stop.is_set():
-            for k, v in self._sample().items():
-                self.peak[k] = max(self.peak[k], v)
-            self.stop.wait(self.every_s)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
+    def poll_once(self) -> None:
+        for k, v in self._sample().items():
+            self.peak[k] = max(self.peak[k], v)
 
     def mib(self) -> dict[str, float]:
         return {k: round(v / 2**20, 1) for k, v in self.peak.items()}
