@@ -241,14 +241,15 @@ class Learner(KeyedProcessFunction):
         schema = parts[-1].schema
         f = apply(self.artifact, pa.concat_tables([p.cast(schema) for p in parts]))
         idx, vals = f.indices, f.values.astype(np.float64)
-        ends = np.cumsum([t.num_rows for t in imps], dtype=np.int64)
-        scored = [(idx[e - t.num_rows:e], vals[e - t.num_rows:e]) for t, e in zip(imps, ends.tolist())]
-        base, r = (int(ends[-1]) if imps else 0), 0  # the resolved rows follow the impressions
-        resolved = []
+        scored, resolved, at = [], [], 0  # row offsets: the impressions, then the resolved rows
+        for tab in imps:
+            scored.append((idx[at:at + tab.num_rows], vals[at:at + tab.num_rows]))
+            at += tab.num_rows
+        first = at  # the resolved rows' first row (``values`` holds theirs only)
         for tab in batches:
-            a, b = base + r, base + r + tab.num_rows
-            resolved.append((idx[a:b], vals[a:b], values[r:r + tab.num_rows]))
-            r += tab.num_rows
+            v = at - first
+            resolved.append((idx[at:at + tab.num_rows], vals[at:at + tab.num_rows], values[v:v + tab.num_rows]))
+            at += tab.num_rows
         return scored, resolved
 
     def _score(self, layer: OnlineLayer, t, tick: int, features):

@@ -65,21 +65,22 @@ def _wait(cfg, job_id, cond, what: str, timeout: float = 300) -> None:
     raise TimeoutError(what)
 
 
-def _failures(cfg, job_id) -> int:
+def _exception_history(cfg, job_id) -> list[dict]:
+    """The job's failures (root causes, newest first), from REST."""
     import urllib.request
 
     with urllib.request.urlopen(f"{cfg.rest_url}/jobs/{job_id}/exceptions", timeout=5) as r:
-        return len(json.loads(r.read()).get("exceptionHistory", {}).get("entries", []))
+        return json.loads(r.read()).get("exceptionHistory", {}).get("entries", [])
+
+
+def _failures(cfg, job_id) -> int:
+    return len(_exception_history(cfg, job_id))
 
 
 def _exceptions(cfg, job_id) -> str:
-    """The job's exception history (root causes, newest first), for a failing assertion's message."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"{cfg.rest_url}/jobs/{job_id}/exceptions", timeout=5) as r:
-        entries = json.loads(r.read()).get("exceptionHistory", {}).get("entries", [])
+    """The exception history as text, for a failing assertion's message."""
     return "\n---\n".join(f"{e.get('taskName')} @ {e.get('location')}:\n{e.get('stacktrace', '')[:4000]}"
-                            for e in entries)
+                            for e in _exception_history(cfg, job_id))
 
 
 def _all_tasks_running(cfg, job_id) -> bool:
