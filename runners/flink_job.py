@@ -12,7 +12,7 @@ event-time tick, ``runners.packing``):
         impression for the first label otherwise; stamped at resolution time (no hold-back) │
       ─ tick pack (Java: Arrow IPC, one value per tick) ───────────────────────────────────┤
                                                                                             ▼
-    key 0 (in Java) ─▶ Learner (Python, parallelism 1): featurize the ticks a timer releases at once
+    key 0 (in Java) ─▶ Learner (Python, parallelism 1): featurize the ticks the watermark passed at once
         (the artifact's vectorized apply), then per tick score the impressions (base + delta, A/B
         arm) and learn the examples in (resolution_time, event_id) order with the compiled FTRL
         kernel (late labels too, as corrections, under that policy) ─▶ predictions, weight

@@ -275,16 +275,24 @@ class Learner(KeyedProcessFunction):
             "base_only_reason": s["base_only_reason"]}, n))
 
     def on_timer(self, t, ctx):
-        """Ticks up to ``t`` in order: score the tick's impressions with the weights learned
-        from examples resolved before the tick (never from their own tick: no leakage), then
-        learn the tick's examples. Predictions, too, depend only on the event log. Features
-        for all of them at once (``_featurize``): they depend on the inputs and the artifact
-        only, not on the weights."""
-        layer = self._layer()
+        """Ticks up to the watermark (at least up to ``t``) in order: score the tick's
+        impressions with the weights learned from examples resolved before the tick (never
+        from their own tick: no leakage), then learn the tick's examples. Predictions, too,
+        depend only on the event log. Features for all of them at once (``_featurize``): they
+        depend on the inputs and the artifact only, not on the weights."""
+        # Every tick the watermark has passed, not only this timer's (their rows all arrived
+        # before the watermark did): the timers of the others then find nothing to do. At full
+        # speed a watermark releases ~100-500 sparse ticks at once: one call for them all costs
+        # a quarter less Python CPU (measured). A paced replay keeps one tick per call, so its
+        # bundles (and checkpoints) can finish between the ticks it waits for.
+        upto = t if self.speedup else max(t, ctx.timer_service().current_watermark() or t)
         pending = self.pending.value() or {}
+        if t != MAX_TIME and not any(k <= upto for k in pending if k != CARRY):
+            return
+        layer = self._layer()
         carry = [(kind, unpack(p)) for kind, p in pending.pop(CARRY, [])]
         ticks = []
-        for key in sorted(k for k in pending if k <= t):
+        for key in sorted(k for k in pending if k <= upto and k != CARRY):
             items = [(kind, unpack(p)) for kind, p in pending.pop(key)]
             ticks.append((key, [tab for kind, tab in items if kind == "imp"],
                           [(kind, tab) for kind, tab in items if kind != "imp"]))
@@ -317,7 +325,7 @@ class Learner(KeyedProcessFunction):
             self.fd_state.update(self.fd)
         if self.control is not None:
             self.control_state.update(self.control)
-        self.m_ticks.inc()
+        self.m_ticks.inc(len(ticks))
         if t == MAX_TIME:
             write_snapshot(self.registry, layer, -1)
 
