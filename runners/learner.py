@@ -292,7 +292,7 @@ class Learner(KeyedProcessFunction):
         layer = self._layer()
         carry = [(kind, unpack(p)) for kind, p in pending.pop(CARRY, [])]
         ticks = []
-        for key in sorted(k for k in pending if k <= upto and k != CARRY):
+        for key in sorted(k for k in pending if k <= upto):  # CARRY (below every tick) popped above
             items = [(kind, unpack(p)) for kind, p in pending.pop(key)]
             ticks.append((key, [tab for kind, tab in items if kind == "imp"],
                           [(kind, tab) for kind, tab in items if kind != "imp"]))
