@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models import metrics
+from models.ftrl_kernel import njit  # numba, with the Flink worker's print workaround
 
 # upper bounds of the label-delay buckets (ms), the last bucket is open
 DELAY_BUCKETS_MS = {"le_1m": 60_000, "le_5m": 300_000, "le_15m": 900_000, "le_1h": 3_600_000,
@@ -32,34 +33,67 @@ def _losses(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     return -(t * np.log(q) + (1 - t) * np.log1p(-q))
 
 
-def _tie_slots(ps: np.ndarray, ys: np.ndarray, vp: np.ndarray):
-    """For scores ``vp``: (start of their tie in the sorted ``ps``, its 0-labels' count, its
-    end), from a prefix sum of the sorted labels (ties hold their 0s, then their 1s)."""
-    cs = np.concatenate([[0], np.cumsum(ys, dtype=np.int64)])
-    lo, hi = np.searchsorted(ps, vp, "left"), np.searchsorted(ps, vp, "right")
-    return lo, hi - lo - (cs[hi] - cs[lo]), hi
+@njit(cache=True)
+def _merge(ps, ys, out_p, out_y, in_p, in_y):  # pragma: no cover - compiled
+    """The sorted (score, label) multiset ``ps``/``ys`` without ``out`` and with ``in`` (both
+    sorted by score, then label; every ``out`` is in it): one merge pass."""
+    n, m, k = len(ps), len(out_p), len(in_p)
+    rp, ry = np.empty(n - m + k, ps.dtype), np.empty(n - m + k, ys.dtype)
+    i = o = j = r = 0
+    while i < n or j < k:
+        if i < n and o < m and ps[i] == out_p[o] and ys[i] == out_y[o]:
+            i += 1
+            o += 1
+        elif j < k and (i == n or in_p[j] < ps[i] or (in_p[j] == ps[i] and in_y[j] <= ys[i])):
+            rp[r], ry[r] = in_p[j], in_y[j]
+            j += 1
+            r += 1
+        else:
+            rp[r], ry[r] = ps[i], ys[i]
+            i += 1
+            r += 1
+    if o != m or r != len(rp):
+        raise ValueError("window: a leaving example is not in the sorted window")
+    return rp, ry
+
+
+@njit(cache=True)
+def _auc_unit(ps, ys):  # pragma: no cover - compiled
+    """``metrics.auc_sorted`` with unit weights over scores sorted ascending: per run of equal
+    scores, its positives x (negatives below + half its negatives). Every term and partial sum
+    is a multiple of 0.5 far below 2**53, so the sum is exact in any order: bit for bit the
+    same value."""
+    acc, below, pos, i, n = 0.0, 0.0, 0.0, 0, len(ps)
+    while i < n:
+        g_pos = g_neg = 0.0
+        j = i
+        while j < n and ps[j] == ps[i]:
+            if ys[j] > 0:
+                g_pos += 1.0
+            else:
+                g_neg += 1.0
+            j += 1
+        acc += g_pos * (below + 0.5 * g_neg)
+        below += g_neg
+        pos += g_pos
+        i = j
+    return acc / (pos * below)
+
+
+def _by_score(p: np.ndarray, y: np.ndarray):
+    order = np.lexsort((y, p))
+    return np.ascontiguousarray(p[order], np.float64), np.ascontiguousarray(y[order])
 
 
 def _shift(cache, out_p, out_y, in_p, in_y):
     """The sorted window (by score, then label) and its losses with the examples ``out``
-    (the oldest, in window order) removed and ``in`` added (appended to the losses);
-    vectorized: a tick moves a few dozen of the window's examples."""
+    (the oldest, in window order) removed and ``in`` added (appended to the losses); one
+    compiled merge (a tick moves a few dozen of the window's examples). Equal (score, label)
+    pairs are interchangeable, so the result is the window's unique sorted order."""
     ps, ys, loss = cache
-    if len(out_p):
-        order = np.lexsort((out_y, out_p))
-        vp, vy = out_p[order], out_y[order]
-        lo, zeros, _ = _tie_slots(ps, ys, vp)
-        start = np.where(vy > 0, lo + zeros, lo)
-        i = np.arange(len(vp))  # the k-th repeat of one (score, label) pair takes the next slot
-        same = np.r_[False, (vp[1:] == vp[:-1]) & (vy[1:] == vy[:-1])]
-        gone = start + i - np.maximum.accumulate(np.where(same, 0, i))
-        ps, ys = np.delete(ps, gone), np.delete(ys, gone)
-    if len(in_p):
-        order = np.lexsort((in_y, in_p))
-        vp, vy = in_p[order], in_y[order].astype(ys.dtype)
-        lo, zeros, hi = _tie_slots(ps, ys, vp)
-        at = np.where(vy > 0, hi, lo + zeros)  # a 1 after its tie's 1s, a 0 after its 0s
-        ps, ys = np.insert(ps, at, vp), np.insert(ys, at, vy)
+    op, oy = _by_score(np.asarray(out_p, np.float64), np.asarray(out_y, ys.dtype))
+    ip, iy = _by_score(np.asarray(in_p, np.float64), np.asarray(in_y, ys.dtype))
+    ps, ys = _merge(ps, ys, op, oy, ip, iy)
     return ps, ys, np.concatenate([loss[len(out_p):], _losses(in_p, in_y)])
 
 
@@ -115,8 +149,7 @@ class WindowMetrics:
         if not 0 < self.y.sum() < self.n:
             return None
         ps, ys, _ = self._sorted()
-        pos = float(ys.sum())
-        return metrics.auc_sorted(ps, ys > 0, np.ones(len(ys)), pos, float(len(ys)) - pos)
+        return float(_auc_unit(ps, ys))  # = metrics.auc_sorted(ps, ys > 0, ones, pos, neg)
 
     def normalized_entropy(self) -> float | None:
         """Logloss over the entropy of the window's positive rate (He et al. 2014): 1.0 is no
