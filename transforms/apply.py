@@ -60,10 +60,20 @@ INPUT_TYPES = {"string": pa.string(), "double": pa.float64(), "bigint": pa.int64
 
 def parse_inputs(rows: list[str]) -> list[list]:
     """JSON arrays of raw input values (the streaming job's join keeps a pending impression's
-    inputs this way: no field names, a smaller join state) -> lists of values, in one parse."""
+    inputs this way: no field names, a smaller join state) -> lists of values, in one parse
+    (orjson: ~4x faster, the same values; Python's json when a row holds NaN or an infinity,
+    which the job writes as Python's json does and orjson refuses)."""
     import json
 
-    return json.loads("[" + ",".join(rows) + "]") if rows else []
+    import orjson
+
+    if not rows:
+        return []
+    text = "[" + ",".join(rows) + "]"
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def inputs_table(values: list[list], types: dict[str, str]) -> pa.Table:
