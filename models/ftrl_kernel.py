@@ -3,10 +3,11 @@ examples, strictly one event after another (each sees the weights the previous o
 
 It is the same arithmetic as ``FTRL.learn_one`` (same operation order, float64; with float32
 state, ``FTRLParams.precision``, z and n are read as float64 and rounded when stored), so it equals
-the plain-Python ``ReferenceFTRL`` to rounding; tests hold it to 1e-9. Compiled on first use
-in each process (~2.5 s here). No on-disk cache: numba's cache keys on the file path but
-pickles the module name, so a cache written by ``python -m doctest models/ftrl_kernel.py``
-broke every later ``models.ftrl_kernel`` import.
+the plain-Python ``ReferenceFTRL`` to rounding; tests hold it to 1e-9. Compiled once per
+machine into numba's on-disk cache (``cache=True``, ``__pycache__``; ~2.5 s otherwise in every
+job's Python worker). Numba's cache keys on the file path but pickles the module name: run the
+doctests as ``pytest --doctest-modules models/ftrl_kernel.py``, not ``python -m doctest`` (a
+cache written under ``__main__`` broke later ``models.ftrl_kernel`` imports).
 
 >>> import numpy as np
 >>> z, n = np.zeros(4), np.zeros(4)
