@@ -101,15 +101,23 @@ def inputs_table(values: list[list], types: dict[str, str]) -> pa.Table:
 
 
 def inputs_objects(values: list[list], names: list[str]) -> list[str]:
-    """The same rows as JSON objects (what joined examples carry for the retrains).
+    """The same rows as JSON objects (what joined examples carry for the retrains). orjson
+    (~5x faster per row); a row holding NaN or an infinity through Python's json, which writes
+    them as the job reads them (orjson would write null: a missing value). Floats keep their
+    value; only the exponent's spelling may differ from Python's json (``1e-05`` / ``1e-5``).
 
-    >>> inputs_objects(parse_inputs(['["a", 1.5, null]']), ["x", "y", "z"])
-    ['{"x":"a","y":1.5,"z":null}']
+    >>> inputs_objects(parse_inputs(['["a", 1.5, null]', '["b", NaN, 2]']), ["x", "y", "z"])
+    ['{"x":"a","y":1.5,"z":null}', '{"x":"b","y":NaN,"z":2}']
     """
     import json
+    import math
+
+    import orjson
 
     encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    return [encode(dict(zip(names, v))) for v in values]
+    dumps = orjson.dumps
+    return [encode(dict(zip(names, v))) if any(type(x) is float and not math.isfinite(x) for x in v)
+            else dumps(dict(zip(names, v))).decode() for v in values]
 
 
 def time_features(event_time: np.ndarray) -> dict[str, np.ndarray]:
