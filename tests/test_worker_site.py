@@ -20,16 +20,16 @@ print(json.dumps({"period": s.sampling_period_ms, "stop_ms": stop_ms,
 """
 
 
-def probe(tmp_path, pythonpath: list[str], env: dict | None = None) -> dict:
+def probe(pythonpath: list[str], env: dict | None = None) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=120,
                          env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(pythonpath)})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_sampler_stops_within_its_short_period(tmp_path):
-    without = probe(tmp_path, [])
+def test_sampler_stops_within_its_short_period():
+    without = probe([])
     assert without["period"] == 200  # Beam's default: what a bundle's end waits for, up to
-    hooked = probe(tmp_path, [str(WORKER_SITE)])
+    hooked = probe([str(WORKER_SITE)])
     assert hooked["period"] == 5
     assert hooked["stop_ms"] < 50  # Beam's own: 0-200 ms, wherever its nap happens to be
 
@@ -38,7 +38,7 @@ def test_period_setting_and_a_sites_own_hook_still_run(tmp_path):
     other = tmp_path / "site"
     other.mkdir()
     (other / "sitecustomize.py").write_text("import sys\nsys.modules['other_site'] = sys\n")
-    got = probe(tmp_path, [str(WORKER_SITE), str(other)], {"DRIFTLINE_SAMPLER_MS": "200"})
+    got = probe([str(WORKER_SITE), str(other)], {"DRIFTLINE_SAMPLER_MS": "200"})
     assert got == {**got, "period": 200, "other": True}
 
 
