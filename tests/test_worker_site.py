@@ -42,7 +42,7 @@ def test_period_setting_and_a_sites_own_hook_still_run(tmp_path):
     assert got == {**got, "period": 200, "other": True}
 
 
-def test_the_job_puts_the_hook_on_the_workers_path_only(tmp_path):
+def test_the_job_puts_the_hook_on_the_workers_path(tmp_path):
     from runners.flink_job import JobConfig, configure
 
     cfg = JobConfig(event_dir=str(tmp_path), out=str(tmp_path / "out"), artifact=str(tmp_path / "a.json"))
