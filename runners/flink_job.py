@@ -152,16 +152,17 @@ def labels_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str = ""
 def first_occurrences(rows: JavaRows, retention_ms: int) -> JavaRows:
     """``rows`` with ``nth`` appended: 1 for the first row of its event_id in event time (ties:
     arrival order; ``pipelines.join``), 2, 3, ... for duplicates, by our Java
-    ``driftline.flink.FirstOccurrence`` (O(1) per row; an id's state, 16 B, is cleared
-    ``retention_ms`` of event time after its last occurrence: freed at a known time, and every
-    run of a log decides the same; the SQL OVER it replaces expired in processing time)."""
+    ``driftline.flink.FirstOccurrence`` (O(1) per row; an id is forgotten ``retention_ms`` of
+    event time after its last occurrence: every run of a log decides the same; the SQL OVER it
+    replaces expired in processing time). Its state, 16 B per id, is freed by a sweep every
+    retention / 16 of event time, not by a timer per id (``SweepingProcessOperator``)."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
     jvm = get_gateway().jvm
     op = jvm.driftline.flink.FirstOccurrence(int(retention_ms), java_array(jvm.String, rows.names),
                                              rows.stream.getType())
-    return rows.then(["event_id"], op, [("nth", Types.LONG())], "first_occurrence")
+    return rows.then(["event_id"], op, [("nth", Types.LONG())], "first_occurrence", sweeping=True)
 
 
 PREDICTION_COLUMNS = [("event_id", "STRING"), ("event_time", "BIGINT"), ("p", "DOUBLE"),

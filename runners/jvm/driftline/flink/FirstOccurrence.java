@@ -9,9 +9,11 @@
  * the job deterministic: the SQL state expires after a span of processing time (the table's
  * state TTL), so whether a late duplicate was recognized depended on how fast the job ran.
  * Here a key's state (a count and the last time seen, 16 bytes, plus its rows waiting for the
- * watermark) is cleared when the watermark passes the last occurrence + the retention, in
+ * watermark) is forgotten once the last occurrence is more than the retention behind, in
  * event time: a duplicate more than the retention after the previous occurrence of its id
- * counts as a first occurrence again, on every run and runner alike.
+ * counts as a first occurrence again, on every run and runner alike. The state is freed by a
+ * sweep over all keys every retention / 16 of event time (SweepingProcessOperator), not by a
+ * timer per key: what a key's row sees never depends on when the sweep ran.
  *
  * Like the OVER, a row is processed when the watermark passes its time; a row at or behind
  * the watermark when it arrives is late and dropped (the "numLateRecordsDropped" metric).
@@ -28,7 +30,8 @@ import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
 
-public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row> {
+public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row>
+    implements SweepingProcessOperator.Sweepable {
   private static final long serialVersionUID = 1L;
 
   private final long retentionMs;
@@ -37,6 +40,7 @@ public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row
   // [occurrences processed, time of the last one]
   private transient ValueState<long[]> seen;
   private transient WaitingRows waiting;
+  private transient long nextSweep; // the watermark at which the next sweep is due
 
   public FirstOccurrence(long retentionMs, String[] names, TypeInformation<Row> inputType) {
     if (retentionMs <= 0) {
@@ -52,6 +56,25 @@ public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row
     seen = getRuntimeContext().getState(
         new ValueStateDescriptor<long[]>("seen", PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO));
     waiting = new WaitingRows(getRuntimeContext(), inputType);
+    nextSweep = Long.MIN_VALUE;
+  }
+
+  /** Frees every key whose last occurrence the watermark has passed by the retention: no row
+   * still to come (all are after the watermark) can count it. */
+  @Override
+  public void sweep(long watermark, SweepingProcessOperator op) throws Exception {
+    if (watermark < nextSweep) {
+      return;
+    }
+    long period = Math.max(1, retentionMs / 16);
+    nextSweep = watermark >= Long.MAX_VALUE - period ? Long.MAX_VALUE : watermark + period;
+    for (String key : op.keys("seen")) {
+      op.setCurrentKey(key);
+      long[] s = seen.value();
+      if (s != null && watermark >= s[1] + retentionMs) {
+        seen.clear();
+      }
+    }
   }
 
   @Override
@@ -67,6 +90,9 @@ public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row
   public void onTimer(long t, OnTimerContext ctx, Collector<Row> out) throws Exception {
     long[] s = seen.value();
     List<Row> rows = waiting.take(t);
+    if (s != null && t > s[1] + retentionMs) {
+      s = null; // forgotten: more than the retention after the last occurrence (swept or not)
+    }
     if (rows != null) {
       if (s == null) {
         s = new long[2];
@@ -81,9 +107,6 @@ public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row
       }
       s[1] = t;
       seen.update(s);
-      ctx.timerService().registerEventTimeTimer(t + retentionMs); // the expiry of this occurrence
-    } else if (s != null && t >= s[1] + retentionMs) {
-      seen.clear(); // retention passed since the last occurrence (rows waiting stay)
     }
   }
 }

@@ -1,0 +1,48 @@
+/*
+ * driftline: Flink's KeyedProcessOperator, and after each watermark a sweep of the function's
+ * long-lived keyed state (Sweepable). Why: state that only expires (an event_id remembered
+ * for days) would otherwise need one event-time timer per key. Flink's heap timer queue holds
+ * all of them (every timer of the operator pays O(log n) in that heap) and every checkpoint
+ * writes each again with its key; a sweep every so often in event time frees the same state
+ * with no timer per key (measured: bench/stream.py, README "Where the streaming time goes").
+ */
+package driftline.flink;
+
+import java.util.List;
+import java.util.stream.Collectors;
+import java.util.stream.Stream;
+import org.apache.flink.runtime.state.KeyedStateBackend;
+import org.apache.flink.runtime.state.VoidNamespace;
+import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
+import org.apache.flink.streaming.api.operators.KeyedProcessOperator;
+import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.types.Row;
+
+public final class SweepingProcessOperator extends KeyedProcessOperator<String, Row, Row> {
+  private static final long serialVersionUID = 1L;
+
+  /** A keyed function with state to sweep: {@link #sweep} runs after the watermark's timers. */
+  public interface Sweepable {
+    /** Called after every watermark (the function decides when it is due). */
+    void sweep(long watermark, SweepingProcessOperator op) throws Exception;
+  }
+
+  public <F extends KeyedProcessFunction<String, Row, Row> & Sweepable> SweepingProcessOperator(F function) {
+    super(function);
+  }
+
+  /** Every key that has a value in the keyed state {@code stateName}, collected first, so the
+   * caller may clear state while it visits them. */
+  public List<String> keys(String stateName) {
+    KeyedStateBackend<String> backend = getKeyedStateBackend();
+    try (Stream<String> keys = backend.getKeys(stateName, VoidNamespace.INSTANCE)) {
+      return keys.collect(Collectors.toList());
+    }
+  }
+
+  @Override
+  public void processWatermark(Watermark mark) throws Exception {
+    super.processWatermark(mark);
+    ((Sweepable) userFunction).sweep(mark.getTimestamp(), this);
+  }
+}
