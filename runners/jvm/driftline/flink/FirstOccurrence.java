@@ -33,6 +33,7 @@ import org.apache.flink.util.Collector;
 public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row>
     implements SweepingProcessOperator.Sweepable {
   private static final long serialVersionUID = 1L;
+  private static final String SEEN = "seen"; // the id memory's state: created and swept by this name
 
   private final long retentionMs;
   private final String[] names; // the input's field names, in order (rows may be name-based)
@@ -54,7 +55,7 @@ public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row
   @Override
   public void open(OpenContext ctx) {
     seen = getRuntimeContext().getState(
-        new ValueStateDescriptor<long[]>("seen", PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO));
+        new ValueStateDescriptor<long[]>(SEEN, PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO));
     waiting = new WaitingRows(getRuntimeContext(), inputType);
     nextSweep = Long.MIN_VALUE;
   }
@@ -68,7 +69,7 @@ public final class FirstOccurrence extends KeyedProcessFunction<String, Row, Row
     }
     long period = Math.max(1, retentionMs / 16);
     nextSweep = watermark >= Long.MAX_VALUE - period ? Long.MAX_VALUE : watermark + period;
-    for (String key : op.keys("seen")) {
+    for (String key : op.keys(SEEN)) {
       op.setCurrentKey(key);
       long[] s = seen.value();
       if (s != null && watermark >= s[1] + retentionMs) {
