@@ -4,14 +4,15 @@ Plan (state-heavy work in Java keyed operators of ours, ``runners/jvm/driftline/
 Python only where it must be, and rows cross into Python in batches: one packed value per
 event-time tick, ``runners.packing``):
 
-    impressions ─ windowed counts (Java, per key) ─ first of its event_id? (Java)
-      ─ impression rows (Java: dup ─▶ dead letter; raw inputs; inputs as JSON) ─┬─ tick pack (Java) ─┐
-    impressions ∪ labels (at lt+1) ─ join per event_id (Java; its own deadline timers at  │
-        t+W+1 and lt+W+1), in event time: positive at the first label in [t, t+W),         │
-        negative at the deadline otherwise; late / unknown impression / label before        │
-        impression for the first label otherwise; stamped at resolution time (no hold-back) │
-      ─ tick pack (Java: Arrow IPC, one value per tick) ───────────────────────────────────┤
-                                                                                            ▼
+    impressions ─ windowed counts (Java, per key) ─┐
+    labels (stamped at lt+1) ──────────────────────┴─ dedup + join per event_id (Java, one
+        operator), in event time: an impression's or label's occurrence number (duplicates ─▶
+        dead letter); first impressions ─ tick pack (Java) ──────────────────────────────────┐
+        the join (its own deadline timers at t+W+1 and lt+W+1): positive at the first label  │
+        in [t, t+W), negative at the deadline otherwise; late / unknown impression / label   │
+        before impression for the first label otherwise; stamped at resolution time (no      │
+        hold-back) ─ tick pack (Java: Arrow IPC, one value per tick) ─────────────────────────┤
+                                                                                             ▼
     key 0 (in Java) ─▶ Learner (Python, parallelism 1): featurize the ticks the watermark passed at once
         (the artifact's vectorized apply), then per tick score the impressions (base + delta, A/B
         arm) and learn the examples in (resolution_time, event_id) order with the compiled FTRL
@@ -19,7 +20,7 @@ event-time tick, ``runners.packing``):
         updates, joined examples, late labels, dead letters, snapshots, each as JSON lines,
         one value per tick
 
-Pending impressions live in the join's keyed state (``driftline.flink.ExampleJoin``, freed in
+Pending impressions live in the join's keyed state (``driftline.flink.DedupJoin``, freed in
 event time); the Learner's state is the online layer (FTRL z/n arrays). Outputs are Flink
 FileSinks (the JSON lines as written; joined examples bucketed by event-time date and hour),
 committed on checkpoints: exactly-once.
@@ -36,8 +37,8 @@ from models.online import OnlineConfig
 from pipelines.events import SourceSpec
 from pipelines.join import JoinConfig
 from runners.packing import NO_TIME
-from transforms.flink_sql import (JavaRows, _q, impressions_ddl, interval, java_array, stream_view,
-                                  table_rows, windowed_count_rows)
+from transforms.flink_sql import (JavaRows, _q, impressions_ddl, interval, java_array, table_rows,
+                                  windowed_count_rows)
 
 WORKER_SITE = Path(__file__).resolve().parent / "worker_site"  # on the Python workers' path only
 OUTPUTS = ("predictions", "updates", "examples", "late_labels", "dead_letter", "metrics", "alerts")
@@ -68,7 +69,7 @@ class JobConfig:
     dedup_ttl_ms: int = 2 * 86_400_000
     # how long (event time) the dedup remembers an event_id after its last occurrence: a
     # duplicate impression or label further apart than this is not recognized as one. Event
-    # time, so every run of a log decides the same (driftline.flink.FirstOccurrence)
+    # time, so every run of a log decides the same (driftline.flink.DedupJoin)
     dedup_retention_ms: int = 2 * 86_400_000
     learn_tick_ms: int = 60_000  # rows reach Python in batches of this much event time
     snapshot_every: int = 0  # write a full FTRL snapshot every N updates (0: only at the end)
@@ -141,29 +142,6 @@ def check_paths(paths: dict[str, str], roots: list[str]) -> None:
 
 
 # ---- SQL ------------------------------------------------------------------------------------
-
-def labels_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str = "") -> str:
-    return (f"CREATE TABLE {table} (`event_id` STRING, `label_time` BIGINT, `label` INT, "
-            f"`label_type` STRING, lts AS TO_TIMESTAMP_LTZ(`label_time`, 3), "
-            f"WATERMARK FOR lts AS lts - {interval(watermark_delay_ms + 1)}) WITH ("
-            f"'connector' = 'filesystem', 'path' = '{path}', 'format' = 'json'{monitor})")
-
-
-def first_occurrences(rows: JavaRows, retention_ms: int) -> JavaRows:
-    """``rows`` with ``nth`` appended: 1 for the first row of its event_id in event time (ties:
-    arrival order; ``pipelines.join``), 2, 3, ... for duplicates, by our Java
-    ``driftline.flink.FirstOccurrence`` (O(1) per row; an id is forgotten ``retention_ms`` of
-    event time after its last occurrence: every run of a log decides the same; the SQL OVER it
-    replaces expired in processing time). Its state, 16 B per id, is freed by a sweep every
-    retention / 16 of event time, not by a timer per id (``SweepingProcessOperator``)."""
-    from pyflink.common import Types
-    from pyflink.java_gateway import get_gateway
-
-    jvm = get_gateway().jvm
-    op = jvm.driftline.flink.FirstOccurrence(int(retention_ms), java_array(jvm.String, rows.names),
-                                             rows.stream.getType())
-    return rows.then(["event_id"], op, [("nth", Types.LONG())], "first_occurrence", sweeping=True)
-
 
 PREDICTION_COLUMNS = [("event_id", "STRING"), ("event_time", "BIGINT"), ("p", "DOUBLE"),
                       ("base_logit", "DOUBLE"), ("delta_logit", "DOUBLE"), ("base_version", "STRING"),
@@ -255,11 +233,7 @@ def labels_join_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str
 LABEL_INFO = ("label", "expired")  # resolved examples; every other ``info`` is a label outcome
 
 
-JOIN_INPUT = ["event_id", "k", "event_time", "inputs", "label_time", "label"]
 JOIN_OUTPUT = ["event_id", "resolution_time", "event_time", "label", "label_time", "info", "inputs"]
-
-
-JOIN_TYPES = ("STRING", "INT", "LONG", "STRING", "LONG", "INT", "INSTANT")  # JOIN_INPUT + rt
 
 
 def _types(names) -> list:
@@ -268,50 +242,46 @@ def _types(names) -> list:
     return [getattr(Types, n)() for n in names]
 
 
-def join_labels(t_env) -> JavaRows:
-    """The labels as the join's rows (k 1, at lt + 1: the view ``labels_j``), rowtime ``rt``;
-    the impressions' rows come from ``impression_rows`` with the same type."""
-    sql = ("SELECT `event_id`, 1 AS k, CAST(NULL AS BIGINT) AS `event_time`, CAST(NULL AS STRING) AS inputs, "
-           "`label_time`, label, jts AS rt FROM labels_j")
-    return table_rows(t_env, sql, [*JOIN_INPUT, "rt"], _types(JOIN_TYPES))
+def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: dict[str, str],
+               join: JoinConfig, retention_ms: int):
+    """The dedup and the delayed-label join, in one Java operator per event_id
+    (``driftline.flink.DedupJoin``), over the impressions ``imps`` (the windowed counts' rows)
+    and the ``labels`` (event_id, label_time, label, stamped at label time + 1). Returns the
+    first occurrences (``JavaRows`` event_id, event_time, unit, the inputs), the join's
+    outcomes (``JOIN_OUTPUT``, timestamped with the deciding row's time) and the duplicates'
+    dead-letter lines (impressions and labels), each in event time.
 
-
-def impression_rows(rows: JavaRows, unit: str | None, input_types: dict[str, str], join_type, line_type):
-    """Our Java ``driftline.flink.ImpressionRows`` over the dedup's ``rows``: (first occurrences
-    as ``JavaRows`` event_id, event_time, unit, the inputs; the join's impression rows, of
-    ``join_type``; the duplicates' dead-letter lines, of ``line_type``)."""
-    from pyflink.common import Types
-    from pyflink.java_gateway import get_gateway
-
-    jvm = get_gateway().jvm
-    op = jvm.driftline.flink.ImpressionRows(java_array(jvm.String, rows.names), unit,
-                                            java_array(jvm.String, list(input_types)), join_type, line_type)
-    names = ["event_id", "event_time", "unit", *input_types]
-    types = [Types.STRING(), Types.LONG(), Types.STRING(), *_types(INPUT_TYPES[t] for t in input_types.values())]
-    out = rows.stream.process(op, Types.ROW_NAMED(names, types).get_java_type_info()).name("impression_rows")
-    return JavaRows(out, names, types), out.getSideOutput(op.joinTag()), out.getSideOutput(op.duplicatesTag())
-
-
-def example_join(join_rows, join: JoinConfig) -> JavaRows:
-    """The delayed-label join's outcomes (``JOIN_OUTPUT``, timestamped with the deciding row's
-    time) of ``join_rows`` (impressions and labels, ``JOIN_INPUT``), by our Java
-    ``driftline.flink.ExampleJoin`` per event_id, which states the semantics
-    (``pipelines.join.reference_join`` in plain Python; tests hold the job to it). No watermark
-    hold-back: a positive is out at its label, a negative at its deadline. A pending impression
-    keeps only its raw inputs here (a JSON array of values), not its features: the Learner
-    computes those with the same artifact (``transforms.apply.inputs_table``); they are
-    dropped at its deadline unless late labels become corrections (``late_policy``), and the
-    rest of its state in event time after the late horizon. Measured with
+    The dedup numbers each id's occurrences in event time (ties: arrival order); an id is
+    forgotten ``retention_ms`` of event time after its last occurrence, so every run of a log
+    decides the same. The join states ``pipelines.join`` (``reference_join`` in plain Python;
+    tests hold the job to it): no watermark hold-back, a positive is out at its label, a
+    negative at its deadline. A pending impression keeps only its raw inputs (a JSON array of
+    values), not its features: the Learner computes those with the same artifact
+    (``transforms.apply.inputs_table``); they are dropped at its deadline unless late labels
+    become corrections (``late_policy``), the rest of the join's state in event time after the
+    late horizon, the ids' memory by a sweep every retention / 16 of event time. Measured with
     ``bench/stream.py --only-checkpoint``."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
     jvm = get_gateway().jvm
-    rows = JavaRows(join_rows, [*JOIN_INPUT, "rt"], _types(JOIN_TYPES))
-    op = jvm.driftline.flink.ExampleJoin(int(join.window_ms), int(join.late_horizon_ms),
-                                         join.late_policy == "correction", int(NO_TIME), rows.stream.getType())
+    line_type = Types.ROW_NAMED(["line"], [Types.STRING()]).get_java_type_info()
     out = [Types.STRING(), Types.LONG(), Types.LONG(), Types.INT(), Types.LONG(), Types.STRING(), Types.STRING()]
-    return rows.then(["event_id"], op, list(zip(JOIN_OUTPUT, out)), "example_join", append=False)
+    join_type = Types.ROW_NAMED(JOIN_OUTPUT, out).get_java_type_info()
+    op = jvm.driftline.flink.DedupJoin(int(retention_ms), int(join.window_ms), int(join.late_horizon_ms),
+                                       join.late_policy == "correction", int(NO_TIME),
+                                       java_array(jvm.String, imps.names), unit,
+                                       java_array(jvm.String, list(input_types)), imps.stream.getType(),
+                                       labels.stream.getType(), join_type, line_type)
+    names = ["event_id", "event_time", "unit", *input_types]
+    types = [Types.STRING(), Types.LONG(), Types.STRING(), *_types(INPUT_TYPES[t] for t in input_types.values())]
+    key = [imps.key_selector(["event_id"]), labels.key_selector(["event_id"])]
+    first = (imps.stream.keyBy(key[0], Types.STRING().get_java_type_info())
+             .connect(labels.stream.keyBy(key[1], Types.STRING().get_java_type_info()))
+             .transform("dedup_join", Types.ROW_NAMED(names, types).get_java_type_info(),
+                        jvm.driftline.flink.SweepingCoProcessOperator(op)))
+    return (JavaRows(first, names, types), JavaRows(first.getSideOutput(op.joinTag()), JOIN_OUTPUT, out),
+            first.getSideOutput(op.duplicatesTag()))
 
 
 PACK_KINDS = {"event_id": "string", "event_time": "long", "resolution_time": "long", "label": "int",
@@ -382,49 +352,35 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
         return ddl[:-1] + monitor + ")" if monitor else ddl
 
     add_source(t_env, "impressions", ev / "impressions", imp_ddl, cfg.follow)
-    add_source(t_env, "labels", ev / "labels", lambda n, p: labels_ddl(n, p, D, monitor), cfg.follow)
-    add_source(t_env, "labels_j", ev / "labels", lambda n, p: labels_join_ddl(n, p, D, monitor), cfg.follow)
+    add_source(t_env, "labels", ev / "labels", lambda n, p: labels_join_ddl(n, p, D, monitor), cfg.follow)
 
     raw_cols = ["event_id", "event_time", *source.string_fields, *source.numeric_fields]
-    # The impression branch in our Java operators, without Table round trips between them:
-    # windowed counts, the dedup, then ImpressionRows (the Learner's rows, the join's rows and
-    # the duplicates' dead letters from one pass). The Learner's input and the sinks share it.
-    imp_rows = first_occurrences(windowed_count_rows(t_env, "impressions", raw_cols, source, spec.aggregates),
-                                 cfg.dedup_retention_ms)
     agg_names = [a.name for a in spec.aggregates]
-    lab_rows = table_rows(t_env, "SELECT `event_id`, lts FROM labels", ["event_id", "lts"],
-                          [Types.STRING(), Types.INSTANT()])
-    stream_view(t_env, "lab_nth", first_occurrences(lab_rows, cfg.dedup_retention_ms).data_stream(),
-                ["event_id", "nth"])
-    # duplicates never reach the learner: straight to the dead-letter output, with their reason
-    # (the impressions' lines written in Java by ImpressionRows, the same fields)
-    dead_cols = ["reason", "detail", "kind", "origin", "raw"]
-    label_dups = t_env.to_data_stream(t_env.sql_query(
-        f"SELECT {json_object(dead_cols)} AS line FROM ("
-        "SELECT 'duplicate_label' AS `reason`, CONCAT('occurrence ', CAST(nth AS STRING)) AS `detail`, "
-        "'label' AS `kind`, 'flink:labels' AS `origin`, `event_id` AS `raw` FROM lab_nth WHERE nth > 1)"))
-
     feature_cols = [*source.string_fields, *source.numeric_fields, *agg_names]
     # the inputs as the transforms see them (the Learner applies the artifact to each tick's
     # impressions, and to the join's inputs arrays of resolved ones)
     input_types = {c: "double" if c in source.numeric_fields else "string" if c in source.string_fields
                    else "bigint" for c in feature_cols}
-    labels = join_labels(t_env)
-    imps, join_imps, imp_dups = impression_rows(
-        imp_rows, source.entity_fields[0] if source.entity_fields else None, input_types,
-        labels.stream.getType(), label_dups._j_data_stream.getType())
-    # examples and label outcomes (late, unknown impression, label before impression): one
-    # join, all through the Learner, which learns them in order (corrections too) and writes
-    # late labels and dead letters. Both reach it packed, one value per tick (Java TickPack):
-    # impressions with their raw inputs, featurized in the Learner per tick (no Python
-    # operator before it, no Table round trip of every impression after the dedup: each was
-    # measured as the busiest chain on a dense stream)
+    # The impressions' windowed counts, then the dedup and the join in one of our Java operators
+    # per event_id (each impression buffered and shuffled once; the labels read once), without
+    # Table round trips: the first occurrences for the Learner, the join's outcomes (examples
+    # and label outcomes: late, unknown impression, label before impression) and the
+    # duplicates' dead letters, with their reason (duplicates never reach the Learner)
+    labels = table_rows(t_env, "SELECT `event_id`, `label_time`, label, jts FROM labels",
+                        ["event_id", "label_time", "label", "jts"],
+                        [Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()])
+    imps, resolved, dups = dedup_join(windowed_count_rows(t_env, "impressions", raw_cols, source, spec.aggregates),
+                                      labels, source.entity_fields[0] if source.entity_fields else None,
+                                      input_types, cfg.join, cfg.dedup_retention_ms)
+    # The Learner learns the join's outcomes in order (corrections too) and writes late labels
+    # and dead letters. Impressions and outcomes reach it packed, one value per tick (Java
+    # TickPack): impressions with their raw inputs, featurized in the Learner per tick (no
+    # Python operator before it: each was measured as the busiest chain on a dense stream)
     tick = cfg.learn_tick_ms
     imp_kinds = {"event_id": "string", "event_time": "long", "unit": "string",
                  **{c: INPUT_KINDS[input_types[c]] for c in feature_cols}}
     ticks = [tick_pack(imps, "imp", tick, imp_kinds),
-             tick_pack(example_join(DataStream(join_imps).union(labels.data_stream())._j_data_stream, cfg.join),
-                       "ex", tick, {c: PACK_KINDS[c] for c in JOIN_OUTPUT})]
+             tick_pack(resolved, "ex", tick, {c: PACK_KINDS[c] for c in JOIN_OUTPUT})]
 
     learner = Learner(json.dumps({"job": cfg.to_dict(), "dimension": spec.dimension,
                                   "spec_fingerprint": spec.fingerprint(), "registry": str(out / "registry"),
@@ -437,8 +393,7 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     for name, tag in OUTPUT_TAGS.items():
         preds.get_side_output(tag).sink_to(file_sink(str(out / name), partitioned=name == "examples")) \
             .name(f"sink_{name}")
-    DataStream(imp_dups).union(label_dups).sink_to(file_sink(str(out / "dead_letter"))) \
-        .name("sink_dead_letter_duplicates")
+    DataStream(dups).sink_to(file_sink(str(out / "dead_letter"))).name("sink_dead_letter_duplicates")
 
 
 def keyed_by_constant(parts: list[JavaRows]):

@@ -32,46 +32,54 @@ def _collect(table) -> list[list]:
         return [list(r) for r in rows]
 
 
-def dedup(a: dict) -> list[list]:
-    """(event_id, event_time, nth) of the rows of ``a["events"]``."""
+def _dedup_join(t_env, a: dict, join_cfg) -> tuple:
+    """``runners.flink_job.dedup_join`` over the impressions ``a["impressions"]`` (event_id,
+    event_time; one input, ``tag``: the event_id again) and the labels ``a["labels"]``."""
     from pyflink.common import Types
 
-    from runners.flink_job import first_occurrences
-    from transforms.flink_sql import interval, stream_view, table_rows
+    from runners.flink_job import dedup_join, labels_join_ddl
+    from transforms.flink_sql import interval, table_rows
+
+    D = join_cfg.watermark_delay_ms
+    t_env.execute_sql(
+        "CREATE TABLE impressions (`event_id` STRING, `event_time` BIGINT, ts AS TO_TIMESTAMP_LTZ(`event_time`, 3), "
+        f"WATERMARK FOR ts AS ts - {interval(D + 1)}) WITH ('connector' = 'filesystem', "
+        f"'path' = '{a['impressions']}', 'format' = 'json')")
+    t_env.execute_sql(labels_join_ddl("labels", a["labels"], D))
+    imps = table_rows(t_env, "SELECT `event_id`, `event_time`, `event_id` AS tag, ts FROM impressions",
+                      ["event_id", "event_time", "tag", "ts"], [Types.STRING(), Types.LONG(), Types.STRING(), Types.INSTANT()])
+    labels = table_rows(t_env, "SELECT `event_id`, `label_time`, label, jts FROM labels",
+                        ["event_id", "label_time", "label", "jts"],
+                        [Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()])
+    return dedup_join(imps, labels, None, {"tag": "string"}, join_cfg, a.get("retention_ms", 2 * 86_400_000))
+
+
+def dedup(a: dict) -> list[list]:
+    """The first occurrences (event_id, event_time, null) and the duplicates' dead-letter lines
+    (null, null, line) of impressions ``a["impressions"]`` and labels ``a["labels"]``."""
+    from pyflink.datastream import DataStream
+
+    from pipelines.join import JoinConfig
+    from transforms.flink_sql import stream_view
 
     t_env = _env()
-    t_env.execute_sql(
-        "CREATE TABLE ev (`event_id` STRING, `event_time` BIGINT, ts AS TO_TIMESTAMP_LTZ(`event_time`, 3), "
-        f"WATERMARK FOR ts AS ts - {interval(a['delay'] + 1)}) WITH ('connector' = 'filesystem', "
-        f"'path' = '{a['events']}', 'format' = 'json')")
-    rows = table_rows(t_env, "SELECT `event_id`, `event_time`, ts FROM ev", ["event_id", "event_time", "ts"],
-                      [Types.STRING(), Types.LONG(), Types.INSTANT()])
-    stream_view(t_env, "nth", first_occurrences(rows, a["retention_ms"]).data_stream(), ["event_id", "event_time", "nth"])
-    return _collect(t_env.sql_query("SELECT `event_id`, `event_time`, nth FROM nth"))
+    first, _, dups = _dedup_join(t_env, a, JoinConfig(watermark_delay_ms=a["delay"]))
+    stream_view(t_env, "first", first.data_stream(), ["event_id", "event_time"])
+    stream_view(t_env, "dups", DataStream(dups), ["line"])
+    return _collect(t_env.sql_query("SELECT `event_id`, `event_time`, CAST(NULL AS STRING) AS line FROM `first` "
+                                    "UNION ALL SELECT CAST(NULL AS STRING), CAST(NULL AS BIGINT), line FROM dups"))
 
 
 def join(a: dict) -> list[list]:
     """The join's outcome rows (``runners.flink_job.JOIN_OUTPUT``) for impressions
     ``a["impressions"]`` and labels ``a["labels"]``."""
     from pipelines.join import JoinConfig
-    from runners.flink_job import (JOIN_INPUT, JOIN_OUTPUT, JOIN_TYPES, _types, example_join, join_labels,
-                                   labels_join_ddl)
-    from transforms.flink_sql import interval, stream_view, table_rows
+    from runners.flink_job import JOIN_OUTPUT
+    from transforms.flink_sql import stream_view
 
     t_env = _env()
-    cfg = JoinConfig(**a["join"])
-    D = cfg.watermark_delay_ms
-    t_env.execute_sql(
-        "CREATE TABLE impressions (`event_id` STRING, `event_time` BIGINT, ts AS TO_TIMESTAMP_LTZ(`event_time`, 3), "
-        f"WATERMARK FOR ts AS ts - {interval(D + 1)}) WITH ('connector' = 'filesystem', "
-        f"'path' = '{a['impressions']}', 'format' = 'json')")
-    # the impressions' join rows as the job's ImpressionRows makes them (k 0, at t)
-    imps = table_rows(t_env, "SELECT `event_id`, 0 AS k, `event_time`, CONCAT('[', `event_id`, ']') AS inputs, "
-                      "CAST(NULL AS BIGINT) AS `label_time`, CAST(NULL AS INT) AS label, ts AS rt FROM impressions",
-                      [*JOIN_INPUT, "rt"], _types(JOIN_TYPES))
-    t_env.execute_sql(labels_join_ddl("labels_j", a["labels"], D))
-    rows = imps.data_stream().union(join_labels(t_env).data_stream())._j_data_stream
-    stream_view(t_env, "resolved", example_join(rows, cfg).data_stream(), JOIN_OUTPUT)
+    _, resolved, _ = _dedup_join(t_env, a, JoinConfig(**a["join"]))
+    stream_view(t_env, "resolved", resolved.data_stream(), JOIN_OUTPUT)
     return _collect(t_env.sql_query(f"SELECT {', '.join(f'`{c}`' for c in JOIN_OUTPUT)} FROM resolved"))
 
 

@@ -45,14 +45,14 @@ public class Probe {
     Object[] values = {"plain", "quo\"te", "back\\slash", "new\nline\ttab", "ctl\u0001\u001f", "é☃",
         "\uD834\uDD1E", "", null, 1.5, 1e-7, -0.0, 1e300, 0.1 + 0.2, 123456789012345L, 42L,
         Double.NaN, Double.POSITIVE_INFINITY};
-    new PrintStream(System.out, true, "UTF-8").println(driftline.flink.ImpressionRows.jsonArray(values));
+    new PrintStream(System.out, true, "UTF-8").println(driftline.flink.Json.array(values));
   }
 }
 '''
 
 
 def test_the_joins_inputs_array_reads_back_in_python(tmp_path):
-    """ImpressionRows writes a pending impression's inputs as a JSON array in Java; the
+    """DedupJoin writes a pending impression's inputs as a JSON array in Java (Json.array); the
     Learner reads it with Python's json (``transforms.apply.parse_inputs``) and must get the
     same values: escapes, non-ASCII, nulls, doubles exactly (Double.toString round-trips),
     longs, NaN and infinities."""

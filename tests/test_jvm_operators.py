@@ -1,5 +1,6 @@
 """Our Java keyed operators on a real Flink mini-cluster (``tests/jvm_operators_job.py``, in a
-child process): the dedup's event-time retention and the join's outcomes, against
+child process): ``driftline.flink.DedupJoin``'s dedup (event-time retention, impressions and labels) and
+join outcomes, against
 ``pipelines.join.reference_join``, on hand-made streams with the boundary cases."""
 import json
 import subprocess
@@ -32,12 +33,25 @@ def test_dedup_counts_occurrences_in_event_time_and_forgets_after_the_retention(
               ("d", 20_000 + R + 1),  # one ms more: forgotten, a first occurrence again
               ("e", 40_000), ("e", 45_000), ("e", 45_000 + R),  # the retention runs from the last occurrence
               ("z", 100_000)]
+    labels = [("a", 1_500), ("a", 1_500), ("b", 30_000), ("b", 30_000 + R), ("b", 30_000 + 2 * R + 1)]
     got = _run(tmp_path, {"op": "dedup", "retention_ms": R, "delay": 5_000,
-                          "events": _jsonl(tmp_path / "ev.jsonl", [{"event_id": e, "event_time": t} for e, t in events])})
-    nth = sorted((e, t, n) for e, t, n in got)
-    assert nth == sorted([("a", 1_000, 1), ("a", 1_000, 2), ("b", 2_000, 1), ("b", 5_000, 2),
-                          ("c", 20_000, 1), ("c", 20_000 + R, 2), ("d", 20_000, 1), ("d", 20_000 + R + 1, 1),
-                          ("e", 40_000, 1), ("e", 45_000, 2), ("e", 45_000 + R, 3), ("z", 100_000, 1)])
+                          "impressions": _jsonl(tmp_path / "ev.jsonl", [{"event_id": e, "event_time": t}
+                                                                        for e, t in events]),
+                          "labels": _jsonl(tmp_path / "lab.jsonl", [{"event_id": e, "label_time": t, "label": 1}
+                                                                    for e, t in labels])})
+    first = sorted((e, t) for e, t, line in got if line is None)
+    assert first == sorted([("a", 1_000), ("b", 2_000), ("c", 20_000), ("d", 20_000), ("d", 20_000 + R + 1),
+                            ("e", 40_000), ("z", 100_000)])
+    dups = sorted((d["kind"], d["raw"], d["detail"], d["reason"]) for d in (json.loads(x) for *_, x in got if x))
+    assert dups == sorted([("impression", "a", "occurrence 2", "duplicate_event_id"),
+                           ("impression", "b", "occurrence 2", "duplicate_event_id"),
+                           ("impression", "c", "occurrence 2", "duplicate_event_id"),
+                           ("impression", "e", "occurrence 2", "duplicate_event_id"),
+                           ("impression", "e", "occurrence 3", "duplicate_event_id"),
+                           # labels: a tie; exactly R later still a duplicate; R + 1 after that forgotten
+                           ("label", "a", "occurrence 2", "duplicate_label"),
+                           ("label", "b", "occurrence 2", "duplicate_label")])
+    assert all(set(json.loads(x)) == {"reason", "detail", "kind", "origin", "raw"} for *_, x in got if x)
 
 
 def test_the_join_gives_the_reference_outcomes_at_every_boundary(tmp_path):
@@ -70,6 +84,7 @@ def test_the_join_gives_the_reference_outcomes_at_every_boundary(tmp_path):
         assert {r["event_id"] for r in rows if r["info"] == "unknown_impression"} == {"i5", "i6", "nobody"}
         assert all(r["event_time"] == NO_TIME for r in rows if r["info"] == "unknown_impression")
         # the inputs reach the examples; a late label carries them only when it becomes a correction
-        assert all(r["inputs"] == f"[{r['event_id']}]" for r in rows if r["info"] in ("label", "expired"))
+        assert all(json.loads(r["inputs"]) == [r["event_id"]] for r in rows if r["info"] in ("label", "expired"))
         late = [r for r in rows if r["info"] == "late"]
-        assert late and all(r["inputs"] == (f"[{r['event_id']}]" if policy == "correction" else "") for r in late)
+        assert late and all(r["inputs"] == (json.dumps([r["event_id"]]) if policy == "correction" else "")
+                            for r in late)

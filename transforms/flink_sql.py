@@ -107,25 +107,26 @@ class JavaRows:
 
         return DataStream(self.stream)
 
-    def then(self, key: list[str], operator, fields: list[tuple[str, object]], op_name: str,
-             append: bool = True, sweeping: bool = False) -> "JavaRows":
-        """Key the rows by the fields ``key`` (``driftline.flink.FieldsKey``) and apply the keyed
-        process function ``operator`` (py4j), whose rows are these with ``fields`` (name, type)
-        appended, or (``append=False``) exactly ``fields``; ``sweeping``: in our
-        ``driftline.flink.SweepingProcessOperator`` (the function sweeps its state after each
-        watermark instead of a timer per key)."""
-        from pyflink.common import Types
+    def key_selector(self, key: list[str]):
+        """The rows' key by the fields ``key``, as one string (``driftline.flink.FieldsKey``)."""
         from pyflink.java_gateway import get_gateway
 
         jvm = get_gateway().jvm
+        return jvm.driftline.flink.FieldsKey(java_array(jvm.int, [self.names.index(k) for k in key]),
+                                             java_array(jvm.String, list(key)))
+
+    def then(self, key: list[str], operator, fields: list[tuple[str, object]], op_name: str,
+             append: bool = True) -> "JavaRows":
+        """Key the rows by the fields ``key`` (``driftline.flink.FieldsKey``) and apply the keyed
+        process function ``operator`` (py4j), whose rows are these with ``fields`` (name, type)
+        appended, or (``append=False``) exactly ``fields``."""
+        from pyflink.common import Types
+
         names = [*(self.names if append else []), *(n for n, _ in fields)]
         types = [*(self.types if append else []), *(t for _, t in fields)]
-        selector = jvm.driftline.flink.FieldsKey(java_array(jvm.int, [self.names.index(k) for k in key]),
-                                                 java_array(jvm.String, list(key)))
-        keyed = self.stream.keyBy(selector, Types.STRING().get_java_type_info())
+        keyed = self.stream.keyBy(self.key_selector(key), Types.STRING().get_java_type_info())
         row_type = Types.ROW_NAMED(names, types).get_java_type_info()
-        out = (keyed.transform(op_name, row_type, jvm.driftline.flink.SweepingProcessOperator(operator)) if sweeping
-               else keyed.process(operator, row_type).name(op_name))
+        out = keyed.process(operator, row_type).name(op_name)
         return JavaRows(out, names, types)
 
 

@@ -99,7 +99,7 @@ public final class TickPack extends KeyedProcessFunction<String, Row, Row> {
     }
     schema = new Schema(fields);
     allocator = new RootAllocator(Long.MAX_VALUE);
-    waiting = new WaitingRows(getRuntimeContext(), inputType);
+    waiting = new WaitingRows(getRuntimeContext(), "waiting", inputType);
   }
 
   @Override

@@ -24,8 +24,8 @@ final class WaitingRows {
   private final MapState<Long, List<Row>> rows;
   private final Counter lateDropped;
 
-  WaitingRows(RuntimeContext ctx, TypeInformation<Row> rowType) {
-    rows = ctx.getMapState(new MapStateDescriptor<>("waiting", Types.LONG, new ListTypeInfo<>(rowType)));
+  WaitingRows(RuntimeContext ctx, String name, TypeInformation<Row> rowType) {
+    rows = ctx.getMapState(new MapStateDescriptor<>(name, Types.LONG, new ListTypeInfo<>(rowType)));
     lateDropped = ctx.getMetricGroup().counter("numLateRecordsDropped");
   }
 

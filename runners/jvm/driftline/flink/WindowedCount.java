@@ -51,7 +51,7 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> 
   public void open(OpenContext ctx) {
     window = getRuntimeContext().getState(
         new ValueStateDescriptor<long[]>("window", PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO));
-    waiting = new WaitingRows(getRuntimeContext(), inputType);
+    waiting = new WaitingRows(getRuntimeContext(), "waiting", inputType);
   }
 
   @Override

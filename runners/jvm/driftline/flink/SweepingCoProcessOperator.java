@@ -1,10 +1,11 @@
 /*
- * driftline: Flink's KeyedProcessOperator, and after each watermark a sweep of the function's
- * long-lived keyed state (Sweepable). Why: state that only expires (an event_id remembered
- * for days) would otherwise need one event-time timer per key. Flink's heap timer queue holds
- * all of them (every timer of the operator pays O(log n) in that heap) and every checkpoint
- * writes each again with its key; a sweep every so often in event time frees the same state
- * with no timer per key (measured: bench/stream.py, README "Where the streaming time goes").
+ * driftline: Flink's KeyedCoProcessOperator (two inputs, one keyed state), and after each
+ * watermark (the minimum of both inputs') a sweep of the function's long-lived keyed state.
+ * Why: state that only expires (an event_id remembered for days) would otherwise need one
+ * event-time timer per key. Flink's heap timer queue holds all of them (every timer of the
+ * operator pays O(log n) in that heap) and every checkpoint writes each again with its key; a
+ * sweep every so often in event time frees the same state with no timer per key (measured:
+ * bench/stream.py, README "Where the streaming time goes").
  */
 package driftline.flink;
 
@@ -13,21 +14,22 @@ import java.util.stream.Collectors;
 import java.util.stream.Stream;
 import org.apache.flink.runtime.state.KeyedStateBackend;
 import org.apache.flink.runtime.state.VoidNamespace;
-import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
-import org.apache.flink.streaming.api.operators.KeyedProcessOperator;
+import org.apache.flink.streaming.api.functions.co.KeyedCoProcessFunction;
+import org.apache.flink.streaming.api.operators.co.KeyedCoProcessOperator;
 import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.types.Row;
 
-public final class SweepingProcessOperator extends KeyedProcessOperator<String, Row, Row> {
+public final class SweepingCoProcessOperator extends KeyedCoProcessOperator<String, Row, Row, Row> {
   private static final long serialVersionUID = 1L;
 
   /** A keyed function with state to sweep: {@link #sweep} runs after the watermark's timers. */
   public interface Sweepable {
     /** Called after every watermark (the function decides when it is due). */
-    void sweep(long watermark, SweepingProcessOperator op) throws Exception;
+    void sweep(long watermark, SweepingCoProcessOperator op) throws Exception;
   }
 
-  public <F extends KeyedProcessFunction<String, Row, Row> & Sweepable> SweepingProcessOperator(F function) {
+  public <F extends KeyedCoProcessFunction<String, Row, Row, Row> & Sweepable> SweepingCoProcessOperator(
+      F function) {
     super(function);
   }
 

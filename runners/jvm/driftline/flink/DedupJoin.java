@@ -1,0 +1,349 @@
+/*
+ * driftline: the dedup and the delayed-label join in one keyed operator per event_id
+ * (pipelines.join states both; reference_join in plain Python), in event time.
+ *
+ * Input 1: the impressions (the windowed counts' rows: event_id, event_time, the inputs...),
+ * timestamped at t. Input 2: the labels (event_id, label_time, label), timestamped at lt + 1,
+ * so a label at exactly the impression's time comes after it. A key's rows wait for the
+ * watermark (the minimum of both inputs'); when it passes their time, in arrival order:
+ *
+ *   - each impression gets its occurrence number (Occurrences, retention in event time): a
+ *     first occurrence goes on, main output, as (event_id, event_time, unit, the inputs...),
+ *     what the tick packing sends to the Learner, and into the join, keeping its inputs as one
+ *     JSON array of values; a duplicate becomes a dead-letter line (side output DUPLICATES);
+ *   - each label too: a duplicate label is a dead-letter line; every label goes into the join,
+ *     whose first (earliest) label decides.
+ *
+ * The join (side output JOIN, rows event_id, resolution_time, event_time, label, label_time,
+ * info, inputs, stamped with the deciding row's time) adds each key's deadlines itself, as
+ * event-time timers: the impression's at t + W + 1, its first label's at lt + W + 1. At one
+ * time the order is label, impression, deadline, label deadline (then arrival), so a label at
+ * t - 1 (stamped t) comes before an impression at t. The first label decides:
+ *   - at the label, with the impression seen: "label" (a positive, or its 0/1 value) if
+ *     lt < t + W; else "late" if lt - t <= H, "unknown_impression" beyond;
+ *   - at the impression's deadline: "expired" (a negative) unless the first label fell in
+ *     [t, t + W);
+ *   - at the label's deadline, if no impression had come before the label:
+ *     "label_before_impression" if one came since (lt < t <= lt + W), else "unknown_impression".
+ * The join's state of a key is freed in event time: the inputs at the impression's deadline
+ * (unless late labels become corrections, which need them), everything when no row can change
+ * an outcome any more: after t + H + 1 (the last late label's stamp) and the first label's
+ * deadline. A label arriving later than that is an unknown impression either way (reported at
+ * its deadline instead of at its time). The ids' memory lives longer (the dedup's retention)
+ * and is swept (SweepingCoProcessOperator), without a timer per id.
+ *
+ * One operator instead of three (a dedup of the impressions, one of the labels, the join) and
+ * the labels read once: each impression is buffered and shuffled once, not twice (measured:
+ * README "Where the streaming time goes"). A row at or behind the watermark on arrival is late
+ * and dropped ("numLateRecordsDropped"), as Flink's OVER and windows do.
+ */
+package driftline.flink;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import org.apache.flink.api.common.functions.OpenContext;
+import org.apache.flink.api.common.state.ValueState;
+import org.apache.flink.api.common.state.ValueStateDescriptor;
+import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.streaming.api.TimerService;
+import org.apache.flink.streaming.api.functions.co.KeyedCoProcessFunction;
+import org.apache.flink.types.Row;
+import org.apache.flink.util.Collector;
+import org.apache.flink.util.OutputTag;
+
+public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Row>
+    implements SweepingCoProcessOperator.Sweepable {
+  private static final long serialVersionUID = 1L;
+  private static final String[] LABEL = {"event_id", "label_time", "label"}; // input 2's fields
+  // the join's state slots
+  private static final int IMP = 0; // impression time (valid if HAS_IMP)
+  private static final int FIRST = 1; // earliest label time (valid if HAS_LABEL)
+  private static final int N_LAB = 2;
+  private static final int N_DL = 3;
+  private static final int N_LDL = 4;
+  private static final int FLAGS = 5; // bit 0: an impression seen; bit 1: a label seen
+  private static final int CLEAR = 6; // the time the key's state is cleared (0: none yet)
+  private static final int DL_DUE = 7; // the impression's deadline (valid if flag bit 2)
+  private static final int LDL_DUE = 8; // the first label's deadline (valid if flag bit 3)
+  private static final int FIRST_VALUE = 9; // the first label's value
+  private static final int SLOTS = 10;
+  // what the join processes at one time, in this order
+  private static final int K_LABEL = 1;
+  private static final int K_IMP = 0;
+  private static final int K_DEADLINE = 2;
+  private static final int K_LABEL_DEADLINE = 3;
+
+  private final long retentionMs;
+  private final long windowMs;
+  private final long horizonMs;
+  private final boolean keepInputsOfLate;
+  private final long noTime;
+  private final String[] names; // input 1's field names, in order (rows may be name-based)
+  private final String unit; // input 1's field that is the row's unit (A/B arm), null if none
+  private final String[] inputs; // the inputs, in the order of the JSON array and the main output
+  private final TypeInformation<Row> impType;
+  private final TypeInformation<Row> labelType;
+  private final OutputTag<Row> join;
+  private final OutputTag<Row> duplicates;
+  private transient Occurrences impSeen;
+  private transient Occurrences labelSeen;
+  private transient WaitingRows waitingImps;
+  private transient WaitingRows waitingLabels;
+  private transient ValueState<long[]> acc;
+  private transient ValueState<String> pendingInputs;
+  private transient int time;
+  private transient int unitPos;
+  private transient int[] inputPos;
+
+  public DedupJoin(long retentionMs, long windowMs, long horizonMs, boolean keepInputsOfLate, long noTime,
+      String[] names, String unit, String[] inputs, TypeInformation<Row> impType, TypeInformation<Row> labelType,
+      TypeInformation<Row> joinType, TypeInformation<Row> lineType) {
+    if (windowMs <= 0 || horizonMs < windowMs || retentionMs <= 0) {
+      throw new IllegalArgumentException("need 0 < windowMs <= horizonMs and retentionMs > 0");
+    }
+    this.retentionMs = retentionMs;
+    this.windowMs = windowMs;
+    this.horizonMs = horizonMs;
+    this.keepInputsOfLate = keepInputsOfLate;
+    this.noTime = noTime;
+    this.names = names.clone();
+    this.unit = unit;
+    this.inputs = inputs.clone();
+    this.impType = impType;
+    this.labelType = labelType;
+    this.join = new OutputTag<Row>("join", joinType);
+    this.duplicates = new OutputTag<Row>("duplicates", lineType);
+  }
+
+  public OutputTag<Row> joinTag() {
+    return join;
+  }
+
+  public OutputTag<Row> duplicatesTag() {
+    return duplicates;
+  }
+
+  private int position(String field) {
+    int p = Arrays.asList(names).indexOf(field);
+    if (p < 0) {
+      throw new IllegalArgumentException("no input field " + field);
+    }
+    return p;
+  }
+
+  @Override
+  public void open(OpenContext ctx) {
+    impSeen = new Occurrences(getRuntimeContext(), "seen", retentionMs);
+    labelSeen = new Occurrences(getRuntimeContext(), "seen_labels", retentionMs);
+    waitingImps = new WaitingRows(getRuntimeContext(), "waiting", impType);
+    waitingLabels = new WaitingRows(getRuntimeContext(), "waiting_labels", labelType);
+    acc = getRuntimeContext().getState(
+        new ValueStateDescriptor<long[]>("acc", PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO));
+    pendingInputs = getRuntimeContext().getState(new ValueStateDescriptor<>("inputs", Types.STRING));
+    time = position("event_time");
+    unitPos = unit == null ? -1 : position(unit);
+    inputPos = new int[inputs.length];
+    for (int i = 0; i < inputs.length; i++) {
+      inputPos[i] = position(inputs[i]);
+    }
+  }
+
+  @Override
+  public void sweep(long watermark, SweepingCoProcessOperator op) throws Exception {
+    impSeen.sweep(watermark, op);
+    labelSeen.sweep(watermark, op);
+  }
+
+  @Override
+  public void processElement1(Row row, Context ctx, Collector<Row> out) throws Exception {
+    buffer(waitingImps, row, ctx.timestamp(), ctx.timerService());
+  }
+
+  @Override
+  public void processElement2(Row row, Context ctx, Collector<Row> out) throws Exception {
+    buffer(waitingLabels, row, ctx.timestamp(), ctx.timerService());
+  }
+
+  private static void buffer(WaitingRows waiting, Row row, long t, TimerService timers) throws Exception {
+    if (!waiting.dropIfLate(t, timers)) {
+      waiting.add(t, row, timers);
+    }
+  }
+
+  private static long num(Row row, int i) {
+    return ((Number) row.getField(i)).longValue();
+  }
+
+  @Override
+  public void onTimer(long t, OnTimerContext ctx, Collector<Row> out) throws Exception {
+    List<Row> labels = waitingLabels.take(t);
+    List<Row> imps = waitingImps.take(t);
+    String key = ctx.getCurrentKey();
+    // the join's rows (event_id, k, event_time, inputs, label_time, label) in its order
+    List<Row> rows = new ArrayList<>();
+    if (labels != null) {
+      labelSeen.begin(t);
+      for (Row row : labels) {
+        long n = labelSeen.next();
+        if (n > 1) {
+          ctx.output(duplicates, Row.of(Json.deadLetter("duplicate_label", n, "label", "flink:labels", key)));
+        }
+        Object lv = Fields.get(row, 2, LABEL[2]);
+        rows.add(Row.of(key, K_LABEL, null, null, num1(Fields.get(row, 1, LABEL[1])),
+            lv == null ? 0L : ((Number) lv).longValue()));
+      }
+      labelSeen.end();
+    }
+    if (imps != null) {
+      impSeen.begin(t);
+      for (Row row : imps) {
+        long n = impSeen.next();
+        if (n > 1) {
+          ctx.output(duplicates, Row.of(Json.deadLetter("duplicate_event_id", n, "impression",
+              "flink:impressions", key)));
+          continue;
+        }
+        rows.add(emit(row, key, out));
+      }
+      impSeen.end();
+    }
+    resolve(t, rows, key, ctx);
+  }
+
+  private static long num1(Object v) {
+    return ((Number) v).longValue();
+  }
+
+  /** A first occurrence: out as (event_id, event_time, unit, the inputs...); returns its join
+   * row, which keeps the inputs as one JSON array of values. */
+  private Row emit(Row row, String key, Collector<Row> out) {
+    Object eventTime = Fields.get(row, time, names[time]);
+    Row o = Row.withPositions(3 + inputs.length);
+    o.setField(0, key);
+    o.setField(1, eventTime);
+    Object u = unitPos < 0 ? key : Fields.get(row, unitPos, names[unitPos]);
+    o.setField(2, u == null ? "" : u.toString());
+    Object[] values = new Object[inputs.length];
+    for (int i = 0; i < inputs.length; i++) {
+      values[i] = Fields.get(row, inputPos[i], names[inputPos[i]]);
+      o.setField(3 + i, values[i]);
+    }
+    out.collect(o);
+    return Row.of(key, K_IMP, ((Number) eventTime).longValue(), Json.array(values), null, null);
+  }
+
+  /** The join at time t: the key's labels and first impressions of t (in that order), then
+   * its deadlines due at t. */
+  private void resolve(long t, List<Row> rows, String key, OnTimerContext ctx) throws Exception {
+    long[] a = acc.value();
+    boolean deadline = a != null && (a[FLAGS] & 4) != 0 && a[DL_DUE] == t;
+    boolean labelDeadline = a != null && (a[FLAGS] & 8) != 0 && a[LDL_DUE] == t;
+    if (rows.isEmpty() && !deadline && !labelDeadline) {
+      if (a != null && a[CLEAR] != 0 && t >= a[CLEAR] && waitingImps.isEmpty() && waitingLabels.isEmpty()) {
+        acc.clear();
+        pendingInputs.clear();
+      }
+      return;
+    }
+    if (a == null) {
+      a = new long[SLOTS];
+    }
+    if (deadline) {
+      rows.add(Row.of(key, K_DEADLINE, null, null, null, null));
+    }
+    if (labelDeadline) {
+      rows.add(Row.of(key, K_LABEL_DEADLINE, null, null, a[FIRST], a[FIRST_VALUE]));
+    }
+    String in = pendingInputs.value();
+    boolean inputsChanged = false;
+    long lastLabel = Long.MIN_VALUE / 2; // the latest label time among these rows
+    for (Row row : rows) {
+      int k = (Integer) row.getField(1);
+      long labelTime = 0;
+      long label = 0;
+      if (k == K_IMP) {
+        long et = num(row, 2);
+        a[IMP] = (a[FLAGS] & 1) != 0 ? Math.max(a[IMP], et) : et;
+        a[FLAGS] |= 1;
+        if ((a[FLAGS] & 4) == 0) { // the first impression's deadline decides (later ones never do)
+          a[DL_DUE] = et + windowMs + 1;
+          a[FLAGS] |= 4;
+          ctx.timerService().registerEventTimeTimer(a[DL_DUE]);
+        }
+        in = (String) row.getField(3);
+        inputsChanged = true;
+      } else if (k == K_LABEL || k == K_LABEL_DEADLINE) {
+        labelTime = num(row, 4);
+        label = num(row, 5);
+        a[FIRST] = (a[FLAGS] & 2) != 0 ? Math.min(a[FIRST], labelTime) : labelTime;
+        a[FLAGS] |= 2;
+        a[k == K_LABEL ? N_LAB : N_LDL]++;
+        lastLabel = Math.max(lastLabel, labelTime);
+        if (k == K_LABEL && (a[FLAGS] & 8) == 0) { // the first label (the earliest: rows come in time order)
+          a[LDL_DUE] = labelTime + windowMs + 1;
+          a[FIRST_VALUE] = label;
+          a[FLAGS] |= 8;
+          ctx.timerService().registerEventTimeTimer(a[LDL_DUE]);
+        }
+      } else {
+        a[N_DL]++;
+      }
+      boolean hasImp = (a[FLAGS] & 1) != 0;
+      String info = null;
+      if (k == K_LABEL && a[N_LAB] == 1 && hasImp) {
+        info = labelTime < a[IMP] + windowMs ? "label"
+            : labelTime - a[IMP] <= horizonMs ? "late" : "unknown_impression";
+      } else if (k == K_DEADLINE && a[N_DL] == 1 && hasImp) {
+        boolean inWindow = (a[FLAGS] & 2) != 0 && a[FIRST] >= a[IMP] && a[FIRST] < a[IMP] + windowMs;
+        if (!inWindow) {
+          info = "expired";
+        }
+      } else if (k == K_LABEL_DEADLINE && a[N_LDL] == 1 && labelTime == a[FIRST]
+          && (!hasImp || a[IMP] > a[FIRST])) {
+        info = hasImp && a[IMP] <= a[FIRST] + windowMs ? "label_before_impression" : "unknown_impression";
+      }
+      if (info != null) {
+        boolean example = info.equals("label") || info.equals("expired");
+        String outInputs = (keepInputsOfLate || example) && in != null ? in : "";
+        Row o = Row.withPositions(7);
+        o.setField(0, key);
+        o.setField(1, k == K_DEADLINE ? a[IMP] + windowMs : labelTime);
+        o.setField(2, info.equals("unknown_impression") ? noTime : a[IMP]);
+        o.setField(3, k == K_DEADLINE ? 0 : (int) label);
+        o.setField(4, k == K_DEADLINE ? noTime : labelTime);
+        o.setField(5, info);
+        o.setField(6, outInputs);
+        ctx.output(join, o);
+      }
+      if (k == K_DEADLINE && !keepInputsOfLate && in != null) {
+        in = null; // resolved: a later label is late or unknown, neither needs the inputs
+        inputsChanged = true;
+      }
+    }
+    // no row can change an outcome after the last late label's stamp (t + H + 1) and the
+    // deadline of every label seen (lt + W + 1); never before the rows just processed
+    long clear = Math.max(a[CLEAR], t + 1);
+    if ((a[FLAGS] & 1) != 0) {
+      clear = Math.max(clear, a[IMP] + horizonMs + 2);
+    }
+    if ((a[FLAGS] & 2) != 0) {
+      clear = Math.max(clear, a[FIRST] + windowMs + 2);
+    }
+    clear = Math.max(clear, lastLabel + windowMs + 2);
+    if (clear != a[CLEAR]) {
+      a[CLEAR] = clear;
+      ctx.timerService().registerEventTimeTimer(clear);
+    }
+    acc.update(a);
+    if (inputsChanged) {
+      if (in == null) {
+        pendingInputs.clear();
+      } else {
+        pendingInputs.update(in);
+      }
+    }
+  }
+}
