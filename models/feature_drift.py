@@ -153,8 +153,8 @@ class FeatureDrift:
             order = np.argsort(keys)
             sk = keys[order]
             hit = (pos < len(sk)) & (sk[np.minimum(pos, len(sk) - 1)] == col)
-            counts = np.zeros(len(keys) + 1)
-            np.add.at(counts, np.where(hit, order[np.minimum(pos, len(sk) - 1)], len(keys)), 1.0)
+            counts = np.bincount(np.where(hit, order[np.minimum(pos, len(sk) - 1)], len(keys)),
+                                 minlength=len(keys) + 1).astype(np.float64)
             cur = counts / counts.sum()
             p, d = psi(ref, cur), jsd(ref, cur)
             self.last[name] = {"psi": p, "jsd": d}
