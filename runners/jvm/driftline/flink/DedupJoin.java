@@ -192,7 +192,7 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
           ctx.output(duplicates, Row.of(Json.deadLetter("duplicate_label", n, "label", "flink:labels", key)));
         }
         Object lv = Fields.get(row, 2, LABEL[2]);
-        rows.add(Row.of(key, K_LABEL, null, null, num1(Fields.get(row, 1, LABEL[1])),
+        rows.add(Row.of(key, K_LABEL, null, null, ((Number) Fields.get(row, 1, LABEL[1])).longValue(),
             lv == null ? 0L : ((Number) lv).longValue()));
       }
       labelSeen.end();
@@ -211,10 +211,6 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
       impSeen.end();
     }
     resolve(t, rows, key, ctx);
-  }
-
-  private static long num1(Object v) {
-    return ((Number) v).longValue();
   }
 
   /** A first occurrence: out as (event_id, event_time, unit, the inputs...); returns its join
