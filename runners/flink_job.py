@@ -275,9 +275,9 @@ def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: 
                                        labels.stream.getType(), join_type, line_type)
     names = ["event_id", "event_time", "unit", *input_types]
     types = [Types.STRING(), Types.LONG(), Types.STRING(), *_types(INPUT_TYPES[t] for t in input_types.values())]
-    key = [imps.key_selector(["event_id"]), labels.key_selector(["event_id"])]
-    first = (imps.stream.keyBy(key[0], Types.STRING().get_java_type_info())
-             .connect(labels.stream.keyBy(key[1], Types.STRING().get_java_type_info()))
+    key_type = Types.STRING().get_java_type_info()
+    first = (imps.stream.keyBy(imps.key_selector(["event_id"]), key_type)
+             .connect(labels.stream.keyBy(labels.key_selector(["event_id"]), key_type))
              .transform("dedup_join", Types.ROW_NAMED(names, types).get_java_type_info(),
                         jvm.driftline.flink.SweepingCoProcessOperator(op)))
     return (JavaRows(first, names, types), JavaRows(first.getSideOutput(op.joinTag()), JOIN_OUTPUT, out),
