@@ -131,17 +131,24 @@ class FeatureDrift:
             self._freeze()
             keys = keys[et > hi]
             et = et[et > hi]
+        # row by row, a comparison after each row that finds the window full and ``step`` rows
+        # since the last one; written as runs of rows up to the next comparison (one ring write
+        # per run, not per row: the same ring, the same comparisons)
         alerts = []
-        w = self.cfg.window
-        for row, t in zip(keys, et.tolist()):
-            self.ring[self.at] = row
-            self.at = (self.at + 1) % w
-            self.filled = min(self.filled + 1, w)
-            self.since += 1
-            self.seen += 1
-            if self.filled == w and self.since >= self.cfg.step:
+        w, i, n = self.cfg.window, 0, len(et)
+        while i < n:
+            due = max(w - self.filled, self.cfg.step - self.since, 1)  # rows to the next comparison
+            take = min(due, n - i)
+            pos = (self.at + np.arange(take)) % w
+            self.ring[pos[-w:]] = keys[i:i + take][-w:]  # only the last w rows stay in the ring
+            self.at = (self.at + take) % w
+            self.filled = min(self.filled + take, w)
+            self.since += take
+            self.seen += take
+            i += take
+            if take == due:
                 self.since = 0
-                alerts += self._compare(int(t))
+                alerts += self._compare(int(et[i - 1]))
         return alerts
 
     def _compare(self, t: int) -> list[dict]:
