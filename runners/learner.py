@@ -73,10 +73,15 @@ def write_snapshot(registry: Path, layer: OnlineLayer, event_time: int) -> Path:
         "params": layer.ftrl.params_dict(), "base_version": layer.base_version}, version=f"{seq:012d}").path
 
 
-def _hours(ms: np.ndarray) -> list[tuple[str, str]]:
-    """(date, hour) in UTC of epoch milliseconds."""
-    h = ms.astype("datetime64[ms]").astype("datetime64[h]")
-    return [(s[:10], s[11:13]) for s in np.datetime_as_string(h, unit="h")]
+def _hours(ms: np.ndarray) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """The UTC hours (date, hour) of epoch milliseconds, each formatted once: (the distinct
+    hours in order, each row's position among them).
+
+    >>> _hours(np.array([3_600_000 * 30 + 5, 0, 3_600_000 * 30]))
+    ([('1970-01-01', '00'), ('1970-01-02', '06')], array([1, 0, 1]))
+    """
+    hours, row = np.unique(ms.astype("datetime64[ms]").astype("datetime64[h]"), return_inverse=True)
+    return [(s[:10], s[11:13]) for s in np.datetime_as_string(hours, unit="h")], row
 
 
 def _why_not(outcome: dict) -> str:
@@ -595,9 +600,9 @@ class Learner(KeyedProcessFunction):
                 "label": y.astype(int).tolist(), "label_time": label_time, "label_delay_ms": delay, "kind": kinds,
                 "weight": wts.tolist(), "features": feats, "inputs": inputs,
                 "spec_fingerprint": layer.spec_fingerprint, "seq": seq}
-        hours = _hours(et)
-        for part in sorted(set(hours)):  # one value per event-time hour partition
-            sel = [i for i, h in enumerate(hours) if h == part]
+        hours, row_hour = _hours(et)
+        for h, part in enumerate(hours):  # one value per event-time hour partition, in order
+            sel = np.flatnonzero(row_hour == h).tolist()
             sub = {k: ([v[i] for i in sel] if isinstance(v, list) else v) for k, v in cols.items()}
             text = json_lines(sub, len(sel))
             self.tick_lines.append(text)  # the replay buffer (JSON escapes newlines in values)
