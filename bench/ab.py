@@ -1,0 +1,151 @@
+"""A/B of the streaming job between two git revisions, in alternating runs.
+
+    .venv/bin/python bench/ab.py c2ef04f HEAD [--pairs 2] [--events 300000] [--json]
+
+One generated event log (sparse, seed 7) is replayed by each revision in turn, from its own git
+worktree (under ``--work``; removed at the end) with this checkout's venv: the job's processes
+start in the worktree, so the client, the JVM's classes and the Python workers all run that
+revision's code. Per run: wall seconds of the job, CPU seconds of the JVM and of the Python
+workers (each process's, from psutil), the Learner's busy seconds (Flink REST), the progressive
+log loss and a digest of every output's sorted lines (equal digests: the same outputs). Runs
+alternate (A B A B ...), since this machine's speed drifts by more than most changes between
+minutes. Last line with ``--json``: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if sys.path and Path(sys.path[0]).resolve() == HERE:
+    sys.path.pop(0)  # run as a script: import the installed packages, not bench/
+
+OUTPUTS = ("predictions", "updates", "examples", "metrics", "late_labels", "dead_letter", "alerts")
+
+# what each run executes inside its worktree (cwd): one job over the shared event log
+RUN = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, ".")
+import bench.stream as b
+from pipelines.join import JoinConfig
+events, run_dir = sys.argv[1], Path(sys.argv[2])
+with b.BusyProfile() as prof:
+    s = b.run_stream(events, run_dir, "generator", JoinConfig(), flink_conf=prof.conf())
+learner = [r for r in prof.table() if r["operator"].startswith("learner")]
+print(json.dumps({"seconds": s["seconds"], "logloss": s["progressive"]["logloss"],
+                  "reconciles": s["reconciliation"].get("reconciles"),
+                  "learner_busy_s": learner[0]["busy_s"] if learner else None}))
+"""
+
+
+def outputs_digest(run_dir: Path) -> str:
+    """One digest of every output's lines, sorted (part files and their order vary by run)."""
+    h = hashlib.sha256()
+    for name in OUTPUTS:
+        lines = sorted(line for f in sorted((run_dir / name).rglob("part-*"))
+                       for line in f.read_bytes().splitlines())
+        h.update(name.encode() + b"\0" + b"\n".join(lines) + b"\0")
+    return h.hexdigest()[:16]
+
+
+class ProcessCpu:
+    """CPU seconds of every descendant of ``pid``, by kind (the JVM, Python workers), sampled
+    every 0.5 s while it runs: the last reading of each process counts."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.last, self.stop = pid, {}, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self.stop.wait(0.5):
+            try:
+                children = psutil.Process(self.pid).children(recursive=True)
+            except psutil.Error:
+                return
+            for c in children:
+                try:
+                    cmd = " ".join(c.cmdline())
+                    t = c.cpu_times()
+                except psutil.Error:
+                    continue
+                kind = "jvm" if "java" in c.name() else "worker" if "fn_execution" in cmd else "other"
+                self.last[c.pid] = (kind, t.user + t.system)
+
+    def totals(self) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        out = {"jvm": 0.0, "worker": 0.0}
+        for kind, secs in self.last.values():
+            if kind in out:
+                out[kind] += secs
+        return {k: round(v, 1) for k, v in out.items()}
+
+
+def run_once(worktree: Path, events: Path, run_dir: Path) -> dict:
+    proc = subprocess.Popen([sys.executable, "-c", RUN, str(events), str(run_dir)], cwd=worktree,
+                            stdout=subprocess.PIPE, text=True)
+    cpu = ProcessCpu(proc.pid)
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"run in {worktree} failed (exit {proc.returncode})")
+    return {**json.loads(out.strip().splitlines()[-1]), "cpu_s": cpu.totals(), "outputs": outputs_digest(run_dir)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a", help="revision A (e.g. the base)")
+    ap.add_argument("b", help="revision B (e.g. HEAD)")
+    ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--work", default=None, help="folder for the worktrees and runs (default: a temporary one)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from runners.local import prepare_events
+
+    repo = Path(subprocess.check_output(["git", "rev-parse", "--show-toplevel"], text=True).strip())
+    work = Path(args.work or tempfile.mkdtemp(prefix="driftline-ab-"))
+    events, _ = prepare_events("generator", work / "log", args.events, 7)
+    trees = {}
+    try:
+        for arm, rev in (("A", args.a), ("B", args.b)):
+            trees[arm] = work / f"tree_{arm}"
+            subprocess.run(["git", "-C", str(repo), "worktree", "add", "-f", "--detach", str(trees[arm]), rev],
+                           check=True, capture_output=True)
+        runs = []
+        print(f"{'run':>4} {'rev':>10} {'seconds':>8} {'JVM cpu':>8} {'worker cpu':>10} {'learner busy':>12}  outputs")
+        for i in range(args.pairs):
+            for arm, rev in (("A", args.a), ("B", args.b)):
+                r = {"arm": arm, "rev": rev, "pair": i + 1,
+                     **run_once(trees[arm], events, work / "runs" / f"{arm}{i + 1}")}
+                runs.append(r)
+                print(f"{arm}{i + 1:>3} {rev:>10} {r['seconds']:8.1f} {r['cpu_s']['jvm']:8.1f} "
+                      f"{r['cpu_s']['worker']:10.1f} {r['learner_busy_s'] or 0:12.1f}  {r['outputs']}", flush=True)
+        mean = {arm: round(sum(r["seconds"] for r in runs if r["arm"] == arm) / args.pairs, 2) for arm in "AB"}
+        faster = sum(b["seconds"] < a["seconds"] for a, b in zip(runs[::2], runs[1::2]))
+        same = len({r["outputs"] for r in runs}) == 1
+        print(f"mean seconds A {mean['A']} / B {mean['B']}; B faster in {faster} of {args.pairs} pairs; "
+              f"outputs {'identical' if same else 'DIFFER'}")
+        if args.json:
+            print(json.dumps({"a": args.a, "b": args.b, "events": args.events, "runs": runs, "mean_seconds": mean,
+                              "b_faster_pairs": faster, "same_outputs": same}))
+    finally:
+        for tree in trees.values():
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], capture_output=True)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
