@@ -20,12 +20,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 if sys.path and Path(sys.path[0]).resolve() == HERE:
-    sys.path.pop(0)  # run as a script: import the installed packages, not bench/
+    sys.path[0] = str(HERE.parent)  # run as a script: this checkout's packages, bench/ included
+
+from bench.stream import Poller  # noqa: E402
 
 OUTPUTS = ("predictions", "updates", "examples", "metrics", "late_labels", "dead_letter", "alerts")
 
@@ -56,35 +57,31 @@ def outputs_digest(run_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-class ProcessCpu:
+class ProcessCpu(Poller):
     """CPU seconds of every descendant of ``pid``, by kind (the JVM, Python workers), sampled
-    every 0.5 s while it runs: the last reading of each process counts."""
+    every 0.5 s inside a ``with``: the last reading of each process counts."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.last, self.stop = pid, {}, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(every_s=0.5)
+        self.pid, self.last = pid, {}
 
-    def _run(self) -> None:
+    def poll_once(self) -> None:
         import psutil
 
-        while not self.stop.wait(0.5):
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:  # ended
+            return
+        for c in children:
             try:
-                children = psutil.Process(self.pid).children(recursive=True)
+                cmd = " ".join(c.cmdline())
+                t = c.cpu_times()
             except psutil.Error:
-                return
-            for c in children:
-                try:
-                    cmd = " ".join(c.cmdline())
-                    t = c.cpu_times()
-                except psutil.Error:
-                    continue
-                kind = "jvm" if "java" in c.name() else "worker" if "fn_execution" in cmd else "other"
-                self.last[c.pid] = (kind, t.user + t.system)
+                continue
+            kind = "jvm" if "java" in c.name() else "worker" if "fn_execution" in cmd else "other"
+            self.last[c.pid] = (kind, t.user + t.system)
 
     def totals(self) -> dict[str, float]:
-        self.stop.set()
-        self.thread.join(timeout=5)
         out = {"jvm": 0.0, "worker": 0.0}
         for kind, secs in self.last.values():
             if kind in out:
@@ -95,8 +92,8 @@ class ProcessCpu:
 def run_once(worktree: Path, events: Path, run_dir: Path) -> dict:
     proc = subprocess.Popen([sys.executable, "-c", RUN, str(events), str(run_dir)], cwd=worktree,
                             stdout=subprocess.PIPE, text=True)
-    cpu = ProcessCpu(proc.pid)
-    out, _ = proc.communicate()
+    with ProcessCpu(proc.pid) as cpu:
+        out, _ = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"run in {worktree} failed (exit {proc.returncode})")
     return {**json.loads(out.strip().splitlines()[-1]), "cpu_s": cpu.totals(), "outputs": outputs_digest(run_dir)}
