@@ -34,8 +34,7 @@ OUTPUTS = ("predictions", "updates", "examples", "metrics", "late_labels", "dead
 RUN = """
 import json, sys
 from pathlib import Path
-sys.path.insert(0, ".")
-import bench.stream as b
+import bench.stream as b  # from the worktree: python -c puts the cwd first on the path
 from pipelines.join import JoinConfig
 events, run_dir = sys.argv[1], Path(sys.argv[2])
 with b.BusyProfile() as prof:

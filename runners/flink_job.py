@@ -392,8 +392,8 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     preds.sink_to(file_sink(str(out / "predictions"))).name("sink_predictions")
     # each side output straight from the Learner's operator: PyFlink's ``get_side_output`` adds an
     # identity Python map (``map(lambda i: i)``), i.e. every updates/examples/metrics line would
-    # cross into a Python worker and back (measured: the largest share of the JVM's exchange with
-    # Python; its strings' encoding alone 4 % of the JVM's samples)
+    # cross into a Python worker and back (measured: nearly half of the JVM's exchange with Python;
+    # re-encoding those strings alone ~4 % of the JVM's samples)
     for name, tag in OUTPUT_TAGS.items():
         DataStream(preds._j_data_stream.getSideOutput(tag.get_java_output_tag())) \
             .sink_to(file_sink(str(out / name), partitioned=name == "examples")).name(f"sink_{name}")
