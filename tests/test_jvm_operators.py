@@ -64,6 +64,7 @@ def test_the_join_gives_the_reference_outcomes_at_every_boundary(tmp_path):
                ("i4", t["i4"] + H), ("i5", t["i5"] + H + 1),  # last late; just beyond the horizon
                ("i6", t["i6"] + H + 3 * W),  # after the key's state was freed
                ("i7", t["i7"] - W), ("i7", t["i7"] - W + 10),  # W before; a duplicate label
+               ("i8", t["i8"] + 10), ("i8", t["i8"] + H + 3 * W),  # a duplicate after the state expired
                ("nobody", 12_345)]
     labels = [{"event_id": e, "label_time": lt, "label": 1} for e, lt in sorted(planted, key=lambda x: x[1])]
     ref = reference_join(imps, labels, cfg)

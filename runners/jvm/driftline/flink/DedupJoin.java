@@ -11,8 +11,9 @@
  *     first occurrence goes on, main output, as (event_id, event_time, unit, the inputs...),
  *     what the tick packing sends to the Learner, and into the join, keeping its inputs as one
  *     JSON array of values; a duplicate becomes a dead-letter line (side output DUPLICATES);
- *   - each label too: a duplicate label is a dead-letter line; every label goes into the join,
- *     whose first (earliest) label decides.
+ *   - each label too: a duplicate label is a dead-letter line and nothing more (an earlier or
+ *     equal label was counted first, so it never decides); a first occurrence goes into the
+ *     join, whose first (earliest) label decides.
  *
  * The join (side output JOIN, rows event_id, resolution_time, event_time, label, label_time,
  * info, inputs, stamped with the deciding row's time) adds each key's deadlines itself, as
@@ -28,9 +29,11 @@
  * The join's state of a key is freed in event time: the inputs at the impression's deadline
  * (unless late labels become corrections, which need them), everything when no row can change
  * an outcome any more: after t + H + 1 (the last late label's stamp) and the first label's
- * deadline. A label arriving later than that is an unknown impression either way (reported at
- * its deadline instead of at its time). The ids' memory lives longer (the dedup's retention)
- * and is swept (SweepingCoProcessOperator), without a timer per id.
+ * deadline. From then on the key's join state counts as gone for every row, whenever it
+ * arrived (a first label then is an unknown impression, reported at its deadline), and a sweep
+ * every H / 16 of event time frees it: no clear timer per key (the heap of those, one per
+ * impression of the last H, was most of the operator's timers and of their checkpoint). The
+ * ids' memory lives longer (the dedup's retention) and is swept too (SweepingCoProcessOperator).
  *
  * One operator instead of three (a dedup of the impressions, one of the labels, the join) and
  * the labels read once: each impression is buffered and shuffled once, not twice (measured:
@@ -97,6 +100,7 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
   private transient int time;
   private transient int unitPos;
   private transient int[] inputPos;
+  private transient long nextSweep; // the watermark at which the join's next sweep is due
 
   public DedupJoin(long retentionMs, long windowMs, long horizonMs, boolean keepInputsOfLate, long noTime,
       String[] names, String unit, String[] inputs, TypeInformation<Row> impType, TypeInformation<Row> labelType,
@@ -149,12 +153,32 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
     for (int i = 0; i < inputs.length; i++) {
       inputPos[i] = position(inputs[i]);
     }
+    nextSweep = Long.MIN_VALUE;
   }
 
   @Override
   public void sweep(long watermark, SweepingCoProcessOperator op) throws Exception {
     impSeen.sweep(watermark, op);
     labelSeen.sweep(watermark, op);
+    if (watermark < nextSweep) {
+      return;
+    }
+    long period = Math.max(1, horizonMs / 16);
+    nextSweep = watermark >= Long.MAX_VALUE - period ? Long.MAX_VALUE : watermark + period;
+    for (String key : op.keys("acc")) { // the join's state past its clear time (see expired)
+      op.setCurrentKey(key);
+      if (expired(acc.value(), watermark)) {
+        acc.clear();
+        pendingInputs.clear();
+      }
+    }
+  }
+
+  /** Whether a key's join state ``a`` is cleared at time ``t``: past its clear time, no row can
+   * change an outcome; a row at or after it finds the state gone, whether or not the sweep has
+   * freed it yet (so no timer per key, and no answer that depends on when rows arrived). */
+  private static boolean expired(long[] a, long t) {
+    return a != null && a[CLEAR] != 0 && t >= a[CLEAR];
   }
 
   @Override
@@ -188,8 +212,9 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
       labelSeen.begin(t);
       for (Row row : labels) {
         long n = labelSeen.next();
-        if (n > 1) {
+        if (n > 1) { // never the first label (an earlier or equal one was counted): decides nothing
           ctx.output(duplicates, Row.of(Json.deadLetter("duplicate_label", n, "label", "flink:labels", key)));
+          continue;
         }
         Object lv = Fields.get(row, 2, LABEL[2]);
         rows.add(Row.of(key, K_LABEL, null, null, ((Number) Fields.get(row, 1, LABEL[1])).longValue(),
@@ -235,13 +260,14 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
    * its deadlines due at t. */
   private void resolve(long t, List<Row> rows, String key, OnTimerContext ctx) throws Exception {
     long[] a = acc.value();
+    if (expired(a, t)) {
+      acc.clear();
+      pendingInputs.clear();
+      a = null;
+    }
     boolean deadline = a != null && (a[FLAGS] & 4) != 0 && a[DL_DUE] == t;
     boolean labelDeadline = a != null && (a[FLAGS] & 8) != 0 && a[LDL_DUE] == t;
     if (rows.isEmpty() && !deadline && !labelDeadline) {
-      if (a != null && a[CLEAR] != 0 && t >= a[CLEAR] && waitingImps.isEmpty() && waitingLabels.isEmpty()) {
-        acc.clear();
-        pendingInputs.clear();
-      }
       return;
     }
     if (a == null) {
@@ -329,10 +355,7 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
       clear = Math.max(clear, a[FIRST] + windowMs + 2);
     }
     clear = Math.max(clear, lastLabel + windowMs + 2);
-    if (clear != a[CLEAR]) {
-      a[CLEAR] = clear;
-      ctx.timerService().registerEventTimeTimer(clear);
-    }
+    a[CLEAR] = clear; // no timer: the state expires at it (expired), the sweep frees it
     acc.update(a);
     if (inputsChanged) {
       if (in == null) {
