@@ -48,7 +48,7 @@ from models.online import OnlineConfig, OnlineLayer
 from models.registry import Registry, RegistryError
 from pipelines.join import JoinConfig
 from runners.flink_job import LABEL_INFO
-from runners.packing import NO_TIME, json_lines, pack_table, unpack
+from runners.packing import NO_TIME, json_lines, pack_table, pylist, unpack
 from transforms.apply import apply, inputs_objects, inputs_table, parse_inputs
 from transforms.artifact import TransformArtifact
 
@@ -237,9 +237,9 @@ class Learner(KeyedProcessFunction):
         parts = [t.select(["event_time", *names]) for t in imps]
         values: list = []
         if batches:
-            values = parse_inputs([x or "null" for tab in batches for x in tab.column("inputs").to_pylist()])
+            values = parse_inputs([x or "null" for tab in batches for x in pylist(tab.column("inputs"))])
             raw = inputs_table([v if v is not None else [None] * len(names) for v in values], self.input_types)
-            et = pa.array([x for tab in batches for x in tab.column("event_time").to_pylist()], pa.int64())
+            et = pa.array([x for tab in batches for x in pylist(tab.column("event_time"))], pa.int64())
             parts.append(pa.Table.from_arrays([et, *raw.columns], ["event_time", *names]))
         if not parts:
             return [], []
@@ -262,9 +262,9 @@ class Learner(KeyedProcessFunction):
         if n == 0:
             return
         idx, vals = features  # from the tick's raw inputs (``_featurize``)
-        s = layer.score_batch(idx, vals, t.column("unit").to_pylist(), at=tick)
+        s = layer.score_batch(idx, vals, pylist(t.column("unit")), at=tick)
         yield from self._alerts(layer)
-        drift = self._feature_drift().observe(np.asarray(t.column("event_time").to_pylist(), np.int64), idx, vals)
+        drift = self._feature_drift().observe(t.column("event_time").to_numpy().astype(np.int64), idx, vals)
         if drift:
             self.m_alerts.inc(len(drift))
             yield OUTPUT_TAGS["alerts"], Row("".join(json.dumps({**a, "base_version": layer.base_version},
@@ -273,7 +273,7 @@ class Learner(KeyedProcessFunction):
                 self.fd_trigger = tick
         self.m_scored.inc(n)
         yield Row(json_lines({
-            "event_id": t.column("event_id").to_pylist(), "event_time": t.column("event_time").to_pylist(),
+            "event_id": pylist(t.column("event_id")), "event_time": pylist(t.column("event_time")),
             "p": s["p"].tolist(), "base_logit": s["base_logit"], "delta_logit": s["delta_logit"].tolist(),
             "base_version": s["base_version"], "delta_version": s["delta_version"],
             "spec_fingerprint": s["spec_fingerprint"], "arm": s["arm"], "served": s["served"],
@@ -518,7 +518,7 @@ class Learner(KeyedProcessFunction):
         rows = {c: [] for c in (*cols, "kind")}
         for _, tab, _ in batches:
             for c in cols:
-                rows[c] += tab.column(c).to_pylist()
+                rows[c] += pylist(tab.column(c))
         features = (np.concatenate([f[0] for _, _, f in batches]), np.concatenate([f[1] for _, _, f in batches]),
                     [v for _, _, f in batches for v in f[2]])
         # the join's one stream: examples ("ex") and label outcomes ("lab"), told by their info
