@@ -36,6 +36,7 @@ from models.drift import jsd, psi
 
 VALUE_EDGES = np.array([-3.0, -2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0])
 OTHER = -(2**62)
+_LOW, _STRIDE = -(2**31), 2**32  # bin keys (slots, value bins) lie in [_LOW, _LOW + _STRIDE)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,36 @@ class FeatureDrift:
         h = np.append(top, sum(counts.values()) - top.sum())
         return h / h.sum() if h.sum() else h
 
+    def __getstate__(self) -> dict:
+        # the lookup and the ring's bin ids are derived: not in checkpoints (rebuilt on first use)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lookup", "_ring_ids")}
+
+    def _bin_ids(self, keys: np.ndarray) -> np.ndarray:
+        """Bin keys [rows, k] -> each one's position in its column's reference bins (the
+        column's bin count for "other"): one search over every column's bins at once (each
+        column's keys sorted and offset by column), done once per row as it enters the ring,
+        not at every comparison for the whole window."""
+        lookup = self.__dict__.get("_lookup")
+        if lookup is None:
+            orders = [np.argsort(b) for b in self.bins]
+            lookup = self._lookup = (
+                np.concatenate([j * _STRIDE + (b[o] - _LOW) for j, (b, o) in enumerate(zip(self.bins, orders))]
+                               + [np.empty(0, np.int64)]),
+                np.concatenate(orders + [np.empty(0, np.int64)]), np.array([len(b) for b in self.bins], np.int64))
+        comb, pos, n_bins = lookup
+        if not len(comb):
+            return np.broadcast_to(n_bins, keys.shape).copy()
+        q = np.arange(keys.shape[1], dtype=np.int64) * _STRIDE + (keys - _LOW)
+        at = np.minimum(np.searchsorted(comb, q), len(comb) - 1)
+        hit = (comb[at] == q) & (keys >= _LOW) & (keys < _LOW + _STRIDE)
+        return np.where(hit, pos[at], n_bins)
+
+    def _ids(self) -> np.ndarray:
+        """The ring's bin ids (``_bin_ids`` of ``ring``), kept as rows are written."""
+        if self.__dict__.get("_ring_ids") is None:
+            self._ring_ids = self._bin_ids(self.ring)
+        return self._ring_ids
+
     def observe(self, event_time: np.ndarray, indices: np.ndarray, values: np.ndarray) -> list[dict]:
         """Impressions just scored (in scoring order); returns the alerts they raise."""
         if not self.cfg.enabled or len(event_time) == 0:
@@ -136,11 +167,13 @@ class FeatureDrift:
         # per run, not per row: the same ring, the same comparisons)
         alerts = []
         w, i, n = self.cfg.window, 0, len(et)
+        ring_ids, ids = self._ids(), self._bin_ids(keys)
         while i < n:
             due = max(w - self.filled, self.cfg.step - self.since, 1)  # rows to the next comparison
             take = min(due, n - i)
             pos = (self.at + np.arange(take)) % w
             self.ring[pos[-w:]] = keys[i:i + take][-w:]  # only the last w rows stay in the ring
+            ring_ids[pos[-w:]] = ids[i:i + take][-w:]
             self.at = (self.at + take) % w
             self.filled = min(self.filled + take, w)
             self.since += take
@@ -153,15 +186,10 @@ class FeatureDrift:
 
     def _compare(self, t: int) -> list[dict]:
         out = []
+        ids = self._ids()
         for j, name in enumerate(self.names):
-            col = self.ring[:, j]
             keys, ref = self.bins[j], self.ref_hist[j]
-            pos = np.searchsorted(np.sort(keys), col)
-            order = np.argsort(keys)
-            sk = keys[order]
-            hit = (pos < len(sk)) & (sk[np.minimum(pos, len(sk) - 1)] == col)
-            counts = np.bincount(np.where(hit, order[np.minimum(pos, len(sk) - 1)], len(keys)),
-                                 minlength=len(keys) + 1).astype(np.float64)
+            counts = np.bincount(ids[:, j], minlength=len(keys) + 1).astype(np.float64)
             cur = counts / counts.sum()
             p, d = psi(ref, cur), jsd(ref, cur)
             self.last[name] = {"psi": p, "jsd": d}
