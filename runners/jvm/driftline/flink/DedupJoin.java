@@ -30,10 +30,11 @@
  * (unless late labels become corrections, which need them), everything when no row can change
  * an outcome any more: after t + H + 1 (the last late label's stamp) and the first label's
  * deadline. From then on the key's join state counts as gone for every row, whenever it
- * arrived (a first label then is an unknown impression, reported at its deadline), and a sweep
- * every H / 16 of event time frees it: no clear timer per key (the heap of those, one per
- * impression of the last H, was most of the operator's timers and of their checkpoint). The
- * ids' memory lives longer (the dedup's retention) and is swept too (SweepingCoProcessOperator).
+ * arrived (a first label then is an unknown impression, reported at its deadline); it is freed
+ * by the sweeps of the ids' memory (which lives longer, the dedup's retention R), every R / 16
+ * of event time (SweepingCoProcessOperator; with R below H + 2, the join's state has its own
+ * sweep every H / 16). No clear timer per key: the heap of those, one per impression of the
+ * last H, was most of the operator's timers and of their checkpoint.
  *
  * One operator instead of three (a dedup of the impressions, one of the labels, the join) and
  * the labels read once: each impression is buffered and shuffled once, not twice (measured:
@@ -158,19 +159,28 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
 
   @Override
   public void sweep(long watermark, SweepingCoProcessOperator op) throws Exception {
-    impSeen.sweep(watermark, op);
-    labelSeen.sweep(watermark, op);
-    if (watermark < nextSweep) {
+    // the join's state is checked in the same passes over the ids: a key's ids are remembered
+    // until its last row is the retention behind the watermark, and with a retention >= H + 2
+    // that is past the key's clear time (see expired), so every key's state is freed by them
+    impSeen.sweep(watermark, op, () -> dropJoin(watermark));
+    labelSeen.sweep(watermark, op, () -> dropJoin(watermark));
+    if (retentionMs >= horizonMs + 2 || watermark < nextSweep) {
       return;
     }
+    // a retention shorter than that: the join's state needs its own sweep
     long period = Math.max(1, horizonMs / 16);
     nextSweep = watermark >= Long.MAX_VALUE - period ? Long.MAX_VALUE : watermark + period;
-    for (String key : op.keys("acc")) { // the join's state past its clear time (see expired)
+    for (String key : op.keys("acc")) {
       op.setCurrentKey(key);
-      if (expired(acc.value(), watermark)) {
-        acc.clear();
-        pendingInputs.clear();
-      }
+      dropJoin(watermark);
+    }
+  }
+
+  /** Frees the current key's join state if it has expired at {@code watermark}. */
+  private void dropJoin(long watermark) throws Exception {
+    if (expired(acc.value(), watermark)) {
+      acc.clear();
+      pendingInputs.clear();
     }
   }
 

@@ -53,9 +53,16 @@ final class Occurrences {
     current = null;
   }
 
+  /** More to do for each key a sweep visits (called with that key current). */
+  interface Visit {
+    void visit() throws Exception;
+  }
+
   /** Frees every key whose last occurrence the watermark has passed by the retention: no row
-   * still to come (all are after the watermark) can count it. */
-  void sweep(long watermark, SweepingCoProcessOperator op) throws Exception {
+   * still to come (all are after the watermark) can count it. {@code then} (may be null) runs
+   * for every key visited, with it current: other state of the key can be checked in the same
+   * pass, without a sweep of its own. */
+  void sweep(long watermark, SweepingCoProcessOperator op, Visit then) throws Exception {
     if (watermark < nextSweep) {
       return;
     }
@@ -66,6 +73,9 @@ final class Occurrences {
       long[] s = seen.value();
       if (s != null && watermark >= s[1] + retentionMs) {
         seen.clear();
+      }
+      if (then != null) {
+        then.visit();
       }
     }
   }
