@@ -259,7 +259,8 @@ def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: 
     values), not its features: the Learner computes those with the same artifact
     (``transforms.apply.inputs_table``); they are dropped at its deadline unless late labels
     become corrections (``late_policy``), the rest of the join's state in event time after the
-    late horizon, the ids' memory by a sweep every retention / 16 of event time. Measured with
+    late horizon (expired for every later row; freed by the sweeps of the ids' memory, every
+    retention / 16 of event time: no timer per key). Measured with
     ``bench/stream.py --only-checkpoint``."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
