@@ -312,19 +312,28 @@ class OnlineLayer:
                 for j in np.flatnonzero(hold):
                     self._hold(window_close[j], indices[j], values[j], labels[j], weights[j])
                 weights = np.where(hold, 0.0, weights)
+        # the prior's logit before each example (counted even under a TFX base: the fallback);
+        # ``base_logit``'s arithmetic on locals, the same values bit for bit (a per-row loop:
+        # the counts move as windows close)
         base = np.empty(m)
+        c = self.cfg
+        num, den = c.prior_rate * c.prior_strength, c.prior_strength
+        heap, pos, ex, seq = self._open, self.positives, self.examples, self.ftrl.updates
+        res_l = np.asarray(resolution_times, np.int64).tolist()
+        close_l = np.asarray(window_close, np.int64).tolist()
+        lab_l = np.asarray(labels, np.float64).tolist()
         for j in range(m):
-            r = int(resolution_times[j])
-            while self._open and self._open[0][0] <= r:
-                self.positives += heapq.heappop(self._open)[2]
-                self.examples += 1
-            base[j] = self.base_logit()  # the prior: counted even under a TFX base (fallback)
-            seq = self.ftrl.updates + j + 1
-            if window_close[j] > r:
-                heapq.heappush(self._open, (int(window_close[j]), seq, float(labels[j])))
+            r = res_l[j]
+            while heap and heap[0][0] <= r:
+                pos += heapq.heappop(heap)[2]
+                ex += 1
+            base[j] = logit((pos + num) / (ex + den))
+            if close_l[j] > r:
+                heapq.heappush(heap, (close_l[j], seq + j + 1, lab_l[j]))
             else:
-                self.positives += float(labels[j])
-                self.examples += 1
+                pos += lab_l[j]
+                ex += 1
+        self.positives, self.examples = pos, ex
         if self.base is not None and m:
             base = np.asarray(self.base_logits(indices, values), np.float64)
         if self.guard.frozen:

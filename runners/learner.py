@@ -79,7 +79,12 @@ def _hours(ms: np.ndarray) -> tuple[list[tuple[str, str]], np.ndarray]:
 
     >>> _hours(np.array([3_600_000 * 30 + 5, 0, 3_600_000 * 30]))
     ([('1970-01-01', '00'), ('1970-01-02', '06')], array([1, 0, 1]))
+    >>> _hours(np.array([3_600_000 * 30 + 5, 3_600_000 * 31 - 1]))
+    ([('1970-01-02', '06')], array([0, 0]))
     """
+    if len(ms) and ms.min() // 3_600_000 == ms.max() // 3_600_000:  # one hour: a tick's rows, mostly
+        s = np.datetime_as_string(np.datetime64(int(ms.min()), "ms").astype("datetime64[h]"), unit="h")
+        return [(s[:10], s[11:13])], np.zeros(len(ms), np.int64)
     hours, row = np.unique(ms.astype("datetime64[ms]").astype("datetime64[h]"), return_inverse=True)
     return [(s[:10], s[11:13]) for s in np.datetime_as_string(hours, unit="h")], row
 
