@@ -99,6 +99,11 @@ def logit(p: float) -> float:
     return max(min(math.log(p / (1 - p)), LOGIT_CLIP), -LOGIT_CLIP)
 
 
+def _prior_logit(positives: float, examples: int, c: OnlineConfig) -> float:
+    """The prior's logit after ``examples`` counted examples with ``positives`` positives."""
+    return logit((positives + c.prior_rate * c.prior_strength) / (examples + c.prior_strength))
+
+
 class OnlineLayer:
     """``window_ms``: the join's attribution window W (0: no hold after a reset)."""
 
@@ -190,8 +195,7 @@ class OnlineLayer:
 
     def base_logit(self) -> float:
         """The constant prior's logit (the base until a TFX model is swapped in)."""
-        c = self.cfg
-        return logit((self.positives + c.prior_rate * c.prior_strength) / (self.examples + c.prior_strength))
+        return _prior_logit(self.positives, self.examples, self.cfg)
 
     def base_logits(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray | float:
         """Per-row base logits of a batch (the TFX model), or the prior's scalar."""
@@ -313,11 +317,9 @@ class OnlineLayer:
                     self._hold(window_close[j], indices[j], values[j], labels[j], weights[j])
                 weights = np.where(hold, 0.0, weights)
         # the prior's logit before each example (counted even under a TFX base: the fallback);
-        # ``base_logit``'s arithmetic on locals, the same values bit for bit (a per-row loop:
-        # the counts move as windows close)
+        # on locals (a per-row loop: the counts move as windows close)
         base = np.empty(m)
         c = self.cfg
-        num, den = c.prior_rate * c.prior_strength, c.prior_strength
         heap, pos, ex, seq = self._open, self.positives, self.examples, self.ftrl.updates
         res_l = np.asarray(resolution_times, np.int64).tolist()
         close_l = np.asarray(window_close, np.int64).tolist()
@@ -327,7 +329,7 @@ class OnlineLayer:
             while heap and heap[0][0] <= r:
                 pos += heapq.heappop(heap)[2]
                 ex += 1
-            base[j] = logit((pos + num) / (ex + den))
+            base[j] = _prior_logit(pos, ex, c)
             if close_l[j] > r:
                 heapq.heappush(heap, (close_l[j], seq + j + 1, lab_l[j]))
             else:
