@@ -594,13 +594,17 @@ class Learner(KeyedProcessFunction):
         self.m_learned.inc(m)
         seq = u["seq"].tolist()
         eids = [rows["event_id"][j] for j in js]
+        idx_rows = list(np.ascontiguousarray(idx, np.int64))  # rows as arrays: orjson writes them
         yield OUTPUT_TAGS["updates"], Row(json_lines({
             "seq": seq, "event_id": eids, "resolution_time": res.tolist(), "p_before": u["p_before"].tolist(),
-            "label": y.astype(int).tolist(), "indices": idx.tolist(), "weights": u["weights"].tolist()}, m))
+            "label": y.astype(int).tolist(), "indices": idx_rows,
+            "weights": list(np.ascontiguousarray(u["weights"], np.float64))}, m, arrays=True))
         self._window().update(u["p_before"][first], y[first], np.where(lt == NO_TIME, -1, lt - et)[first])
         label_time = _opt(lt)
         delay = [None if x is None else x - e for x, e in zip(label_time, et.tolist())]
-        feats = [orjson.dumps({"indices": i, "values": v}).decode() for i, v in zip(idx.tolist(), vals.tolist())]
+        opt = orjson.OPT_SERIALIZE_NUMPY  # int64 and float64 rows: the text of their tolist()
+        feats = [orjson.dumps({"indices": i, "values": v}, option=opt).decode()
+                 for i, v in zip(idx_rows, np.ascontiguousarray(vals, np.float64))]
         cols = {"event_id": eids, "event_time": et.tolist(), "resolution_time": res.tolist(),
                 "label": y.astype(int).tolist(), "label_time": label_time, "label_delay_ms": delay, "kind": kinds,
                 "weight": wts.tolist(), "features": feats, "inputs": inputs,

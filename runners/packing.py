@@ -16,6 +16,7 @@ JSON lines.
 """
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -63,14 +64,27 @@ def _plain(x):
     raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
-def json_lines(columns: dict[str, list], n: int) -> str:
+def json_lines(columns: dict[str, list], n: int, arrays: bool = False) -> str:
     """Column lists (or scalars, repeated) -> newline-joined JSON objects, one per row
     (orjson: compact, UTF-8, non-finite floats as null; 2.4x faster than the json module on
-    1,000 rows of an update-like record).
+    1,000 rows of an update-like record). ``arrays``: values may be numpy arrays of int64 or
+    float64 (an array column's rows, e.g. ``list(matrix)``), written by orjson as JSON lists --
+    the same text as their ``tolist()``, without building Python numbers (60 update records of
+    20 coordinates: 4.5 -> 2.1 us a row). Only those two dtypes: orjson writes a float32 array
+    with float32's shortest digits, ``tolist()`` with float64's.
 
     >>> json_lines({"a": [1, 2], "b": "x"}, 2)
     '{"a":1,"b":"x"}\\n{"a":2,"b":"x"}'
+    >>> m = np.array([[1.5, 0.1], [2.0, -3e-9]])
+    >>> json_lines({"w": list(m)}, 2, arrays=True) == json_lines({"w": m.tolist()}, 2)
+    True
     """
     names = list(columns)
     cols = [columns[c] if isinstance(columns[c], list) else [columns[c]] * n for c in names]
+    if arrays:
+        if any(isinstance(x, np.ndarray) and x.dtype not in (np.int64, np.float64) for c in cols for x in c[:1]):
+            raise TypeError("json_lines(arrays=True) writes int64 and float64 arrays only")
+        opt = orjson.OPT_SERIALIZE_NUMPY
+        return b"\n".join(orjson.dumps(dict(zip(names, row)), default=_plain, option=opt)
+                          for row in zip(*cols)).decode()
     return b"\n".join(orjson.dumps(dict(zip(names, row)), default=_plain) for row in zip(*cols)).decode()

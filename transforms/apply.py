@@ -116,8 +116,15 @@ def inputs_objects(values: list[list], names: list[str]) -> list[str]:
 
     encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     dumps = orjson.dumps
-    return [encode(dict(zip(names, v))) if any(type(x) is float and not math.isfinite(x) for x in v)
-            else dumps(dict(zip(names, v))).decode() for v in values]
+    out = []
+    for v in values:
+        s = dumps(dict(zip(names, v)))
+        # orjson writes a non-finite float as null: only a row with a null can hold one
+        if b"null" in s and any(type(x) is float and not math.isfinite(x) for x in v):
+            out.append(encode(dict(zip(names, v))))
+        else:
+            out.append(s.decode())
+    return out
 
 
 def time_features(event_time: np.ndarray) -> dict[str, np.ndarray]:
