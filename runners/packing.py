@@ -81,10 +81,7 @@ def json_lines(columns: dict[str, list], n: int, arrays: bool = False) -> str:
     """
     names = list(columns)
     cols = [columns[c] if isinstance(columns[c], list) else [columns[c]] * n for c in names]
-    if arrays:
-        if any(isinstance(x, np.ndarray) and x.dtype not in (np.int64, np.float64) for c in cols for x in c[:1]):
-            raise TypeError("json_lines(arrays=True) writes int64 and float64 arrays only")
-        opt = orjson.OPT_SERIALIZE_NUMPY
-        return b"\n".join(orjson.dumps(dict(zip(names, row)), default=_plain, option=opt)
-                          for row in zip(*cols)).decode()
-    return b"\n".join(orjson.dumps(dict(zip(names, row)), default=_plain) for row in zip(*cols)).decode()
+    if arrays and any(isinstance(x, np.ndarray) and x.dtype not in (np.int64, np.float64) for c in cols for x in c[:1]):
+        raise TypeError("json_lines(arrays=True) writes int64 and float64 arrays only")
+    opt = orjson.OPT_SERIALIZE_NUMPY if arrays else 0
+    return b"\n".join(orjson.dumps(dict(zip(names, row)), default=_plain, option=opt) for row in zip(*cols)).decode()
