@@ -1,6 +1,8 @@
 """A/B of the streaming job between two git revisions, in alternating runs.
 
     .venv/bin/python bench/ab.py c2ef04f HEAD [--pairs 2] [--events 300000] [--json]
+    .venv/bin/python bench/ab.py HEAD HEAD --env-b JDK_JAVA_OPTIONS=-XX:+UseParallelGC
+
 
 One generated event log (sparse, seed 7) is replayed by each revision in turn, from its own git
 worktree (under ``--work``; removed at the end) with this checkout's venv: the job's processes
@@ -9,13 +11,16 @@ revision's code. Per run: wall seconds of the job, CPU seconds of the JVM and of
 workers (each process's, from psutil), the Learner's busy seconds (Flink REST), the progressive
 log loss and a digest of every output's sorted lines (equal digests: the same outputs). Runs
 alternate (A B A B ...), since this machine's speed drifts by more than most changes between
-minutes. Last line with ``--json``: one JSON object.
+minutes. ``--env-a`` / ``--env-b KEY=VALUE`` (repeatable) add environment variables to one
+arm's runs: the same revision under two JVM or worker settings. Last line with ``--json``: one
+JSON object.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -88,14 +93,22 @@ class ProcessCpu(Poller):
         return {k: round(v, 1) for k, v in out.items()}
 
 
-def run_once(worktree: Path, events: Path, run_dir: Path) -> dict:
+def run_once(worktree: Path, events: Path, run_dir: Path, env: dict[str, str] | None = None) -> dict:
     proc = subprocess.Popen([sys.executable, "-c", RUN, str(events), str(run_dir)], cwd=worktree,
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     with ProcessCpu(proc.pid) as cpu:
         out, _ = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"run in {worktree} failed (exit {proc.returncode})")
     return {**json.loads(out.strip().splitlines()[-1]), "cpu_s": cpu.totals(), "outputs": outputs_digest(run_dir)}
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` arguments as a dict (the value may contain ``=``)."""
+    bad = [p for p in pairs if "=" not in p or not p.split("=", 1)[0]]
+    if bad:
+        raise SystemExit(f"--env-a/--env-b take KEY=VALUE, got {bad}")
+    return dict(p.split("=", 1) for p in pairs)
 
 
 def main() -> None:
@@ -105,8 +118,13 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--work", default=None, help="folder for the worktrees and runs (default: a temporary one)")
+    ap.add_argument("--env-a", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for arm A's runs (repeatable)")
+    ap.add_argument("--env-b", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for arm B's runs (repeatable)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    envs = {"A": _env(args.env_a), "B": _env(args.env_b)}
 
     from runners.local import prepare_events
 
@@ -120,11 +138,15 @@ def main() -> None:
             subprocess.run(["git", "-C", str(repo), "worktree", "add", "-f", "--detach", str(trees[arm]), rev],
                            check=True, capture_output=True)
         runs = []
+        for arm in "AB":
+            if envs[arm]:
+                print(f"arm {arm} environment: {envs[arm]}")
         print(f"{'run':>4} {'rev':>10} {'seconds':>8} {'JVM cpu':>8} {'worker cpu':>10} {'learner busy':>12}  outputs")
         for i in range(args.pairs):
             for arm, rev in (("A", args.a), ("B", args.b)):
                 r = {"arm": arm, "rev": rev, "pair": i + 1,
-                     **run_once(trees[arm], events, work / "runs" / f"{arm}{i + 1}")}
+                     **({"env": envs[arm]} if envs[arm] else {}),
+                     **run_once(trees[arm], events, work / "runs" / f"{arm}{i + 1}", envs[arm])}
                 runs.append(r)
                 print(f"{arm}{i + 1:>3} {rev:>10} {r['seconds']:8.1f} {r['cpu_s']['jvm']:8.1f} "
                       f"{r['cpu_s']['worker']:10.1f} {r['learner_busy_s'] or 0:12.1f}  {r['outputs']}", flush=True)
@@ -134,7 +156,8 @@ def main() -> None:
         print(f"mean seconds A {mean['A']} / B {mean['B']}; B faster in {faster} of {args.pairs} pairs; "
               f"outputs {'identical' if same else 'DIFFER'}")
         if args.json:
-            print(json.dumps({"a": args.a, "b": args.b, "events": args.events, "runs": runs, "mean_seconds": mean,
+            print(json.dumps({"a": args.a, "b": args.b, "env_a": envs["A"], "env_b": envs["B"],
+                              "events": args.events, "runs": runs, "mean_seconds": mean,
                               "b_faster_pairs": faster, "same_outputs": same}))
     finally:
         for tree in trees.values():
