@@ -3,8 +3,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # test files run in this many pytest-xdist workers, each file whole in one (its module fixtures,
-# clusters and ports stay together); a serial run leaves ~40 % of the 2 cores idle. 0: serial
-TEST_WORKERS ?= 2
+# clusters and ports stay together), handed out in collection order (--no-loadscope-reorder;
+# tests/conftest.py puts the longest files first): the fault-tolerance file, ~8 min of paced
+# replays and restarts that need little CPU, holds one worker from the start while two keep
+# both cores busy with the rest (1.93 of 2 cores on average, 729.5 s; with xdist's default
+# reorder it ran alone at the end: 925 s; README, Timings). 0: serial
+TEST_WORKERS ?= 3
 # the JVMs the tests start (each job's gateway and mini-cluster, the standalone clusters) compile
 # with C1 only: the suite's jobs are seconds of data behind ~20 s of start-up, where C2's
 # compiling is mostly waste (a 4k-event job: 43.6 -> 27.6 CPU-s; the suite: ~2,000 -> 1,509
@@ -24,7 +28,7 @@ run: venv
 
 ## test: the whole test suite; pytest's "no tests collected" (exit 5) counts as a failure
 test: venv
-	@rc=0; JDK_JAVA_OPTIONS="$${JDK_JAVA_OPTIONS:-} $(TEST_JVM_OPTS)" $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; JDK_JAVA_OPTIONS="$${JDK_JAVA_OPTIONS:-} $(TEST_JVM_OPTS)" $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 ## lock: regenerate constraints.txt from the current venv
