@@ -454,6 +454,9 @@ def run(cfg: JobConfig) -> str:
     env, t_env = configure(cfg)
     build(env, t_env, cfg, source, artifact)
     result = env.execute(f"driftline {source.name}")
+    from runners.jvm import after_local_job
+
+    after_local_job()
     return str(result.get_job_id()) if hasattr(result, "get_job_id") else ""
 
 

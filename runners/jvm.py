@@ -148,6 +148,10 @@ def prepare_local() -> bool:
             os.environ.setdefault("FLINK_HOME", str(pyflink_home()))
             os.environ["FLINK_LIB_DIR"] = str(lib)
             patched = True
+            from runners import cds
+
+            if cds.enabled():  # opt-in: a class-data-sharing archive for the gateway JVM
+                cds.add_to_environment(lib)
         except (FileNotFoundError, RuntimeError) as e:  # the job's sinks will say so (flink_job.file_sink)
             log.warning("driftline's JVM classes could not be built: %s", e)
     # PyFlink's loopback mode serves a worker pool from this process on [::]:0 (and its
@@ -155,3 +159,17 @@ def prepare_local() -> bool:
     # Python workers as child processes, which connect to the JVM's loopback servers
     os.environ.setdefault("_python_worker_execution_mode", "process")
     return patched
+
+
+def after_local_job() -> None:
+    """After a local job (its gateway still up): hand the JVM's class list to ``runners.cds``,
+    which publishes it and starts the archive's dump (only with ``DRIFTLINE_JVM_CDS=1``)."""
+    from runners import cds
+
+    if not cds.enabled() or under_flink_run() or not os.environ.get("FLINK_LIB_DIR"):
+        return
+    from pyflink.java_gateway import get_gateway
+
+    system = get_gateway().jvm.System
+    cds.after_job(Path(os.environ["FLINK_LIB_DIR"]), system.getProperty("java.class.path"),
+                  system.getProperty("java.home"))
