@@ -16,7 +16,7 @@ TEST_WORKERS ?= 3
 # (tiered up to C2): a long stream needs the optimized code. Empty: the default here too
 TEST_JVM_OPTS ?= -XX:TieredStopAtLevel=1
 # the local jobs' JVM maps a class-data-sharing archive made from the first job's classes
-# (runners/cds.py: ~12-16 % less CPU per small job); 0: off
+# (runners/cds.py: ~12-16 % less CPU per small job; no suite-level gain established yet); 0: off
 TEST_JVM_CDS ?= 1
 
 .PHONY: run test venv lock clean

@@ -3,7 +3,6 @@
     .venv/bin/python bench/ab.py c2ef04f HEAD [--pairs 2] [--events 300000] [--json]
     .venv/bin/python bench/ab.py HEAD HEAD --env-b JDK_JAVA_OPTIONS=-XX:+UseParallelGC
 
-
 One generated event log (sparse, seed 7) is replayed by each revision in turn, from its own git
 worktree (under ``--work``; removed at the end) with this checkout's venv: the job's processes
 start in the worktree, so the client, the JVM's classes and the Python workers all run that

@@ -7,7 +7,7 @@ classes it loads (``-XX:DumpLoadedClassList``); after the job the first such lis
 and one background ``java -Xshare:dump`` turns it into an archive, which every later job maps
 (``-XX:SharedArchiveFile``; ``-Xshare:auto``: a stale or mismatched archive is ignored by the JVM
 with a warning, never an error). Measured on a 4,000-event job with C1 only: 28.3 -> 23.8 CPU-s,
-23.1 -> 19.5 s (README, Timings). Off by default: a single run gains nothing and would leave a
+23.1 -> 19.5 s; on the whole suite no gain is established yet (README, Timings). Off by default: a single run gains nothing and would leave a
 ~20 CPU-s dump running after it. The archive (~120 MB) lives in the jar's cache, keyed by the
 lib folder and the Java runtime. Not for ``flink run``: a cluster's JVMs are its own.
 """
