@@ -34,10 +34,34 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV with $PY"
   "$PY" -m venv "$VENV"
 fi
-echo "bootstrap: installing driftline from constraints.txt (first time takes a few minutes)"
 start=$(date +%s)
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip wheel "setuptools<82"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+# uv installs the same lock ~3x faster than pip (parallel unpacking and byte-compiling; a new venv
+# here: 42.6 s against 135 s, README, Timings). It is taken from PATH, else pip puts the lock's
+# pinned uv into the venv; if that fails, or DRIFTLINE_INSTALLER=pip, pip installs everything.
+installer=${DRIFTLINE_INSTALLER:-uv}
+UV=""
+if [ "$installer" = uv ]; then
+  if command -v uv >/dev/null 2>&1; then
+    UV=$(command -v uv)
+  elif "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt uv >/dev/null 2>&1 \
+       && [ -x "$VENV/bin/uv" ]; then
+    UV="$VENV/bin/uv"
+  else
+    echo "bootstrap: uv could not be installed; installing with pip" >&2
+  fi
+fi
+if [ -n "$UV" ]; then
+  echo "bootstrap: installing driftline from constraints.txt with uv"
+  # --compile-bytecode: this environment sets PYTHONDONTWRITEBYTECODE=1, so modules not compiled
+  # at install would be compiled again by every process that imports them (TF + TFX + Beam +
+  # PyFlink: ~18 s more per process)
+  "$UV" pip install -q --python "$VENV/bin/python" --compile-bytecode -c constraints.txt \
+    pip wheel "setuptools<82" -e '.[dev]'
+else
+  echo "bootstrap: installing driftline from constraints.txt with pip (first time takes a few minutes)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip wheel "setuptools<82"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+fi
 "$VENV/bin/python" -m pip check
 echo "$want" > "$STAMP"
 echo "bootstrap: done in $(( $(date +%s) - start ))s"
