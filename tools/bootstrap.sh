@@ -36,7 +36,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 start=$(date +%s)
 # uv installs the same lock ~3x faster than pip (parallel unpacking and byte-compiling; a new venv
-# here: 42.6 s against 135 s, README, Timings). It is taken from PATH, else pip puts the lock's
+# here: ~45 s against ~135 s; README, Timings). It is taken from PATH, else pip puts the lock's
 # pinned uv into the venv; if that fails, or DRIFTLINE_INSTALLER=pip, pip installs everything.
 installer=${DRIFTLINE_INSTALLER:-uv}
 UV=""
@@ -50,14 +50,16 @@ if [ "$installer" = uv ]; then
     echo "bootstrap: uv could not be installed; installing with pip" >&2
   fi
 fi
-if [ -n "$UV" ]; then
-  echo "bootstrap: installing driftline from constraints.txt with uv"
-  # --compile-bytecode: this environment sets PYTHONDONTWRITEBYTECODE=1, so modules not compiled
-  # at install would be compiled again by every process that imports them (TF + TFX + Beam +
-  # PyFlink: ~18 s more per process)
-  "$UV" pip install -q --python "$VENV/bin/python" --compile-bytecode -c constraints.txt \
-    pip wheel "setuptools<82" -e '.[dev]'
+# --compile-bytecode: this environment sets PYTHONDONTWRITEBYTECODE=1, so modules not compiled at
+# install would be compiled again by every process that imports them (TF + TFX + Beam + PyFlink:
+# ~18 s more per process). uv reads PyPI (or UV_INDEX_URL), not pip's configuration: where it
+# cannot install, pip does.
+if [ -n "$UV" ] && echo "bootstrap: installing driftline from constraints.txt with uv" \
+   && "$UV" pip install -q --python "$VENV/bin/python" --compile-bytecode -c constraints.txt \
+        pip wheel "setuptools<82" -e '.[dev]'; then
+  :
 else
+  [ -z "$UV" ] || echo "bootstrap: uv failed; installing with pip" >&2
   echo "bootstrap: installing driftline from constraints.txt with pip (first time takes a few minutes)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip wheel "setuptools<82"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
