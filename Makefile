@@ -15,9 +15,11 @@ TEST_WORKERS ?= 3
 # CPU-s, 1135 -> 942 s; README, Timings). Jobs outside the tests keep the JVM's default
 # (tiered up to C2): a long stream needs the optimized code. Empty: the default here too
 TEST_JVM_OPTS ?= -XX:TieredStopAtLevel=1
-# the local jobs' JVM maps a class-data-sharing archive made from the first job's classes
-# (runners/cds.py: ~12-16 % less CPU per small job; no suite-level gain established yet); 0: off
-TEST_JVM_CDS ?= 1
+# 1: the local jobs' JVM maps a class-data-sharing archive made from the first job's classes
+# (runners/cds.py: ~12-16 % less CPU per small job). Off: three suite runs with it against three
+# without showed no gain (cold archive 796.7 vs 791.8 s; warm 601.3 / 579.6 vs 599.0 / 567.7 s;
+# README, Timings), and it leaves a ~120 MB archive and a background dump behind
+TEST_JVM_CDS ?= 0
 
 .PHONY: run test venv lock clean
 
