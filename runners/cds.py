@@ -2,14 +2,15 @@
 
 A local job's JVM (PyFlink's gateway with the mini-cluster in it) loads ~18,000 classes before
 its first row; parsing and verifying them is a good part of its ~20 s start-up on 2 cores. With
-``DRIFTLINE_JVM_CDS=1`` (``make test TEST_JVM_CDS=1`` sets it), a job that finds no archive has its JVM list the
-classes it loads (``-XX:DumpLoadedClassList``); after the job the first such list is published
-and one background ``java -Xshare:dump`` turns it into an archive, which every later job maps
-(``-XX:SharedArchiveFile``; ``-Xshare:auto``: a stale or mismatched archive is ignored by the JVM
-with a warning, never an error). Measured on a 4,000-event job with C1 only: 28.3 -> 23.8 CPU-s,
-23.1 -> 19.5 s; on the whole suite no gain was measured (three runs each way; README, Timings).
-Off by default: a single run gains nothing and would leave a ~20 CPU-s dump running after it. The archive (~120 MB) lives in the jar's cache, keyed by the
-lib folder and the Java runtime. Not for ``flink run``: a cluster's JVMs are its own.
+``DRIFTLINE_JVM_CDS=1`` (``make test TEST_JVM_CDS=1`` sets it), a job that finds no archive has its
+JVM list the classes it loads (``-XX:DumpLoadedClassList``); after the job the first such list is
+published and one background ``java -Xshare:dump`` turns it into an archive, which every later job
+maps (``-XX:SharedArchiveFile``; ``-Xshare:auto``: a stale or mismatched archive is ignored by the
+JVM with a warning, never an error). Measured on a 4,000-event job with C1 only: 28.3 -> 23.8
+CPU-s, 23.1 -> 19.5 s; on the whole suite no gain was measured (three runs each way; README,
+Timings). Off by default: a single run gains nothing and would leave a ~20 CPU-s dump running after
+it. The archive (~120 MB) lives in the jar's cache, keyed by the lib folder and the Java runtime.
+Not for ``flink run``: a cluster's JVMs are its own.
 """
 from __future__ import annotations
 

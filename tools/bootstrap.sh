@@ -54,8 +54,8 @@ fi
 # install would be compiled again by every process that imports them (TF + TFX + Beam + PyFlink:
 # ~18 s more per process). uv reads PyPI (or UV_INDEX_URL), not pip's configuration: where it
 # cannot install, pip does.
-if [ -n "$UV" ] && echo "bootstrap: installing driftline from constraints.txt with uv" \
-   && "$UV" pip install -q --python "$VENV/bin/python" --compile-bytecode -c constraints.txt \
+[ -z "$UV" ] || echo "bootstrap: installing driftline from constraints.txt with uv"
+if [ -n "$UV" ] && "$UV" pip install -q --python "$VENV/bin/python" --compile-bytecode -c constraints.txt \
         pip wheel "setuptools<82" -e '.[dev]'; then
   :
 else
