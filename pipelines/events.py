@@ -67,6 +67,9 @@ class Reason(str, Enum):
     UNKNOWN_IMPRESSION = "unknown_impression"
     EXPIRED_IMPRESSION = "expired_impression"
     LABEL_BEFORE_IMPRESSION = "label_before_impression"
+    # Decided by the stream: a record at or behind the watermark on arrival (more out of order
+    # than ``JoinConfig.watermark_delay_ms``), which event-time operators can no longer process
+    BEHIND_WATERMARK = "behind_watermark"
 
 
 @dataclass(frozen=True)

@@ -248,8 +248,9 @@ def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: 
     (``driftline.flink.DedupJoin``), over the impressions ``imps`` (the windowed counts' rows)
     and the ``labels`` (event_id, label_time, label, stamped at label time + 1). Returns the
     first occurrences (``JavaRows`` event_id, event_time, unit, the inputs), the join's
-    outcomes (``JOIN_OUTPUT``, timestamped with the deciding row's time) and the duplicates'
-    dead-letter lines (impressions and labels), each in event time.
+    outcomes (``JOIN_OUTPUT``, timestamped with the deciding row's time) and the dead-letter
+    lines (duplicate impressions and labels, and rows that came behind the watermark), each in
+    event time.
 
     The dedup numbers each id's occurrences in event time (ties: arrival order); an id is
     forgotten ``retention_ms`` of event time after its last occurrence, so every run of a log
@@ -282,7 +283,7 @@ def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: 
              .transform("dedup_join", Types.ROW_NAMED(names, types).get_java_type_info(),
                         jvm.driftline.flink.SweepingCoProcessOperator(op)))
     return (JavaRows(first, names, types), JavaRows(first.getSideOutput(op.joinTag()), JOIN_OUTPUT, out),
-            first.getSideOutput(op.duplicatesTag()))
+            first.getSideOutput(op.deadLettersTag()))
 
 
 PACK_KINDS = {"event_id": "string", "event_time": "long", "resolution_time": "long", "label": "int",
@@ -366,11 +367,14 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     # per event_id (each impression buffered and shuffled once; the labels read once), without
     # Table round trips: the first occurrences for the Learner, the join's outcomes (examples
     # and label outcomes: late, unknown impression, label before impression) and the
-    # duplicates' dead letters, with their reason (duplicates never reach the Learner)
+    # dead letters, with their reason: duplicates (they never reach the Learner), and rows that
+    # came behind the watermark (more out of order than watermark_delay_ms: the keyed operators
+    # cannot process them in event time; an impression is caught by the first windowed count)
     labels = table_rows(t_env, "SELECT `event_id`, `label_time`, label, jts FROM labels",
                         ["event_id", "label_time", "label", "jts"],
                         [Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()])
-    imps, resolved, dups = dedup_join(windowed_count_rows(t_env, "impressions", raw_cols, source, spec.aggregates),
+    counted = windowed_count_rows(t_env, "impressions", raw_cols, source, spec.aggregates)
+    imps, resolved, dead = dedup_join(counted,
                                       labels, source.entity_fields[0] if source.entity_fields else None,
                                       input_types, cfg.join, cfg.dedup_retention_ms)
     # The Learner learns the join's outcomes in order (corrections too) and writes late labels
@@ -398,7 +402,10 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     for name, tag in OUTPUT_TAGS.items():
         DataStream(preds._j_data_stream.getSideOutput(tag.get_java_output_tag())) \
             .sink_to(file_sink(str(out / name), partitioned=name == "examples")).name(f"sink_{name}")
-    DataStream(dups).sink_to(file_sink(str(out / "dead_letter"))).name("sink_dead_letter_duplicates")
+    dead = DataStream(dead)
+    if counted.dead_letters:
+        dead = dead.union(*(DataStream(d) for d in counted.dead_letters))
+    dead.sink_to(file_sink(str(out / "dead_letter"))).name("sink_dead_letter_keyed")
 
 
 def keyed_by_constant(parts: list[JavaRows]):

@@ -110,17 +110,20 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
         "pending": len({p["event_id"] for p in preds} - set(first_examples)),
     }
     label_reasons = ("duplicate_label", "unknown_impression", "label_before_impression")
+    # records that came behind the watermark, by kind: dead letters of either stream
+    behind = Counter(r["kind"] for r in out["dead_letter"] if r["reason"] == "behind_watermark")
     rec = {}
     if manifest:
         valid = manifest["counts"]["valid"]
         imp_in, lab_in = valid.get("impression", 0), valid.get("label", 0)
-        labels_out = kinds.get("label", 0) + counts["late_labels"] + sum(dead[r] for r in label_reasons)
+        imps_out = len(preds) + dead["duplicate_event_id"] + behind["impression"]
+        labels_out = (kinds.get("label", 0) + counts["late_labels"] + sum(dead[r] for r in label_reasons)
+                      + behind["label"])
         rec = {"impressions_in": imp_in, "labels_in": lab_in,
-               "impressions_out": len(preds) + dead["duplicate_event_id"],
-               "labels_out": labels_out,
+               "impressions_out": imps_out, "labels_out": labels_out,
                "every_impression_one_example": len(first_examples) == len(preds) == len(
                    {p["event_id"] for p in preds}),
-               "reconciles": imp_in == len(preds) + dead["duplicate_event_id"] and lab_in == labels_out}
+               "reconciles": imp_in == imps_out and lab_in == labels_out}
     summary = {
         "run_dir": str(run_dir), "seconds": seconds, "counts": counts, "reconciliation": rec,
         "progressive": {"logloss": ll, "auc": auc, "base_only_logloss": base_ll, "base_only_auc": base_auc,

@@ -67,6 +67,66 @@ def test_counts_reconcile(run):
     assert {"duplicate_label", "label_before_impression", "unknown_impression"} <= set(run["counts"]["dead_letter"])
 
 
+def _disorder(src, dst, n: int = 5) -> tuple[set, set]:
+    """A copy of the event folder ``src`` with ``n`` impressions and ``n`` labels from the first
+    fifth of their part files moved to the end: hours more out of order than the watermark
+    delay. Returns the moved impressions' event_ids and the moved labels' (event_id,
+    label_time)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    moved = []
+    for stream in ("impressions", "labels"):
+        part = dst / stream / "part-000000.jsonl"
+        lines = part.read_text().splitlines(keepends=True)
+        ids = Counter(json.loads(x)["event_id"] for x in lines)
+        pick = [i for i in range(len(lines) // 20, len(lines) // 5) if ids[json.loads(lines[i])["event_id"]] == 1]
+        pick = set(pick[:: max(1, len(pick) // n)][:n])
+        part.write_text("".join(x for i, x in enumerate(lines) if i not in pick)
+                        + "".join(lines[i] for i in sorted(pick)))
+        moved.append([json.loads(lines[i]) for i in sorted(pick)])
+    return {r["event_id"] for r in moved[0]}, {(r["event_id"], r["label_time"]) for r in moved[1]}
+
+
+def test_records_behind_the_watermark_are_dead_letters_and_counts_reconcile(events, run):
+    """Impressions and labels hours more out of order than the watermark delay cannot be
+    processed in event time: each is a ``behind_watermark`` dead letter with the record as its
+    raw payload (never dropped silently), the counts reconcile, and everything else is the
+    reference join of the records that were not late. The moved impressions are behind the
+    impressions' own watermark when they reach the job's first keyed operator (the windowed
+    count), so exactly they are dead letters; a moved label is late only if the join's
+    watermark (the minimum of both streams') has passed it, which depends on how the two
+    sources interleave, so its outcome is checked either way."""
+    moved_imps, moved_labels = _disorder(events / "ev", events / "ev_disordered")
+    got = run_stream(events / "ev_disordered", events / "run_disordered", "generator", JOIN, ONLINE,
+                     artifact=events / "run" / "transform")
+    rec = got["reconciliation"]
+    assert rec["reconciles"] and rec["impressions_in"] == run["reconciliation"]["impressions_in"], rec
+    dead = read_output(events / "run_disordered", "dead_letter")
+    behind = [r for r in dead if r["reason"] == "behind_watermark"]
+    raws = [json.loads(r["raw"]) for r in behind]
+    late_imps = {x["event_id"] for r, x in zip(behind, raws) if r["kind"] == "impression"}
+    late_labels = {(x["event_id"], x["label_time"]) for r, x in zip(behind, raws) if r["kind"] == "label"}
+    assert late_imps == moved_imps and len(moved_imps) == 5
+    assert late_labels <= moved_labels
+    assert all(r["origin"] == "flink:windowed_count" for r in behind if r["kind"] == "impression")
+    imps = [r for r in read_stream(events / "ev", "impression").to_pylist() if r["event_id"] not in late_imps]
+    for r, x in zip(behind, raws):  # the raw record is the impression as read
+        if r["kind"] == "impression":
+            orig = next(i for i in read_stream(events / "ev", "impression").to_pylist() if i["event_id"] == x["event_id"])
+            assert x["event_time"] == orig["event_time"] and x["user_id"] == orig["user_id"]
+    labs = [r for r in read_stream(events / "ev", "label").to_pylist()
+            if (r["event_id"], r["label_time"]) not in late_labels]
+    ref = reference_join([{"event_id": r["event_id"], "event_time": r["event_time"]} for r in imps], labs, JOIN)
+    examples = sorted(read_output(events / "run_disordered", "examples"), key=lambda e: e["seq"])
+    assert [(e["event_id"], e["label"], e["resolution_time"], e["kind"]) for e in examples] == \
+           [(e["event_id"], e["label"], e["resolution_time"], e["kind"]) for e in ref["examples"]]
+    others = sorted((r["reason"], json.loads(r["raw"])["event_id"] if r["raw"].startswith("{") else r["raw"])
+                    for r in dead if r["reason"] != "behind_watermark")
+    assert others == ref["dead_letter"]
+    assert not late_imps & {p["event_id"] for p in read_output(events / "run_disordered", "predictions")}
+
+
 def test_join_matches_the_reference(events, run):
     imps = read_stream(events / "ev", "impression").select(["event_id", "event_time"]).to_pylist()
     labs = read_stream(events / "ev", "label").to_pylist()

@@ -17,10 +17,11 @@ Flink requires one window definition per SELECT, so every window is one nesting 
 OVER operator holds rows until the watermark passes them and emits them in event-time order;
 rows that arrive behind the watermark are dropped by Flink, so the watermark delay must cover
 the source's disorder (``watermark_delay_ms``; the DDL adds 1 ms so that ties are never late).
+Our ``WindowedCount`` writes such rows as dead letters instead (``JavaRows.dead_letters``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipelines.events import SourceSpec
 from transforms.spec import FeatureSpec
@@ -101,6 +102,9 @@ class JavaRows:
     stream: object  # a py4j DataStream<Row>
     names: list[str]
     types: list  # PyFlink TypeInformation, one per name
+    # py4j DataStreams of dead-letter lines (rows ``line``) the operators so far wrote: the
+    # rows they could not process (behind the watermark); carried along by ``then``
+    dead_letters: list = field(default_factory=list)
 
     def data_stream(self):
         from pyflink.datastream import DataStream
@@ -127,7 +131,7 @@ class JavaRows:
         keyed = self.stream.keyBy(self.key_selector(key), Types.STRING().get_java_type_info())
         row_type = Types.ROW_NAMED(names, types).get_java_type_info()
         out = keyed.process(operator, row_type).name(op_name)
-        return JavaRows(out, names, types)
+        return JavaRows(out, names, types, list(self.dead_letters))
 
 
 def java_array(kind, xs: list):
@@ -155,7 +159,8 @@ def table_rows(t_env, sql: str, names: list[str], types: list) -> JavaRows:
 
 def windowed_count_rows(t_env, table: str, columns: list[str], source: SourceSpec, aggregates) -> JavaRows:
     """``columns`` of ``table`` (and the aggregates' keys), its rowtime ``ts`` and one count
-    per aggregate (``driftline.flink.WindowedCount``), as ``JavaRows``."""
+    per aggregate (``driftline.flink.WindowedCount``), as ``JavaRows``; the rows that came
+    behind the watermark are in its ``dead_letters`` (reason ``behind_watermark``)."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
@@ -166,10 +171,12 @@ def windowed_count_rows(t_env, table: str, columns: list[str], source: SourceSpe
             else Types.STRING() for c in carry}
     rows = table_rows(t_env, f"SELECT {', '.join(_q(c) for c in carry)}, {ROWTIME} FROM {table}",
                       [*carry, ROWTIME], [kind[c] for c in carry] + [Types.INSTANT()])
+    line_type = Types.ROW_NAMED(["line"], [Types.STRING()]).get_java_type_info()
     for a in aggregates:
         op = jvm.driftline.flink.WindowedCount(int(a.window_ms), java_array(jvm.String, rows.names),
-                                               rows.stream.getType())
+                                               rows.stream.getType(), line_type)
         rows = rows.then(list(a.keys), op, [(a.name, Types.LONG())], f"windowed_count_{a.name}")
+        rows.dead_letters.append(rows.stream.getSideOutput(op.lateTag()))
     return rows
 
 

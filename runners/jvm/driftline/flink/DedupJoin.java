@@ -10,7 +10,7 @@
  *   - each impression gets its occurrence number (Occurrences, retention in event time): a
  *     first occurrence goes on, main output, as (event_id, event_time, unit, the inputs...),
  *     what the tick packing sends to the Learner, and into the join, keeping its inputs as one
- *     JSON array of values; a duplicate becomes a dead-letter line (side output DUPLICATES);
+ *     JSON array of values; a duplicate becomes a dead-letter line (side output DEAD_LETTERS);
  *   - each label too: a duplicate label is a dead-letter line and nothing more (an earlier or
  *     equal label was counted first, so it never decides); a first occurrence goes into the
  *     join, whose first (earliest) label decides.
@@ -38,8 +38,10 @@
  *
  * One operator instead of three (a dedup of the impressions, one of the labels, the join) and
  * the labels read once: each impression is buffered and shuffled once, not twice (measured:
- * README "Where the streaming time goes"). A row at or behind the watermark on arrival is late
- * and dropped ("numLateRecordsDropped"), as Flink's OVER and windows do.
+ * README "Where the streaming time goes"). A row at or behind the watermark on arrival is late:
+ * it cannot be processed in event time any more (Flink's OVER and windows drop such rows); it
+ * is counted ("numLateRecordsDropped") and written as a dead letter, "behind_watermark", with
+ * the row as its raw record (DEAD_LETTERS), so nothing is lost silently.
  */
 package driftline.flink;
 
@@ -91,7 +93,7 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
   private final TypeInformation<Row> impType;
   private final TypeInformation<Row> labelType;
   private final OutputTag<Row> join;
-  private final OutputTag<Row> duplicates;
+  private final OutputTag<Row> deadLetters; // duplicates, and rows behind the watermark
   private transient Occurrences impSeen;
   private transient Occurrences labelSeen;
   private transient WaitingRows waitingImps;
@@ -120,15 +122,16 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
     this.impType = impType;
     this.labelType = labelType;
     this.join = new OutputTag<Row>("join", joinType);
-    this.duplicates = new OutputTag<Row>("duplicates", lineType);
+    this.deadLetters = new OutputTag<Row>("dead_letters", lineType);
   }
 
   public OutputTag<Row> joinTag() {
     return join;
   }
 
-  public OutputTag<Row> duplicatesTag() {
-    return duplicates;
+  /** The dead-letter lines: duplicate impressions and labels, and rows behind the watermark. */
+  public OutputTag<Row> deadLettersTag() {
+    return deadLetters;
   }
 
   private int position(String field) {
@@ -193,16 +196,23 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
 
   @Override
   public void processElement1(Row row, Context ctx, Collector<Row> out) throws Exception {
-    buffer(waitingImps, row, ctx.timestamp(), ctx.timerService());
+    buffer(waitingImps, row, ctx, "impression", "flink:impressions", names);
   }
 
   @Override
   public void processElement2(Row row, Context ctx, Collector<Row> out) throws Exception {
-    buffer(waitingLabels, row, ctx.timestamp(), ctx.timerService());
+    buffer(waitingLabels, row, ctx, "label", "flink:labels", LABEL);
   }
 
-  private static void buffer(WaitingRows waiting, Row row, long t, TimerService timers) throws Exception {
-    if (!waiting.dropIfLate(t, timers)) {
+  /** Buffers ``row`` until the watermark passes its time, or, if it came at or behind the
+   * watermark, writes it as a dead letter (its reason "behind_watermark"). */
+  private void buffer(WaitingRows waiting, Row row, Context ctx, String kind, String origin, String[] fields)
+      throws Exception {
+    long t = ctx.timestamp();
+    TimerService timers = ctx.timerService();
+    if (waiting.late(t, timers)) {
+      ctx.output(deadLetters, Row.of(Json.behindWatermark(kind, origin, t, timers.currentWatermark(), fields, row)));
+    } else {
       waiting.add(t, row, timers);
     }
   }
@@ -223,7 +233,7 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
       for (Row row : labels) {
         long n = labelSeen.next();
         if (n > 1) { // never the first label (an earlier or equal one was counted): decides nothing
-          ctx.output(duplicates, Row.of(Json.deadLetter("duplicate_label", n, "label", "flink:labels", key)));
+          ctx.output(deadLetters, Row.of(Json.deadLetter("duplicate_label", n, "label", "flink:labels", key)));
           continue;
         }
         Object lv = Fields.get(row, 2, LABEL[2]);
@@ -237,7 +247,7 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
       for (Row row : imps) {
         long n = impSeen.next();
         if (n > 1) {
-          ctx.output(duplicates, Row.of(Json.deadLetter("duplicate_event_id", n, "impression",
+          ctx.output(deadLetters, Row.of(Json.deadLetter("duplicate_event_id", n, "impression",
               "flink:impressions", key)));
           continue;
         }

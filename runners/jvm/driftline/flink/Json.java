@@ -2,9 +2,12 @@
  * driftline: the JSON text our JVM operators write: a pending impression's inputs as one array
  * of values (strings escaped, doubles as Double.toString, which Python's json reads back to the
  * same double; NaN and infinities as Python's json writes them; transforms.apply.inputs_table
- * reads it), and a duplicate's dead-letter line (the fields of every dead letter).
+ * reads it), and the dead-letter lines of duplicates and of rows behind the watermark (the fields
+ * of every dead letter).
  */
 package driftline.flink;
+
+import org.apache.flink.types.Row;
 
 public final class Json {
   private Json() {}
@@ -28,6 +31,37 @@ public final class Json {
         .append("\",\"detail\":\"occurrence ").append(n).append("\",\"kind\":\"").append(kind)
         .append("\",\"origin\":\"").append(origin).append("\",\"raw\":");
     appendJson(s, eventId);
+    return s.append('}').toString();
+  }
+
+  /** The dead-letter line of a row that arrived at or behind the watermark (more out of order
+   * than the sources' watermark delay), which a keyed operator cannot process in event time any
+   * more: reason "behind_watermark", the row's time (a label's: label_time + 1) and the
+   * watermark as its detail, and the row itself as the raw record (one JSON object of its
+   * fields ``names``; values that are not strings, numbers or booleans, such as the rowtime,
+   * left out). */
+  static String behindWatermark(String kind, String origin, long t, long watermark, String[] names, Row row) {
+    StringBuilder raw = new StringBuilder(32 * names.length + 2).append('{');
+    boolean first = true;
+    for (int i = 0; i < names.length; i++) {
+      Object v = Fields.get(row, i, names[i]);
+      if (v != null && !(v instanceof String) && !(v instanceof Number) && !(v instanceof Boolean)) {
+        continue;
+      }
+      if (!first) {
+        raw.append(',');
+      }
+      first = false;
+      appendJson(raw, names[i]);
+      raw.append(':');
+      appendJson(raw, v);
+    }
+    raw.append('}');
+    StringBuilder s = new StringBuilder(raw.length() + 192).append("{\"reason\":\"behind_watermark\",\"detail\":")
+        .append("\"stamped at ").append(t).append(" ms, at or behind the watermark ").append(watermark)
+        .append(" ms: more out of order than watermark_delay_ms\",\"kind\":\"").append(kind)
+        .append("\",\"origin\":\"").append(origin).append("\",\"raw\":");
+    appendJson(s, raw.toString());
     return s.append('}').toString();
   }
 

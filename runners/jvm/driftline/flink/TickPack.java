@@ -7,8 +7,11 @@
  * as (kind, payload) with timestamp e - 1 (TUMBLE_ROWTIME) when the watermark reaches e - 1,
  * its rows in arrival order. It replaces a TUMBLE window with a pandas aggregate function that
  * packed the rows in Python: measured as the job's busiest operator on sparse streams (many
- * ticks of few rows; the Python call costs per window). A row behind the watermark on arrival
- * is late and dropped (the "numLateRecordsDropped" metric), as the window did.
+ * ticks of few rows; the Python call costs per window). Its inputs are never late: their
+ * producer (DedupJoin) emits rows only from event-time timers, each stamped with its timer's
+ * time, which is ahead of the watermark it has forwarded (late rows were dead-lettered before
+ * they were buffered there), so a row at or behind the watermark here is a bug and fails the
+ * task with a clear error instead of being dropped silently.
  *
  * Column kinds: "string" (utf8), "long" (int64), "int" (int32), "double" (float64), "bytes"
  * (binary); nulls kept.
@@ -112,8 +115,9 @@ public final class TickPack extends KeyedProcessFunction<String, Row, Row> {
   @Override
   public void processElement(Row row, Context ctx, Collector<Row> out) throws Exception {
     long t = ctx.timestamp();
-    if (waiting.dropIfLate(t, ctx.timerService())) {
-      return;
+    if (t <= ctx.timerService().currentWatermark()) { // see the class comment: never, by construction
+      throw new IllegalStateException("tick " + kind + ": a row at " + t + " came at or behind the watermark "
+          + ctx.timerService().currentWatermark() + " (its producer must emit rows from event-time timers)");
     }
     long last = t - Math.floorMod(t, tickMs) + tickMs - 1; // the tick's rowtime
     waiting.add(last, row, ctx.timerService());

@@ -3,8 +3,8 @@
  * keyed operators buffers (Flink processes a key's rows in time order only once the watermark
  * has passed them). The first row of a time registers an event-time timer at that time; the
  * operator takes the rows in its onTimer, in arrival order. A row at or behind the watermark
- * is late (dropIfLate); an operator with its own rule calls drop(); both count it in
- * "numLateRecordsDropped".
+ * is late (late()); an operator with its own rule calls drop(); both count it in
+ * "numLateRecordsDropped", and the operator writes it as a dead letter.
  */
 package driftline.flink;
 
@@ -53,14 +53,15 @@ final class WaitingRows {
     return rows.isEmpty();
   }
 
-  /** A late row: dropped, and counted. */
+  /** Counts a late row (the caller dead-letters it: nothing is dropped silently). */
   void drop() {
     lateDropped.inc();
   }
 
-  /** Drops (and counts) a row at ``t`` if it is late: at or behind the watermark on arrival,
-   * the rule of a buffer processed at the watermark (Flink's OVER and windows drop such rows). */
-  boolean dropIfLate(long t, TimerService timers) {
+  /** Whether a row at ``t`` is late, and if so counts it: at or behind the watermark on
+   * arrival, the rule of a buffer processed at the watermark (Flink's OVER and windows drop
+   * such rows). The caller dead-letters it (``Json.behindWatermark``). */
+  boolean late(long t, TimerService timers) {
     if (t <= timers.currentWatermark()) {
       drop();
       return true;

@@ -15,9 +15,14 @@
  * 8 bytes per row instead of the whole row.
  *
  * Like the OVER, a row is processed when the watermark passes its time (rows of one time
- * together); a row at or before the last time already processed for its key is late and
- * dropped (counted in the "numLateRecordsDropped" metric), and a key's state is cleared when
- * its window has emptied.
+ * together); a row at or behind the watermark on arrival (or at or before the last time
+ * already processed for its key) is late: counted in the "numLateRecordsDropped" metric and
+ * written as a dead letter ("behind_watermark", the row as its raw record; side output
+ * lateTag()), not counted in any window. So an impression is late where it enters the job's
+ * first keyed operator, decided by the impressions' own watermark (which Flink's watermark
+ * assigner emits at once when it jumps by more than the auto-watermark interval), and later
+ * operators never see a late impression. A key's state is cleared when its window has
+ * emptied.
  */
 package driftline.flink;
 
@@ -30,6 +35,7 @@ import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
+import org.apache.flink.util.OutputTag;
 
 public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> {
   private static final long serialVersionUID = 1L;
@@ -37,14 +43,21 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> 
   private final long windowMs;
   private final String[] names; // the input's field names, in order (rows may be name-based)
   private final TypeInformation<Row> inputType;
+  private final OutputTag<Row> deadLetters;
   // queue of the window's event times: [0] = head index, [1] = end index, times in [head, end)
   private transient ValueState<long[]> window;
   private transient WaitingRows waiting;
 
-  public WindowedCount(long windowMs, String[] names, TypeInformation<Row> inputType) {
+  public WindowedCount(long windowMs, String[] names, TypeInformation<Row> inputType, TypeInformation<Row> lineType) {
     this.windowMs = windowMs;
     this.names = names.clone();
     this.inputType = inputType;
+    this.deadLetters = new OutputTag<Row>("behind_watermark", lineType);
+  }
+
+  /** The dead-letter lines of the rows that came at or behind the watermark. */
+  public OutputTag<Row> lateTag() {
+    return deadLetters;
   }
 
   @Override
@@ -58,8 +71,14 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> 
   public void processElement(Row row, Context ctx, Collector<Row> out) throws Exception {
     long t = ctx.timestamp();
     long[] w = window.value();
-    if (w != null && w[1] > 2 && t <= w[(int) w[1] - 1]) {
-      waiting.drop(); // its key has already been processed at or past t
+    boolean late = waiting.late(t, ctx.timerService());
+    if (!late && w != null && w[1] > 2 && t <= w[(int) w[1] - 1]) { // its key is already past t
+      waiting.drop();
+      late = true;
+    }
+    if (late) {
+      ctx.output(deadLetters, Row.of(Json.behindWatermark("impression", "flink:windowed_count", t,
+          ctx.timerService().currentWatermark(), names, row)));
       return;
     }
     waiting.add(t, row, ctx.timerService());
