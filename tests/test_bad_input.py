@@ -4,6 +4,7 @@ and 2100, and labels before their impressions. Through the path a user takes (ra
 validated event directory -> the streaming job on a Flink mini-cluster), every bad record is a
 dead letter with its reason, the good ones give exactly the clean run's outputs, and the
 counts reconcile."""
+import bisect
 import json
 from collections import Counter
 
@@ -22,19 +23,32 @@ JOIN = JoinConfig(window_ms=600_000, late_horizon_ms=3_600_000, watermark_delay_
 BAD_SHARE = 0.10
 
 
-def _bad_lines(good: list[bytes], n: int, rng: np.random.Generator) -> list[tuple[bytes, set[str]]]:
-    """``n`` bad lines with the reasons the pipeline may give each (binary garbage can fail as
-    invalid UTF-8 or, if it happens to decode, as malformed JSON)."""
+def _time(rec: dict) -> int:
+    return rec["event_time"] if rec["kind"] == "impression" else rec["label_time"]
+
+
+def _bad_lines(good: list[bytes], slots: np.ndarray, rng: np.random.Generator) -> list[tuple[bytes, set[str]]]:
+    """The bad lines for the places ``slots`` (0-based, in the dirty stream) with the reasons
+    the pipeline may give each (binary garbage can fail as invalid UTF-8 or, if it happens to
+    decode, as malformed JSON)."""
     recs = [json.loads(x) for x in good]
     imps = [r for r in recs if r["kind"] == "impression"]
     labelled = {r["event_id"] for r in recs if r["kind"] == "label"}
     free = [r for r in imps if r["event_id"] not in labelled]  # impressions without a label
+    free_times = [r["event_time"] for r in free]
     out: list[tuple[bytes, set[str]]] = []
     classes = list(MALFORMED_CLASSES) + ["garbage", "mb_line", "invalid_utf8", "1970", "2100", "before"]
     before_used: set[str] = set()
-    for i in range(n):
+    for i in range(len(slots)):
         c = classes[i % len(classes)]
         r = dict(recs[int(rng.integers(len(recs)))])
+        if c == "before":  # a valid label before an impression without a label, in time order
+            # where it is planted (its stream's order: more out of order than the watermark
+            # delay, it would be a behind_watermark dead letter instead)
+            before = _time(recs[max(int(slots[i]) - i - 1, 0)])  # the good line before its place
+            j = bisect.bisect_right(free_times, before)
+            imp = next((x for x in free[j:] if x["event_id"] not in before_used), None)
+            c = c if imp is not None else "2100"  # no impression after this place: another class
         if isinstance(c, Reason):
             out.append((_corrupt(r, c), {c.value}))
         elif c == "garbage":
@@ -50,8 +64,7 @@ def _bad_lines(good: list[bytes], n: int, rng: np.random.Generator) -> list[tupl
             r["event_time" if r["kind"] == "impression" else "label_time"] = t + 1_000
             out.append((json.dumps(r).encode(),
                         {Reason.TIMESTAMP_TOO_OLD.value if c == "1970" else Reason.FUTURE_TIMESTAMP.value}))
-        else:  # a valid label before its impression (one per impression without a label)
-            imp = next(x for x in free[i:] if x["event_id"] not in before_used)
+        else:  # the label before its impression
             before_used.add(imp["event_id"])
             lab = {"kind": "label", "event_id": imp["event_id"], "label_time": imp["event_time"] - 1_000,
                    "label": 1, "label_type": "click"}
@@ -66,9 +79,9 @@ def runs(tmp_path_factory):
     good = stream.lines
     rng = np.random.default_rng(1)
     n_bad = int(round(len(good) * BAD_SHARE / (1 - BAD_SHARE)))
-    bad = _bad_lines(good, n_bad, rng)
     # the bad lines at random places among the good ones, the good ones in their order
     slots = np.sort(rng.choice(len(good) + n_bad, n_bad, replace=False))
+    bad = _bad_lines(good, slots, rng)
     dirty, expect, gi, bi = [], {}, 0, 0
     for pos in range(len(good) + n_bad):
         if bi < n_bad and slots[bi] == pos:
@@ -105,6 +118,7 @@ def test_every_bad_record_is_a_dead_letter_with_its_reason(runs):
     job_dead = Counter(d["reason"] for d in read_output(run_dir, "dead_letter"))
     clean_job_dead = Counter(d["reason"] for d in read_output(out["clean"][1], "dead_letter"))
     planted_before = sum("label_before_impression" in r for r in expect.values())
+    assert planted_before >= 400
     assert job_dead - clean_job_dead == Counter({"label_before_impression": planted_before})
     # every class occurred
     reasons = Counter(d["reason"] for d in ingest_dead)

@@ -38,10 +38,12 @@
  *
  * One operator instead of three (a dedup of the impressions, one of the labels, the join) and
  * the labels read once: each impression is buffered and shuffled once, not twice (measured:
- * README "Where the streaming time goes"). A row at or behind the watermark on arrival is late:
- * it cannot be processed in event time any more (Flink's OVER and windows drop such rows); it
- * is counted ("numLateRecordsDropped") and written as a dead letter, "behind_watermark", with
- * the row as its raw record (DEAD_LETTERS), so nothing is lost silently.
+ * README "Where the streaming time goes"). A row at or behind its own input's watermark on
+ * arrival is late (a row behind the operator's watermark, the minimum of both, cannot be
+ * processed in event time any more: Flink's OVER and windows drop such rows; judging by its
+ * own input's makes the decision depend on that stream alone): it is counted
+ * ("numLateRecordsDropped") and written as a dead letter, "behind_watermark", with the row as
+ * its raw record (DEAD_LETTERS), so nothing is lost silently.
  */
 package driftline.flink;
 
@@ -104,6 +106,7 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
   private transient int unitPos;
   private transient int[] inputPos;
   private transient long nextSweep; // the watermark at which the join's next sweep is due
+  private transient SweepingCoProcessOperator operator; // the operator it runs in (its inputs' watermarks)
 
   public DedupJoin(long retentionMs, long windowMs, long horizonMs, boolean keepInputsOfLate, long noTime,
       String[] names, String unit, String[] inputs, TypeInformation<Row> impType, TypeInformation<Row> labelType,
@@ -161,6 +164,11 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
   }
 
   @Override
+  public void attach(SweepingCoProcessOperator op) {
+    operator = op;
+  }
+
+  @Override
   public void sweep(long watermark, SweepingCoProcessOperator op) throws Exception {
     // the join's state is checked in the same passes over the ids: a key's ids are remembered
     // until its last row is the retention behind the watermark, and with a retention >= H + 2
@@ -196,22 +204,27 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
 
   @Override
   public void processElement1(Row row, Context ctx, Collector<Row> out) throws Exception {
-    buffer(waitingImps, row, ctx, "impression", "flink:impressions", names);
+    buffer(waitingImps, row, ctx, 1, "impression", "flink:impressions", names);
   }
 
   @Override
   public void processElement2(Row row, Context ctx, Collector<Row> out) throws Exception {
-    buffer(waitingLabels, row, ctx, "label", "flink:labels", LABEL);
+    buffer(waitingLabels, row, ctx, 2, "label", "flink:labels", LABEL);
   }
 
   /** Buffers ``row`` until the watermark passes its time, or, if it came at or behind the
-   * watermark, writes it as a dead letter (its reason "behind_watermark"). */
-  private void buffer(WaitingRows waiting, Row row, Context ctx, String kind, String origin, String[] fields)
-      throws Exception {
+   * watermark of its own input, writes it as a dead letter (its reason "behind_watermark").
+   * Its own input's: the operator's watermark (the minimum of both inputs') is never ahead of
+   * it, so every row this operator could no longer process is caught, and which rows are late
+   * depends on their own stream alone, not on how the two streams' sources interleave. */
+  private void buffer(WaitingRows waiting, Row row, Context ctx, int input, String kind, String origin,
+      String[] fields) throws Exception {
     long t = ctx.timestamp();
     TimerService timers = ctx.timerService();
-    if (waiting.late(t, timers)) {
-      ctx.output(deadLetters, Row.of(Json.behindWatermark(kind, origin, t, timers.currentWatermark(), fields, row)));
+    long watermark = Math.max(timers.currentWatermark(), operator == null ? Long.MIN_VALUE
+        : operator.inputWatermark(input));
+    if (waiting.late(t, watermark)) {
+      ctx.output(deadLetters, Row.of(Json.behindWatermark(kind, origin, t, watermark, fields, row)));
     } else {
       waiting.add(t, row, timers);
     }

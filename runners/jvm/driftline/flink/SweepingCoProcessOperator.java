@@ -5,7 +5,8 @@
  * event-time timer per key. Flink's heap timer queue holds all of them (every timer of the
  * operator pays O(log n) in that heap) and every checkpoint writes each again with its key; a
  * sweep every so often in event time frees the same state with no timer per key (measured:
- * bench/stream.py, README "Where the streaming time goes").
+ * bench/stream.py, README "Where the streaming time goes"). It also keeps each input's own
+ * watermark (inputWatermark), so the function can judge a row late by its own stream alone.
  */
 package driftline.flink;
 
@@ -26,7 +27,13 @@ public final class SweepingCoProcessOperator extends KeyedCoProcessOperator<Stri
   public interface Sweepable {
     /** Called after every watermark (the function decides when it is due). */
     void sweep(long watermark, SweepingCoProcessOperator op) throws Exception;
+
+    /** Called when the operator opens, before any row: the operator it runs in. */
+    default void attach(SweepingCoProcessOperator op) {}
   }
+
+  private transient long watermark1;
+  private transient long watermark2;
 
   public <F extends KeyedCoProcessFunction<String, Row, Row, Row> & Sweepable> SweepingCoProcessOperator(
       F function) {
@@ -40,6 +47,31 @@ public final class SweepingCoProcessOperator extends KeyedCoProcessOperator<Stri
     try (Stream<String> keys = backend.getKeys(stateName, VoidNamespace.INSTANCE)) {
       return keys.collect(Collectors.toList());
     }
+  }
+
+  @Override
+  public void open() throws Exception {
+    watermark1 = Long.MIN_VALUE;
+    watermark2 = Long.MIN_VALUE;
+    super.open();
+    ((Sweepable) userFunction).attach(this);
+  }
+
+  /** The newest watermark of input 1 or 2 alone (the operator's own is the minimum of both). */
+  public long inputWatermark(int input) {
+    return input == 1 ? watermark1 : watermark2;
+  }
+
+  @Override
+  public void processWatermark1(Watermark mark) throws Exception {
+    watermark1 = Math.max(watermark1, mark.getTimestamp());
+    super.processWatermark1(mark);
+  }
+
+  @Override
+  public void processWatermark2(Watermark mark) throws Exception {
+    watermark2 = Math.max(watermark2, mark.getTimestamp());
+    super.processWatermark2(mark);
   }
 
   @Override

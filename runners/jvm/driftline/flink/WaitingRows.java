@@ -62,7 +62,13 @@ final class WaitingRows {
    * arrival, the rule of a buffer processed at the watermark (Flink's OVER and windows drop
    * such rows). The caller dead-letters it (``Json.behindWatermark``). */
   boolean late(long t, TimerService timers) {
-    if (t <= timers.currentWatermark()) {
+    return late(t, timers.currentWatermark());
+  }
+
+  /** Whether a row at ``t`` is late against ``watermark`` (one at least the operator's own);
+   * if so counts it. */
+  boolean late(long t, long watermark) {
+    if (t <= watermark) {
       drop();
       return true;
     }
