@@ -645,6 +645,28 @@ def savepoint(job_id: str = typer.Argument(...), stop: bool = typer.Option(False
 
 
 @app.command()
+def operators(job: Path = typer.Argument(..., help="A run folder (RUN_DIR, its job.json) or a job.json."),
+              as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table.")):
+    """The job's operators (built, not run): name, uid and operator id, the id its state has in
+    checkpoints and savepoints. A savepoint restores into a build whose stateful operators have
+    the same ids: compare two builds' before resuming one."""
+    from runners.stream import job_operators
+
+    ops = job_operators(job / "job.json" if job.is_dir() else job)
+    if as_json:
+        for o in ops:
+            print(json.dumps(o))
+        return
+    table = Table()
+    table.add_column("uid", overflow="fold")
+    table.add_column("operator id", no_wrap=True, min_width=32)
+    table.add_column("name", overflow="fold")
+    for o in ops:
+        table.add_row(o["uid"], o["id"], o["name"])
+    console.print(table)
+
+
+@app.command()
 def cancel(job_id: str = typer.Argument(...), root: Path = ROOT_OPT, rest_port: int = PORT_OPT):
     """Cancel a job on the standalone cluster."""
     from runners.cluster import flink_cli

@@ -281,7 +281,7 @@ def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: 
     first = (imps.stream.keyBy(imps.key_selector(["event_id"]), key_type)
              .connect(labels.stream.keyBy(labels.key_selector(["event_id"]), key_type))
              .transform("dedup_join", Types.ROW_NAMED(names, types).get_java_type_info(),
-                        jvm.driftline.flink.SweepingCoProcessOperator(op)))
+                        jvm.driftline.flink.SweepingCoProcessOperator(op)).uid("dedup_join"))
     return (JavaRows(first, names, types), JavaRows(first.getSideOutput(op.joinTag()), JOIN_OUTPUT, out),
             first.getSideOutput(op.deadLettersTag()))
 
@@ -372,7 +372,7 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     # cannot process them in event time; an impression is caught by the first windowed count)
     labels = table_rows(t_env, "SELECT `event_id`, `label_time`, label, jts FROM labels",
                         ["event_id", "label_time", "label", "jts"],
-                        [Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()])
+                        [Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()], uid="labels")
     counted = windowed_count_rows(t_env, "impressions", raw_cols, source, spec.aggregates)
     imps, resolved, dead = dedup_join(counted,
                                       labels, source.entity_fields[0] if source.entity_fields else None,
@@ -390,22 +390,24 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     learner = Learner(json.dumps({"job": cfg.to_dict(), "dimension": spec.dimension,
                                   "spec_fingerprint": spec.fingerprint(), "registry": str(out / "registry"),
                                   "artifact": artifact.to_dict(), "input_types": input_types}))
-    preds = keyed_by_constant(ticks).process(learner, output_type=LINE).name("learner").set_parallelism(1)
+    preds = (keyed_by_constant(ticks).process(learner, output_type=LINE).name("learner").uid("learner")
+             .set_parallelism(1))
     # every output through Flink's FileSink (sink v2): part files are committed when a
     # checkpoint completes, the final one of a bounded job included, so a restart never
     # duplicates or drops them (the table filesystem sink committed all at end of input)
-    preds.sink_to(file_sink(str(out / "predictions"))).name("sink_predictions")
+    preds.sink_to(file_sink(str(out / "predictions"))).name("sink_predictions").uid("sink_predictions")
     # each side output straight from the Learner's operator: PyFlink's ``get_side_output`` adds an
     # identity Python map (``map(lambda i: i)``), i.e. every updates/examples/metrics line would
     # cross into a Python worker and back (measured: nearly half of the JVM's exchange with Python;
     # re-encoding those strings alone ~4 % of the JVM's samples)
     for name, tag in OUTPUT_TAGS.items():
         DataStream(preds._j_data_stream.getSideOutput(tag.get_java_output_tag())) \
-            .sink_to(file_sink(str(out / name), partitioned=name == "examples")).name(f"sink_{name}")
+            .sink_to(file_sink(str(out / name), partitioned=name == "examples")).name(f"sink_{name}") \
+            .uid(f"sink_{name}")
     dead = DataStream(dead)
     if counted.dead_letters:
         dead = dead.union(*(DataStream(d) for d in counted.dead_letters))
-    dead.sink_to(file_sink(str(out / "dead_letter"))).name("sink_dead_letter_keyed")
+    dead.sink_to(file_sink(str(out / "dead_letter"))).name("sink_dead_letter_keyed").uid("sink_dead_letter_keyed")
 
 
 def keyed_by_constant(parts: list[JavaRows]):
@@ -421,7 +423,8 @@ def keyed_by_constant(parts: list[JavaRows]):
     gateway = get_gateway()
     row_type = _from_java_type(parts[0].stream.getType())
     wrapped = [DataStream(p.stream.map(gateway.jvm.driftline.flink.ConstantKey(),
-                                       Types.ROW([Types.INT(), row_type]).get_java_type_info()).name("constant_key"))
+                                       Types.ROW([Types.INT(), row_type]).get_java_type_info())
+                               .name("constant_key").uid(f"{p.stream.getTransformation().getUid()}/constant_key"))
                for p in parts]
     union = wrapped[0].union(*wrapped[1:])
     keyed = union._j_data_stream.keyBy(gateway.jvm.KeyByKeySelector(), Types.ROW([Types.INT()]).get_java_type_info())
@@ -449,8 +452,9 @@ def file_sink(path: str, partitioned: bool = False):
             .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy()).build())
 
 
-def run(cfg: JobConfig) -> str:
-    """Build and execute the job (blocks until a bounded replay ends); returns the job id."""
+def built(cfg: JobConfig):
+    """A configured environment holding the whole job of ``cfg`` (not executed yet); returns
+    (env, source name)."""
     from pipelines.eventlog import read_manifest
     from transforms.artifact import TransformArtifact
 
@@ -460,12 +464,41 @@ def run(cfg: JobConfig) -> str:
         raise ValueError(f"artifact is for source {artifact.spec.source!r}, events are {source.name!r}")
     env, t_env = configure(cfg)
     build(env, t_env, cfg, source, artifact)
-    result = env.execute(f"driftline {source.name}")
+    return env, source.name
+
+
+def run(cfg: JobConfig) -> str:
+    """Build and execute the job (blocks until a bounded replay ends); returns the job id."""
+    env, name = built(cfg)
+    result = env.execute(f"driftline {name}")
     from runners.jvm import after_local_job
 
     after_local_job()
     return str(result.get_job_id()) if hasattr(result, "get_job_id") else ""
 
 
+def operators(cfg: JobConfig) -> list[dict]:
+    """The job's operators as Flink would run them (built, not executed), in the stream graph's
+    order: each one's ``name``, ``uid`` and ``id``, the operator id its state has in checkpoints
+    and savepoints (a hash of its uid: every operator of the job has one, ``set_uids``). A
+    savepoint restores into a build whose stateful operators have the same ids; compare two
+    builds' before resuming one (``driftline operators``)."""
+    from pyflink.java_gateway import get_gateway
+
+    env, _ = built(cfg)
+    graph = env._generate_stream_graph(clear_transformations=True)  # what execute() submits
+    jvm = get_gateway().jvm
+    ids = jvm.org.apache.flink.streaming.api.graph.StreamGraphHasherV2().traverseStreamGraphAndGenerateHashes(graph)
+    out = []
+    for node in sorted(graph.getStreamNodes().toArray(), key=lambda n: n.getId()):
+        out.append({"name": node.getOperatorName(), "uid": node.getTransformationUID(),
+                    "id": bytes(ids.get(node.getId())).hex()})
+    return out
+
+
 if __name__ == "__main__":  # `python -m runners.flink_job CONFIG.json`, also what `flink run -py` runs
-    print(run(JobConfig.from_dict(json.loads(Path(sys.argv[1]).read_text()))))
+    if sys.argv[1] == "--operators":  # `python -m runners.flink_job --operators CONFIG.json`: JSON lines
+        for op in operators(JobConfig.from_dict(json.loads(Path(sys.argv[2]).read_text()))):
+            print(json.dumps(op))
+    else:
+        print(run(JobConfig.from_dict(json.loads(Path(sys.argv[1]).read_text()))))

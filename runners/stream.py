@@ -63,6 +63,17 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
     return time.perf_counter() - t0
 
 
+def job_operators(job_json: str | Path) -> list[dict]:
+    """``runners.flink_job.operators`` of the job ``job_json`` (built, not run), from a child
+    process: each operator's name, uid and operator id (its state's id in savepoints)."""
+    cfg = JobConfig.from_dict(json.loads(Path(job_json).read_text()))
+    proc = subprocess.run([cfg.python_executable, "-m", "runners.flink_job", "--operators", str(job_json)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the job failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+
+
 def _logloss_auc(p: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
     from sklearn.metrics import log_loss, roc_auc_score
 

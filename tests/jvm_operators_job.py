@@ -47,10 +47,11 @@ def _dedup_join(t_env, a: dict, join_cfg) -> tuple:
         f"'path' = '{a['impressions']}', 'format' = 'json')")
     t_env.execute_sql(labels_join_ddl("labels", a["labels"], D))
     imps = table_rows(t_env, "SELECT `event_id`, `event_time`, `event_id` AS tag, ts FROM impressions",
-                      ["event_id", "event_time", "tag", "ts"], [Types.STRING(), Types.LONG(), Types.STRING(), Types.INSTANT()])
+                      ["event_id", "event_time", "tag", "ts"], [Types.STRING(), Types.LONG(), Types.STRING(), Types.INSTANT()],
+                      uid="impressions")
     labels = table_rows(t_env, "SELECT `event_id`, `label_time`, label, jts FROM labels",
                         ["event_id", "label_time", "label", "jts"],
-                        [Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()])
+                        [Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()], uid="labels")
     return dedup_join(imps, labels, None, {"tag": "string"}, join_cfg, a.get("retention_ms", 2 * 86_400_000))
 
 

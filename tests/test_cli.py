@@ -63,6 +63,10 @@ def test_run_the_streaming_job_end_to_end(tmp_path):
     assert s["reconciliation"]["reconciles"] and s["counts"]["predictions"] >= 1500
     m = json.loads(runner.invoke(app, ["summary", str(tmp_path / "events"), "--json"]).output)
     assert m["counts"]["reconciles"] and m["counts"]["valid"]["impression"] >= 1500
+    r = runner.invoke(app, ["operators", str(tmp_path), "--json"])  # what a savepoint maps state by
+    assert r.exit_code == 0, r.output
+    ops = {o["uid"]: o["id"] for o in map(json.loads, r.output.splitlines())}
+    assert {"learner", "dedup_join", "sink_predictions"} <= set(ops) and all(len(i) == 32 for i in ops.values())
 
 
 def test_run_rejects_a_bad_policy(tmp_path):

@@ -133,6 +133,55 @@ def test_records_behind_the_watermark_are_dead_letters_and_counts_reconcile(even
     assert not late_imps & {p["event_id"] for p in read_output(events / "run_disordered", "predictions")}
 
 
+# the operators that hold state (the SQL sources' split positions, the windowed counts', the
+# dedup-join's, the tick packing's, the Learner's model, the sinks' pending files): their uids
+# are a contract with every savepoint taken; renaming one breaks resuming it
+STATEFUL_UIDS = {"impressions/impressions", "windowed_count_user_count_1h", "dedup_join", "tick_pack_imp",
+                 "tick_pack_ex", "learner", *(f"sink_{n}" for n in ("predictions", "updates", "examples",
+                                                                     "late_labels", "dead_letter", "metrics",
+                                                                     "alerts", "dead_letter_keyed"))}
+
+
+def test_operator_ids_survive_a_change_of_topology(events, run):
+    """Every operator has a uid, so its state's id in checkpoints and savepoints is its uid's
+    hash, not its place in the graph: the same job over the impressions as two part files
+    (a source more, a union) and the labels as one (a source less) keeps every id downstream of
+    the sources. Without uids each of those ids hashes its inputs' (Flink's
+    StreamGraphHasherV2), and all of them changed."""
+    import shutil
+
+    from runners.stream import job_operators
+
+    ev2 = events / "ev_reparted"
+    shutil.copytree(events / "ev", ev2)
+    imps = (ev2 / "impressions" / "part-000000.jsonl").read_text().splitlines(keepends=True)
+    assert len(list((ev2 / "impressions").glob("part-*"))) == 1 and len(imps) > 100
+    (ev2 / "impressions" / "part-000000.jsonl").write_text("".join(imps[:len(imps) // 2]))
+    (ev2 / "impressions" / "part-000001.jsonl").write_text("".join(imps[len(imps) // 2:]))
+    label_parts = sorted((ev2 / "labels").glob("part-*"))
+    assert len(label_parts) > 1
+    labels = sorted((x for p in label_parts for x in p.read_text().splitlines(keepends=True)),
+                    key=lambda x: json.loads(x)["label_time"])
+    for p in label_parts:
+        p.unlink()
+    (ev2 / "labels" / "part-000000.jsonl").write_text("".join(labels))
+    cfg = json.loads((events / "run" / "job.json").read_text())
+    (events / "job_reparted.json").write_text(json.dumps({**cfg, "event_dir": str(ev2)}))
+
+    one, two = job_operators(events / "run" / "job.json"), job_operators(events / "job_reparted.json")
+    for ops in (one, two):
+        uids = [o["uid"] for o in ops]
+        assert all(uids) and len(set(uids)) == len(uids), ops
+    by_uid = [{o["uid"]: o["id"] for o in ops} for ops in (one, two)]
+    assert STATEFUL_UIDS <= set(by_uid[0])
+    sources = lambda ops: {u for u in ops if u.split("/")[0] in ("impressions", "labels")}  # noqa: E731
+    assert sources(by_uid[0]) != sources(by_uid[1])  # the topology did change
+    assert "impressions/impressions_p1" in by_uid[1] and "labels/labels" in by_uid[1]
+    downstream = set(by_uid[0]) - sources(by_uid[0])
+    assert len(downstream) >= 20 and downstream <= set(by_uid[1])
+    assert {u: by_uid[0][u] for u in downstream} == {u: by_uid[1][u] for u in downstream}
+
+
 def test_join_matches_the_reference(events, run):
     imps = read_stream(events / "ev", "impression").select(["event_id", "event_time"]).to_pylist()
     labs = read_stream(events / "ev", "label").to_pylist()

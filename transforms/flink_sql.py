@@ -123,14 +123,15 @@ class JavaRows:
              append: bool = True) -> "JavaRows":
         """Key the rows by the fields ``key`` (``driftline.flink.FieldsKey``) and apply the keyed
         process function ``operator`` (py4j), whose rows are these with ``fields`` (name, type)
-        appended, or (``append=False``) exactly ``fields``."""
+        appended, or (``append=False``) exactly ``fields``. ``op_name`` is its name and its uid
+        (its state's id in checkpoints and savepoints)."""
         from pyflink.common import Types
 
         names = [*(self.names if append else []), *(n for n, _ in fields)]
         types = [*(self.types if append else []), *(t for _, t in fields)]
         keyed = self.stream.keyBy(self.key_selector(key), Types.STRING().get_java_type_info())
         row_type = Types.ROW_NAMED(names, types).get_java_type_info()
-        out = keyed.process(operator, row_type).name(op_name)
+        out = keyed.process(operator, row_type).name(op_name).uid(op_name)
         return JavaRows(out, names, types, list(self.dead_letters))
 
 
@@ -144,17 +145,45 @@ def java_array(kind, xs: list):
     return a
 
 
-def table_rows(t_env, sql: str, names: list[str], types: list) -> JavaRows:
+def table_rows(t_env, sql: str, names: list[str], types: list, uid: str) -> JavaRows:
     """The rows of a SQL query (its columns ``names`` of PyFlink ``types``) as ``JavaRows``,
     typed as plain rows (``driftline.flink.Identity``, chained): the Table runtime's own type
-    for them converts each row to its internal format and back at every shuffle."""
+    for them converts each row to its internal format and back at every shuffle. Its operators
+    (the query's sources among them) get uids under ``uid`` (``set_uids``)."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
     stream = t_env.to_data_stream(t_env.sql_query(sql))._j_data_stream
     typed = stream.map(get_gateway().jvm.driftline.flink.Identity(),
                        Types.ROW_NAMED(list(names), list(types)).get_java_type_info()).name("as_rows")
+    set_uids(typed, uid)
     return JavaRows(typed, list(names), list(types))
+
+
+def set_uids(stream, prefix: str) -> None:
+    """Give each operator upstream of the py4j DataStream ``stream`` (itself included) that has
+    no uid one: ``prefix/`` and its name without the planner's node number (``Calc[2]`` ->
+    ``prefix/Calc``; a repeated name gets ``#2``, ``#3``, ... in a walk from ``stream``).
+    Why: an operator's id in checkpoints and savepoints is its uid's hash, or else a hash of
+    its place in the whole graph, which changes whenever the job gains or loses an operator
+    anywhere (a savepoint would then restore no state into it: the file sources' split
+    positions here). The SQL planner sets uids only for compiled plans
+    (``table.exec.uid.generation``), and its node numbers depend on the plan around it."""
+    import re
+
+    seen: set = set()
+    used: dict[str, int] = {}
+    todo = [stream.getTransformation()]
+    while todo:
+        t = todo.pop(0)
+        if t.getId() in seen:
+            continue
+        seen.add(t.getId())
+        if t.getUid() is None:
+            base = prefix + "/" + re.sub(r"\[\d+\]", "", t.getName()).strip()
+            used[base] = used.get(base, 0) + 1
+            t.setUid(base if used[base] == 1 else f"{base}#{used[base]}")
+        todo.extend(t.getInputs())
 
 
 def windowed_count_rows(t_env, table: str, columns: list[str], source: SourceSpec, aggregates) -> JavaRows:
@@ -170,7 +199,7 @@ def windowed_count_rows(t_env, table: str, columns: list[str], source: SourceSpe
     kind = {c: Types.DOUBLE() if c in source.numeric_fields else Types.LONG() if c == "event_time"
             else Types.STRING() for c in carry}
     rows = table_rows(t_env, f"SELECT {', '.join(_q(c) for c in carry)}, {ROWTIME} FROM {table}",
-                      [*carry, ROWTIME], [kind[c] for c in carry] + [Types.INSTANT()])
+                      [*carry, ROWTIME], [kind[c] for c in carry] + [Types.INSTANT()], uid=table)
     line_type = Types.ROW_NAMED(["line"], [Types.STRING()]).get_java_type_info()
     for a in aggregates:
         op = jvm.driftline.flink.WindowedCount(int(a.window_ms), java_array(jvm.String, rows.names),
