@@ -3,8 +3,8 @@ checkpoints every 2 s): the TaskManager process is killed (SIGKILL) three times 
 points mid-stream and started again, Flink restarts the job from its last checkpoint each time,
 and the outputs are exactly-once: joined examples, predictions and weight updates equal the
 uninterrupted run's (no duplicates, none missing) and the final FTRL weights are bit-identical.
-Then: stop with a savepoint, resume from it with a changed job build; and a kill after the end
-of the bounded input, before the final checkpoint."""
+Then: stop with a savepoint, resume from it with a changed job build at another parallelism;
+and a kill after the end of the bounded input, before the final checkpoint."""
 import json
 import random
 import time
@@ -92,6 +92,14 @@ def _all_tasks_running(cfg, job_id) -> bool:
     return job["state"] == "RUNNING" and all(v["status"] in ("RUNNING", "FINISHED") for v in job["vertices"])
 
 
+def _parallelism(cfg, job_id) -> dict[str, int]:
+    """Each task's (job vertex's) parallelism, from REST."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{cfg.rest_url}/jobs/{job_id}", timeout=5) as r:
+        return {v["name"]: v["parallelism"] for v in json.loads(r.read())["vertices"]}
+
+
 def _completed(cfg, job_id) -> int:
     return ((cluster.checkpoints(cfg, job_id).get("latest") or {}).get("completed") or {}).get("id", 0)
 
@@ -134,7 +142,9 @@ def test_three_taskmanager_kills_lose_nothing_and_duplicate_nothing(standalone, 
 def test_stop_with_a_savepoint_and_resume_with_a_changed_build(standalone, reference):
     """``flink stop`` mid-stream, then the job resubmitted from the savepoint with a changed
     build (another metrics window, guard settings and pace: Python code and config, same
-    operator graph): together the two runs give exactly the uninterrupted run's outputs."""
+    operator graph) rescaled from parallelism 2 to 1 (the sources' splits, the keyed state's
+    key groups and the sinks' pending files of two subtasks restored into one): together the
+    two runs give exactly the uninterrupted run's outputs."""
     from dataclasses import replace
 
     from models.online import OnlineConfig
@@ -146,6 +156,7 @@ def test_stop_with_a_savepoint_and_resume_with_a_changed_build(standalone, refer
                 checkpoint_interval_ms=2_000, replay_speedup=PACE)
     job_id = cluster.submit(standalone, run / "job.json")
     _wait(standalone, job_id, lambda st: _all_tasks_running(standalone, job_id), "all tasks running")
+    assert max(_parallelism(standalone, job_id).values()) == 2
     time.sleep(5)
     savepoint = cluster.stop_with_savepoint(standalone, job_id)
     assert cluster.wait(standalone, job_id, timeout=60) == "FINISHED" or cluster.job_state(standalone, job_id)
@@ -155,11 +166,12 @@ def test_stop_with_a_savepoint_and_resume_with_a_changed_build(standalone, refer
     # the new build: a smaller metrics window (visible in the metrics output) and a higher
     # weight-norm limit for the guard (never reached: the served outputs stay the same)
     guard = {**cfg.online.guard.__dict__, "max_weight_norm": 2 * cfg.online.guard.max_weight_norm}
-    changed = replace(cfg, metrics_window=cfg.metrics_window // 2, replay_speedup=0.0,
+    changed = replace(cfg, metrics_window=cfg.metrics_window // 2, replay_speedup=0.0, parallelism=1,
                       online=OnlineConfig.from_dict({**cfg.online.to_dict(), "guard": guard}))
     (run / "job.json").write_text(json.dumps(changed.to_dict(), indent=1) + "\n")
     resumed = cluster.submit(standalone, run / "job.json", savepoint=savepoint)
     assert cluster.wait(standalone, resumed, timeout=900) == "FINISHED"
+    assert set(_parallelism(standalone, resumed).values()) == {1}
     for name in ("predictions", "updates", "examples", "late_labels", "dead_letter"):
         assert _lines(root / "local", name) == _lines(run, name), name
     # the changed build took effect on the restored state
