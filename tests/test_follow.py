@@ -68,3 +68,112 @@ def test_follow_mode_picks_up_new_files(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def _rest(port: int, path: str, body: dict | None = None) -> dict:
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if body is not None else "GET",
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def _stop_with_savepoint(port: int, folder) -> str:
+    """``POST /jobs/:id/stop`` on the local job's REST endpoint; returns the savepoint's path."""
+    job = next(j["id"] for j in _rest(port, "/jobs")["jobs"] if j["status"] == "RUNNING")
+    trigger = _rest(port, f"/jobs/{job}/stop", {"drain": False, "targetDirectory": folder.as_uri()})["request-id"]
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        s = _rest(port, f"/jobs/{job}/savepoints/{trigger}")
+        if s["status"]["id"] == "COMPLETED":
+            assert "location" in s["operation"], s
+            return s["operation"]["location"]
+        time.sleep(1)
+    raise TimeoutError("savepoint")
+
+
+def _wait_for(proc, log, cond, what: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        if cond():
+            return
+        time.sleep(2)
+    raise TimeoutError(what)
+
+
+def test_lateness_survives_a_restore(tmp_path):
+    """A job stopped with a savepoint and resumed keeps judging lateness by the watermarks it
+    had reached: an impression and a label more out of order than the watermark delay, the
+    first rows published after the restore, are ``behind_watermark`` dead letters as in an
+    uninterrupted run. (Flink does not checkpoint watermarks: without our operators keeping
+    their inputs' watermarks in state, both would be taken as on time, and the result of a
+    log would depend on where the job was restored.)"""
+    import socket
+
+    generate_event_dir(tmp_path / "ev", GeneratorConfig(events=2_000, seed=5, duplicate_rate=0.0,
+                                                       out_of_order_rate=0.0))
+    imps = [json.loads(x) for p in sorted((tmp_path / "ev" / "impressions").glob("part-*")) for x in open(p)]
+    labels = [json.loads(x) for p in sorted((tmp_path / "ev" / "labels").glob("part-*")) for x in open(p)]
+    cut = imps[len(imps) * 3 // 5]["event_time"]
+    first = [r for r in imps if r["event_time"] < cut]
+    join = JoinConfig(window_ms=600_000, late_horizon_ms=3_600_000, watermark_delay_ms=10_000)
+    late_imp = {**first[-1], "event_id": "late-impression", "user_id": "late-user",
+                "event_time": first[-1]["event_time"] - 300_000}  # 30 watermark delays back
+    labelled = {r["event_id"] for r in labels}
+    label_time = first[-1]["event_time"] - 120_000  # inside its impression's window: a positive if on time
+    target = next(r for r in reversed(first) if r["event_id"] not in labelled and r["event_time"] < label_time)
+    assert label_time - target["event_time"] < join.window_ms
+    late_label = {"event_id": target["event_id"], "label_time": label_time, "label": 1, "label_type": "click"}
+    parts = {("impressions", 0): first, ("impressions", 1): [late_imp, *(r for r in imps if r["event_time"] >= cut)],
+             ("labels", 0): [r for r in labels if r["label_time"] < cut],
+             ("labels", 1): [late_label, *(r for r in labels if r["label_time"] >= cut)]}
+    src = tmp_path / "parts"
+    for (stream, i), rows in parts.items():
+        (src / stream).mkdir(parents=True, exist_ok=True)
+        (src / stream / f"part-00000{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    live = tmp_path / "live"
+    (live / "impressions").mkdir(parents=True)
+    (live / "labels").mkdir()
+    shutil.copy(tmp_path / "ev" / "_manifest.json", live / "_manifest.json")
+    fit_warmup_artifact(tmp_path / "ev", "generator", tmp_path / "art")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rest = {"rest.port": str(port), "rest.bind-port": str(port)}
+    cfg = prepare_run(live, tmp_path / "run", "generator", join, artifact=tmp_path / "art", follow=True,
+                      checkpoint_interval_ms=2_000, monitor_interval_ms=500, learn_tick_ms=TICK, flink_conf=rest)
+    log = tmp_path / "flink.log"
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "runners.flink_job", str(tmp_path / "run" / "job.json")],
+                                stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def predicted() -> dict:
+        return {p["event_id"]: p["event_time"] for p in read_output(tmp_path / "run", "predictions")}
+
+    proc = start()
+    try:
+        for stream in ("impressions", "labels"):
+            _publish(src / stream / "part-000000.jsonl", live / stream)
+        # served past both late rows' times: every operator's watermark had passed them
+        _wait_for(proc, log, lambda: max(predicted().values(), default=0) > label_time, "the first part served")
+        savepoint = _stop_with_savepoint(port, tmp_path / "savepoints")
+        proc.wait(timeout=120)
+        for stream in ("impressions", "labels"):
+            _publish(src / stream / "part-000001.jsonl", live / stream)
+        resumed = json.loads((tmp_path / "run" / "job.json").read_text())
+        resumed["flink_conf"]["execution.state-recovery.path"] = savepoint
+        (tmp_path / "run" / "job.json").write_text(json.dumps(resumed))
+        proc = start()
+        n_first = len(predicted())
+        _wait_for(proc, log, lambda: len(predicted()) >= n_first + 300, "the second part served")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    dead = [d for d in read_output(tmp_path / "run", "dead_letter") if d["reason"] == "behind_watermark"]
+    got = {(d["kind"], json.loads(d["raw"])["event_id"]) for d in dead}
+    assert got == {("impression", "late-impression"), ("label", target["event_id"])}, dead
+    assert "late-impression" not in predicted()

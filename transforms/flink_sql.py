@@ -126,12 +126,15 @@ class JavaRows:
         appended, or (``append=False``) exactly ``fields``. ``op_name`` is its name and its uid
         (its state's id in checkpoints and savepoints)."""
         from pyflink.common import Types
+        from pyflink.java_gateway import get_gateway
 
         names = [*(self.names if append else []), *(n for n, _ in fields)]
         types = [*(self.types if append else []), *(t for _, t in fields)]
         keyed = self.stream.keyBy(self.key_selector(key), Types.STRING().get_java_type_info())
         row_type = Types.ROW_NAMED(names, types).get_java_type_info()
-        out = keyed.process(operator, row_type).name(op_name).uid(op_name)
+        # Flink's KeyedProcessOperator, keeping its input's watermark across restores
+        out = keyed.transform(op_name, row_type, get_gateway().jvm.driftline.flink.KeyedRowOperator(operator)) \
+            .uid(op_name)
         return JavaRows(out, names, types, list(self.dead_letters))
 
 

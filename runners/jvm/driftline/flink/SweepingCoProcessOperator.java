@@ -6,7 +6,8 @@
  * operator pays O(log n) in that heap) and every checkpoint writes each again with its key; a
  * sweep every so often in event time frees the same state with no timer per key (measured:
  * bench/stream.py, README "Where the streaming time goes"). It also keeps each input's own
- * watermark (inputWatermark), so the function can judge a row late by its own stream alone.
+ * watermark (inputWatermark), so the function can judge a row late by its own stream alone,
+ * in state across restores (KeptWatermarks).
  */
 package driftline.flink;
 
@@ -14,6 +15,8 @@ import java.util.List;
 import java.util.stream.Collectors;
 import java.util.stream.Stream;
 import org.apache.flink.runtime.state.KeyedStateBackend;
+import org.apache.flink.runtime.state.StateInitializationContext;
+import org.apache.flink.runtime.state.StateSnapshotContext;
 import org.apache.flink.runtime.state.VoidNamespace;
 import org.apache.flink.streaming.api.functions.co.KeyedCoProcessFunction;
 import org.apache.flink.streaming.api.operators.co.KeyedCoProcessOperator;
@@ -32,8 +35,7 @@ public final class SweepingCoProcessOperator extends KeyedCoProcessOperator<Stri
     default void attach(SweepingCoProcessOperator op) {}
   }
 
-  private transient long watermark1;
-  private transient long watermark2;
+  private transient KeptWatermarks watermarks;
 
   public <F extends KeyedCoProcessFunction<String, Row, Row, Row> & Sweepable> SweepingCoProcessOperator(
       F function) {
@@ -50,27 +52,38 @@ public final class SweepingCoProcessOperator extends KeyedCoProcessOperator<Stri
   }
 
   @Override
+  public void initializeState(StateInitializationContext ctx) throws Exception {
+    super.initializeState(ctx);
+    watermarks = new KeptWatermarks(2, ctx);
+  }
+
+  @Override
   public void open() throws Exception {
-    watermark1 = Long.MIN_VALUE;
-    watermark2 = Long.MIN_VALUE;
     super.open();
     ((Sweepable) userFunction).attach(this);
   }
 
-  /** The newest watermark of input 1 or 2 alone (the operator's own is the minimum of both). */
+  @Override
+  public void snapshotState(StateSnapshotContext ctx) throws Exception {
+    super.snapshotState(ctx);
+    watermarks.snapshot();
+  }
+
+  /** The newest watermark of input 1 or 2 alone (the operator's own is the minimum of both),
+   * at least the one restored. */
   public long inputWatermark(int input) {
-    return input == 1 ? watermark1 : watermark2;
+    return watermarks.get(input - 1);
   }
 
   @Override
   public void processWatermark1(Watermark mark) throws Exception {
-    watermark1 = Math.max(watermark1, mark.getTimestamp());
+    watermarks.advance(0, mark.getTimestamp());
     super.processWatermark1(mark);
   }
 
   @Override
   public void processWatermark2(Watermark mark) throws Exception {
-    watermark2 = Math.max(watermark2, mark.getTimestamp());
+    watermarks.advance(1, mark.getTimestamp());
     super.processWatermark2(mark);
   }
 

@@ -58,15 +58,9 @@ final class WaitingRows {
     lateDropped.inc();
   }
 
-  /** Whether a row at ``t`` is late, and if so counts it: at or behind the watermark on
-   * arrival, the rule of a buffer processed at the watermark (Flink's OVER and windows drop
-   * such rows). The caller dead-letters it (``Json.behindWatermark``). */
-  boolean late(long t, TimerService timers) {
-    return late(t, timers.currentWatermark());
-  }
-
-  /** Whether a row at ``t`` is late against ``watermark`` (one at least the operator's own);
-   * if so counts it. */
+  /** Whether a row at ``t`` is late, and if so counts it: at or behind ``watermark`` (at least
+   * the operator's own) on arrival, the rule of a buffer processed at the watermark (Flink's
+   * OVER and windows drop such rows). The caller dead-letters it (``Json.behindWatermark``). */
   boolean late(long t, long watermark) {
     if (t <= watermark) {
       drop();

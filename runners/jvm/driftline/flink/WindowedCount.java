@@ -21,7 +21,8 @@
  * lateTag()), not counted in any window. So an impression is late where it enters the job's
  * first keyed operator, decided by the impressions' own watermark (which Flink's watermark
  * assigner emits at once when it jumps by more than the auto-watermark interval), and later
- * operators never see a late impression. A key's state is cleared when its window has
+ * operators never see a late impression; after a restore, by at least the watermark it had
+ * reached (KeyedRowOperator keeps it in state). A key's state is cleared when its window has
  * emptied.
  */
 package driftline.flink;
@@ -37,7 +38,8 @@ import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
 import org.apache.flink.util.OutputTag;
 
-public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> {
+public final class WindowedCount extends KeyedProcessFunction<String, Row, Row>
+    implements KeyedRowOperator.WatermarkAware {
   private static final long serialVersionUID = 1L;
 
   private final long windowMs;
@@ -47,6 +49,7 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> 
   // queue of the window's event times: [0] = head index, [1] = end index, times in [head, end)
   private transient ValueState<long[]> window;
   private transient WaitingRows waiting;
+  private transient KeptWatermarks watermarks; // its input's, kept across restores (KeyedRowOperator)
 
   public WindowedCount(long windowMs, String[] names, TypeInformation<Row> inputType, TypeInformation<Row> lineType) {
     this.windowMs = windowMs;
@@ -61,6 +64,11 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> 
   }
 
   @Override
+  public void attach(KeptWatermarks marks) {
+    watermarks = marks;
+  }
+
+  @Override
   public void open(OpenContext ctx) {
     window = getRuntimeContext().getState(
         new ValueStateDescriptor<long[]>("window", PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO));
@@ -71,14 +79,17 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row> 
   public void processElement(Row row, Context ctx, Collector<Row> out) throws Exception {
     long t = ctx.timestamp();
     long[] w = window.value();
-    boolean late = waiting.late(t, ctx.timerService());
+    // the watermark restored is never ahead of the one an uninterrupted run would have here
+    long watermark = Math.max(ctx.timerService().currentWatermark(),
+        watermarks == null ? Long.MIN_VALUE : watermarks.get(0));
+    boolean late = waiting.late(t, watermark);
     if (!late && w != null && w[1] > 2 && t <= w[(int) w[1] - 1]) { // its key is already past t
       waiting.drop();
       late = true;
     }
     if (late) {
       ctx.output(deadLetters, Row.of(Json.behindWatermark("impression", "flink:windowed_count", t,
-          ctx.timerService().currentWatermark(), names, row)));
+          watermark, names, row)));
       return;
     }
     waiting.add(t, row, ctx.timerService());
