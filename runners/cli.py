@@ -607,6 +607,10 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
            parallelism: int = typer.Option(2, help="Parallelism of the SQL operators."),
            wait_for_end: bool = typer.Option(True, "--wait/--no-wait", help="Wait for a bounded job to end."),
            from_savepoint: Optional[str] = typer.Option(None, help="Resume from this savepoint path."),
+           allow_non_restored_state: bool = typer.Option(
+               False, "--allow-non-restored-state",
+               help="With --from-savepoint: skip its state that maps to no operator of this build (by uid; "
+                    "see `driftline operators`). That state is lost."),
            root: Path = ROOT_OPT, rest_port: int = PORT_OPT,
            data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
     """Package the job config and run it on the standalone cluster with `flink run -py`;
@@ -616,13 +620,17 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
     from runners.stream import prepare_run, summarize
     from pipelines.eventlog import read_manifest
 
+    if allow_non_restored_state and not from_savepoint:
+        console.print("[red]error:[/red] --allow-non-restored-state needs --from-savepoint")
+        raise typer.Exit(2)
     cfg = _cluster(root, rest_port)
     if not cluster.status(cfg)["up"]:
         console.print(f"[red]error:[/red] no cluster at {cfg.rest_url}; run `driftline cluster up` first")
         raise typer.Exit(2)
     event_dir, source = prepare_events(data, out, events, 7, data_dir_opt)
     prepare_run(event_dir, out, source, parallelism=parallelism)
-    job_id = cluster.submit(cfg, out / "job.json", savepoint=from_savepoint)
+    job_id = cluster.submit(cfg, out / "job.json", savepoint=from_savepoint,
+                            allow_non_restored=allow_non_restored_state)
     console.print(f"job id: {job_id}")
     if wait_for_end:
         state = cluster.wait(cfg, job_id)

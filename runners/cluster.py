@@ -313,16 +313,27 @@ def flink_cli(cfg: ClusterConfig, *args: str, timeout: float | None = None) -> s
     return proc.stdout
 
 
-def submit(cfg: ClusterConfig, job_json: Path, detached: bool = True, savepoint: str | None = None) -> str:
-    """``flink run -py runners/flink_job.py JOB_JSON``; returns the job id."""
+def run_args(cfg: ClusterConfig, job_json: Path, detached: bool = True, savepoint: str | None = None,
+             allow_non_restored: bool = False) -> list[str]:
+    """The ``flink run`` arguments of ``submit``."""
     args = ["run", "-m", f"127.0.0.1:{cfg.rest_port}", "-pyexec", cfg.python_executable,
             "-pyclientexec", cfg.python_executable]
     if detached:
         args.append("-d")
     if savepoint:
         args += ["-s", savepoint]
-    args += ["-py", str(JOB_ENTRY), str(Path(job_json).resolve())]
-    out = flink_cli(cfg, *args)
+        if allow_non_restored:  # state of operators this build no longer has (their uids) is skipped
+            args.append("--allowNonRestoredState")
+    elif allow_non_restored:
+        raise ValueError("allow_non_restored needs a savepoint to resume from")
+    return [*args, "-py", str(JOB_ENTRY), str(Path(job_json).resolve())]
+
+
+def submit(cfg: ClusterConfig, job_json: Path, detached: bool = True, savepoint: str | None = None,
+           allow_non_restored: bool = False) -> str:
+    """``flink run -py runners/flink_job.py JOB_JSON`` (resuming ``savepoint``: ``-s``; skipping
+    its state that maps to no operator: ``--allowNonRestoredState``); returns the job id."""
+    out = flink_cli(cfg, *run_args(cfg, job_json, detached, savepoint, allow_non_restored))
     m = re.search(r"JobID ([0-9a-f]{32})", out) or re.search(r"\b([0-9a-f]{32})\b", out)
     if not m:
         raise RuntimeError(f"no job id in flink's output:\n{out[-2000:]}")

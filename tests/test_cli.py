@@ -24,7 +24,7 @@ def test_help_lists_subcommands():
                                                "transforms backfill", "cluster", "cluster up", "cluster down",
                                                "cluster status", "submit", "savepoint", "cancel",
                                                "export-examples", "backfill", "models", "models list", "models show",
-                                               "models promote", "models rollback"])
+                                               "models promote", "models rollback", "operators"])
 def test_every_subcommand_has_help(cmd):
     r = runner.invoke(app, [*cmd.split(), "--help"])
     assert r.exit_code == 0 and "Usage" in r.output
@@ -104,3 +104,18 @@ def test_bad_options_are_refused(tmp_path):
     assert runner.invoke(app, ["run", "--out", str(tmp_path), "--format", "xml"]).exit_code == 2
     assert runner.invoke(app, ["ingest", str(tmp_path), "--out", str(tmp_path), "--source", "nope"]).exit_code == 2
     assert runner.invoke(app, ["summary", str(tmp_path)]).exit_code == 2
+
+
+def test_submit_resumes_a_savepoint_skipping_unmapped_state_only_when_asked(tmp_path):
+    from runners import cluster
+
+    cfg = cluster.ClusterConfig(root=str(tmp_path))
+    job = tmp_path / "job.json"
+    plain = cluster.run_args(cfg, job, savepoint="file:///sp/savepoint-1")
+    assert plain[plain.index("-s") + 1] == "file:///sp/savepoint-1" and "--allowNonRestoredState" not in plain
+    skip = cluster.run_args(cfg, job, savepoint="file:///sp/savepoint-1", allow_non_restored=True)
+    assert "--allowNonRestoredState" in skip and skip.index("--allowNonRestoredState") < skip.index("-py")
+    with pytest.raises(ValueError, match="savepoint"):
+        cluster.run_args(cfg, job, allow_non_restored=True)
+    r = runner.invoke(app, ["submit", "--out", str(tmp_path / "run"), "--allow-non-restored-state"])
+    assert r.exit_code == 2 and "--from-savepoint" in r.output
