@@ -8,6 +8,11 @@ last ``window`` impressions with it, every ``step`` impressions: per feature (sp
 population stability index and Jensen-Shannon divergence (``models.drift``). A feature whose
 PSI rises above ``psi_alert`` raises an alert (once, until it falls below half of that again).
 
+When a base model goes live whose manifest carries the distribution of its own training span
+(``reference_counts``, written by the TFX retrain), the monitor compares against that instead
+(``use_reference``): drift is then measured against what the served model learned from, and an
+alert raised against an older reference clears once the new one explains the traffic.
+
 Features are compared as served: a one-hot column by its slot (hashed bucket, time or numeric
 bucket), a numeric column by its scaled value in fixed bins. The reference keeps its ``top``
 most frequent bins per column with at least ``min_bin_count`` impressions (the rest: "other").
@@ -28,7 +33,7 @@ depends only on the impressions, in scoring order.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +42,7 @@ from models.drift import jsd, psi
 VALUE_EDGES = np.array([-3.0, -2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0])
 OTHER = -(2**62)
 _LOW, _STRIDE = -(2**31), 2**32  # bin keys (slots, value bins) lie in [_LOW, _LOW + _STRIDE)
+REFERENCE_KEEP = 200  # bins per feature a model's reference keeps (the monitor uses its ``top``)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,25 @@ def bin_keys(indices: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.where(v == 1.0, np.asarray(indices, np.int64), -1 - np.searchsorted(VALUE_EDGES, v, side="right"))
 
 
+def reference_counts(indices: np.ndarray, values: np.ndarray, names: list[str], keep: int = REFERENCE_KEEP) -> dict:
+    """The served-feature distribution of some impressions (a base model's training span), as
+    its manifest keeps it for ``FeatureDrift.use_reference``: per feature the ``keep`` most
+    frequent bin keys and their counts (the rest is "other"), and the number of impressions.
+    Small (a few KB) and JSON: it travels in the model's manifest.
+
+    >>> r = reference_counts(np.array([[3], [3], [5]]), np.ones((3, 1)), ["site"])
+    >>> r["n"], r["features"]["site"]
+    (3, {'keys': [3, 5], 'counts': [2, 1]})
+    """
+    keys = bin_keys(indices, values).reshape(len(indices), len(names))
+    features = {}
+    for j, name in enumerate(names):
+        u, c = np.unique(keys[:, j], return_counts=True)
+        order = np.lexsort((u, -c))[:keep]  # by count, then key: the order ``_freeze`` ranks in
+        features[name] = {"keys": u[order].tolist(), "counts": c[order].tolist()}
+    return {"n": int(keys.shape[0]), "features": features}
+
+
 @dataclass
 class FeatureDrift:
     cfg: DriftConfig
@@ -86,6 +111,7 @@ class FeatureDrift:
     alerting: set = field(default_factory=set)
     last: dict = field(default_factory=dict)  # feature -> {"psi", "jsd"} of the last comparison
     seen: int = 0
+    reference: str = "artifact"  # what the window is compared with: "artifact" or "base <version>"
 
     cols: list[int] = field(default_factory=list)  # the monitored sparse columns
 
@@ -96,21 +122,54 @@ class FeatureDrift:
         if not self.ref_counts:
             self.ref_counts = [Counter() for _ in self.names]
 
-    def _freeze(self) -> None:
+    def _freeze(self, counts: list[Counter], n: int) -> None:
+        """Reference bins and histograms from per-feature counts over ``n`` impressions (a
+        counter may hold only the most frequent keys: the rest of ``n`` is "other")."""
         self.bins, self.ref_hist = [], []
-        for c in self.ref_counts:
+        for c in counts:
             keys = np.array([k for k in sorted(c, key=lambda k: (-c[k], k))[: self.cfg.top]
                              if c[k] >= self.cfg.min_bin_count], np.int64)
             self.bins.append(keys)
-            self.ref_hist.append(self._hist(keys, c))
+            self.ref_hist.append(self._hist(keys, c, n))
         self.ref_counts = []
-        self.ring = np.zeros((self.cfg.window, len(self.names)), np.int64)
+        if self.ring is None:
+            self.ring = np.zeros((self.cfg.window, len(self.names)), np.int64)
+        self.__dict__.pop("_lookup", None)  # the bins changed: so do the ring's bin ids
+        self.__dict__.pop("_ring_ids", None)
 
     @staticmethod
-    def _hist(keys: np.ndarray, counts: Counter) -> np.ndarray:
+    def _hist(keys: np.ndarray, counts: Counter, n: int) -> np.ndarray:
         top = np.array([counts.get(int(k), 0) for k in keys], np.float64)
-        h = np.append(top, sum(counts.values()) - top.sum())
+        h = np.append(top, n - top.sum())
         return h / h.sum() if h.sum() else h
+
+    def use_reference(self, ref: dict, version: str) -> bool:
+        """Compare from now on with ``ref`` (``reference_counts`` of base model ``version``'s
+        training span), not with the current reference: drift against the data the served
+        model learned from. The window of served impressions stays (the next comparison judges
+        it against the new reference), and so do alerts: one clears when its feature's PSI
+        falls below half the threshold against the new reference. Also starts a monitor the
+        artifact's span left silent (too little of it). Returns False, changing nothing, for a
+        reference of fewer than ``min_reference`` impressions or without a monitored feature.
+
+        >>> m = FeatureDrift(DriftConfig(window=4, step=4, min_reference=2, min_bin_count=1), ["site"], (0, 9))
+        >>> m.observe(np.arange(10), np.ones((10, 1)), np.ones((10, 1)))  # the artifact's span
+        []
+        >>> [a["alert"] for a in m.observe(np.arange(10, 14), np.full((4, 1), 2), np.ones((4, 1)))]
+        ['feature_drift']
+        >>> m.use_reference(reference_counts(np.full((8, 1), 2), np.ones((8, 1)), ["site"]), "v2")
+        True
+        >>> [(a["alert"], a["reference"]) for a in m.observe(np.arange(14, 18), np.full((4, 1), 2), np.ones((4, 1)))]
+        [('feature_drift_cleared', 'base v2')]
+        """
+        feats, n = ref.get("features") or {}, int(ref.get("n") or 0)
+        if n < self.cfg.min_reference or any(name not in feats for name in self.names):
+            return False
+        self._freeze([Counter(dict(zip(feats[x]["keys"], feats[x]["counts"]))) for x in self.names], n)
+        if not self.cfg.enabled:  # silenced for want of an artifact reference; the caller
+            self.cfg = replace(self.cfg, enabled=True)  # only passes one if monitoring is on
+        self.ref_n, self.reference, self.seen = n, f"base {version}", 0
+        return True
 
     def __getstate__(self) -> dict:
         # the lookup and the ring's bin ids are derived: not in checkpoints (rebuilt on first use)
@@ -159,7 +218,7 @@ class FeatureDrift:
             if self.ref_n < self.cfg.min_reference:  # too little reference: stay silent
                 self.cfg = DriftConfig(**{**asdict(self.cfg), "enabled": False})
                 return []
-            self._freeze()
+            self._freeze(self.ref_counts, self.ref_n)
             keys = keys[et > hi]
             et = et[et > hi]
         # row by row, a comparison after each row that finds the window full and ``step`` rows
@@ -197,13 +256,16 @@ class FeatureDrift:
                 self.alerting.add(name)
                 out.append({"alert": "feature_drift", "at": t, "feature": name, "psi": p, "jsd": d,
                             "threshold": self.cfg.psi_alert, "window": self.cfg.window,
-                            "impressions_since_reference": self.seen, "reference_n": self.ref_n})
+                            "impressions_since_reference": self.seen, "reference_n": self.ref_n,
+                            "reference": self.reference})
             elif p < self.cfg.psi_alert / 2 and name in self.alerting:
                 self.alerting.discard(name)
                 out.append({"alert": "feature_drift_cleared", "at": t, "feature": name, "psi": p, "jsd": d,
                             "threshold": self.cfg.psi_alert, "window": self.cfg.window,
-                            "impressions_since_reference": self.seen, "reference_n": self.ref_n})
+                            "impressions_since_reference": self.seen, "reference_n": self.ref_n,
+                            "reference": self.reference})
         return out
 
     def metrics(self) -> dict:
-        return {"features": self.last, "alerting": sorted(self.alerting), "reference_n": self.ref_n}
+        return {"features": self.last, "alerting": sorted(self.alerting), "reference_n": self.ref_n,
+                "reference": self.reference}

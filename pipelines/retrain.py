@@ -146,6 +146,26 @@ def stage_span(run_dir: Path, cutoff: int, cfg: RetrainConfig, window_ms: int, s
     return span
 
 
+def span_reference(span: Span, names: list[str]) -> dict:
+    """The served features' distribution over the span's train split (one row per impression),
+    for the pushed model's manifest: the stream's feature-drift monitor compares with it once
+    the model is live (``models.feature_drift.use_reference``)."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from models.feature_drift import reference_counts
+
+    t = pq.read_table(span.dir / "train" / "data.parquet", columns=["feature_indices", "feature_values"])
+    rows, width = t.num_rows, len(names)
+    idx = pc.list_flatten(t["feature_indices"]).to_numpy()
+    vals = pc.list_flatten(t["feature_values"]).to_numpy()
+    if len(idx) != rows * width or len(vals) != rows * width:
+        raise ValueError(f"span {span.cutoff}: examples do not have {width} features each")
+    ref = reference_counts(idx.reshape(rows, width), vals.reshape(rows, width).astype(np.float64), names)
+    return {**ref, "train_range": list(span.train)}
+
+
 def _logit(positives: int, n: int) -> float:
     import math
 
@@ -229,7 +249,8 @@ def build_pipeline(run_dir: Path, span: Span, cfg: RetrainConfig, job: dict, cha
                 "cutoff": span.cutoff, "train_range": list(span.train), "eval_range": list(span.eval),
                 "train_end": span.train[1], "counts": span.counts,
                 "parent": (champion or {}).get("version"), "run_dir": str(run_dir),
-                "retrain": cfg.to_dict()}
+                "retrain": cfg.to_dict(),
+                "feature_reference": span_reference(span, [n for n, _ in spec.sparse_features()])}
     push = RegistryPush(model=trainer.outputs["model"], blessing=evaluate.outputs["blessing"],
                         infra_blessing=infra.outputs["blessing"], registry=str(Registry(run_dir / "registry").root),
                         manifest=json.dumps(manifest), report_dir=report_dir)

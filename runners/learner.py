@@ -408,6 +408,9 @@ class Learner(KeyedProcessFunction):
         lines = [x for t in c["ticks"] for x in (self.replay.get(t) or "").split("\n") if x]
         train_end = int(manifest.get("train_end", tick))
         relearned = layer.swap_base(model, version, replay_columns(lines, train_end), at=tick)
+        # feature drift from now on against the new model's own training span, if it has one
+        ref = manifest.get("feature_reference")
+        reference = bool(ref and self.fd_cfg.enabled and self._feature_drift().use_reference(ref, version))
         live = time.time()
         pushed = pushed_unix(self.registry, version)
         self.m_swaps.inc()
@@ -415,6 +418,7 @@ class Learner(KeyedProcessFunction):
                           "buffered": len(lines), "buffer_complete": c["pruned_until"] is None
                           or c["pruned_until"] <= train_end, "delta_version": layer.ftrl.updates,
                           "pushed_unix": pushed, "live_unix": live, "swap_seconds": round(live - t0, 3),
+                          "feature_reference": (ref or {}).get("n") if reference else None,
                           "latency_s": None if pushed is None else round(live - pushed, 3)})
 
     def _await(self, cutoff: int) -> dict:

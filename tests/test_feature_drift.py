@@ -81,3 +81,70 @@ def test_a_drift_alert_starts_an_early_retrain(run):
     outcomes = {r["cutoff"]: r for r in summary["retrains"]}
     assert outcomes[started[0]["cutoff"]]["status"] == "skipped"  # it ran, on too small a span
     assert set(summary["base_versions"]) == {"prior"}
+
+
+def _served(rng, n, sites):
+    """n impressions of two features: a site slot drawn from ``sites`` (Zipf-like weights) and a
+    scaled numeric value."""
+    w = 1.0 / np.arange(1, len(sites) + 1)
+    idx = np.stack([rng.choice(sites, n, p=w / w.sum()), np.zeros(n, np.int64)], axis=1)
+    vals = np.stack([np.ones(n), rng.normal(size=n)], axis=1)
+    return idx, vals
+
+
+def test_a_models_reference_gives_what_the_same_impressions_give_as_the_span():
+    """A reference built offline (``reference_counts``, top 200 bins kept) from the impressions
+    of the artifact's span gives the same comparisons as the monitor collecting them itself."""
+    from models.feature_drift import reference_counts
+
+    rng = np.random.default_rng(1)
+    cfg = DriftConfig(window=400, step=100, min_reference=500, top=50, exclude=())
+    ref_idx, ref_vals = _served(rng, 2_000, np.arange(500))  # more distinct sites than kept
+    idx, vals = _served(rng, 3_000, np.arange(250, 750))  # half of the sites new
+    span = FeatureDrift(cfg, ["site", "x"], (0, 1_999))
+    span.observe(np.arange(2_000), ref_idx, ref_vals)
+    model = FeatureDrift(cfg, ["site", "x"], (-2, -1))
+    assert model.use_reference(reference_counts(ref_idx, ref_vals, ["site", "x"]), "v1")
+    t = np.arange(2_000, 5_000)
+    a, b = span.observe(t, idx, vals), model.observe(t, idx, vals)
+    assert [x["feature"] for x in a] == ["site"]  # the new sites: an alert
+    strip = ("reference", "impressions_since_reference")
+    assert [{k: v for k, v in x.items() if k not in strip} for x in a] == \
+        [{k: v for k, v in x.items() if k not in strip} for x in b]
+    assert span.last == model.last and b[0]["reference"] == "base v1" and a[0]["reference"] == "artifact"
+
+
+def test_a_new_models_reference_clears_the_alert_its_data_explains():
+    rng = np.random.default_rng(2)
+    cfg = DriftConfig(window=400, step=100, min_reference=500, exclude=())
+    m = FeatureDrift(cfg, ["site", "x"], (0, 999))
+    old, new = _served(rng, 1_000, np.arange(10)), _served(rng, 4_000, np.arange(10, 20))
+    m.observe(np.arange(1_000), *old)
+    alerts = m.observe(np.arange(1_000, 2_000), new[0][:1_000], new[1][:1_000])
+    assert [a["alert"] for a in alerts] == ["feature_drift"] and m.alerting == {"site"}
+    from models.feature_drift import reference_counts
+
+    # too small a reference, or one without a monitored feature: refused, nothing changes
+    assert not m.use_reference(reference_counts(new[0][:499], new[1][:499], ["site", "x"]), "v0")
+    assert not m.use_reference(reference_counts(new[0][:, :1], new[1][:, :1], ["site"]), "v0")
+    assert m.reference == "artifact"
+    # the model retrained on the new traffic: its reference explains it, the alert clears
+    assert m.use_reference(reference_counts(new[0][1_000:3_000], new[1][1_000:3_000], ["site", "x"]), "v2")
+    cleared = m.observe(np.arange(2_000, 2_100), new[0][3_000:3_100], new[1][3_000:3_100])
+    assert [(a["alert"], a["feature"], a["reference"]) for a in cleared] == [("feature_drift_cleared", "site", "base v2")]
+    assert m.alerting == set() and m.metrics()["reference"] == "base v2" and m.metrics()["reference_n"] == 2_000
+    # and the old traffic, back, is drift against the new reference
+    back = m.observe(np.arange(2_100, 2_500), *(_served(rng, 400, np.arange(10))))
+    assert [a["feature"] for a in back if a["alert"] == "feature_drift"] == ["site"]
+
+
+def test_a_models_reference_starts_a_monitor_the_artifact_span_left_silent():
+    from models.feature_drift import reference_counts
+
+    rng = np.random.default_rng(3)
+    m = FeatureDrift(DriftConfig(window=200, step=100, min_reference=500, exclude=()), ["site", "x"], (0, 99))
+    idx, vals = _served(rng, 1_000, np.arange(20))
+    assert m.observe(np.arange(1_000), idx, vals) == [] and not m.cfg.enabled  # 100 < 500: silent
+    assert m.use_reference(reference_counts(idx, vals, ["site", "x"]), "v1")
+    moved = m.observe(np.arange(1_000, 1_400), idx[:400] + np.array([100, 0]), vals[:400])
+    assert [a["feature"] for a in moved] == ["site"] and m.last["x"]["psi"] < 0.25

@@ -27,6 +27,7 @@ SCHEDULE = Schedule(every_ms=HOUR, swap_delay_ms=900_000)
 # its model live at the first tick from 01:15, with 15 minutes of impressions still to serve
 EVENTS = 5_400
 RETRAIN = {"train_hours": 24.0, "eval_hours": 0.25, "epochs": 2, "min_examples": 200}
+DRIFT = {"window": 300, "step": 100, "min_reference": 300}  # comparisons in the 15 min after the swap
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def run(tmp_path_factory):
     generate_event_dir(root / "ev", GeneratorConfig(events=EVENTS, seed=21))
     summary = run_stream(root / "ev", root / "run", "generator", JOIN, OnlineConfig(), retrain=RETRAIN,
                          retrain_every_ms=SCHEDULE.every_ms, swap_delay_ms=SCHEDULE.swap_delay_ms,
-                         replay_buffer_ms=3 * HOUR)
+                         replay_buffer_ms=3 * HOUR, feature_drift=DRIFT)
     return root / "run", summary
 
 
@@ -154,6 +155,35 @@ def test_hot_swap_takes_effect_at_the_recorded_event_time(run):
     idx = np.array([feats[p["event_id"]]["indices"] for p in sample])
     val = np.array([feats[p["event_id"]]["values"] for p in sample], np.float32)
     np.testing.assert_allclose([p["base_logit"] for p in sample], model.logits(idx, val), rtol=1e-9, atol=1e-9)
+
+
+def test_the_pushed_model_carries_its_training_features_and_the_job_compares_with_them(run):
+    """The manifest's feature reference is the served features of the train span's impressions
+    (recomputed here from the job's examples), and from the swap on the job's feature-drift
+    monitor compares with it instead of the artifact's span."""
+    from models.feature_drift import reference_counts
+    from transforms.artifact import TransformArtifact
+
+    run_dir, summary = run
+    (o,) = summary["retrains"]
+    manifest = Registry(run_dir / "registry").verify("base", o["version"]).manifest
+    ref = manifest["feature_reference"]
+    lo, hi = ref["train_range"]
+    assert [lo, hi] == manifest["train_range"] and hi == manifest["train_end"]
+    feats = {e["event_id"]: json.loads(e["features"]) for e in read_output(run_dir, "examples")
+             if lo <= e["event_time"] < hi and e["resolution_time"] < o["cutoff"]}
+    names = [n for n, _ in TransformArtifact.load(run_dir / "transform").spec.sparse_features()]
+    want = reference_counts(np.array([f["indices"] for f in feats.values()]),
+                            np.array([f["values"] for f in feats.values()], np.float64), names)
+    assert ref["n"] == want["n"] == o["counts"]["train"]["examples"] and ref["features"] == want["features"]
+    (swap,) = [s for s in summary["swaps"] if s["outcome"] == "live"]
+    assert swap["feature_reference"] == ref["n"]
+    lines = sorted((m for m in read_output(run_dir, "metrics") if m["tick"] is not None), key=lambda m: m["tick"])
+    before = [m["feature_drift"]["reference"] for m in lines if m["tick"] < swap["live_at"]]
+    after = [m["feature_drift"] for m in lines if m["tick"] >= swap["live_at"]]
+    assert set(before) == {"artifact"} and after
+    assert all(m["reference"] == f"base {o['version']}" and m["reference_n"] == ref["n"] for m in after)
+    assert after[-1]["features"] and "site" in after[-1]["features"]  # compared after the swap
 
 
 def test_the_replay_serves_what_the_job_served_across_a_swap(run):
