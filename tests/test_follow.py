@@ -86,12 +86,18 @@ def _stop_with_savepoint(port: int, folder) -> str:
     trigger = _rest(port, f"/jobs/{job}/stop", {"drain": False, "targetDirectory": folder.as_uri()})["request-id"]
     deadline = time.time() + 120
     while time.time() < deadline:
-        s = _rest(port, f"/jobs/{job}/savepoints/{trigger}")
+        try:
+            s = _rest(port, f"/jobs/{job}/savepoints/{trigger}")
+        except OSError:  # the job stopped and the mini-cluster exited before we polled again:
+            break  # the savepoint was complete before the job stopped
         if s["status"]["id"] == "COMPLETED":
             assert "location" in s["operation"], s
             return s["operation"]["location"]
         time.sleep(1)
-    raise TimeoutError("savepoint")
+    done = sorted(folder.glob("savepoint-*/_metadata"))
+    if len(done) == 1:
+        return str(done[0].parent)
+    raise TimeoutError(f"savepoint: {done}")
 
 
 def _wait_for(proc, log, cond, what: str, timeout: float = 240) -> None:
