@@ -528,12 +528,19 @@ def models_list(registry: Path = REGISTRY_OPT, kind: str = KIND_OPT):
 
 
 @models_app.command("show")
-def models_show(version: str = typer.Argument(...), registry: Path = REGISTRY_OPT, kind: str = KIND_OPT):
-    """Verify a version (checksums) and print its manifest."""
+def models_show(version: str = typer.Argument(...), registry: Path = REGISTRY_OPT, kind: str = KIND_OPT,
+                full: bool = typer.Option(False, "--full", help="the feature reference's every bin, too")):
+    """Verify a version (checksums) and print its manifest (a base model's feature reference
+    as its size and bins per feature, unless --full)."""
     from models.registry import Registry
 
     ref = _registry_call(lambda: Registry(registry).verify(kind, version))
-    console.print_json(json.dumps(ref.manifest))
+    manifest = dict(ref.manifest)
+    fr = manifest.get("feature_reference")
+    if fr and not full:
+        manifest["feature_reference"] = {**{k: v for k, v in fr.items() if k != "features"},
+                                         "bins": {n: len(f["keys"]) for n, f in fr.get("features", {}).items()}}
+    console.print_json(json.dumps(manifest))
 
 
 @models_app.command("promote")

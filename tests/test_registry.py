@@ -81,6 +81,13 @@ def test_models_cli(reg):
     assert r.exit_code == 0 and "000000000003" in r.output
     r = runner.invoke(app, ["models", "show", "000000000002", "--kind", "base", "--registry", root])
     assert r.exit_code == 0 and json.loads(r.output)["version"] == "000000000002"
+    # a base model's feature reference: summarized, or every bin with --full
+    ref = {"n": 3, "train_range": [0, 9], "features": {"site": {"keys": [3, 5], "counts": [2, 1]}}}
+    reg.publish("base", {"model.bin": b"m"}, {"feature_reference": ref}, version="000000000009")
+    r = runner.invoke(app, ["models", "show", "000000000009", "--kind", "base", "--registry", root])
+    assert json.loads(r.output)["feature_reference"] == {"n": 3, "train_range": [0, 9], "bins": {"site": 2}}
+    r = runner.invoke(app, ["models", "show", "000000000009", "--kind", "base", "--registry", root, "--full"])
+    assert json.loads(r.output)["feature_reference"] == ref
     r = runner.invoke(app, ["models", "rollback", "000000000001", "--kind", "base", "--registry", root])
     assert r.exit_code == 0 and reg.current("base") == "000000000001"
     (reg.root / "base" / "000000000003" / "model.bin").write_bytes(b"x")
