@@ -116,7 +116,7 @@ def record(run_dir: Path, entry: dict) -> None:
 
 
 def read_swaps(run_dir: Path) -> list[dict]:
-    """The swap log, one entry per (version, live_at, outcome), in order."""
+    """The swap log, one entry per (version, live_at, outcome, cutoff, alert_at), in order."""
     p = Path(run_dir) / SWAPS
     if not p.exists():
         return []
@@ -124,7 +124,7 @@ def read_swaps(run_dir: Path) -> list[dict]:
     for line in p.read_text().splitlines():
         if line.strip():
             e = json.loads(line)
-            key = (e.get("version"), e.get("live_at"), e.get("outcome"), e.get("cutoff"))
+            key = (e.get("version"), e.get("live_at"), e.get("outcome"), e.get("cutoff"), e.get("alert_at"))
             if key not in seen:
                 seen.add(key)
                 out.append(e)

@@ -73,8 +73,14 @@ def _print_run(summary: dict) -> None:
             "not blessed" if r.get("blessed") is False else f"{r['status']}")
         t.add_row(f"retrain, cutoff {r['cutoff']}", f"{what} ({r['seconds']} s)")
     for w in summary.get("swaps") or []:
-        if w["outcome"] == "drift_alert":
-            t.add_row(f"drift alert at {w['cutoff']}", f"window NE {w['window_ne']:.4f}: retrain started")
+        if w["outcome"] in ("drift_alert", "feature_drift_alert"):
+            what = (f"window NE {w['window_ne']:.4f}" if w["outcome"] == "drift_alert"
+                    else "features " + ", ".join(w.get("alerting") or []))
+            when = ("retrain started" if w.get("cutoff") is not None else f"retrain due at {w['retrain_due']}"
+                    if w.get("retrain_due") else f"no retrain ({w.get('retrain')})")
+            t.add_row(f"{w['outcome'].replace('_', ' ')} at {w.get('alert_at', w.get('cutoff'))}", f"{what}: {when}")
+        elif w["outcome"] == "retrain_started":
+            t.add_row(f"retrain started at {w['cutoff']}", f"after the {w['why'].replace('_', ' ')} alert at {w['alert_at']}")
         elif w["outcome"] == "live":
             t.add_row(f"swap to base {w['version']}", f"live at {w['live_at']}, re-learned {w['relearned']:,}")
         else:
@@ -113,6 +119,12 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         retrain_on_drift: float = typer.Option(0.0, help="Also retrain when the online window's normalized "
                                                          "entropy rises this many times above its best (e.g. "
                                                          "1.2; 0: off)."),
+        retrain_on_feature_drift: bool = typer.Option(False, help="Also retrain when a feature-drift alert "
+                                                                  "fires (PSI above the monitor's threshold)."),
+        triggered_retrain_delay: str = typer.Option("0", help="A retrain a drift alert starts waits this much "
+                                                              "event time (e.g. 2h): its train split ends W + E "
+                                                              "before its cutoff, so only then does it hold "
+                                                              "traffic from after the alert."),
         train_hours: float = typer.Option(24.0, help="Retrains: K, hours of event time to train on."),
         eval_hours: float = typer.Option(2.0, help="Retrains: E, the most recent hours, evaluated on."),
         data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
@@ -140,12 +152,15 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         raise typer.BadParameter("--speedup must be >= 0")
     job: dict = {"follow": follow, "replay_speedup": speedup}
     retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours}
-    if retrain_every or retrain_on_drift:
+    if retrain_every or retrain_on_drift or retrain_on_feature_drift:
         every = _duration_ms(retrain_every) if retrain_every else 0
         delay = _duration_ms(swap_delay)
         # the rebase re-learns from the new model's train_end = boundary - W - E, up to its live time
         job.update(retrain_every_ms=every, swap_delay_ms=delay, drift_retrain_ratio=retrain_on_drift,
-                   replay_buffer_ms=max(every, window_ms + int(eval_hours * 3_600_000) + delay + 3_600_000))
+                   replay_buffer_ms=max(every, window_ms + int(eval_hours * 3_600_000) + delay + 3_600_000),
+                   triggered_retrain_delay_ms=_duration_ms(triggered_retrain_delay))
+        if retrain_on_feature_drift:
+            job["feature_drift"] = {"retrain": True}
     summary = run_stream(event_dir, out, spec or source, join, online, artifact, retrain=retrain_cfg, **job)
     _print_run(summary)
     if summary["reconciliation"] and not summary["reconciliation"]["reconciles"]:

@@ -92,6 +92,10 @@ class JobConfig:
     drift_retrain_ratio: float = 0.0
     drift_min_examples: int = 2_000
     drift_cooldown_ms: int = 6 * 3_600_000
+    # a retrain a drift alert (either kind) starts waits this much event time after the alert,
+    # so that its span can hold the traffic the alert is about: its train split ends W + E
+    # before its cutoff, so from W + E + K on it is all post-alert (0: at the alert's tick)
+    triggered_retrain_delay_ms: int = 0
     # feature-drift monitor (models.feature_drift.DriftConfig fields; {} = the defaults)
     feature_drift: dict = field(default_factory=dict)
     # security: when set, event_dir, out and artifact must lie under one of these folders
@@ -106,8 +110,9 @@ class JobConfig:
             raise ValueError("dedup_retention_ms must be > 0")
         if self.replay_speedup < 0:
             raise ValueError("replay_speedup must be >= 0 (0: as fast as possible)")
-        if self.retrain_every_ms < 0 or self.swap_delay_ms < 0 or self.replay_buffer_ms < 0:
-            raise ValueError("retrain_every_ms, swap_delay_ms and replay_buffer_ms must be >= 0")
+        if min(self.retrain_every_ms, self.swap_delay_ms, self.replay_buffer_ms, self.triggered_retrain_delay_ms) < 0:
+            raise ValueError("retrain_every_ms, swap_delay_ms, replay_buffer_ms and triggered_retrain_delay_ms "
+                             "must be >= 0")
         if self.retrain_every_ms and self.retrain_every_ms % self.learn_tick_ms:
             raise ValueError(f"retrain_every_ms must be a multiple of learn_tick_ms ({self.learn_tick_ms})")
         if self.drift_retrain_ratio and self.drift_retrain_ratio <= 1.0:

@@ -142,6 +142,7 @@ class Learner(KeyedProcessFunction):
         self.fd = None
         self.fd_trigger = None  # a tick whose feature-drift alert starts a retrain
         self.self_retraining = bool(self.schedule.every_ms or self.drift.ratio or self.fd_cfg.retrain)
+        self.trigger_delay = int(job.get("triggered_retrain_delay_ms") or 0)
         self.buffer_ms = int(job.get("replay_buffer_ms") or 0)
         self.retrain_timeout = float(job.get("retrain_timeout_s") or 1800)
         self.python = job.get("python_executable") or "python"
@@ -459,19 +460,46 @@ class Learner(KeyedProcessFunction):
             ne = w.normalized_entropy()
             best = c.setdefault("drift", {}).get("best")
             if self.drift.check(c["drift"], ne, w.n, tick) and not any(p["cutoff"] == tick for p in c["pending"]):
-                record(self.out, {"outcome": "drift_alert", "cutoff": tick, "window_ne": ne, "best_ne": best,
-                                  "window_n": w.n, "ratio": self.drift.ratio})
-                self._start_retrain(c, tick, tick, "drift")
+                self._triggered(c, tick, "drift", {"outcome": "drift_alert", "window_ne": ne, "best_ne": best,
+                                                   "window_n": w.n, "ratio": self.drift.ratio})
         if self.fd_trigger is not None and traffic:
             if not any(p["cutoff"] == tick for p in c["pending"]):
-                record(self.out, {"outcome": "feature_drift_alert", "cutoff": tick,
-                                  "alerting": sorted(self.fd.alerting) if self.fd is not None else []})
-                self._start_retrain(c, tick, tick, "feature_drift")
+                self._triggered(c, tick, "feature_drift", {
+                    "outcome": "feature_drift_alert",
+                    "alerting": sorted(self.fd.alerting) if self.fd is not None else []})
             self.fd_trigger = None
+        for w in [w for w in c.get("waiting", []) if w["due"] <= tick] if traffic else []:
+            c["waiting"].remove(w)  # a delayed triggered retrain, due: its cutoff is this tick
+            if not any(p["cutoff"] == tick for p in c["pending"]):
+                record(self.out, {"outcome": "retrain_started", "cutoff": tick, "why": w["why"],
+                                  "alert_at": w["alert_at"]})
+                c.setdefault("triggered", {})[w["why"]] = tick
+                self._start_retrain(c, tick, tick, w["why"])
         while c["ticks"] and c["ticks"][0] < tick - self.buffer_ms:
             old = c["ticks"].pop(0)
             self.replay.remove(old)
             c["pruned_until"] = old
+
+    def _triggered(self, c: dict, tick: int, why: str, entry: dict) -> None:
+        """A drift alert at ``tick``: its retrain starts now, or ``triggered_retrain_delay_ms``
+        later. One per kind of alert at a time: an alert while one waits, or within
+        ``drift_cooldown_ms`` of the last one its kind started, starts none (each new feature
+        of one shift alerts on its own: without this, one shift started a retrain per feature)."""
+        entry = {**entry, "cutoff": None, "alert_at": tick}
+        waiting = c.setdefault("waiting", [])
+        due = next((w["due"] for w in waiting if w["why"] == why), None)
+        last = c.setdefault("triggered", {}).get(why)
+        if due is not None:
+            record(self.out, {**entry, "retrain_due": due})
+        elif last is not None and tick < last + self.drift.cooldown_ms:
+            record(self.out, {**entry, "retrain": "cooldown", "last_retrain": last})
+        elif not self.trigger_delay:
+            record(self.out, {**entry, "cutoff": tick})
+            c["triggered"][why] = tick
+            self._start_retrain(c, tick, tick, why)
+        else:
+            waiting.append({"due": tick + self.trigger_delay, "why": why, "alert_at": tick})
+            record(self.out, {**entry, "retrain_due": tick + self.trigger_delay})
 
     def _start_retrain(self, c: dict, tick: int, cutoff: int, why: str) -> None:
         """Write the examples since the last segment as a segment, start the TFX retrain with

@@ -83,6 +83,16 @@ def test_run_rejects_a_negative_speedup(tmp_path):
         JobConfig(event_dir=str(tmp_path), out=str(tmp_path), artifact=str(tmp_path), replay_speedup=-1.0)
 
 
+def test_run_rejects_a_bad_triggered_retrain_delay(tmp_path):
+    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "100", "--retrain-on-feature-drift",
+                            "--triggered-retrain-delay", "soon"])
+    assert r.exit_code == 2 and "not a duration" in r.output
+    from runners.flink_job import JobConfig
+
+    with pytest.raises(ValueError, match="triggered_retrain_delay_ms"):
+        JobConfig(event_dir=str(tmp_path), out=str(tmp_path), artifact=str(tmp_path), triggered_retrain_delay_ms=-1)
+
+
 def test_load_without_data_is_a_clear_error(tmp_path):
     r = runner.invoke(app, ["load", "talkingdata", "--out", str(tmp_path), "--data-dir", str(tmp_path)])
     assert r.exit_code == 2 and "DRIFTLINE_DATA_DIR" in r.output

@@ -2,6 +2,7 @@
 sudden covariate shift (site popularity reshuffled, device types swapped), the alert fires
 within a bounded number of impressions after the shift, and not before it."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -74,13 +75,62 @@ def test_the_monitor_is_deterministic_and_batch_independent():
 def test_a_drift_alert_starts_an_early_retrain(run):
     run_dir, summary, shift = run
     first = min((a for a in read_output(run_dir, "alerts") if a["alert"] == "feature_drift"), key=lambda a: a["at"])
-    started = [s for s in summary["swaps"] if s["outcome"] == "feature_drift_alert"]
-    assert started and all(s["cutoff"] >= shift for s in started)
-    # at the end of the tick that raised the first alert (learn ticks: 60 s)
-    assert 0 <= started[0]["cutoff"] - first["at"] < 60_000 and started[0]["alerting"]
-    outcomes = {r["cutoff"]: r for r in summary["retrains"]}
-    assert outcomes[started[0]["cutoff"]]["status"] == "skipped"  # it ran, on too small a span
+    alerts = [s for s in summary["swaps"] if s["outcome"] == "feature_drift_alert"]
+    started = [s for s in alerts if s["cutoff"] is not None]
+    # one retrain for the shift, at the end of the tick that raised the first alert (ticks:
+    # 60 s); the other features' alerts of the same shift fall in the cooldown (6 h)
+    assert len(started) == 1 and started[0]["cutoff"] >= shift and started[0]["alerting"]
+    assert 0 <= started[0]["cutoff"] - first["at"] < 60_000
+    assert len(alerts) > 1 and all(a["retrain"] == "cooldown" for a in alerts if a["cutoff"] is None)
+    assert [r["cutoff"] for r in summary["retrains"]] == [started[0]["cutoff"]]
+    assert summary["retrains"][0]["status"] == "skipped"  # it ran, on too small a span
     assert set(summary["base_versions"]) == {"prior"}
+
+
+K, E = 0.5, 0.25  # hours: the retrain's train and eval spans
+DELAY = JOIN.window_ms + int((E + K) * 3_600_000)  # the train split then starts at the alert
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    """The whole loop on a longer stream: alert, a retrain DELAY later (its train split all
+    after the alert), a real TFX retrain, the swap, the monitor against the new model."""
+    root = tmp_path_factory.mktemp("drift_loop")
+    generate_event_dir(root / "ev", replace(GEN, events=9_000))
+    drift = {"window": WINDOW, "step": 100, "min_reference": 300, "retrain": True}
+    summary = run_stream(root / "ev", root / "run", "generator", JOIN, feature_drift=drift,
+                         retrain={"train_hours": K, "eval_hours": E, "min_examples": 200}, swap_delay_ms=300_000,
+                         replay_buffer_ms=7_200_000, triggered_retrain_delay_ms=DELAY)
+    truth = json.loads((root / "ev" / "ground_truth" / "truth.json").read_text())
+    return root / "run", summary, truth["drift_points_ms"][0]
+
+
+def test_a_delayed_retrain_learns_the_shifted_traffic_and_its_reference_clears_the_alerts(loop):
+    from models.registry import Registry
+
+    run_dir, summary, shift = loop
+    assert summary["reconciliation"]["reconciles"]
+    alerts = [s for s in summary["swaps"] if s["outcome"] == "feature_drift_alert"]
+    first = alerts[0]
+    assert first["alert_at"] >= shift and first["retrain_due"] == first["alert_at"] + DELAY
+    assert {a["retrain_due"] for a in alerts} == {first["retrain_due"]}  # one retrain for the shift
+    (started,) = [s for s in summary["swaps"] if s["outcome"] == "retrain_started"]
+    assert started["alert_at"] == first["alert_at"] and 0 <= started["cutoff"] - first["retrain_due"] < 60_000
+    (o,) = summary["retrains"]
+    assert o["cutoff"] == started["cutoff"] and o["pushed"], o
+    manifest = Registry(run_dir / "registry").verify("base", o["version"]).manifest
+    assert manifest["train_range"][0] >= shift  # trained on the shifted traffic only
+    (live,) = [s for s in summary["swaps"] if s["outcome"] == "live"]
+    assert live["version"] == o["version"] and live["feature_reference"] == manifest["feature_reference"]["n"]
+    # every feature that alerted against the artifact's span clears against the new model's
+    out = sorted(read_output(run_dir, "alerts"), key=lambda a: a["at"])
+    raised = {a["feature"] for a in out if a["alert"] == "feature_drift"}
+    cleared = [a for a in out if a["alert"] == "feature_drift_cleared"]
+    assert raised and {a["feature"] for a in cleared} == raised
+    assert all(a["reference"] == f"base {o['version']}" and a["at"] >= live["live_at"] - 60_000 for a in cleared)
+    assert all(a["reference"] == "artifact" for a in out if a["alert"] == "feature_drift")
+    last = max(read_output(run_dir, "metrics"), key=lambda m: m["examples_seen"])
+    assert last["feature_drift"]["alerting"] == []
 
 
 def _served(rng, n, sites):
