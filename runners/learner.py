@@ -21,9 +21,12 @@ Base-model swaps (``models.hotswap``): before a tick is scored, a scheduled retr
 live time has come, or (without a schedule) a newly promoted registry version, is verified
 and swapped in, and the delta is rebased from the **replay buffer**: the tick-keyed MapState of
 the examples learned over the last ``replay_buffer_ms`` of event time (their JSON lines). At a
-scheduled boundary, or at a drift alert, the learner also writes the examples since the
+scheduled boundary, or at a drift alert (or ``triggered_retrain_delay_ms`` after it: one per
+kind of alert at a time, with a cooldown), the learner also writes the examples since the
 previous segment as a Parquet segment and starts the TFX retrain (``pipelines.retrain.launch``);
 it goes on streaming until the swap's live time. Every swap or refusal is logged to ``RUN_DIR/swaps.jsonl``.
+From a swap on, the feature-drift monitor compares with the new model's own training span
+(its manifest's ``feature_reference``), when it has one.
 """
 from __future__ import annotations
 
