@@ -408,6 +408,51 @@ def summary(event_dir: Path = typer.Argument(..., help="An event directory."),
 
 
 @app.command()
+def ab(run_dir: Path = typer.Argument(..., help="A run folder (driftline run --hybrid-share S)."),
+       bootstrap: int = typer.Option(200, help="Unit-bootstrap resamples for the intervals."),
+       seed: int = typer.Option(0, help="Bootstrap seed."),
+       as_json: bool = typer.Option(False, "--json", help="Print the analysis as JSON.")):
+    """A/B analysis of a run's served predictions: per arm (hybrid, base only) and base version
+    log loss, AUC, NE, calibration; hybrid arm - base arm, and in the hybrid arm served - base
+    model alone, with intervals from a bootstrap over units (what the arms randomize). Writes
+    RUN_DIR/ab.json."""
+    from runners.stream import ab_report
+
+    if not (run_dir / "job.json").is_file():
+        console.print(f"[red]error:[/red] {run_dir} is not a run folder (no job.json)")
+        raise typer.Exit(2)
+    r = ab_report(run_dir, n=bootstrap, seed=seed)
+    if as_json:
+        print(json.dumps(r, indent=1, sort_keys=True, default=float))
+        return
+    fmt = lambda x: "n/a" if x is None or x != x else f"{x:.4f}"  # noqa: E731
+    t = Table(title=f"A/B of {run_dir} (hybrid share {r['hybrid_share']}, unit: {r['unit']})")
+    for col in ("arm", "units", "impressions", "positives", "logloss", "AUC", "NE", "calibration", "served hybrid"):
+        t.add_column(col)
+    for arm, m in r["arms"].items():
+        t.add_row(arm, f"{m['units']:,}", f"{m['n']:,}", f"{m['positives']:,}", fmt(m["logloss"]), fmt(m["auc"]),
+                  fmt(m["ne"]), fmt(m["calibration"]), f"{m['served_hybrid']:,}")
+    console.print(t)
+    titles = {"hybrid_minus_base": "hybrid arm - base arm (different units)",
+              "hybrid_arm_served_minus_base_only": "hybrid arm: served - base model alone (same impressions)"}
+    for key, title in titles.items():
+        if not r[key]:
+            continue
+        d = Table(title=f"{title}, 95 % interval over {bootstrap} unit resamples")
+        for col in ("metric", "difference", "interval", "excludes 0"):
+            d.add_column(col)
+        for metric, x in r[key].items():
+            d.add_row(metric, fmt(x["diff"]), f"[{fmt(x['low'])}, {fmt(x['high'])}]", "yes" if x["excludes_zero"] else "no")
+        console.print(d)
+    if not r["hybrid_minus_base"]:
+        console.print("one arm only: no comparison between arms (run with --hybrid-share between 0 and 1)")
+    if r["arms_check"]["mismatched"]:
+        console.print(f"[red]warning:[/red] {r['arms_check']['mismatched']} predictions' arms differ from their "
+                      f"units' ({r['unit']}): the unit field is not what the job used")
+    console.print(f"ab: {run_dir / 'ab.json'}")
+
+
+@app.command()
 def sources():
     """List the built-in data sources and their fields."""
     t = Table(title="sources")

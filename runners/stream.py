@@ -155,6 +155,39 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
     return summary
 
 
+def ab_report(run_dir: str | Path, n: int = 200, seed: int = 0) -> dict:
+    """The A/B analysis of a run's served predictions (``models.ab.analyze``), each with the
+    label of its first example (as ``summarize``) and its unit as the job assigned its arm: the
+    source's first entity field, read from the example's inputs (the event id without one).
+    ``arms_check`` recomputes every arm from its unit (``arm_of``): a unit the analysis got
+    wrong would show there. Written to ``RUN_DIR/ab.json``."""
+    from models.ab import analyze
+    from models.online import arm_of
+
+    run_dir = Path(run_dir)
+    job = json.loads((run_dir / "job.json").read_text())
+    source = json.loads((Path(job["event_dir"]) / "_manifest.json").read_text()).get("source") or {}
+    field = (source.get("entity_fields") or [None])[0]
+    first = {e["event_id"]: e for e in read_output(run_dir, "examples") if e["kind"] != "correction"}
+    rows = [r for r in read_output(run_dir, "predictions") if r["event_id"] in first]
+    rows.sort(key=lambda r: (r["event_time"], r["event_id"]))
+    inputs = [json.loads(first[r["event_id"]]["inputs"] or "null") or {} for r in rows]
+    if field is not None and any(field not in i for i in inputs):  # the unit is not a model input
+        field = None
+    units = [r["event_id"] if field is None else str(i.get(field) or "") for r, i in zip(rows, inputs)]
+    share = float(job["online"].get("hybrid_share", 1.0))
+    expected = ["hybrid" if share >= 1.0 else "base" if share <= 0.0 else arm_of(u, share) for u in units]
+    col = lambda k: np.array([r[k] for r in rows])  # noqa: E731
+    out = {"run_dir": str(run_dir), "hybrid_share": share, "unit": field or "event_id",
+           "arms_check": {"rows": len(rows), "mismatched": sum(e != r["arm"] for e, r in zip(expected, rows))},
+           **analyze(np.array(units), col("arm"), col("served"), col("base_version"),
+                     np.array([first[r["event_id"]]["label"] for r in rows], np.float64), col("p"),
+                     1.0 / (1.0 + np.exp(-col("base_logit").astype(np.float64))), n=n, seed=seed),
+           "bootstrap": {"resamples": n, "seed": seed, "by": "unit"}}
+    (run_dir / "ab.json").write_text(json.dumps(out, indent=1, sort_keys=True, default=float) + "\n")
+    return out
+
+
 def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: JoinConfig | None = None,
                 online: OnlineConfig | None = None, artifact: str | Path | None = None,
                 retrain: dict | None = None, **job) -> JobConfig:

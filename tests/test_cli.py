@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from runners.cli import app
 
 runner = CliRunner()
-SUBCOMMANDS = ["run", "generate", "load", "ingest", "summary", "sources"]
+SUBCOMMANDS = ["run", "generate", "load", "ingest", "summary", "sources", "ab"]
 
 
 def test_help_lists_subcommands():

@@ -281,6 +281,48 @@ def test_predictions_carry_versions_and_ab_arms(run, events):
     assert any(p["served"] == "hybrid" for p in preds)
 
 
+def test_the_ab_analysis_recovers_the_arms_units_and_metrics(run, events):
+    """``driftline ab``: every prediction's unit (read back from its example's inputs) hashes to
+    the arm it was served in; each arm's figures are the metrics of its own predictions; the
+    difference has a unit-bootstrap interval around it; the CLI prints and writes it."""
+    from typer.testing import CliRunner
+
+    from models.metrics import logloss
+    from runners.cli import app
+    from runners.stream import ab_report
+
+    r = ab_report(events / "run", n=100)
+    assert r["unit"] == "user_id" and r["hybrid_share"] == ONLINE.hybrid_share
+    assert r["arms_check"] == {"rows": run["progressive"]["n"], "mismatched": 0}
+    preds = read_output(events / "run", "predictions")
+    first = {e["event_id"]: e for e in read_output(events / "run", "examples") if e["kind"] != "correction"}
+    for arm in ("hybrid", "base"):
+        mine = [p for p in preds if p["arm"] == arm and p["event_id"] in first]
+        users = {json.loads(first[p["event_id"]]["inputs"])["user_id"] for p in mine}
+        a = r["arms"][arm]
+        assert a["n"] == len(mine) and a["units"] == len(users) and a["positives"] == sum(
+            first[p["event_id"]]["label"] for p in mine)
+        assert a["logloss"] == pytest.approx(logloss([first[p["event_id"]]["label"] for p in mine],
+                                                     [p["p"] for p in mine]), rel=1e-12)
+        assert a["served_hybrid"] == sum(p["served"] == "hybrid" for p in mine)
+    assert r["arms"]["base"]["served_hybrid"] == 0 and r["arms"]["hybrid"]["served_hybrid"] > 0
+    d = r["hybrid_minus_base"]["logloss"]
+    assert d["diff"] == pytest.approx(r["arms"]["hybrid"]["logloss"] - r["arms"]["base"]["logloss"])
+    assert d["low"] < d["diff"] < d["high"] and d["units"] == [r["arms"]["hybrid"]["units"], r["arms"]["base"]["units"]]
+    assert set(r["by_base_version"]) == {"prior"}
+    # in the hybrid arm: served against the base model alone, on the same impressions
+    mine = [p for p in preds if p["arm"] == "hybrid" and p["event_id"] in first]
+    y = [first[p["event_id"]]["label"] for p in mine]
+    paired = r["hybrid_arm_served_minus_base_only"]["logloss"]
+    assert paired["diff"] == pytest.approx(logloss(y, [p["p"] for p in mine]) - logloss(
+        y, [1 / (1 + math.exp(-p["base_logit"])) for p in mine]), rel=1e-9)
+    assert paired["low"] <= paired["diff"] <= paired["high"] and paired["units"] == r["arms"]["hybrid"]["units"]
+    out = CliRunner().invoke(app, ["ab", str(events / "run"), "--bootstrap", "100", "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["hybrid_minus_base"] == r["hybrid_minus_base"]
+    assert json.loads((events / "run" / "ab.json").read_text())["arms"] == json.loads(out.output)["arms"]
+    assert CliRunner().invoke(app, ["ab", str(events)]).exit_code == 2  # not a run folder
+
+
 def _reference_weights(examples, online: OnlineConfig, window_ms: int) -> ReferenceFTRL:
     """Algorithm 1 in plain Python; the prior base counts an example once its window closed.
     The hold after the start (models.online): in the first window, a positive whose window is
