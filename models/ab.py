@@ -39,6 +39,13 @@ def _members(units: np.ndarray) -> list[np.ndarray]:
     return np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1) if len(order) else []
 
 
+def _interval(metric: str, point: float, diffs: list[float], level: float, **extra) -> dict:
+    """A difference and its percentile interval from bootstrap resamples' differences."""
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2]) if diffs else (np.nan, np.nan)
+    return {"metric": metric, "diff": float(point), "low": float(lo), "high": float(hi), "level": level,
+            "resamples": len(diffs), **extra, "excludes_zero": bool(diffs) and bool(lo > 0 or hi < 0)}
+
+
 def arm_difference(units: np.ndarray, y: np.ndarray, p: np.ndarray, in_a: np.ndarray, metric: str,
                    n: int = 200, seed: int = 0, level: float = 0.95) -> dict:
     """metric(arm A) - metric(arm B) (A: rows where ``in_a``), with a percentile interval from a
@@ -55,10 +62,7 @@ def arm_difference(units: np.ndarray, y: np.ndarray, p: np.ndarray, in_a: np.nda
         d = f(y[a], p[a]) - f(y[b], p[b])
         if np.isfinite(d):
             diffs.append(d)
-    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2]) if diffs else (np.nan, np.nan)
-    return {"metric": metric, "diff": float(point), "low": float(lo), "high": float(hi), "level": level,
-            "resamples": len(diffs), "units": [len(g) for g in groups],
-            "excludes_zero": bool(diffs) and bool(lo > 0 or hi < 0)}
+    return _interval(metric, point, diffs, level, units=[len(g) for g in groups])
 
 
 def paired_difference(units: np.ndarray, y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, metric: str,
@@ -75,10 +79,8 @@ def paired_difference(units: np.ndarray, y: np.ndarray, p_a: np.ndarray, p_b: np
         d = f(y[rows], p_a[rows]) - f(y[rows], p_b[rows])
         if np.isfinite(d):
             diffs.append(d)
-    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2]) if diffs else (np.nan, np.nan)
-    return {"metric": metric, "diff": float(f(y, p_a) - f(y, p_b)) if len(y) else float("nan"),
-            "low": float(lo), "high": float(hi), "level": level, "resamples": len(diffs), "units": len(groups),
-            "excludes_zero": bool(diffs) and bool(lo > 0 or hi < 0)}
+    point = f(y, p_a) - f(y, p_b) if len(y) else float("nan")
+    return _interval(metric, point, diffs, level, units=len(groups))
 
 
 def analyze(units: np.ndarray, arm: np.ndarray, served: np.ndarray, base_version: np.ndarray, y: np.ndarray,
