@@ -315,15 +315,20 @@ def evaluate(data: str = typer.Option("generator", help="generator | talkingdata
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A run folder of `driftline evaluate`."),
+def report(run_dir: Path = typer.Argument(..., help="A run folder of `driftline evaluate` or `driftline run`."),
            out: Optional[Path] = typer.Option(None, help="HTML file to write (default RUN_DIR/report.html).")):
-    """Rebuild the evaluation report (one self-contained HTML file) from a run folder."""
-    from pipelines.report import build_report
+    """Build the report (one self-contained HTML file) of a run folder: an evaluation's
+    strategies, or a streaming run's quality, drift, swaps, retrains, alerts and A/B arms."""
+    from pipelines.report import build_report, runs_in
+    from pipelines.run_report import build_run_report
 
     try:
-        console.print(f"report -> {build_report(run_dir, out)}")
+        if not runs_in(run_dir) and (run_dir / "job.json").is_file():
+            console.print(f"report -> {build_run_report(run_dir, out)}")
+        else:
+            console.print(f"report -> {build_report(run_dir, out)}")
     except FileNotFoundError as e:
-        console.print(f"[red]{e}: not a `driftline evaluate` run folder[/red]")
+        console.print(f"[red]{e}: not a `driftline evaluate` or `driftline run` folder[/red]")
         raise typer.Exit(1)
 
 

@@ -198,3 +198,25 @@ def test_a_models_reference_starts_a_monitor_the_artifact_span_left_silent():
     assert m.use_reference(reference_counts(idx, vals, ["site", "x"]), "v1")
     moved = m.observe(np.arange(1_000, 1_400), idx[:400] + np.array([100, 0]), vals[:400])
     assert [a["feature"] for a in moved] == ["site"] and m.last["x"]["psi"] < 0.25
+
+
+def test_the_run_report_shows_the_loop(loop, tmp_path):
+    """``driftline report RUN_DIR`` on a streaming run: one self-contained HTML file with the
+    counts, the figures, the drift reference switching at the swap, the delayed retrain and the
+    cleared alerts."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from runners.cli import app
+
+    run_dir, summary, _ = loop
+    r = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    doc = (tmp_path / "r.html").read_text()
+    assert doc.count('src="data:image/png;base64,') == 4 and not re.search(r"<script|src=\"http|href=", doc)
+    assert f"<td>{summary['counts']['predictions']:,}</td>" in doc and "<td>yes</td>" in doc  # reconciles
+    version = summary["retrains"][0]["version"]
+    refs = re.findall(r"<tr><td>[^<]*</td><td>(artifact|base \d+)</td><td>\d+</td></tr>", doc)
+    assert refs == ["artifact", f"base {version}"]
+    assert "retrain_started" in doc and doc.count("<td>feature_drift_cleared</td>") == 4

@@ -321,6 +321,12 @@ def test_the_ab_analysis_recovers_the_arms_units_and_metrics(run, events):
     assert out.exit_code == 0 and json.loads(out.output)["hybrid_minus_base"] == r["hybrid_minus_base"]
     assert json.loads((events / "run" / "ab.json").read_text())["arms"] == json.loads(out.output)["arms"]
     assert CliRunner().invoke(app, ["ab", str(events)]).exit_code == 2  # not a run folder
+    # the run's report has the A/B section, with both arms
+    from pipelines.run_report import build_run_report
+
+    doc = build_run_report(events / "run", events / "report.html", ab_resamples=50).read_text()
+    assert "A/B: hybrid arm vs base arm" in doc
+    assert f"<td>base</td><td>{r['arms']['base']['units']}</td><td>{r['arms']['base']['n']}</td>" in doc
 
 
 def _reference_weights(examples, online: OnlineConfig, window_ms: int) -> ReferenceFTRL:
