@@ -127,7 +127,8 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
                                                               "traffic from after the alert."),
         train_hours: float = typer.Option(24.0, help="Retrains: K, hours of event time to train on."),
         eval_hours: float = typer.Option(2.0, help="Retrains: E, the most recent hours, evaluated on."),
-        data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
+        data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets."),
+        report: bool = typer.Option(True, help="At the end, write RUN_DIR/report.html (driftline report).")):
     """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
     -> FTRL (-> scheduled TFX retrains -> base-model swaps); writes outputs and
     RUN_DIR/summary.json, prints a summary."""
@@ -163,6 +164,10 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
             job["feature_drift"] = {"retrain": True}
     summary = run_stream(event_dir, out, spec or source, join, online, artifact, retrain=retrain_cfg, **job)
     _print_run(summary)
+    if report:
+        from pipelines.run_report import build_run_report
+
+        console.print(f"report: {build_run_report(out)}")
     if summary["reconciliation"] and not summary["reconciliation"]["reconciles"]:
         raise typer.Exit(1)
 
