@@ -146,8 +146,8 @@ class FeatureDrift:
     def use_reference(self, ref: dict, version: str) -> bool:
         """Compare from now on with ``ref`` (``reference_counts`` of base model ``version``'s
         training span), not with the current reference: drift against the data the served
-        model learned from. The window of served impressions stays (the next comparison judges
-        it against the new reference), and so do alerts: one clears when its feature's PSI
+        model learned from. The window of served impressions stays (judged against the new
+        reference at the next impression, when it is full), and so do alerts: one clears when its feature's PSI
         falls below half the threshold against the new reference. Also starts a monitor the
         artifact's span left silent (too little of it). Returns False, changing nothing, for a
         reference of fewer than ``min_reference`` impressions or without a monitored feature.
@@ -169,6 +169,7 @@ class FeatureDrift:
         if not self.cfg.enabled:  # silenced for want of an artifact reference; the caller
             self.cfg = replace(self.cfg, enabled=True)  # only passes one if monitoring is on
         self.ref_n, self.reference, self.seen = n, f"base {version}", 0
+        self.since = self.cfg.step  # judge the window against it at the next impression
         return True
 
     def __getstate__(self) -> dict:

@@ -109,7 +109,7 @@ def _drift_figure(lines: list[dict], swaps: list[dict]) -> tuple[str, list[list]
                 last = fd.get("reference")
                 changes.append([_when(t), last, fd.get("reference_n")])
         _swap_lines(ax, swaps)
-        ax.legend(fontsize=7, ncol=4)
+        ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.1))
         ax.set_title("feature drift of the served traffic (window vs reference: the artifact's span, then each "
                      "swapped-in base model's training span)")
     return _png(fig), changes
