@@ -172,14 +172,16 @@ def ab_report(run_dir: str | Path, n: int = 200, seed: int = 0) -> dict:
     rows = [r for r in read_output(run_dir, "predictions") if r["event_id"] in first]
     rows.sort(key=lambda r: (r["event_time"], r["event_id"]))
     inputs = [json.loads(first[r["event_id"]]["inputs"] or "null") or {} for r in rows]
-    if field is not None and any(field not in i for i in inputs):  # the unit is not a model input
-        field = None
-    units = [r["event_id"] if field is None else str(i.get(field) or "") for r, i in zip(rows, inputs)]
+    lost = field is not None and any(field not in i for i in inputs)  # the unit is not a model input:
+    units = [r["event_id"] if field is None or lost else str(i.get(field) or "")  # impressions stand in
+             for r, i in zip(rows, inputs)]
     share = float(job["online"].get("hybrid_share", 1.0))
     expected = ["hybrid" if share >= 1.0 else "base" if share <= 0.0 else arm_of(u, share) for u in units]
     col = lambda k: np.array([r[k] for r in rows])  # noqa: E731
-    out = {"run_dir": str(run_dir), "hybrid_share": share, "unit": field or "event_id",
-           "arms_check": {"rows": len(rows), "mismatched": sum(e != r["arm"] for e, r in zip(expected, rows))},
+    out = {"run_dir": str(run_dir), "hybrid_share": share,
+           "unit": f"event_id ({field} is not among the inputs)" if lost else field or "event_id",
+           "arms_check": {"rows": len(rows), "mismatched": None if lost else sum(
+               e != r["arm"] for e, r in zip(expected, rows))},
            **analyze(np.array(units), col("arm"), col("served"), col("base_version"),
                      np.array([first[r["event_id"]]["label"] for r in rows], np.float64), col("p"),
                      1.0 / (1.0 + np.exp(-col("base_logit").astype(np.float64))), n=n, seed=seed),

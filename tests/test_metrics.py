@@ -79,22 +79,3 @@ def test_the_sliding_window_is_kept_sorted_and_exact(seed):
             assert w.auc() == metrics.auc(w.y, w.p)
             assert list(w._sorted()[0]) == sorted(w.p)
     assert w.n == 400
-
-
-def test_the_ab_interval_resamples_units_not_impressions():
-    """Two arms served the same model: the difference's interval covers zero, and because one
-    unit's impressions share its rate, resampling units gives a wider (honest) interval than
-    resampling impressions as if they were independent."""
-    from models.ab import arm_difference
-
-    rng = np.random.default_rng(5)
-    units = np.repeat(np.arange(300), 40)
-    rate = rng.beta(0.5, 5.0, 300)[units]  # rates differ a lot between units
-    y = (rng.random(len(units)) < rate).astype(float)
-    p = np.full(len(units), y.mean())
-    in_a = units % 2 == 0
-    by_unit = arm_difference(units.astype(str), y, p, in_a, "logloss", n=300)
-    by_row = arm_difference(np.arange(len(units)).astype(str), y, p, in_a, "logloss", n=300)
-    assert by_unit["low"] < 0 < by_unit["high"] and by_unit["units"] == [150, 150]
-    assert by_unit["diff"] == by_row["diff"]
-    assert by_unit["high"] - by_unit["low"] > 2 * (by_row["high"] - by_row["low"])
