@@ -473,10 +473,11 @@ class Learner(KeyedProcessFunction):
             self.fd_trigger = None
         for w in [w for w in c.get("waiting", []) if w["due"] <= tick] if traffic else []:
             c["waiting"].remove(w)  # a delayed triggered retrain, due: its cutoff is this tick
-            if not any(p["cutoff"] == tick for p in c["pending"]):
-                record(self.out, {"outcome": "retrain_started", "cutoff": tick, "why": w["why"],
-                                  "alert_at": w["alert_at"]})
-                c.setdefault("triggered", {})[w["why"]] = tick
+            shared = any(p["cutoff"] == tick for p in c["pending"])  # one started here already
+            record(self.out, {"outcome": "retrain_started", "cutoff": tick, "why": w["why"],
+                              "alert_at": w["alert_at"], **({"shared": True} if shared else {})})
+            c.setdefault("triggered", {})[w["why"]] = tick
+            if not shared:
                 self._start_retrain(c, tick, tick, w["why"])
         while c["ticks"] and c["ticks"][0] < tick - self.buffer_ms:
             old = c["ticks"].pop(0)
