@@ -189,6 +189,10 @@ def build_run_report(run_dir: str | Path, out: str | Path | None = None, ab_resa
                          [[a, m["units"], m["n"], m["positives"], _f(m["logloss"], ".5f"), _f(m["auc"], ".4f"),
                            _f(m["ne"], ".4f"), _f(m["calibration"], ".3f"), m["served_hybrid"]]
                           for a, m in ab["arms"].items()]),
+                  _table(["base version", "arm", "impressions", "positives", "log loss", "AUC", "calibration"],
+                         [[v, a, m["n"], m["positives"], _f(m["logloss"], ".5f"), _f(m["auc"], ".4f"),
+                           _f(m["calibration"], ".3f")] for v, arms in ab["by_base_version"].items()
+                          for a, m in arms.items()]),
                   _table(["difference", "metric", "value [95% interval, unit bootstrap]"],
                          [[title, k, f"{d['diff']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}]"]
                           for key, title in (("hybrid_minus_base", "hybrid arm - base arm"),

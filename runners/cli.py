@@ -443,6 +443,14 @@ def ab(run_dir: Path = typer.Argument(..., help="A run folder (driftline run --h
         t.add_row(arm, f"{m['units']:,}", f"{m['n']:,}", f"{m['positives']:,}", fmt(m["logloss"]), fmt(m["auc"]),
                   fmt(m["ne"]), fmt(m["calibration"]), f"{m['served_hybrid']:,}")
     console.print(t)
+    v = Table(title="per base version (the model served)")
+    for col in ("base version", "arm", "impressions", "positives", "logloss", "AUC", "calibration"):
+        v.add_column(col)
+    for version, arms in r["by_base_version"].items():
+        for arm, m in arms.items():
+            v.add_row(version, arm, f"{m['n']:,}", f"{m['positives']:,}", fmt(m["logloss"]), fmt(m["auc"]),
+                      fmt(m["calibration"]))
+    console.print(v)
     titles = {"hybrid_minus_base": "hybrid arm - base arm (different units)",
               "hybrid_arm_served_minus_base_only": "hybrid arm: served - base model alone (same impressions)"}
     for key, title in titles.items():
