@@ -182,7 +182,7 @@ def build_run_report(run_dir: str | Path, out: str | Path | None = None, ab_resa
         alert_table if alerts else "",
     ]
     if len({p["arm"] for p in preds}) > 1:
-        ab = ab_report(run, n=ab_resamples)
+        ab = ab_report(run, n=ab_resamples, predictions=preds, examples=examples)
         parts += ["<h2>A/B: hybrid arm vs base arm</h2>",
                   _table(["arm", "units", "impressions", "positives", "log loss", "AUC", "NE", "calibration",
                           "served hybrid"],

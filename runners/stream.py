@@ -155,12 +155,14 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
     return summary
 
 
-def ab_report(run_dir: str | Path, n: int = 200, seed: int = 0) -> dict:
+def ab_report(run_dir: str | Path, n: int = 200, seed: int = 0, predictions: list[dict] | None = None,
+              examples: list[dict] | None = None) -> dict:
     """The A/B analysis of a run's served predictions (``models.ab.analyze``), each with the
     label of its first example (as ``summarize``) and its unit as the job assigned its arm: the
     source's first entity field, read from the example's inputs (the event id without one).
     ``arms_check`` recomputes every arm from its unit (``arm_of``): a unit the analysis got
-    wrong would show there. Written to ``RUN_DIR/ab.json``."""
+    wrong would show there. Written to ``RUN_DIR/ab.json``. ``predictions`` / ``examples``:
+    the run's outputs when the caller has read them already."""
     from models.ab import analyze
     from models.online import arm_of
 
@@ -168,8 +170,10 @@ def ab_report(run_dir: str | Path, n: int = 200, seed: int = 0) -> dict:
     job = json.loads((run_dir / "job.json").read_text())
     source = json.loads((Path(job["event_dir"]) / "_manifest.json").read_text()).get("source") or {}
     field = (source.get("entity_fields") or [None])[0]
-    first = {e["event_id"]: e for e in read_output(run_dir, "examples") if e["kind"] != "correction"}
-    rows = [r for r in read_output(run_dir, "predictions") if r["event_id"] in first]
+    examples = read_output(run_dir, "examples") if examples is None else examples
+    first = {e["event_id"]: e for e in examples if e["kind"] != "correction"}
+    rows = [r for r in (read_output(run_dir, "predictions") if predictions is None else predictions)
+            if r["event_id"] in first]
     rows.sort(key=lambda r: (r["event_time"], r["event_id"]))
     inputs = [json.loads(first[r["event_id"]]["inputs"] or "null") or {} for r in rows]
     lost = field is not None and any(field not in i for i in inputs)  # the unit is not a model input:
