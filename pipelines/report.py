@@ -280,10 +280,15 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 + _table(["data set", "period", "strategy", "logloss", "AUC", "calibration",
                           "hybrid - this: logloss [95% CI]", "hybrid - this: AUC [95% CI]"], rows)
                 + "".join(_section(r, level=2) for r in runs))
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}")
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>driftline evaluation</title>"
-           f"<style>{style}</style></head><body>{body}</body></html>")
-    path = Path(out) if out else run / "report.html"
-    path.write_text(doc)
+    return write_html(Path(out) if out else run / "report.html", "driftline evaluation", body)
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;}table{border-collapse:collapse;"
+         "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}")
+
+
+def write_html(path: Path, title: str, body: str) -> Path:
+    """One self-contained HTML page (the reports' shared style, no scripts, no links)."""
+    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                    f"<style>{STYLE}</style></head><body>{body}</body></html>")
     return path

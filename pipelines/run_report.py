@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from models import metrics
-from pipelines.report import HOUR, _dates, _delay_figure, _f, _png, _table, _when
+from pipelines.report import HOUR, _dates, _delay_figure, _f, _png, _table, _when, write_html
 
 
 def _swap_lines(ax, swaps: list[dict]) -> None:
@@ -198,10 +198,4 @@ def build_run_report(run_dir: str | Path, out: str | Path | None = None, ab_resa
                           for key, title in (("hybrid_minus_base", "hybrid arm - base arm"),
                                              ("hybrid_arm_served_minus_base_only", "hybrid arm: served - base alone"))
                           for k, d in ab[key].items()])]
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}")
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>driftline run</title>"
-           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
-    path = Path(out) if out else run / "report.html"
-    path.write_text(doc)
-    return path
+    return write_html(Path(out) if out else run / "report.html", "driftline run", "".join(parts))
