@@ -29,8 +29,9 @@ from pipelines.report import HOUR, _dates, _delay_figure, _f, _png, _table, _whe
 def _swap_lines(ax, swaps: list[dict]) -> None:
     """Mark each base model going live on a time axis."""
     for s in (s for s in swaps if s.get("outcome") == "live"):
-        ax.axvline(_dates(np.array([s["live_at"]]))[0], color="grey", ls=":", lw=1)
-        ax.annotate(f"base {s['version']}", (_dates(np.array([s["live_at"]]))[0], 1.0), xycoords=("data", "axes fraction"),
+        at = _dates(np.array([s["live_at"]]))[0]
+        ax.axvline(at, color="grey", ls=":", lw=1)
+        ax.annotate(f"base {s['version']}", (at, 1.0), xycoords=("data", "axes fraction"),
                     fontsize=7, rotation=90, va="top", ha="right", color="grey")
 
 
@@ -50,8 +51,8 @@ def _quality_figure(preds: list[dict], first: dict, swaps: list[dict]) -> str:
         hours = t // HOUR
         keys = np.unique(hours)
         at = _dates(keys * HOUR)
-        ax.plot(at, [metrics.logloss(y[hours == k], p[hours == k]) for k in keys], marker=".", label="served")
-        ax.plot(at, [metrics.logloss(y[hours == k], base[hours == k]) for k in keys], marker=".", label="base model alone")
+        for q, label in ((p, "served"), (base, "base model alone")):
+            ax.plot(at, [w["logloss"] for w in metrics.by_window(t, y, q, HOUR)], marker=".", label=label)
         ax.set_ylabel("log loss per hour")
         share = ax.twinx()
         share.fill_between(at, [hybrid[hours == k].mean() for k in keys], step="mid", alpha=0.15, color="green")
