@@ -7,14 +7,20 @@ the windowed aggregates computed by ``transforms.beam.AddWindowedCounts`` and th
 numpy transforms of the transform artifact, applied in batches. It bootstraps the first base
 model's training data, and re-derives examples with another window or policy.
 
-DirectRunner by default; any runner through ``pipeline_args``. The final ordering (the
-streaming job's learning order, ``example_order``, numbered as ``seq``) is done by the
-driver when it writes the outputs.
+DirectRunner by default; any runner through ``pipeline_args``. The outputs are sorted in the
+pipeline (``SortedFiles``): rows go to buckets of their sort key's leading part (an example's
+resolution time in ``bucket_ms`` slices, a late label's label time, a dead letter's reason), each
+bucket is sorted by a worker and written as a file whose name sorts as its bucket, and an example's
+``seq`` is its bucket's offset (the counts of every earlier bucket, a side input) plus its rank in
+it. The driver only concatenates the files in name order (a byte copy, constant memory): the
+streaming job's learning order (``example_order``) without one process holding every example.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Callable
 
 import apache_beam as beam
 import pyarrow as pa
@@ -23,6 +29,76 @@ from pipelines.eventlog import read_manifest
 from pipelines.events import SourceSpec
 from pipelines.join import JoinConfig, example_order, reference_join
 from transforms.artifact import TransformArtifact
+
+BUCKET_MS = 3_600_000  # an hour of resolution time per sorted bucket: one worker sorts one bucket
+
+
+def bucket_file(bucket: "int | str") -> str:
+    """A bucket's file name, sorting as the bucket does: an int as fixed-width digits (shifted so
+    negatives sort too), a string as the hex of its UTF-8 (byte order = code point order).
+
+    >>> sorted([bucket_file(10), bucket_file(-1), bucket_file(2)]) == [bucket_file(b) for b in (-1, 2, 10)]
+    True
+    >>> bucket_file("late") < bucket_file("late_label")
+    True
+    """
+    text = f"{bucket + 2**63:020d}" if isinstance(bucket, int) else bucket
+    return text.encode().hex() + ".jsonl"
+
+
+class _WriteBucket(beam.DoFn):
+    """(bucket, rows) -> the rows sorted by ``order`` as JSON lines in the bucket's file, numbered
+    ``seq`` from its offset when ``counts`` (rows per bucket) is given; yields the row count."""
+
+    def __init__(self, folder: str, order: Callable[[dict], tuple]):
+        self.folder, self.order = folder, order
+
+    def process(self, element, counts=None):
+        from apache_beam.io.filesystems import FileSystems
+
+        bucket, rows = element
+        rows = sorted(rows, key=self.order)
+        if counts is not None:
+            first = 1 + sum(n for b, n in counts.items() if b < bucket)
+            rows = [{**r, "seq": i} for i, r in enumerate(rows, first)]
+        path = FileSystems.join(self.folder, bucket_file(bucket))
+        tmp = path + ".inprogress"  # a retried bundle rewrites it; the rename publishes it whole
+        with FileSystems.create(tmp) as f:
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+        FileSystems.rename([tmp], [path])
+        yield len(rows)
+
+
+class SortedFiles(beam.PTransform):
+    """Rows -> one sorted JSONL file per bucket in ``folder``; the files, concatenated in name
+    order (``concat_sorted``), are all rows sorted by ``order``. ``bucket(row)`` must be monotone
+    in ``order`` (an int or a string): a worker sorts one bucket in memory, so a bucket should
+    be a slice of the data, not all of it. ``number``: add ``seq`` (1, 2, ... over all files)."""
+
+    def __init__(self, folder: str, order: Callable[[dict], tuple], bucket: Callable[[dict], "int | str"],
+                 number: bool = False):
+        super().__init__()
+        self.folder, self.order, self.bucket, self.number = folder, order, bucket, number
+
+    def expand(self, rows):
+        keyed = rows | "Bucket" >> beam.Map(lambda r, b=self.bucket: (b(r), r))
+        side = ()
+        if self.number:
+            side = (beam.pvalue.AsDict(keyed | "Count" >> beam.combiners.Count.PerKey()),)
+        return (keyed | "Group" >> beam.GroupByKey()
+                | "Sort and write" >> beam.ParDo(_WriteBucket(self.folder, self.order), *side))
+
+
+def concat_sorted(folder: Path, out: Path) -> int:
+    """``SortedFiles``' files in name order into ``out`` (a streamed copy); returns the lines."""
+    n = 0
+    with out.open("wb") as dst:
+        for f in sorted(folder.glob("*.jsonl")):
+            with f.open("rb") as src:
+                while chunk := src.read(1 << 20):
+                    n += chunk.count(b"\n")
+                    dst.write(chunk)
+    return n
 
 
 class JoinPerEvent(beam.DoFn):
@@ -73,15 +149,24 @@ class Featurize(beam.DoFn):
 
 
 def backfill_examples(event_dir: str | Path, artifact: TransformArtifact, join: JoinConfig, out_dir: str | Path,
-                      pipeline_args: list[str] | None = None) -> dict[str, int]:
+                      pipeline_args: list[str] | None = None, bucket_ms: int = BUCKET_MS) -> dict[str, int]:
     """Write ``out_dir/examples.jsonl`` (learning order, ``seq`` from 1), ``late_labels.jsonl``
-    and ``dead_letter.jsonl``; returns their counts."""
+    and ``dead_letter.jsonl``; returns their counts. ``bucket_ms``: event time sorted per worker
+    (the files are the same for any value)."""
     from transforms.beam import AddWindowedCounts, ReadImpressions, _options
 
     event_dir, out_dir = Path(event_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = read_manifest(event_dir)["source"]
     tmp = out_dir / ".beam"
+    shutil.rmtree(tmp, ignore_errors=True)
+    outputs = {  # name: (file, order, bucket, numbered)
+        "examples": ("examples.jsonl", example_order, lambda r: r["resolution_time"] // bucket_ms, True),
+        "late": ("late_labels.jsonl", lambda r: (r["label_time"], r["event_id"]),
+                 lambda r: r["label_time"] // bucket_ms, False),
+        "dead": ("dead_letter.jsonl", lambda r: (r["reason"], r["event_id"]), lambda r: r["reason"], False)}
+    for name in outputs:
+        (tmp / name).mkdir(parents=True)
     with beam.Pipeline(options=_options(pipeline_args)) as p:
         imps = (p | ReadImpressions(event_dir) | "Aggregates" >> AddWindowedCounts(artifact.spec.aggregates)
                 | "By event" >> beam.MapTuple(lambda _, r: (r["event_id"], (None, r))))
@@ -94,19 +179,8 @@ def backfill_examples(event_dir: str | Path, artifact: TransformArtifact, join: 
                     | beam.BatchElements(min_batch_size=256, max_batch_size=4096)
                     | beam.ParDo(Featurize(artifact.to_dict(), source)))
         for name, pcoll in (("examples", examples), ("late", joined.late), ("dead", joined.dead)):
-            (pcoll | f"JSON {name}" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
-             | f"Write {name}" >> beam.io.WriteToText(str(tmp / name)))
-    counts = {}
-    for name, out, key in (("examples", "examples.jsonl", example_order),
-                           ("late", "late_labels.jsonl", lambda r: (r["label_time"], r["event_id"])),
-                           ("dead", "dead_letter.jsonl", lambda r: (r["reason"], r["event_id"]))):
-        rows = [json.loads(line) for f in sorted(tmp.glob(f"{name}-*")) for line in f.read_text().splitlines()]
-        rows.sort(key=key)
-        if name == "examples":
-            rows = [{**r, "seq": i} for i, r in enumerate(rows, 1)]
-        (out_dir / out).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        counts[name] = len(rows)
-    for f in tmp.iterdir():
-        f.unlink()
-    tmp.rmdir()
+            _, order, bucket, number = outputs[name]
+            _ = pcoll | f"Sort {name}" >> SortedFiles(str(tmp / name), order, bucket, number)
+    counts = {name: concat_sorted(tmp / name, out_dir / file) for name, (file, *_) in outputs.items()}
+    shutil.rmtree(tmp)
     return counts
