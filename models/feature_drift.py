@@ -16,9 +16,13 @@ alert raised against an older reference clears once the new one explains the tra
 Features are compared as served: a one-hot column by its slot (hashed bucket, time or numeric
 bucket), a numeric column by its scaled value in fixed bins. The reference keeps its ``top``
 most frequent bins per column with at least ``min_bin_count`` impressions (the rest: "other").
-Calendar features are excluded by default, and the job also excludes the windowed aggregates:
-the fit span starts with their windows still filling, so their reference is biased low. Engine-free and deterministic: the result
-depends only on the impressions, in scoring order.
+Calendar features are excluded by default. A feature computed over a window of past events (the
+windowed aggregates: ``warmup`` maps each to its window) is compared only against a reference
+whose impressions all came a full window after the monitor's first impression: the job's counts
+start empty, so a reference span that starts with the job (the artifact's fit span, usually) sees
+them filling and is biased low. Until such a reference arrives (a base model trained on a later
+span) the feature is ``deferred``: kept in the window, not compared. Engine-free and
+deterministic: the result depends only on the impressions, in scoring order.
 
 >>> import numpy as np
 >>> m = FeatureDrift(DriftConfig(window=100, step=50, min_reference=100), ["site"], (0, 999))
@@ -114,6 +118,9 @@ class FeatureDrift:
     reference: str = "artifact"  # what the window is compared with: "artifact" or "base <version>"
 
     cols: list[int] = field(default_factory=list)  # the monitored sparse columns
+    warmup: dict = field(default_factory=dict)  # feature -> ms of past events it counts (aggregates)
+    first_at: int | None = None  # event time of the first impression observed
+    deferred: set = field(default_factory=set)  # warm-up features the current reference cannot judge
 
     def __post_init__(self) -> None:
         if not self.cols:
@@ -143,6 +150,13 @@ class FeatureDrift:
         h = np.append(top, n - top.sum())
         return h / h.sum() if h.sum() else h
 
+    def _deferred(self, start: int | None) -> set:
+        """The warm-up features a reference whose impressions start at ``start`` cannot judge:
+        their windows were still filling then (``start`` earlier than a window after the first
+        impression) or it is unknown."""
+        return {n for n, w in self.warmup.items() if n in self.names
+                and (start is None or self.first_at is None or start < self.first_at + w)}
+
     def use_reference(self, ref: dict, version: str) -> bool:
         """Compare from now on with ``ref`` (``reference_counts`` of base model ``version``'s
         training span), not with the current reference: drift against the data the served
@@ -151,6 +165,8 @@ class FeatureDrift:
         falls below half the threshold against the new reference. Also starts a monitor the
         artifact's span left silent (too little of it). Returns False, changing nothing, for a
         reference of fewer than ``min_reference`` impressions or without a monitored feature.
+        A warm-up feature is judged against it only if the reference's ``train_range`` starts a
+        full window after the first impression (else, or if it lacks the feature: ``deferred``).
 
         >>> m = FeatureDrift(DriftConfig(window=4, step=4, min_reference=2, min_bin_count=1), ["site"], (0, 9))
         >>> m.observe(np.arange(10), np.ones((10, 1)), np.ones((10, 1)))  # the artifact's span
@@ -163,9 +179,11 @@ class FeatureDrift:
         [('feature_drift_cleared', 'base v2')]
         """
         feats, n = ref.get("features") or {}, int(ref.get("n") or 0)
-        if n < self.cfg.min_reference or any(name not in feats for name in self.names):
+        if n < self.cfg.min_reference or any(x not in feats for x in self.names if x not in self.warmup):
             return False
-        self._freeze([Counter(dict(zip(feats[x]["keys"], feats[x]["counts"]))) for x in self.names], n)
+        self._freeze([Counter(dict(zip(feats[x]["keys"], feats[x]["counts"]))) if x in feats else Counter()
+                      for x in self.names], n)
+        self.deferred = self._deferred((ref.get("train_range") or [None])[0]) | {x for x in self.names if x not in feats}
         if not self.cfg.enabled:  # silenced for want of an artifact reference; the caller
             self.cfg = replace(self.cfg, enabled=True)  # only passes one if monitoring is on
         self.ref_n, self.reference, self.seen = n, f"base {version}", 0
@@ -175,6 +193,10 @@ class FeatureDrift:
     def __getstate__(self) -> dict:
         # the lookup and the ring's bin ids are derived: not in checkpoints (rebuilt on first use)
         return {k: v for k, v in self.__dict__.items() if k not in ("_lookup", "_ring_ids")}
+
+    def __setstate__(self, state: dict) -> None:
+        # a checkpoint of a build before warm-up features: none (its job excluded the aggregates)
+        self.__dict__.update({"warmup": {}, "first_at": None, "deferred": set()}, **state)
 
     def _bin_ids(self, keys: np.ndarray) -> np.ndarray:
         """Bin keys [rows, k] -> each one's position in its column's reference bins (the
@@ -204,6 +226,8 @@ class FeatureDrift:
 
     def observe(self, event_time: np.ndarray, indices: np.ndarray, values: np.ndarray) -> list[dict]:
         """Impressions just scored (in scoring order); returns the alerts they raise."""
+        if self.first_at is None and len(event_time):
+            self.first_at = int(np.min(event_time))
         if not self.cfg.enabled or len(event_time) == 0:
             return []
         keys = bin_keys(indices, values)[:, self.cols]
@@ -220,6 +244,7 @@ class FeatureDrift:
                 self.cfg = DriftConfig(**{**asdict(self.cfg), "enabled": False})
                 return []
             self._freeze(self.ref_counts, self.ref_n)
+            self.deferred = self._deferred(lo)
             keys = keys[et > hi]
             et = et[et > hi]
         # row by row, a comparison after each row that finds the window full and ``step`` rows
@@ -248,6 +273,9 @@ class FeatureDrift:
         out = []
         ids = self._ids()
         for j, name in enumerate(self.names):
+            if name in self.deferred:
+                self.last.pop(name, None)
+                continue
             keys, ref = self.bins[j], self.ref_hist[j]
             counts = np.bincount(ids[:, j], minlength=len(keys) + 1).astype(np.float64)
             cur = counts / counts.sum()
@@ -269,4 +297,4 @@ class FeatureDrift:
 
     def metrics(self) -> dict:
         return {"features": self.last, "alerting": sorted(self.alerting), "reference_n": self.ref_n,
-                "reference": self.reference}
+                "reference": self.reference, "deferred": sorted(self.deferred)}

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import replace
 import time
 from pathlib import Path
 
@@ -191,10 +190,12 @@ class Learner(KeyedProcessFunction):
         if self.fd is None:
             lo, hi = self.artifact.event_time_range
             cfg = self.fd_cfg if lo is not None and hi is not None else DriftConfig(enabled=False)
-            # windowed aggregates are still filling in the fit span: a biased reference
-            cfg = replace(cfg, exclude=(*cfg.exclude, *(a.name for a in self.artifact.spec.aggregates)))
             names = [n for n, _ in self.artifact.spec.sparse_features()]
-            self.fd = self.fd_state.value() or FeatureDrift(cfg, names, (int(lo or 0), int(hi or 0)))
+            # windowed aggregates (and their buckets) count the job's own past events: judged only
+            # against a reference span that starts a window after the job's first impression
+            warmup = {n: a.window_ms for a in self.artifact.spec.aggregates for n in (a.name, f"{a.name}_bucket")
+                      if n in names}
+            self.fd = self.fd_state.value() or FeatureDrift(cfg, names, (int(lo or 0), int(hi or 0)), warmup=warmup)
         return self.fd
 
     def _layer(self) -> OnlineLayer:

@@ -111,6 +111,10 @@ def test_a_delayed_retrain_learns_the_shifted_traffic_and_its_reference_clears_t
     run_dir, summary, shift = loop
     assert summary["reconciliation"]["reconciles"]
     alerts = [s for s in summary["swaps"] if s["outcome"] == "feature_drift_alert"]
+    # the windowed count, judged from the swap on, alerts then within the cooldown: no retrain
+    later = [s for s in alerts if s["alerting"] == ["user_count_1h"]]
+    assert all(s["retrain"] == "cooldown" for s in later)
+    alerts = [s for s in alerts if s not in later]
     first = alerts[0]
     assert first["alert_at"] >= shift and first["retrain_due"] == first["alert_at"] + DELAY
     assert {a["retrain_due"] for a in alerts} == {first["retrain_due"]}  # one retrain for the shift
@@ -124,13 +128,23 @@ def test_a_delayed_retrain_learns_the_shifted_traffic_and_its_reference_clears_t
     assert live["version"] == o["version"] and live["feature_reference"] == manifest["feature_reference"]["n"]
     # every feature that alerted against the artifact's span clears against the new model's
     out = sorted(read_output(run_dir, "alerts"), key=lambda a: a["at"])
-    raised = {a["feature"] for a in out if a["alert"] == "feature_drift"}
+    raised = {a["feature"] for a in out if a["alert"] == "feature_drift" and a["reference"] == "artifact"}
     cleared = [a for a in out if a["alert"] == "feature_drift_cleared"]
     assert raised and {a["feature"] for a in cleared} == raised
     assert all(a["reference"] == f"base {o['version']}" and a["at"] >= live["live_at"] - 60_000 for a in cleared)
-    assert all(a["reference"] == "artifact" for a in out if a["alert"] == "feature_drift")
-    last = max(read_output(run_dir, "metrics"), key=lambda m: m["examples_seen"])
-    assert last["feature_drift"]["alerting"] == []
+    assert {a["feature"] for a in out if a["alert"] == "feature_drift" and a["reference"] != "artifact"} \
+        == {"user_count_1h"}
+    metrics = sorted(read_output(run_dir, "metrics"), key=lambda m: m["examples_seen"])
+    assert not set(metrics[-1]["feature_drift"]["alerting"]) & raised
+    # the windowed count: deferred against the artifact's span (it starts with the job: counts
+    # filling), judged against the model trained 76 min in (a full hour of counts behind it)
+    fd = [(2**62 if m["tick"] is None else m["tick"], m["feature_drift"]) for m in metrics  # None: the end
+          if m["feature_drift"]["features"]]  # comparing (not collecting the artifact span's reference)
+    assert all(f["deferred"] == ["user_count_1h"] and "user_count_1h" not in f["features"]
+               for t, f in fd if t < live["live_at"])
+    assert all(f["deferred"] == [] and "user_count_1h" in f["features"] for t, f in fd if t >= live["live_at"])
+    assert sum(t < live["live_at"] for t, _ in fd) > 50 and sum(t >= live["live_at"] for t, _ in fd) > 5
+    assert all(a["reference"] == f"base {o['version']}" for a in out if a.get("feature") == "user_count_1h")
 
 
 def _served(rng, n, sites):
@@ -220,3 +234,47 @@ def test_the_run_report_shows_the_loop(loop, tmp_path):
     refs = re.findall(r"<tr><td>[^<]*</td><td>(artifact|base \d+)</td><td>\d+</td></tr>", doc)
     assert refs == ["artifact", f"base {version}"]
     assert "retrain_started" in doc and doc.count("<td>feature_drift_cleared</td>") == 4
+
+
+def test_a_windowed_count_is_judged_only_against_a_reference_with_full_windows():
+    """A count over the last ``w`` ms of events starts empty with the job: against a reference
+    span that starts with the job (its windows filling) it would alert on traffic that has not
+    changed. It is deferred until a reference whose span starts ``w`` after the first impression."""
+    import pickle
+
+    from models.feature_drift import reference_counts
+
+    def traffic(n, count_slot, sites=np.arange(5)):
+        idx = np.stack([np.resize(sites, n), np.full(n, count_slot)], axis=1)
+        return idx, np.ones((n, 2))
+
+    cfg = DriftConfig(window=400, step=100, min_reference=500, min_bin_count=1, exclude=())
+    m = FeatureDrift(cfg, ["site", "cnt"], (0, 999), warmup={"cnt": 100})
+    naive = FeatureDrift(cfg, ["site", "cnt"], (0, 999))
+    filling, full = traffic(1_000, 1), traffic(1_000, 2)  # low counts while the windows fill
+    for x in (m, naive):
+        assert x.observe(np.arange(1_000), *filling) == []
+    assert [a["feature"] for a in naive.observe(np.arange(1_000, 2_000), *full)] == ["cnt"]  # a false alarm
+    assert m.observe(np.arange(1_000, 2_000), *full) == []
+    assert m.metrics()["deferred"] == ["cnt"] and "cnt" not in m.last and "site" in m.last
+    # a model trained from t=50 (windows still filling): accepted for the site, the count stays deferred
+    assert m.use_reference({**reference_counts(*full, ["site", "cnt"]), "train_range": [50, 999]}, "v1")
+    assert m.observe(np.arange(2_000, 2_100), *traffic(100, 3)) == [] and m.deferred == {"cnt"}
+    # a model without the count in its reference: also accepted, the count deferred
+    assert m.use_reference({**reference_counts(full[0][:, :1], full[1][:, :1], ["site"]),
+                            "train_range": [1_000, 2_000]}, "v2") and m.deferred == {"cnt"}
+    # a model trained from t=1000 (full windows): the count is judged, and its shift alerts
+    assert m.use_reference({**reference_counts(*full, ["site", "cnt"]), "train_range": [1_000, 2_000]}, "v3")
+    assert m.deferred == set() and m.metrics()["deferred"] == []
+    restored = pickle.loads(pickle.dumps(m))
+    shifted = traffic(400, 3)
+    got = m.observe(np.arange(2_100, 2_500), *shifted)
+    assert [(a["feature"], a["reference"]) for a in got] == [("cnt", "base v3")]
+    assert restored.observe(np.arange(2_100, 2_500), *shifted) == got  # the warm-up state is checkpointed
+    # a checkpoint of a build before warm-up features restores (with none)
+    old = {k: v for k, v in FeatureDrift(cfg, ["site"], (0, 9)).__getstate__().items()
+           if k not in ("warmup", "first_at", "deferred")}
+    back = FeatureDrift.__new__(FeatureDrift)
+    back.__setstate__(old)
+    assert back.warmup == {} and back.deferred == set() and back.observe(np.arange(10), np.ones((10, 1)),
+                                                                           np.ones((10, 1))) == []
