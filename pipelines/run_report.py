@@ -6,7 +6,9 @@ at any time, also while a ``--follow`` job runs:
   delays), metrics (the Learner's window metrics, guard, feature drift), alerts, dead letters;
 * ``swaps.jsonl`` and ``retrain/outcomes.jsonl``: base-model swaps, drift-started retrains, and
   each TFX retrain's outcome;
-* ``summary.json`` (written at the end of a bounded run; computed afresh otherwise).
+* ``summary.json`` when the job has ended (``final``); while it runs (or if it stopped before its
+  end) the outputs committed so far are summarized afresh at every report, never read from a
+  summary written earlier, and the report says its figures are not final.
 
 Sections: counts and whether they reconcile; log loss per hour of what was served against the
 base model alone, with the swaps; the Learner's sliding-window metrics and when the delta was
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -128,7 +131,11 @@ def build_run_report(run_dir: str | Path, out: str | Path | None = None, ab_resa
     if not (run / "job.json").is_file():
         raise FileNotFoundError(f"{run} is not a streaming run folder (no job.json)")
     job = json.loads((run / "job.json").read_text())
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else summarize(run)
+    saved = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else None
+    # a finished job's summary (before 2026-12-06 only those were written: no "final"); else the
+    # outputs committed so far, read now and not written (the next report reads them afresh)
+    final = saved is not None and saved.get("final", True)
+    summary = saved if final else summarize(run, write=False)
     preds, examples = read_output(run, "predictions"), read_output(run, "examples")
     lines = sorted(read_output(run, "metrics"), key=lambda m: (m.get("tick") is None, m.get("tick") or 0))
     alerts = sorted(read_output(run, "alerts"), key=lambda a: a.get("at") or 0)
@@ -171,6 +178,9 @@ def build_run_report(run_dir: str | Path, out: str | Path | None = None, ab_resa
         f"<p>{html.escape(str(job['event_dir']))}; attribution window W = {job['join']['window_ms'] / HOUR:g} h; "
         f"ticks of {job['learn_tick_ms'] / 1000:g} s; hybrid share {job['online'].get('hybrid_share', 1.0)}. "
         "Every impression is scored before any label that arrives after it is learned.</p>",
+        "<p>The job had finished: final figures.</p>" if final else
+        f"<p><b>Not final</b>: the outputs the job had committed at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} "
+        "(it is running, or stopped before its end); reconciliation is checked when a job ends.</p>",
         "<h2>Counts</h2>", counts,
         "<h2>Served vs the base model alone</h2>", _quality_figure(preds, first, swaps),
         "<h2>The Learner's window</h2>", _window_figure(lines, swaps),

@@ -721,7 +721,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         state = cluster.wait(cfg, job_id)
         console.print(f"job {job_id}: {state}")
         if state == "FINISHED":
-            _print_run(summarize(out, read_manifest(event_dir)))
+            _print_run(summarize(out, read_manifest(event_dir), final=True))
         else:
             raise typer.Exit(1)
 

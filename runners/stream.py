@@ -97,9 +97,12 @@ def _retrains(run_dir: Path) -> list[dict]:
     return out
 
 
-def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float | None = None) -> dict:
+def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float | None = None,
+              final: bool = False, write: bool = True) -> dict:
     """Counts (and whether they reconcile), progressive logloss/AUC of the served predictions
-    against their eventual labels, the label-delay distribution; written to summary.json."""
+    against their eventual labels, the label-delay distribution; written to summary.json
+    (``write``). ``final``: the job has ended, so the figures will not change (a report then
+    reads them back; a summary of a running job is only what it had committed then)."""
     run_dir = Path(run_dir)
     out = {name: read_output(run_dir, name) for name in OUTPUTS}
     preds, examples = out["predictions"], out["examples"]
@@ -136,7 +139,7 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
                    {p["event_id"] for p in preds}),
                "reconciles": imp_in == imps_out and lab_in == labels_out}
     summary = {
-        "run_dir": str(run_dir), "seconds": seconds, "counts": counts, "reconciliation": rec,
+        "run_dir": str(run_dir), "seconds": seconds, "final": final, "counts": counts, "reconciliation": rec,
         "progressive": {"logloss": ll, "auc": auc, "base_only_logloss": base_ll, "base_only_auc": base_auc,
                         "n": int(len(y)), "positive_rate": float(y.mean()) if len(y) else None},
         "label_delay_ms": {f"p{q}": float(np.percentile(delays, q)) for q in (50, 90, 99)} if len(delays) else {},
@@ -151,7 +154,8 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
         "outputs": {**{name: str(run_dir / name) for name in OUTPUTS},
                     "examples_parquet": str(run_dir / "examples_parquet")},
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    if write:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
 
 
@@ -231,4 +235,4 @@ def run_stream(event_dir: str | Path, run_dir: str | Path, spec: str, join: Join
     cfg = prepare_run(event_dir, run_dir, spec, join, online, artifact, retrain, **job)
     secs = run_job(cfg, Path(run_dir))
     export_parquet(run_dir)  # the joined examples, as the TFX retrain reads them
-    return summarize(run_dir, read_manifest(event_dir), secs)
+    return summarize(run_dir, read_manifest(event_dir), secs, final=True)

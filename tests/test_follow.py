@@ -10,6 +10,7 @@ import sys
 import time
 
 from pipelines.join import JoinConfig
+from pipelines.run_report import build_run_report
 from pipelines.sources.generator import GeneratorConfig
 from runners.local import generate_event_dir
 from runners.stream import fit_warmup_artifact, prepare_run, read_output, summarize
@@ -43,6 +44,8 @@ def test_follow_mode_picks_up_new_files(tmp_path):
                             start_new_session=True)
     try:
         time.sleep(15)  # the job is up and watching an empty directory
+        # a report of the running job, nothing served yet (builds; says its figures are not final)
+        assert "Not final" in build_run_report(tmp_path / "run", tmp_path / "r0.html").read_text()
         for stream in ("impressions", "labels"):
             for part in sorted((tmp_path / "ev" / stream).glob("part-*")):
                 _publish(part, live / stream)
@@ -56,7 +59,7 @@ def test_follow_mode_picks_up_new_files(tmp_path):
         s = None
         while time.time() < deadline:
             assert proc.poll() is None, (tmp_path / "flink.log").read_text()[-3000:]
-            s = summarize(tmp_path / "run", json.loads((live / "_manifest.json").read_text()))
+            s = summarize(tmp_path / "run", json.loads((live / "_manifest.json").read_text()), write=False)
             if s["counts"]["predictions"] == n_imp and s["counts"]["examples"] > 0:
                 break
             time.sleep(3)
@@ -65,6 +68,11 @@ def test_follow_mode_picks_up_new_files(tmp_path):
         # nothing beyond the watermark was served
         assert max(p["event_time"] for p in read_output(tmp_path / "run", "predictions")) <= watermark
         assert 0 < s["counts"]["examples"] < n_imp and s["counts"]["pending"] == n_imp - s["counts"]["examples"]
+        # a second report of the running job: what it has committed now, not the first report's
+        page = build_run_report(tmp_path / "run", tmp_path / "r1.html").read_text()
+        assert "Not final" in page and f"<td>predictions</td><td>{n_imp:,}</td>" in page
+        assert f"<td>pending (served, not yet resolved)</td><td>{s['counts']['pending']:,}</td>" in page
+        assert not (tmp_path / "run" / "summary.json").exists()  # reports of a running job write none
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
