@@ -128,7 +128,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         train_hours: float = typer.Option(24.0, help="Retrains: K, hours of event time to train on."),
         eval_hours: float = typer.Option(2.0, help="Retrains: E, the most recent hours, evaluated on."),
         data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets."),
-        report: bool = typer.Option(True, help="At the end, write RUN_DIR/report.html (driftline report).")):
+        report: bool = typer.Option(True, help="At the end, write RUN_DIR/report.html (driftline report)."),
+        updates: bool = typer.Option(True, help="Write the per-event weight-update records (RUN_DIR/updates, "
+                                                "the largest output); --no-updates: none are made.")):
     """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
     -> FTRL (-> scheduled TFX retrains -> base-model swaps); writes outputs and
     RUN_DIR/summary.json, prints a summary."""
@@ -151,7 +153,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         raise typer.Exit(2)
     if speedup < 0:
         raise typer.BadParameter("--speedup must be >= 0")
-    job: dict = {"follow": follow, "replay_speedup": speedup}
+    job: dict = {"follow": follow, "replay_speedup": speedup, "write_updates": updates}
     retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours}
     if retrain_every or retrain_on_drift or retrain_on_feature_drift:
         every = _duration_ms(retrain_every) if retrain_every else 0

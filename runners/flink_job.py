@@ -73,6 +73,10 @@ class JobConfig:
     dedup_retention_ms: int = 2 * 86_400_000
     learn_tick_ms: int = 60_000  # rows reach Python in batches of this much event time
     snapshot_every: int = 0  # write a full FTRL snapshot every N updates (0: only at the end)
+    # the per-event weight-update records (``updates/``: each learned example's changed coordinates,
+    # the largest output). Off: not made, and the job has no updates sink (an operator less:
+    # resuming a savepoint of a job with it needs --allow-non-restored-state; the reverse does not)
+    write_updates: bool = True
     metrics_window: int = 10_000  # progressive logloss/AUC over the last N learned examples
     # replay pacing: serve at most this many times event-time speed (0: as fast as possible), for
     # demos, shadow runs and tests that must act mid-stream. Processing time only: outputs are the
@@ -406,6 +410,8 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     # cross into a Python worker and back (measured: nearly half of the JVM's exchange with Python;
     # re-encoding those strings alone ~4 % of the JVM's samples)
     for name, tag in OUTPUT_TAGS.items():
+        if name == "updates" and not cfg.write_updates:
+            continue
         DataStream(preds._j_data_stream.getSideOutput(tag.get_java_output_tag())) \
             .sink_to(file_sink(str(out / name), partitioned=name == "examples")).name(f"sink_{name}") \
             .uid(f"sink_{name}")

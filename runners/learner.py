@@ -122,6 +122,7 @@ class Learner(KeyedProcessFunction):
         self.artifact = TransformArtifact.from_dict(c["artifact"])
         self.input_types = c["input_types"]
         self.snapshot_every = int(c["job"].get("snapshot_every") or 0)
+        self.write_updates = bool(c["job"].get("write_updates", True))
         self.layer_state = runtime_context.get_state(ValueStateDescriptor("online", Types.PICKLED_BYTE_ARRAY()))
         # ticks waiting for the watermark, {tick: [(kind, packed)]}: a handful at any time, so
         # one value (cached in the Python worker) beats a MapState round trip per tick
@@ -632,10 +633,11 @@ class Learner(KeyedProcessFunction):
         seq = u["seq"].tolist()
         eids = [rows["event_id"][j] for j in js]
         idx_rows = list(np.ascontiguousarray(idx, np.int64))  # rows as arrays: orjson writes them
-        yield OUTPUT_TAGS["updates"], Row(json_lines({
-            "seq": seq, "event_id": eids, "resolution_time": res.tolist(), "p_before": u["p_before"].tolist(),
-            "label": y.astype(int).tolist(), "indices": idx_rows,
-            "weights": list(np.ascontiguousarray(u["weights"], np.float64))}, m, arrays=True))
+        if self.write_updates:  # off: no records made (the job has no updates sink then)
+            yield OUTPUT_TAGS["updates"], Row(json_lines({
+                "seq": seq, "event_id": eids, "resolution_time": res.tolist(), "p_before": u["p_before"].tolist(),
+                "label": y.astype(int).tolist(), "indices": idx_rows,
+                "weights": list(np.ascontiguousarray(u["weights"], np.float64))}, m, arrays=True))
         self._window().update(u["p_before"][first], y[first], np.where(lt == NO_TIME, -1, lt - et)[first])
         label_time = _opt(lt)
         delay = [None if x is None else x - e for x, e in zip(label_time, et.tolist())]

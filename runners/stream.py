@@ -143,7 +143,9 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
         "progressive": {"logloss": ll, "auc": auc, "base_only_logloss": base_ll, "base_only_auc": base_auc,
                         "n": int(len(y)), "positive_rate": float(y.mean()) if len(y) else None},
         "label_delay_ms": {f"p{q}": float(np.percentile(delays, q)) for q in (50, 90, 99)} if len(delays) else {},
-        "final_delta_version": max((u["seq"] for u in out["updates"]), default=0),
+        # the last update's sequence number (also without the updates output: the metrics carry it)
+        "final_delta_version": max([u["seq"] for u in out["updates"]] + [m.get("delta_version") or 0 for m in out["metrics"]],
+                                   default=0),
         # base models: what served when (predictions per version), the retrains and the swaps
         "base_versions": dict(Counter(p["base_version"] for p in preds)),
         "retrains": _retrains(run_dir),

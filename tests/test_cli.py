@@ -56,18 +56,21 @@ def test_transforms_unknown_spec_is_a_clear_error():
 
 
 def test_run_the_streaming_job_end_to_end(tmp_path):
-    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "1500", "--window-ms", "600000"])
+    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "1500", "--window-ms", "600000", "--no-updates"])
     assert r.exit_code == 0, r.output
     assert "reconciles" in r.output and "progressive logloss" in r.output
     assert (tmp_path / "report.html").stat().st_size > 10_000 and "report:" in r.output  # rich wraps paths
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["reconciliation"]["reconciles"] and s["counts"]["predictions"] >= 1500
+    # --no-updates: no update records, the delta version from the metrics
+    assert s["counts"]["updates"] == 0 and s["final_delta_version"] == s["counts"]["examples"] > 0
     m = json.loads(runner.invoke(app, ["summary", str(tmp_path / "events"), "--json"]).output)
     assert m["counts"]["reconciles"] and m["counts"]["valid"]["impression"] >= 1500
     r = runner.invoke(app, ["operators", str(tmp_path), "--json"])  # what a savepoint maps state by
     assert r.exit_code == 0, r.output
     ops = {o["uid"]: o["id"] for o in map(json.loads, r.output.splitlines())}
     assert {"learner", "dedup_join", "sink_predictions"} <= set(ops) and all(len(i) == 32 for i in ops.values())
+    assert "sink_updates" not in ops and "sink_examples" in ops
 
 
 def test_run_rejects_a_bad_policy(tmp_path):

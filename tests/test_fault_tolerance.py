@@ -141,10 +141,11 @@ def test_three_taskmanager_kills_lose_nothing_and_duplicate_nothing(standalone, 
 
 def test_stop_with_a_savepoint_and_resume_with_a_changed_build(standalone, reference):
     """``flink stop`` mid-stream, then the job resubmitted from the savepoint with a changed
-    build (another metrics window, guard settings and pace: Python code and config, same
-    operator graph) rescaled from parallelism 2 to 1 (the sources' splits, the keyed state's
-    key groups and the sinks' pending files of two subtasks restored into one): together the
-    two runs give exactly the uninterrupted run's outputs."""
+    build (another metrics window, guard settings and pace: Python code and config; and an
+    operator more: the updates output, off in the first run, is on) rescaled from parallelism 2
+    to 1 (the sources' splits, the keyed state's key groups and the sinks' pending files of two
+    subtasks restored into one): together the two runs give exactly the uninterrupted run's
+    outputs, and the updates of every example learned after the restore."""
     from dataclasses import replace
 
     from models.online import OnlineConfig
@@ -153,27 +154,33 @@ def test_stop_with_a_savepoint_and_resume_with_a_changed_build(standalone, refer
     root, local = reference
     run = root / "resumed"
     prepare_run(root / "ev", run, "generator", JOIN, artifact=root / "local" / "transform", parallelism=2,
-                checkpoint_interval_ms=2_000, replay_speedup=PACE)
+                checkpoint_interval_ms=2_000, replay_speedup=PACE, write_updates=False)
     job_id = cluster.submit(standalone, run / "job.json")
     _wait(standalone, job_id, lambda st: _all_tasks_running(standalone, job_id), "all tasks running")
+    assert not any("sink_updates" in v for v in _parallelism(standalone, job_id))  # no updates operator
     assert max(_parallelism(standalone, job_id).values()) == 2
     time.sleep(5)
     savepoint = cluster.stop_with_savepoint(standalone, job_id)
     assert cluster.wait(standalone, job_id, timeout=60) == "FINISHED" or cluster.job_state(standalone, job_id)
     partial = sum(_lines(run, "predictions").values())
     assert 0 < partial < local["counts"]["predictions"]  # stopped mid-stream
+    learned = max(e["seq"] for e in read_output(run, "examples"))  # the delta version at the stop
+    assert not (run / "updates").exists() or not read_output(run, "updates")
     cfg = JobConfig.from_dict(json.loads((run / "job.json").read_text()))
     # the new build: a smaller metrics window (visible in the metrics output) and a higher
     # weight-norm limit for the guard (never reached: the served outputs stay the same)
     guard = {**cfg.online.guard.__dict__, "max_weight_norm": 2 * cfg.online.guard.max_weight_norm}
     changed = replace(cfg, metrics_window=cfg.metrics_window // 2, replay_speedup=0.0, parallelism=1,
-                      online=OnlineConfig.from_dict({**cfg.online.to_dict(), "guard": guard}))
+                      online=OnlineConfig.from_dict({**cfg.online.to_dict(), "guard": guard}), write_updates=True)
     (run / "job.json").write_text(json.dumps(changed.to_dict(), indent=1) + "\n")
     resumed = cluster.submit(standalone, run / "job.json", savepoint=savepoint)
     assert cluster.wait(standalone, resumed, timeout=900) == "FINISHED"
-    assert set(_parallelism(standalone, resumed).values()) == {1}
-    for name in ("predictions", "updates", "examples", "late_labels", "dead_letter"):
+    vertices = _parallelism(standalone, resumed)
+    assert set(vertices.values()) == {1} and any("sink_updates" in v for v in vertices)  # the operator added
+    for name in ("predictions", "examples", "late_labels", "dead_letter"):
         assert _lines(root / "local", name) == _lines(run, name), name
+    after = Counter({line: n for line, n in _lines(root / "local", "updates").items() if json.loads(line)["seq"] > learned})
+    assert 0 < sum(after.values()) < local["counts"]["updates"] and _lines(run, "updates") == after
     # the changed build took effect on the restored state
     last = max(read_output(run, "metrics"), key=lambda m: m["examples_seen"])
     ref = max(read_output(root / "local", "metrics"), key=lambda m: m["examples_seen"])
