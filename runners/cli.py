@@ -698,6 +698,9 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
                False, "--allow-non-restored-state",
                help="With --from-savepoint: skip its state that maps to no operator of this build (by uid; "
                     "see `driftline operators`). That state is lost."),
+           updates: bool = typer.Option(True, help="Write the per-event weight-update records; --no-updates: "
+                                                   "none, and no updates sink (resuming a savepoint of a job "
+                                                   "with one then needs --allow-non-restored-state)."),
            root: Path = ROOT_OPT, rest_port: int = PORT_OPT,
            data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
     """Package the job config and run it on the standalone cluster with `flink run -py`;
@@ -715,7 +718,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         console.print(f"[red]error:[/red] no cluster at {cfg.rest_url}; run `driftline cluster up` first")
         raise typer.Exit(2)
     event_dir, source = prepare_events(data, out, events, 7, data_dir_opt)
-    prepare_run(event_dir, out, source, parallelism=parallelism)
+    prepare_run(event_dir, out, source, parallelism=parallelism, write_updates=updates)
     job_id = cluster.submit(cfg, out / "job.json", savepoint=from_savepoint,
                             allow_non_restored=allow_non_restored_state)
     console.print(f"job id: {job_id}")
