@@ -79,10 +79,16 @@ class DriftAlert:
         return False
 
 
-def load_base(registry: Path, version: str, fingerprint: str, dimension: int) -> tuple[BaseModel, dict]:
+def load_base(registry: Path, version: str, fingerprint: str, dimension: int,
+              artifact_version: str | None = None) -> tuple[BaseModel, dict]:
     """The verified base model ``version`` and its manifest; ``RegistryError`` if it is missing,
-    corrupted, for another feature spec or of another dimension."""
+    corrupted, for another feature spec or of another dimension, or (its manifest saying so)
+    trained on the features of another transform artifact than ``artifact_version``: the same
+    spec with other statistics (vocabularies, scaling) would serve it skewed features."""
     ref = Registry(registry).verify("base", version, fingerprint=fingerprint)
+    trained = ref.manifest.get("artifact_version")
+    if artifact_version and trained and trained != artifact_version:
+        raise RegistryError(f"base {version}: trained on transform artifact {trained}, the job serves {artifact_version}")
     path = ref.path / "assets.extra" / FILE
     try:
         model = BaseModel.from_bytes(path.read_bytes())

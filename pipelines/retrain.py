@@ -246,6 +246,7 @@ def build_pipeline(run_dir: Path, span: Span, cfg: RetrainConfig, job: dict, cha
                                  calibration_low=cfg.calibration_low, calibration_high=cfg.calibration_high)
     evaluate.add_upstream_node(infra)  # the evaluation report is read by the pusher after both
     manifest = {"spec_fingerprint": fingerprint, "spec_name": spec.name, "dimension": spec.dimension,
+                "artifact_version": art.version,  # the features it learned: the same spec, other statistics skew
                 "cutoff": span.cutoff, "train_range": list(span.train), "eval_range": list(span.eval),
                 "train_end": span.train[1], "counts": span.counts,
                 "parent": (champion or {}).get("version"), "run_dir": str(run_dir),

@@ -130,7 +130,10 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets."),
         report: bool = typer.Option(True, help="At the end, write RUN_DIR/report.html (driftline report)."),
         updates: bool = typer.Option(True, help="Write the per-event weight-update records (RUN_DIR/updates, "
-                                                "the largest output); --no-updates: none are made.")):
+                                                "the largest output); --no-updates: none are made."),
+        base_registry: Optional[Path] = typer.Option(None, help="Start from this registry's current base model "
+                                                                "(e.g. driftline bootstrap's OUT/registry; its "
+                                                                "OUT/transform is the default --artifact).")):
     """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
     -> FTRL (-> scheduled TFX retrains -> base-model swaps); writes outputs and
     RUN_DIR/summary.json, prints a summary."""
@@ -164,7 +167,17 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
                    triggered_retrain_delay_ms=_duration_ms(triggered_retrain_delay))
         if retrain_on_feature_drift:
             job["feature_drift"] = {"retrain": True}
-    summary = run_stream(event_dir, out, spec or source, join, online, artifact, retrain=retrain_cfg, **job)
+    if base_registry is not None:
+        if artifact is None and (base_registry.parent / "transform").is_dir():
+            artifact = base_registry.parent / "transform"  # the features the model was trained on
+        job["base_registry"] = base_registry
+    from models.registry import RegistryError
+
+    try:
+        summary = run_stream(event_dir, out, spec or source, join, online, artifact, retrain=retrain_cfg, **job)
+    except RegistryError as e:  # the base model to start from does not fit the run
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
     _print_run(summary)
     if report:
         from pipelines.run_report import build_run_report
@@ -172,6 +185,36 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         console.print(f"report: {build_run_report(out)}")
     if summary["reconciliation"] and not summary["reconciliation"]["reconciles"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def bootstrap(event_dir: Path = typer.Argument(..., help="Historical event directory (JSONL)."),
+              out: Path = typer.Option(..., help="Folder for the artifact, the examples and the registry."),
+              window_ms: int = typer.Option(3_600_000, help="Attribution window W (the stream's)."),
+              late_policy: str = typer.Option("sink", help="sink | correction"),
+              train_hours: float = typer.Option(24.0, help="K: hours of history to train on."),
+              eval_hours: float = typer.Option(2.0, help="E: the most recent hours, evaluated on."),
+              beam_arg: List[str] = typer.Option([], "--beam-arg", help="Beam pipeline option for the fit and "
+                                                                       "the backfill, repeatable.")):
+    """The first base model from history, offline: fit the transforms (Beam), backfill joined
+    examples (Beam), one TFX retrain -> OUT/registry. Then `driftline run --base-registry
+    OUT/registry` serves it from the stream's first tick."""
+    from pipelines.bootstrap import bootstrap as run_bootstrap
+    from pipelines.join import JoinConfig
+    from pipelines.retrain import RetrainConfig
+
+    try:
+        join = JoinConfig(window_ms=window_ms, late_policy=late_policy)
+    except ValueError as e:
+        raise typer.BadParameter(str(e))
+    outcome = run_bootstrap(event_dir, out, join, RetrainConfig(train_hours=train_hours, eval_hours=eval_hours),
+                            pipeline_args=list(beam_arg) or None)
+    print_retrain(outcome)
+    if not outcome.get("pushed"):
+        console.print("[red]no base model pushed[/red] (see the outcome above)")
+        raise typer.Exit(1)
+    console.print(f"base {outcome['version']} (artifact {outcome['artifact_version']}, {outcome['examples']:,} "
+                  f"examples); next: driftline run --data LIVE_EVENT_DIR --base-registry {out / 'registry'}")
 
 
 @app.command()

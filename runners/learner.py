@@ -350,7 +350,7 @@ class Learner(KeyedProcessFunction):
         if self.control is None:
             self.control = self.control_state.value() or {
                 "ticks": [], "pruned_until": None, "segment_from": None, "next_boundary": None, "pending": [],
-                "refused": []}
+                "refused": [], "started": None}
         return self.control
 
     def _follow_delta_rollback(self, layer: OnlineLayer, tick: int) -> None:
@@ -384,6 +384,14 @@ class Learner(KeyedProcessFunction):
         c = self._control()
         if poll:
             self._follow_delta_rollback(layer, tick)
+        if c.get("started", -1) is None:  # the job's first tick (state of older builds: started)
+            c["started"] = tick
+            # a job that retrains itself starts from the registry's base model, if it has one
+            # (``driftline run --base-registry``: a model bootstrapped offline); a job without a
+            # schedule swaps it in below, as any version it finds there
+            current = Registry(self.registry).current("base") if self.self_retraining else None
+            if current and current not in c["refused"]:
+                self._swap(layer, current, tick, "start", None)
         if self.self_retraining:
             for p in [p for p in c["pending"] if p["live_at"] <= tick]:
                 c["pending"].remove(p)
@@ -406,7 +414,7 @@ class Learner(KeyedProcessFunction):
         entry = {"version": version, "live_at": tick, "mode": mode,
                  "cutoff": scheduled["cutoff"] if scheduled else None, "previous": layer.base_version}
         try:
-            model, manifest = load_base(self.registry, version, self.fingerprint, self.dimension)
+            model, manifest = load_base(self.registry, version, self.fingerprint, self.dimension, self.artifact.version)
         except RegistryError as e:  # keep serving the current base
             c["refused"].append(version)
             record(self.out, {**entry, "outcome": "refused", "reason": str(e)})

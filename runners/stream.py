@@ -200,12 +200,38 @@ def ab_report(run_dir: str | Path, n: int = 200, seed: int = 0, predictions: lis
     return out
 
 
+def seed_base(source: str | Path, run_dir: str | Path, artifact) -> str:
+    """Copy the current base model of the registry ``source`` (e.g. ``driftline bootstrap``'s)
+    into the run's registry and promote it there: the job serves it from its first tick. It must
+    have been trained on ``artifact``'s features (same spec fingerprint and artifact version);
+    ``RegistryError`` otherwise, before any job starts. Returns the version."""
+    from models.registry import MANIFEST, Registry, RegistryError
+
+    src = Registry(source)
+    version = src.current("base")
+    if version is None:
+        raise RegistryError(f"{source}: no current base model to start from")
+    ref = src.verify("base", version, fingerprint=artifact.spec.fingerprint())
+    if ref.manifest.get("artifact_version") != artifact.version:
+        raise RegistryError(f"base {version} of {source} was trained on transform artifact "
+                            f"{ref.manifest.get('artifact_version')}, the run serves {artifact.version}: "
+                            "run with the artifact it was trained on (--artifact)")
+    files = {str(f.relative_to(ref.path)): f.read_bytes() for f in sorted(ref.path.rglob("*"))
+             if f.is_file() and f.name != MANIFEST}
+    keep = {k: v for k, v in ref.manifest.items() if k not in ("kind", "version", "files")}
+    dst = Registry(Path(run_dir) / "registry")
+    dst.publish("base", files, {**keep, "seeded_from": str(Path(source).resolve())}, version=version)
+    dst.promote("base", version, fingerprint=artifact.spec.fingerprint(), reason="seed")
+    return version
+
+
 def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: JoinConfig | None = None,
                 online: OnlineConfig | None = None, artifact: str | Path | None = None,
-                retrain: dict | None = None, **job) -> JobConfig:
+                retrain: dict | None = None, base_registry: str | Path | None = None, **job) -> JobConfig:
     """Clear a run folder's outputs, fit (or take) the transform artifact, and write
     ``RUN_DIR/job.json`` (everything a job needs, locally or submitted to a cluster) and the
-    retrain settings ``RUN_DIR/retrain/config.json`` (``pipelines.retrain.RetrainConfig``)."""
+    retrain settings ``RUN_DIR/retrain/config.json`` (``pipelines.retrain.RetrainConfig``).
+    ``base_registry``: start from that registry's current base model (``seed_base``)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in (*OUTPUTS, "examples_parquet", "registry", "checkpoints", "summary.json", "retrain",
@@ -218,6 +244,10 @@ def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: Joi
     cfg = JobConfig(event_dir=str(Path(event_dir).resolve()), out=str(run_dir.resolve()),
                     artifact=str(Path(artifact).resolve()), join=join or JoinConfig(),
                     online=online or OnlineConfig(), **job)
+    if base_registry is not None:
+        from transforms.artifact import TransformArtifact
+
+        seed_base(base_registry, run_dir, TransformArtifact.load(cfg.artifact))
     (run_dir / "job.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     if retrain:
         from pipelines.retrain import CONFIG, RetrainConfig

@@ -24,7 +24,7 @@ def test_help_lists_subcommands():
                                                "transforms backfill", "cluster", "cluster up", "cluster down",
                                                "cluster status", "submit", "savepoint", "cancel",
                                                "export-examples", "backfill", "models", "models list", "models show",
-                                               "models promote", "models rollback", "operators"])
+                                               "models promote", "models rollback", "operators", "bootstrap"])
 def test_every_subcommand_has_help(cmd):
     r = runner.invoke(app, [*cmd.split(), "--help"])
     assert r.exit_code == 0 and "Usage" in r.output
@@ -133,3 +133,10 @@ def test_submit_resumes_a_savepoint_skipping_unmapped_state_only_when_asked(tmp_
         cluster.run_args(cfg, job, allow_non_restored=True)
     r = runner.invoke(app, ["submit", "--out", str(tmp_path / "run"), "--allow-non-restored-state"])
     assert r.exit_code == 2 and "--from-savepoint" in r.output
+
+
+def test_run_from_a_registry_without_a_base_model_is_a_clear_error(tmp_path):
+    r = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), "--events", "200",
+                            "--base-registry", str(tmp_path / "nothing" / "registry")])
+    assert r.exit_code == 2 and "no current base model" in r.output
+    assert not list((tmp_path / "run").glob("predictions/*"))  # refused before any job started
