@@ -300,6 +300,12 @@ def test_corrupted_or_foreign_model_is_refused(run, tmp_path):
     load_base(reg_copy, version, fp, dim)  # intact: loads
     with pytest.raises(RegistryError, match="fingerprint"):
         load_base(reg_copy, version, "another-spec", dim)
+    from transforms.artifact import TransformArtifact
+
+    served = TransformArtifact.load(json.loads((run_dir / "job.json").read_text())["artifact"]).version
+    load_base(reg_copy, version, fp, dim, served)  # trained on the features the job serves
+    with pytest.raises(RegistryError, match="transform artifact"):  # the same spec, other statistics
+        load_base(reg_copy, version, fp, dim, "another-artifact")
     npz = reg_copy / "base" / version / "assets.extra" / "base_model.npz"
     npz.write_bytes(npz.read_bytes()[:-7] + b"garbage")
     with pytest.raises(RegistryError, match="corrupted"):
