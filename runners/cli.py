@@ -93,6 +93,14 @@ def _print_run(summary: dict) -> None:
     console.print(f"summary: {summary['run_dir']}/summary.json")
 
 
+def _boot_artifact(base_registry: Optional[Path], artifact: Optional[Path]) -> Optional[Path]:
+    """The artifact a run starting from ``base_registry`` serves: the given one, else the
+    bootstrap folder's (``OUT/transform`` next to ``OUT/registry``: the features it was trained on)."""
+    if artifact is None and base_registry is not None and (base_registry.parent / "transform").is_dir():
+        return base_registry.parent / "transform"
+    return artifact
+
+
 @app.command()
 def run(data: str = typer.Option("generator", help="generator | talkingdata | elec2 | an event directory"),
         out: Path = typer.Option(Path("runs/local"), help="Run folder (RUN_DIR)."),
@@ -168,8 +176,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         if retrain_on_feature_drift:
             job["feature_drift"] = {"retrain": True}
     if base_registry is not None:
-        if artifact is None and (base_registry.parent / "transform").is_dir():
-            artifact = base_registry.parent / "transform"  # the features the model was trained on
+        artifact = _boot_artifact(base_registry, artifact)
         job["base_registry"] = base_registry
     from models.registry import RegistryError
 
@@ -744,6 +751,9 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
            updates: bool = typer.Option(True, help="Write the per-event weight-update records; --no-updates: "
                                                    "none, and no updates sink (resuming a savepoint of a job "
                                                    "with one then needs --allow-non-restored-state)."),
+           base_registry: Optional[Path] = typer.Option(None, help="Start from this registry's current base model "
+                                                                   "(driftline bootstrap's OUT/registry; its "
+                                                                   "OUT/transform is the artifact)."),
            root: Path = ROOT_OPT, rest_port: int = PORT_OPT,
            data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
     """Package the job config and run it on the standalone cluster with `flink run -py`;
@@ -761,7 +771,15 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         console.print(f"[red]error:[/red] no cluster at {cfg.rest_url}; run `driftline cluster up` first")
         raise typer.Exit(2)
     event_dir, source = prepare_events(data, out, events, 7, data_dir_opt)
-    prepare_run(event_dir, out, source, parallelism=parallelism, write_updates=updates)
+    from models.registry import RegistryError
+
+    artifact = _boot_artifact(base_registry, None)
+    try:
+        prepare_run(event_dir, out, source, artifact=artifact, parallelism=parallelism, write_updates=updates,
+                    base_registry=base_registry)
+    except RegistryError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
     job_id = cluster.submit(cfg, out / "job.json", savepoint=from_savepoint,
                             allow_non_restored=allow_non_restored_state)
     console.print(f"job id: {job_id}")
