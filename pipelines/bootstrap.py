@@ -35,6 +35,9 @@ def bootstrap(event_dir: str | Path, out: str | Path, join: JoinConfig | None = 
     from transforms.spec import load_spec
 
     event_dir, out = Path(event_dir), Path(out)
+    if (out / "registry").exists() or (out / "transform").exists():
+        # a second bootstrap there would fit another artifact beside the first one's model
+        raise FileExistsError(f"{out} holds a bootstrap already: use a new folder")
     join = join or JoinConfig()
     cfg = retrain_cfg or RetrainConfig()
     source = read_manifest(event_dir)["source"]

@@ -214,8 +214,12 @@ def bootstrap(event_dir: Path = typer.Argument(..., help="Historical event direc
         join = JoinConfig(window_ms=window_ms, late_policy=late_policy)
     except ValueError as e:
         raise typer.BadParameter(str(e))
-    outcome = run_bootstrap(event_dir, out, join, RetrainConfig(train_hours=train_hours, eval_hours=eval_hours),
-                            pipeline_args=list(beam_arg) or None)
+    try:
+        outcome = run_bootstrap(event_dir, out, join, RetrainConfig(train_hours=train_hours, eval_hours=eval_hours),
+                                pipeline_args=list(beam_arg) or None)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
     print_retrain(outcome)
     if not outcome.get("pushed"):
         console.print("[red]no base model pushed[/red] (see the outcome above)")

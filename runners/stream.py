@@ -217,7 +217,7 @@ def seed_base(source: str | Path, run_dir: str | Path, artifact) -> str:
                             f"{ref.manifest.get('artifact_version')}, the run serves {artifact.version}: "
                             "run with the artifact it was trained on (--artifact)")
     files = {str(f.relative_to(ref.path)): f.read_bytes() for f in sorted(ref.path.rglob("*"))
-             if f.is_file() and f.name != MANIFEST}
+             if f.is_file() and f != ref.path / MANIFEST}  # the payload (a SavedModel tree, the npz)
     keep = {k: v for k, v in ref.manifest.items() if k not in ("kind", "version", "files")}
     dst = Registry(Path(run_dir) / "registry")
     dst.publish("base", files, {**keep, "seeded_from": str(Path(source).resolve())}, version=version)

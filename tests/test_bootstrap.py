@@ -76,6 +76,8 @@ def test_a_model_of_other_features_is_refused_before_the_job_starts(boot, tmp_pa
     # the live stream's own warm-up artifact: the same spec, other statistics
     with pytest.raises(RegistryError, match="transform artifact"):
         prepare_run(root / "live", tmp_path / "run", "generator", JOIN, base_registry=root / "boot" / "registry")
+    with pytest.raises(FileExistsError, match="use a new folder"):  # not over an earlier bootstrap
+        bootstrap(root / "history", root / "boot", JOIN)
     with pytest.raises(RegistryError, match="no current base"):
         prepare_run(root / "live", tmp_path / "run", "generator", JOIN, artifact=root / "boot" / "transform",
                     base_registry=tmp_path / "empty")
