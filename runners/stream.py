@@ -204,8 +204,13 @@ def seed_base(source: str | Path, run_dir: str | Path, artifact) -> str:
     """Copy the current base model of the registry ``source`` (e.g. ``driftline bootstrap``'s)
     into the run's registry and promote it there: the job serves it from its first tick. It must
     have been trained on ``artifact``'s features (same spec fingerprint and artifact version);
-    ``RegistryError`` otherwise, before any job starts. Returns the version."""
+    ``RegistryError`` otherwise, before any job starts. Returns the version.
+
+    The joined examples of the folder the registry belongs to (a bootstrap's history, a run's
+    segments: ``<folder>/retrain/segments``, same artifact) become the run's first segments, so
+    the run's scheduled retrains train on them and the stream's own examples together."""
     from models.registry import MANIFEST, Registry, RegistryError
+    from pipelines.retrain import SEGMENTS
 
     src = Registry(source)
     version = src.current("base")
@@ -222,6 +227,10 @@ def seed_base(source: str | Path, run_dir: str | Path, artifact) -> str:
     dst = Registry(Path(run_dir) / "registry")
     dst.publish("base", files, {**keep, "seeded_from": str(Path(source).resolve())}, version=version)
     dst.promote("base", version, fingerprint=artifact.spec.fingerprint(), reason="seed")
+    segments = Path(run_dir) / SEGMENTS
+    for f in sorted((Path(source).parent / SEGMENTS).glob("*.parquet")):
+        segments.mkdir(parents=True, exist_ok=True)  # before the job's own (named by their tick)
+        shutil.copyfile(f, segments / f"{0:013d}-{f.name}")
     return version
 
 

@@ -69,6 +69,11 @@ def test_the_bootstrapped_model_serves_from_the_streams_first_tick(boot):
     assert lines and {f["reference"] for f in lines} == {f"base {outcome['version']}"}
     seeded = Registry(root / "run" / "registry").verify("base", outcome["version"]).manifest
     assert seeded["seeded_from"] == str((root / "boot" / "registry").resolve())
+    # the history's examples are the run's first segment: its scheduled retrains train on them too
+    import pyarrow.parquet as pq
+
+    (segment,) = (root / "run" / "retrain" / "segments").glob("*.parquet")
+    assert segment.name == "0000000000000-history.parquet" and pq.read_table(segment).num_rows == outcome["examples"]
 
 
 def test_a_model_of_other_features_is_refused_before_the_job_starts(boot, tmp_path):
