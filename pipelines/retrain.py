@@ -65,6 +65,10 @@ class RetrainConfig:
     calibration_high: float = 2.0
     infra_sample: int = 256
     min_examples: int = 200
+    # a champion that is a trained model is replaced only on an eval slice with at least this many
+    # positives: on a handful the gate cannot tell two models apart (0: no minimum). The prior
+    # champion (no model yet) does not need it
+    min_eval_positives: int = 0
     runner: str = "local"  # local | beam
     beam_pipeline_args: tuple[str, ...] = ("--direct_num_workers=1", "--direct_running_mode=in_memory")
     schema: str | None = None  # an explicit schema.pbtxt; default: the curated one, else frozen per run
@@ -365,6 +369,10 @@ def retrain(run_dir: str | Path, cutoff: int | None = None, cfg: RetrainConfig |
     if small or span.counts["eval"]["positives"] in (0, span.counts["eval"]["examples"]):
         outcome["status"] = "skipped"
         outcome["reason"] = f"not enough data in the span: {span.counts} (min_examples={cfg.min_examples})"
+    elif champion and span.counts["eval"]["positives"] < cfg.min_eval_positives:
+        outcome["status"] = "skipped"
+        outcome["reason"] = (f"{span.counts['eval']['positives']} positives in the eval slice, fewer than "
+                             f"min_eval_positives={cfg.min_eval_positives}: the champion stays")
     else:
         pipeline = build_pipeline(run_dir, span, cfg, job, champion, state.get("previous_train_stats"))
         try:

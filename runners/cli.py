@@ -135,6 +135,8 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
                                                               "traffic from after the alert."),
         train_hours: float = typer.Option(24.0, help="Retrains: K, hours of event time to train on."),
         eval_hours: float = typer.Option(2.0, help="Retrains: E, the most recent hours, evaluated on."),
+        min_eval_positives: int = typer.Option(0, help="Retrains: a trained champion is replaced only on an "
+                                                       "eval slice with at least this many positives."),
         data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets."),
         report: bool = typer.Option(True, help="At the end, write RUN_DIR/report.html (driftline report)."),
         updates: bool = typer.Option(True, help="Write the per-event weight-update records (RUN_DIR/updates, "
@@ -165,7 +167,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     if speedup < 0:
         raise typer.BadParameter("--speedup must be >= 0")
     job: dict = {"follow": follow, "replay_speedup": speedup, "write_updates": updates}
-    retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours}
+    retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours, "min_eval_positives": min_eval_positives}
     if retrain_every or retrain_on_drift or retrain_on_feature_drift:
         every = _duration_ms(retrain_every) if retrain_every else 0
         delay = _duration_ms(swap_delay)

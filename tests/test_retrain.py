@@ -291,6 +291,20 @@ def test_span_failing_validation_is_refused_with_a_report(run):
     assert Registry(run_dir / "registry").versions("base") == before
 
 
+def test_a_trained_champion_stays_on_an_eval_slice_with_too_few_positives(run):
+    """``min_eval_positives``: with a TFX model as the champion, a span whose eval slice has fewer
+    positives is not trained on (the gate could not tell the two apart); nothing is pushed."""
+    from pipelines.retrain import retrain, run_config
+
+    run_dir, summary = run
+    before = Registry(run_dir / "registry").versions("base")
+    first = summary["retrains"][0]
+    o = retrain(run_dir, first["cutoff"], replace(run_config(run_dir), min_eval_positives=10**6), source="segments")
+    assert o["status"] == "skipped" and "min_eval_positives" in o["reason"] and not o["pushed"], o
+    assert 0 < o["counts"]["eval"]["positives"] < 10**6 and o["champion"] is not None
+    assert Registry(run_dir / "registry").versions("base") == before
+
+
 def test_corrupted_or_foreign_model_is_refused(run, tmp_path):
     run_dir, summary = run
     version = summary["retrains"][0]["version"]
