@@ -760,10 +760,14 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
            base_registry: Optional[Path] = typer.Option(None, help="Start from this registry's current base model "
                                                                    "(driftline bootstrap's OUT/registry; its "
                                                                    "OUT/transform is the artifact)."),
+           speedup: float = typer.Option(0.0, help="Replay at most this many times event-time speed (0: as fast "
+                                                   "as possible); outputs are the same at any pace."),
            root: Path = ROOT_OPT, rest_port: int = PORT_OPT,
            data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
     """Package the job config and run it on the standalone cluster with `flink run -py`;
-    prints the job id."""
+    prints the job id. With --from-savepoint into a run folder that has a job.json: the same run
+    resumed (its outputs, registry and retrains kept; --parallelism, --[no-]updates and --speedup
+    applied to its job.json), not a new one."""
     from runners import cluster
     from runners.local import prepare_events
     from runners.stream import prepare_run, summarize
@@ -776,16 +780,29 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
     if not cluster.status(cfg)["up"]:
         console.print(f"[red]error:[/red] no cluster at {cfg.rest_url}; run `driftline cluster up` first")
         raise typer.Exit(2)
-    event_dir, source = prepare_events(data, out, events, 7, data_dir_opt)
-    from models.registry import RegistryError
+    if speedup < 0:
+        raise typer.BadParameter("--speedup must be >= 0")
+    if from_savepoint and (out / "job.json").is_file():
+        # resuming this run: preparing it again would delete what it committed before the stop
+        # (outputs, the registry its state's models come from, its retrains)
+        if base_registry is not None:
+            console.print("[red]error:[/red] a resumed job serves the base model in its state; no --base-registry")
+            raise typer.Exit(2)
+        job = json.loads((out / "job.json").read_text())
+        job.update(parallelism=parallelism, write_updates=updates, replay_speedup=speedup)
+        (out / "job.json").write_text(json.dumps(job, indent=1) + "\n")
+        event_dir = Path(job["event_dir"])
+    else:
+        event_dir, source = prepare_events(data, out, events, 7, data_dir_opt)
+        from models.registry import RegistryError
 
-    artifact = _boot_artifact(base_registry, None)
-    try:
-        prepare_run(event_dir, out, source, artifact=artifact, parallelism=parallelism, write_updates=updates,
-                    base_registry=base_registry)
-    except RegistryError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+        artifact = _boot_artifact(base_registry, None)
+        try:
+            prepare_run(event_dir, out, source, artifact=artifact, parallelism=parallelism, write_updates=updates,
+                        base_registry=base_registry, replay_speedup=speedup)
+        except RegistryError as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2)
     job_id = cluster.submit(cfg, out / "job.json", savepoint=from_savepoint,
                             allow_non_restored=allow_non_restored_state)
     console.print(f"job id: {job_id}")
@@ -801,12 +818,24 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
 @app.command()
 def savepoint(job_id: str = typer.Argument(...), stop: bool = typer.Option(False, help="Stop the job with it."),
               root: Path = ROOT_OPT, rest_port: int = PORT_OPT):
-    """Trigger a savepoint (`flink savepoint` / `flink stop`) on the standalone cluster."""
-    from runners.cluster import flink_cli
+    """Trigger a savepoint (`flink savepoint` / `flink stop`) on the standalone cluster, into
+    its savepoints folder; prints the savepoint's path (for `driftline submit --from-savepoint`)."""
+    import re
+
+    from runners.cluster import flink_cli, stop_with_savepoint
 
     cfg = _cluster(root, rest_port)
-    args = ["stop", job_id] if stop else ["savepoint", job_id]
-    console.print(flink_cli(cfg, *args, "-m", f"127.0.0.1:{rest_port}"))
+    try:
+        if stop:
+            path = stop_with_savepoint(cfg, job_id)
+        else:
+            out = flink_cli(cfg, "savepoint", "-m", f"127.0.0.1:{rest_port}", job_id,
+                            (cfg.path / "savepoints").as_uri(), timeout=600)
+            path = re.search(r"Savepoint completed\. Path: (\S+)", out).group(1)
+    except (RuntimeError, AttributeError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1)
+    print(f"savepoint: {path}")
 
 
 @app.command()
