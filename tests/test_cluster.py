@@ -1,6 +1,7 @@
 """The same job on a real standalone cluster (started by this test from the pip PyFlink,
 parallelism 2) gives the same joined examples and bit-identical weights as the mini-cluster;
-the test stops the cluster and only its own processes."""
+the test stops the cluster and only its own processes. Also the operator's stop-and-resume
+sequence through the ``driftline`` command line."""
 import json
 import time
 
@@ -74,3 +75,70 @@ def test_standalone_cluster_equals_mini_cluster(standalone, tmp_path):
     assert _examples(tmp_path / "remote") == _examples(tmp_path / "local")
     a, b = _weights(tmp_path / "local"), _weights(tmp_path / "remote")
     assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
+
+
+def _rest(cfg, path: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{cfg.rest_url}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _until(cond, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        if time.time() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.5)
+
+
+def test_cli_stop_with_a_savepoint_and_resume_the_same_run(standalone, tmp_path):
+    """The operator's sequence through the command line: ``driftline submit --no-wait``,
+    ``driftline savepoint JOB --stop`` mid-stream, ``driftline submit --from-savepoint PATH``
+    into the same run folder. The resumed run keeps what the first part committed (before,
+    re-preparing the folder deleted it) and the two parts give the uninterrupted run's outputs."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from runners.cli import app
+
+    cli = CliRunner()
+    where = ["--root", standalone.root, "--rest-port", str(standalone.rest_port)]
+    generate_event_dir(tmp_path / "ev", GeneratorConfig(events=30_000, seed=23))
+    local = run_stream(tmp_path / "ev", tmp_path / "local", "generator")
+    run = tmp_path / "run"
+    r = cli.invoke(app, ["submit", "--data", str(tmp_path / "ev"), "--out", str(run), "--no-wait",
+                         "--speedup", "600", *where])
+    assert r.exit_code == 0, r.output
+    job_id = re.search(r"job id: ([0-9a-f]{32})", r.output).group(1)
+
+    def running_with_a_checkpoint() -> bool:
+        job = _rest(standalone, f"/jobs/{job_id}")
+        assert job["state"] not in ("FINISHED", "FAILED", "CANCELED"), job["state"]
+        done = (cluster.checkpoints(standalone, job_id).get("latest") or {}).get("completed")
+        return job["state"] == "RUNNING" and bool(done) and all(
+            v["status"] in ("RUNNING", "FINISHED") for v in job["vertices"])  # a bounded source may be done
+
+    _until(running_with_a_checkpoint, "the job running with a completed checkpoint")
+    r = cli.invoke(app, ["savepoint", job_id, "--stop", *where])
+    assert r.exit_code == 0, r.output
+    savepoint = re.search(r"savepoint: (\S+)", r.output).group(1)
+    assert cluster.wait(standalone, job_id, timeout=60) == "FINISHED"
+    before = {name: _lines(run, name) for name in ("predictions", "examples")}
+    assert 0 < len(before["predictions"]) < local["counts"]["predictions"]  # stopped mid-stream
+    r = cli.invoke(app, ["submit", "--out", str(run), "--from-savepoint", savepoint, *where])
+    assert r.exit_code == 0, r.output
+    remote = json.loads((run / "summary.json").read_text())
+    assert remote["reconciliation"]["reconciles"] and remote["counts"] == local["counts"]
+    for name in ("predictions", "examples", "late_labels", "dead_letter", "updates"):
+        assert _lines(run, name) == _lines(tmp_path / "local", name), name
+    assert all(set(before[name]) <= set(_lines(run, name)) for name in before)  # the first part kept
+    a, b = _weights(tmp_path / "local"), _weights(run)
+    assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
+
+
+def _lines(run_dir, name) -> dict:
+    from collections import Counter
+
+    return Counter(json.dumps(r, sort_keys=True) for r in read_output(run_dir, name))
