@@ -178,3 +178,14 @@ def read_stream(root: str | Path, stream: str, spec: SourceSpec | None = None) -
     schema = DEAD_LETTER_SCHEMA if stream == "dead_letter" else spec.schema(stream)
     tables = list(iter_stream(root, stream, schema))
     return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def event_time_span(root: str | Path) -> tuple[int, int] | None:
+    """The first and last event time of an event directory's impressions (None: none yet)."""
+    import pyarrow.compute as pc
+
+    times = read_stream(root, IMPRESSION).column("event_time")
+    if len(times) == times.null_count:
+        return None
+    span = pc.min_max(times).as_py()
+    return int(span["min"]), int(span["max"])

@@ -101,6 +101,31 @@ def _boot_artifact(base_registry: Optional[Path], artifact: Optional[Path]) -> O
     return artifact
 
 
+def _warmup(base_registry: Optional[Path], warmup: Optional[Path], no_warmup: bool) -> Optional[Path]:
+    """The event directory that warms the windowed counts up: the given one, else a bootstrap's
+    history (``OUT/job.json``'s event_dir next to ``OUT/registry``), so the stream's first window
+    of counts is the one the bootstrap's examples had; ``--no-warmup``: none."""
+    if no_warmup:
+        return None
+    if warmup is not None or base_registry is None:
+        return warmup
+    boot = base_registry.parent / "job.json"
+    if not boot.is_file():
+        return None
+    history = Path(json.loads(boot.read_text())["event_dir"])
+    if not (history / "impressions").is_dir():
+        console.print(f"[yellow]note:[/yellow] the bootstrap's history {history} is gone: the windowed counts "
+                      "start empty (--warmup EVENT_DIR to give it)")
+        return None
+    return history
+
+
+WARMUP_OPT = typer.Option(None, "--warmup", help="Event directory of the traffic before the stream (default with "
+                                                 "--base-registry: the bootstrap's history): its last window "
+                                                 "fills the windowed counts; never served or learned.")
+NO_WARMUP_OPT = typer.Option(False, "--no-warmup", help="Start the windowed counts empty.")
+
+
 @app.command()
 def run(data: str = typer.Option("generator", help="generator | talkingdata | elec2 | an event directory"),
         out: Path = typer.Option(Path("runs/local"), help="Run folder (RUN_DIR)."),
@@ -143,7 +168,8 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
                                                 "the largest output); --no-updates: none are made."),
         base_registry: Optional[Path] = typer.Option(None, help="Start from this registry's current base model "
                                                                 "(e.g. driftline bootstrap's OUT/registry; its "
-                                                                "OUT/transform is the default --artifact).")):
+                                                                "OUT/transform is the default --artifact)."),
+        warmup: Optional[Path] = WARMUP_OPT, no_warmup: bool = NO_WARMUP_OPT):
     """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
     -> FTRL (-> scheduled TFX retrains -> base-model swaps); writes outputs and
     RUN_DIR/summary.json, prints a summary."""
@@ -180,11 +206,12 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     if base_registry is not None:
         artifact = _boot_artifact(base_registry, artifact)
         job["base_registry"] = base_registry
+    job["warmup"] = _warmup(base_registry, warmup, no_warmup)
     from models.registry import RegistryError
 
     try:
         summary = run_stream(event_dir, out, spec or source, join, online, artifact, retrain=retrain_cfg, **job)
-    except RegistryError as e:  # the base model to start from does not fit the run
+    except (RegistryError, ValueError) as e:  # the base model or warm-up does not fit the run
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     _print_run(summary)
@@ -762,6 +789,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
                                                                    "OUT/transform is the artifact)."),
            speedup: float = typer.Option(0.0, help="Replay at most this many times event-time speed (0: as fast "
                                                    "as possible); outputs are the same at any pace."),
+           warmup: Optional[Path] = WARMUP_OPT, no_warmup: bool = NO_WARMUP_OPT,
            root: Path = ROOT_OPT, rest_port: int = PORT_OPT,
            data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
     """Package the job config and run it on the standalone cluster with `flink run -py`;
@@ -799,8 +827,9 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         artifact = _boot_artifact(base_registry, None)
         try:
             prepare_run(event_dir, out, source, artifact=artifact, parallelism=parallelism, write_updates=updates,
-                        base_registry=base_registry, replay_speedup=speedup)
-        except RegistryError as e:
+                        base_registry=base_registry, replay_speedup=speedup,
+                        warmup=_warmup(base_registry, warmup, no_warmup))
+        except (RegistryError, ValueError) as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2)
     job_id = cluster.submit(cfg, out / "job.json", savepoint=from_savepoint,

@@ -102,11 +102,21 @@ class JobConfig:
     triggered_retrain_delay_ms: int = 0
     # feature-drift monitor (models.feature_drift.DriftConfig fields; {} = the defaults)
     feature_drift: dict = field(default_factory=dict)
+    # an event directory of the impressions before the stream (a bootstrap's history): those from
+    # warmup_from_ms on fill the windowed counts before the stream's first impression is counted,
+    # so the stream's first window is not counted from empty (driftline.flink.WindowedCount);
+    # they are never served, joined or learned ("": none; runners.stream.warmup_job)
+    warmup_dir: str = ""
+    warmup_from_ms: int = 0
+    # where the warm-up's counting began (its first impression; a backfill over it counted from
+    # there): the feature-drift monitor's origin for the windowed aggregates
+    warmup_origin_ms: int = 0
     # security: when set, event_dir, out and artifact must lie under one of these folders
     roots: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_paths({"event_dir": self.event_dir, "out": self.out, "artifact": self.artifact}, self.roots)
+        check_paths({"event_dir": self.event_dir, "out": self.out, "artifact": self.artifact,
+                     **({"warmup_dir": self.warmup_dir} if self.warmup_dir else {})}, self.roots)
         from models.feature_drift import DriftConfig
 
         DriftConfig(**self.feature_drift)  # fails early on a bad setting
@@ -382,7 +392,18 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     labels = table_rows(t_env, "SELECT `event_id`, `label_time`, label, jts FROM labels",
                         ["event_id", "label_time", "label", "jts"],
                         [Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()], uid="labels")
-    counted = windowed_count_rows(t_env, "impressions", raw_cols, source, spec.aggregates)
+    counted_from, warm = "impressions", None
+    if cfg.warmup_dir and spec.aggregates:
+        # the warm-up's impressions go through the windowed counts first (the union's watermark
+        # waits for them) and stop there
+        add_source(t_env, "warmup", Path(cfg.warmup_dir).resolve() / "impressions",
+                   lambda n, p: impressions_ddl(n, source, p, D), False)
+        t_env.create_temporary_view("impressions_warmed", t_env.sql_query(
+            "SELECT *, FALSE AS `_warm` FROM impressions UNION ALL "
+            f"SELECT *, TRUE AS `_warm` FROM warmup WHERE `event_time` >= {int(cfg.warmup_from_ms)}"))
+        counted_from, warm = "impressions_warmed", "_warm"
+    counted = windowed_count_rows(t_env, counted_from, raw_cols, source, spec.aggregates, warm=warm,
+                                  uid="impressions")
     imps, resolved, dead = dedup_join(counted,
                                       labels, source.entity_fields[0] if source.entity_fields else None,
                                       input_types, cfg.join, cfg.dedup_retention_ms)

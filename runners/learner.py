@@ -133,6 +133,8 @@ class Learner(KeyedProcessFunction):
         self.pace_origin = None  # (tick, monotonic seconds) of the first tick served by this run
         job = c["job"]
         self.out = Path(job["out"])
+        # warmed-up counts (JobConfig.warmup_dir) were counted from the warm-up's first impression
+        self.warm_origin = int(job["warmup_origin_ms"]) if job.get("warmup_dir") else None
         self.schedule = Schedule(int(job.get("retrain_every_ms") or 0), int(job.get("swap_delay_ms") or 0))
         self.drift = DriftAlert(float(job.get("drift_retrain_ratio") or 0.0),
                                 int(job.get("drift_min_examples") or 2_000),
@@ -196,7 +198,8 @@ class Learner(KeyedProcessFunction):
             # against a reference span that starts a window after the job's first impression
             warmup = {n: a.window_ms for a in self.artifact.spec.aggregates for n in (a.name, f"{a.name}_bucket")
                       if n in names}
-            self.fd = self.fd_state.value() or FeatureDrift(cfg, names, (int(lo or 0), int(hi or 0)), warmup=warmup)
+            self.fd = self.fd_state.value() or FeatureDrift(cfg, names, (int(lo or 0), int(hi or 0)), warmup=warmup,
+                                                            first_at=self.warm_origin)
         return self.fd
 
     def _layer(self) -> OnlineLayer:

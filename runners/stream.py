@@ -236,11 +236,16 @@ def seed_base(source: str | Path, run_dir: str | Path, artifact) -> str:
 
 def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: JoinConfig | None = None,
                 online: OnlineConfig | None = None, artifact: str | Path | None = None,
-                retrain: dict | None = None, base_registry: str | Path | None = None, **job) -> JobConfig:
+                retrain: dict | None = None, base_registry: str | Path | None = None,
+                warmup: str | Path | None = None, **job) -> JobConfig:
     """Clear a run folder's outputs, fit (or take) the transform artifact, and write
     ``RUN_DIR/job.json`` (everything a job needs, locally or submitted to a cluster) and the
     retrain settings ``RUN_DIR/retrain/config.json`` (``pipelines.retrain.RetrainConfig``).
-    ``base_registry``: start from that registry's current base model (``seed_base``)."""
+    ``base_registry``: start from that registry's current base model (``seed_base``).
+    ``warmup``: an event directory of the impressions before this stream (a bootstrap's history)
+    whose last window fills the windowed counts (``warmup_job``)."""
+    if warmup is not None:
+        job.update(warmup_job(warmup, event_dir, artifact, spec))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in (*OUTPUTS, "examples_parquet", "registry", "checkpoints", "summary.json", "retrain",
@@ -264,6 +269,27 @@ def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: Joi
         (run_dir / CONFIG).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG).write_text(json.dumps(RetrainConfig.from_dict(retrain).to_dict(), indent=1) + "\n")
     return cfg
+
+
+def warmup_job(warmup: str | Path, event_dir: str | Path, artifact: str | Path | None, spec: str) -> dict:
+    """The job settings that warm the windowed counts up with ``warmup``'s impressions: its
+    folder and the first event time that can still count for the stream (its last impression's
+    time minus the longest window). Refused if its impressions reach past the stream's first
+    one (an impression in both would be counted twice)."""
+    from pipelines.eventlog import event_time_span
+    from transforms.artifact import TransformArtifact
+    from transforms.spec import load_spec
+
+    aggs = (TransformArtifact.load(artifact).spec if artifact is not None else load_spec(spec)).aggregates
+    span = event_time_span(warmup)
+    if not aggs or span is None:  # nothing to warm up, or nothing to warm it with
+        return {}
+    live = event_time_span(event_dir)
+    if live is not None and live[0] < span[1]:
+        raise ValueError(f"warm-up {warmup} ends at {span[1]}, after the stream's first impression ({live[0]}): "
+                         "the warm-up must be the traffic before the stream")
+    return {"warmup_dir": str(Path(warmup).resolve()), "warmup_from_ms": span[1] - max(a.window_ms for a in aggs),
+            "warmup_origin_ms": span[0]}
 
 
 def run_stream(event_dir: str | Path, run_dir: str | Path, spec: str, join: JoinConfig | None = None,

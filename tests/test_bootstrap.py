@@ -86,3 +86,60 @@ def test_a_model_of_other_features_is_refused_before_the_job_starts(boot, tmp_pa
     with pytest.raises(RegistryError, match="no current base"):
         prepare_run(root / "live", tmp_path / "run", "generator", JOIN, artifact=root / "boot" / "transform",
                     base_registry=tmp_path / "empty")
+
+
+def _inputs(example: dict) -> dict:
+    return json.loads(example["inputs"]) if isinstance(example["inputs"], str) else example["inputs"]
+
+
+def test_the_history_warms_the_windowed_counts_up(boot, tmp_path):
+    """Without a warm-up the stream's first hour of ``user_count_1h`` is counted from empty: the
+    history's users are new to it, and the features differ from the ones the bootstrap's model
+    was trained on (the backfill counts over the history). With the history as warm-up, every
+    live impression's count is the one over history and stream together (the reference
+    semantics, ``transforms.aggregates``), and nothing of the history is served or learned."""
+    import numpy as np
+
+    from transforms.aggregates import window_counts
+
+    root, _ = boot
+    rows = [(folder, json.loads(x)) for folder in ("history", "live")
+            for f in sorted((root / folder / "impressions").glob("part-*")) for x in f.open()]
+    # every impression row counts, a duplicate too (the counts come before the dedup)
+    both = window_counts([[r["user_id"] for _, r in rows]], np.array([r["event_time"] for _, r in rows]), 3_600_000)
+    live = [r for folder, r in rows if folder == "live"]
+    cold = window_counts([[r["user_id"] for r in live]], np.array([r["event_time"] for r in live]), 3_600_000)
+    first: dict = {}  # an impression's first occurrence: the one served and joined
+    for (folder, r), n, m in zip(rows, both, [None] * (len(rows) - len(live)) + list(cold)):
+        if folder == "live":
+            first.setdefault(r["event_id"], (int(n), int(m)))
+    both, cold = {i: n for i, (n, _) in first.items()}, {i: m for i, (_, m) in first.items()}
+    live_ids = set(first)
+    # the live stream's own artifact (fitted on its first impressions): the feature-drift reference
+    # then starts with the stream, a window after the history's first impression, before the stream's
+    runs = {}
+    for name, warmup in (("warm", root / "history"), ("cold", None)):
+        artifact = None if name == "warm" else tmp_path / "warm" / "transform"
+        s = run_stream(root / "live", tmp_path / name, "generator", JOIN, artifact=artifact, warmup=warmup,
+                       feature_drift={"window": 500, "step": 100, "min_reference": 100})
+        assert s["reconciliation"]["reconciles"] and s["counts"]["predictions"] == len(live_ids)
+        examples = read_output(tmp_path / name, "examples")
+        assert len(examples) > 1_000 and {e["event_id"] for e in examples} <= live_ids  # no history learned
+        metrics = [m["feature_drift"] for m in read_output(tmp_path / name, "metrics")]
+        deferred = {f for m in metrics for f in m.get("deferred", [])}
+        judged = {f for m in metrics for f in m["features"] if f not in m.get("deferred", [])}
+        runs[name] = ({e["event_id"]: _inputs(e)["user_count_1h"] for e in examples}, deferred, judged)
+    job = json.loads((tmp_path / "warm" / "job.json").read_text())
+    assert job["warmup_dir"] == str((root / "history").resolve())
+    assert not json.loads((tmp_path / "cold" / "job.json").read_text())["warmup_dir"]
+    (warm, warm_deferred, warm_judged), (cold_got, cold_deferred, _) = runs["warm"], runs["cold"]
+    assert all(warm[i] == both[i] for i in warm) and all(cold_got[i] == cold[i] for i in cold_got)
+    assert sum(warm[i] != cold[i] for i in warm) > 100  # the warm-up made a difference
+    # drift: judged from the start with the warm-up; deferred (counts filling) without it
+    assert "user_count_1h" in cold_deferred and "user_count_1h" not in warm_deferred
+    assert "user_count_1h" in warm_judged
+    print(f"warm-up: {len(warm)} examples, {sum(warm[i] != cold[i] for i in warm)} counts differ from the cold ones")
+    # a warm-up that overlaps the stream would count impressions twice: refused
+    with pytest.raises(ValueError, match="before the stream"):
+        prepare_run(root / "history", tmp_path / "bad", "generator", JOIN, artifact=root / "boot" / "transform",
+                    warmup=root / "live")

@@ -9,8 +9,8 @@ number of impressions with the same key and event time in ``[t - window_ms, t)``
 * late events: the value depends only on event times, never on arrival order. Engines that
   evaluate in event time (Flink's OVER window) must see an event before the watermark passes
   it, so the watermark delay must cover the source's disorder. Flink's OVER operator drops
-  rows behind the watermark; the streaming job does not yet route them to the dead-letter
-  output, but its summary's reconciliation (impressions in = served + duplicates) shows them.
+  rows behind the watermark; the streaming job's windowed count (``driftline.flink.WindowedCount``)
+  writes them as dead letters (``behind_watermark``), so counts reconcile.
 * a null key is a key of its own.
 
 The Beam backfill (``transforms.beam``) runs this function per key; Flink evaluates the same

@@ -189,25 +189,35 @@ def set_uids(stream, prefix: str) -> None:
         todo.extend(t.getInputs())
 
 
-def windowed_count_rows(t_env, table: str, columns: list[str], source: SourceSpec, aggregates) -> JavaRows:
+def windowed_count_rows(t_env, table: str, columns: list[str], source: SourceSpec, aggregates,
+                        warm: str | None = None, uid: str | None = None) -> JavaRows:
     """``columns`` of ``table`` (and the aggregates' keys), its rowtime ``ts`` and one count
     per aggregate (``driftline.flink.WindowedCount``), as ``JavaRows``; the rows that came
-    behind the watermark are in its ``dead_letters`` (reason ``behind_watermark``)."""
+    behind the watermark are in its ``dead_letters`` (reason ``behind_watermark``). ``warm``:
+    a BOOLEAN column of ``table`` marking warm-up rows, counted in the windows but not output
+    (nor the column). ``uid``: the source operators' uid prefix (default ``table``)."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
     jvm = get_gateway().jvm
     keys = [k for a in aggregates for k in a.keys if k not in columns]
-    carry = list(dict.fromkeys([*columns, *keys]))
+    carry = list(dict.fromkeys([*columns, *keys, *([warm] if warm else [])]))
     kind = {c: Types.DOUBLE() if c in source.numeric_fields else Types.LONG() if c == "event_time"
-            else Types.STRING() for c in carry}
+            else Types.BOOLEAN() if c == warm else Types.STRING() for c in carry}
     rows = table_rows(t_env, f"SELECT {', '.join(_q(c) for c in carry)}, {ROWTIME} FROM {table}",
-                      [*carry, ROWTIME], [kind[c] for c in carry] + [Types.INSTANT()], uid=table)
+                      [*carry, ROWTIME], [kind[c] for c in carry] + [Types.INSTANT()], uid=uid or table)
     line_type = Types.ROW_NAMED(["line"], [Types.STRING()]).get_java_type_info()
-    for a in aggregates:
+    for i, a in enumerate(aggregates):
+        last = warm is not None and i == len(aggregates) - 1
         op = jvm.driftline.flink.WindowedCount(int(a.window_ms), java_array(jvm.String, rows.names),
-                                               rows.stream.getType(), line_type)
-        rows = rows.then(list(a.keys), op, [(a.name, Types.LONG())], f"windowed_count_{a.name}")
+                                               rows.stream.getType(), line_type,
+                                               rows.names.index(warm) if warm else -1, last)
+        if last:  # the rows without the warm-up column
+            kept = [(n, t) for n, t in zip(rows.names, rows.types) if n != warm]
+            rows = rows.then(list(a.keys), op, [*kept, (a.name, Types.LONG())], f"windowed_count_{a.name}",
+                             append=False)
+        else:
+            rows = rows.then(list(a.keys), op, [(a.name, Types.LONG())], f"windowed_count_{a.name}")
         rows.dead_letters.append(rows.stream.getSideOutput(op.lateTag()))
     return rows
 

@@ -24,6 +24,13 @@
  * operators never see a late impression; after a restore, by at least the watermark it had
  * reached (KeyedRowOperator keeps it in state). A key's state is cleared when its window has
  * emptied.
+ *
+ * Warm-up rows (a boolean field, warmIndex >= 0, true): impressions from before the stream (a
+ * bootstrap's history) that fill the windows so that the stream's first window of counts is the
+ * one the history's backfill computed, not an empty one. They are counted in the windows like
+ * any row; the operator with dropWarm (the last count of a chain) does not emit them, and emits
+ * the other rows without the warm-up field. A warm-up row behind the watermark is not part of
+ * the job's input: counted in "numWarmupRecordsBehindWatermark", no dead letter.
  */
 package driftline.flink;
 
@@ -33,6 +40,7 @@ import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
+import org.apache.flink.metrics.Counter;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
@@ -46,12 +54,22 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row>
   private final String[] names; // the input's field names, in order (rows may be name-based)
   private final TypeInformation<Row> inputType;
   private final OutputTag<Row> deadLetters;
+  private final int warmIndex; // the warm-up flag's field, -1: none
+  private final boolean dropWarm; // emit neither warm-up rows nor the flag
+  private transient Counter warmLate;
   // queue of the window's event times: [0] = head index, [1] = end index, times in [head, end)
   private transient ValueState<long[]> window;
   private transient WaitingRows waiting;
   private transient KeptWatermarks watermarks; // its input's, kept across restores (KeyedRowOperator)
 
   public WindowedCount(long windowMs, String[] names, TypeInformation<Row> inputType, TypeInformation<Row> lineType) {
+    this(windowMs, names, inputType, lineType, -1, false);
+  }
+
+  public WindowedCount(long windowMs, String[] names, TypeInformation<Row> inputType, TypeInformation<Row> lineType,
+                       int warmIndex, boolean dropWarm) {
+    this.warmIndex = warmIndex;
+    this.dropWarm = dropWarm && warmIndex >= 0;
     this.windowMs = windowMs;
     this.names = names.clone();
     this.inputType = inputType;
@@ -73,6 +91,11 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row>
     window = getRuntimeContext().getState(
         new ValueStateDescriptor<long[]>("window", PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO));
     waiting = new WaitingRows(getRuntimeContext(), "waiting", inputType);
+    warmLate = getRuntimeContext().getMetricGroup().counter("numWarmupRecordsBehindWatermark");
+  }
+
+  private boolean warm(Row row) {
+    return warmIndex >= 0 && Boolean.TRUE.equals(Fields.get(row, warmIndex, names[warmIndex]));
   }
 
   @Override
@@ -82,12 +105,14 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row>
     // the watermark restored is never ahead of the one an uninterrupted run would have here
     long watermark = Math.max(ctx.timerService().currentWatermark(),
         watermarks == null ? Long.MIN_VALUE : watermarks.get(0));
-    boolean late = waiting.late(t, watermark);
-    if (!late && w != null && w[1] > 2 && t <= w[(int) w[1] - 1]) { // its key is already past t
-      waiting.drop();
-      late = true;
+    // at or behind the watermark, or its key is already past t
+    boolean late = t <= watermark || (w != null && w[1] > 2 && t <= w[(int) w[1] - 1]);
+    if (late && warm(row)) {
+      warmLate.inc();
+      return;
     }
     if (late) {
+      waiting.drop();
       ctx.output(deadLetters, Row.of(Json.behindWatermark("impression", "flink:windowed_count", t,
           watermark, names, row)));
       return;
@@ -110,11 +135,17 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row>
     if (rows != null) {
       long count = end - head;
       for (Row row : rows) {
-        Row o = Row.withPositions(names.length + 1);
-        for (int i = 0; i < names.length; i++) {
-          o.setField(i, Fields.get(row, i, names[i]));
+        if (dropWarm && warm(row)) {
+          continue;
         }
-        o.setField(names.length, count);
+        Row o = Row.withPositions(names.length + (dropWarm ? 0 : 1));
+        int j = 0;
+        for (int i = 0; i < names.length; i++) {
+          if (!dropWarm || i != warmIndex) {
+            o.setField(j++, Fields.get(row, i, names[i]));
+          }
+        }
+        o.setField(j, count);
         out.collect(o);
       }
       int need = end - head + rows.size();
