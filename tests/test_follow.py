@@ -124,14 +124,29 @@ def test_lateness_survives_a_restore(tmp_path):
     first rows published after the restore, are ``behind_watermark`` dead letters as in an
     uninterrupted run. (Flink does not checkpoint watermarks: without our operators keeping
     their inputs' watermarks in state, both would be taken as on time, and the result of a
-    log would depend on where the job was restored.)"""
+    log would depend on where the job was restored.) The job is warmed up with the traffic
+    before the stream (``warmup_dir``, a bounded source beside the followed ones): its windowed
+    counts are the ones over warm-up and stream together, before and after the restore (a
+    warm-up read again after the restore would count twice)."""
     import socket
+
+    import numpy as np
+
+    from transforms.aggregates import window_counts
 
     generate_event_dir(tmp_path / "ev", GeneratorConfig(events=2_000, seed=5, duplicate_rate=0.0,
                                                        out_of_order_rate=0.0))
     imps = [json.loads(x) for p in sorted((tmp_path / "ev" / "impressions").glob("part-*")) for x in open(p)]
     labels = [json.loads(x) for p in sorted((tmp_path / "ev" / "labels").glob("part-*")) for x in open(p)]
     cut = imps[len(imps) * 3 // 5]["event_time"]
+    warm_cut = imps[len(imps) // 5]["event_time"]
+    warm = [r for r in imps if r["event_time"] < warm_cut]
+    warm_ids = {r["event_id"] for r in warm}
+    (tmp_path / "warm" / "impressions").mkdir(parents=True)
+    (tmp_path / "warm" / "impressions" / "part-000000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in warm))
+    shutil.copy(tmp_path / "ev" / "_manifest.json", tmp_path / "warm" / "_manifest.json")
+    imps = [r for r in imps if r["event_id"] not in warm_ids]
+    labels = [r for r in labels if r["event_id"] not in warm_ids]
     first = [r for r in imps if r["event_time"] < cut]
     join = JoinConfig(window_ms=600_000, late_horizon_ms=3_600_000, watermark_delay_ms=10_000)
     late_imp = {**first[-1], "event_id": "late-impression", "user_id": "late-user",
@@ -158,7 +173,9 @@ def test_lateness_survives_a_restore(tmp_path):
         port = s.getsockname()[1]
     rest = {"rest.port": str(port), "rest.bind-port": str(port)}
     cfg = prepare_run(live, tmp_path / "run", "generator", join, artifact=tmp_path / "art", follow=True,
-                      checkpoint_interval_ms=2_000, monitor_interval_ms=500, learn_tick_ms=TICK, flink_conf=rest)
+                      checkpoint_interval_ms=2_000, monitor_interval_ms=500, learn_tick_ms=TICK, flink_conf=rest,
+                      warmup=tmp_path / "warm")
+    assert cfg.warmup_dir
     log = tmp_path / "flink.log"
 
     def start():
@@ -191,3 +208,17 @@ def test_lateness_survives_a_restore(tmp_path):
     got = {(d["kind"], json.loads(d["raw"])["event_id"]) for d in dead}
     assert got == {("impression", "late-impression"), ("label", target["event_id"])}, dead
     assert "late-impression" not in predicted()
+    # the counts over warm-up and stream (the late impression counted nowhere), on both sides of the restore
+    rows = [*warm, *imps]
+    ref = dict(zip([r["event_id"] for r in rows], window_counts(
+        [[r["user_id"] for r in rows]], np.array([r["event_time"] for r in rows]), 3_600_000).tolist()))
+    examples = read_output(tmp_path / "run", "examples")
+    got = {e["event_id"]: (json.loads(e["inputs"]) if isinstance(e["inputs"], str) else e["inputs"])["user_count_1h"]
+           for e in examples}
+    served = predicted()
+    restored_at = min(served[r["event_id"]] for r in parts[("impressions", 1)] if r["event_id"] in served)
+    assert {i for i in got if served[i] >= restored_at} and {i for i in got if served[i] < restored_at}
+    assert got and all(got[i] == ref[i] for i in got), [(i, got[i], ref[i]) for i in got if got[i] != ref[i]][:5]
+    cold = dict(zip([r["event_id"] for r in imps], window_counts(
+        [[r["user_id"] for r in imps]], np.array([r["event_time"] for r in imps]), 3_600_000).tolist()))
+    assert sum(got[i] != cold[i] for i in got) > 50  # the warm-up counted
