@@ -66,6 +66,8 @@ def _print_run(summary: dict) -> None:
     if w:
         t.add_row(f"online, last {w['window_n']} examples (logloss / AUC)",
                   f"{fmt(w['window_logloss'])} / {fmt(w['window_auc'])}")
+    if summary.get("warmup"):
+        t.add_row("windowed counts warmed up from", f"{summary['warmup']['dir']} (from {summary['warmup']['from_ms']})")
     if summary.get("seconds"):
         t.add_row("job seconds (incl. start-up)", f"{summary['seconds']:.1f}")
     for r in summary.get("retrains") or []:
@@ -254,7 +256,8 @@ def bootstrap(event_dir: Path = typer.Argument(..., help="Historical event direc
         console.print("[red]no base model pushed[/red] (see the outcome above)")
         raise typer.Exit(1)
     console.print(f"base {outcome['version']} (artifact {outcome['artifact_version']}, {outcome['examples']:,} "
-                  f"examples); next: driftline run --data LIVE_EVENT_DIR --base-registry {out / 'registry'}")
+                  f"examples); next: driftline run --data LIVE_EVENT_DIR --base-registry {out / 'registry'} "
+                  f"(the history warms its windowed counts up)")
 
 
 @app.command()

@@ -153,12 +153,21 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
         # the learner's last report: progressive logloss/AUC of its sliding window (p before
         # each update), the label-delay histogram; the same figures are Flink metrics
         "window": max(out["metrics"], key=lambda m: m["examples_seen"], default={}),
+        "warmup": _warmup_of(run_dir),
         "outputs": {**{name: str(run_dir / name) for name in OUTPUTS},
                     "examples_parquet": str(run_dir / "examples_parquet")},
     }
     if write:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
+
+
+def _warmup_of(run_dir: Path) -> dict | None:
+    """What warmed the run's windowed counts up (``JobConfig.warmup_dir``), or None."""
+    job = json.loads((run_dir / "job.json").read_text()) if (run_dir / "job.json").is_file() else {}
+    if not job.get("warmup_dir"):
+        return None
+    return {"dir": job["warmup_dir"], "from_ms": job["warmup_from_ms"], "origin_ms": job.get("warmup_origin_ms")}
 
 
 def ab_report(run_dir: str | Path, n: int = 200, seed: int = 0, predictions: list[dict] | None = None,

@@ -123,6 +123,7 @@ def test_the_history_warms_the_windowed_counts_up(boot, tmp_path):
         s = run_stream(root / "live", tmp_path / name, "generator", JOIN, artifact=artifact, warmup=warmup,
                        feature_drift={"window": 500, "step": 100, "min_reference": 100})
         assert s["reconciliation"]["reconciles"] and s["counts"]["predictions"] == len(live_ids)
+        assert (s["warmup"] or {}).get("dir") == (str(warmup.resolve()) if warmup else None)
         examples = read_output(tmp_path / name, "examples")
         assert len(examples) > 1_000 and {e["event_id"] for e in examples} <= live_ids  # no history learned
         metrics = [m["feature_drift"] for m in read_output(tmp_path / name, "metrics")]
