@@ -104,8 +104,9 @@ class JobConfig:
     feature_drift: dict = field(default_factory=dict)
     # an event directory of the impressions before the stream (a bootstrap's history): those from
     # warmup_from_ms on fill the windowed counts before the stream's first impression is counted,
-    # so the stream's first window is not counted from empty (driftline.flink.WindowedCount);
-    # they are never served, joined or learned ("": none; runners.stream.warmup_job)
+    # so the stream's first window is not counted from empty (driftline.flink.WindowedCount),
+    # and the dedup's memory of ids (a stream impression repeating one is a duplicate); they are
+    # never served, joined or learned ("": none; runners.stream.warmup_job)
     warmup_dir: str = ""
     warmup_from_ms: int = 0
     # where the warm-up's counting began (its first impression; a backfill over it counted from
@@ -262,7 +263,7 @@ def _types(names) -> list:
 
 
 def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: dict[str, str],
-               join: JoinConfig, retention_ms: int):
+               join: JoinConfig, retention_ms: int, warm: str | None = None):
     """The dedup and the delayed-label join, in one Java operator per event_id
     (``driftline.flink.DedupJoin``), over the impressions ``imps`` (the windowed counts' rows)
     and the ``labels`` (event_id, label_time, label, stamped at label time + 1). Returns the
@@ -281,7 +282,8 @@ def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: 
     become corrections (``late_policy``), the rest of the join's state in event time after the
     late horizon (expired for every later row; freed by the sweeps of the ids' memory, every
     retention / 16 of event time: no timer per key). Measured with
-    ``bench/stream.py --only-checkpoint``."""
+    ``bench/stream.py --only-checkpoint``. ``warm``: the impressions' warm-up flag column: those
+    rows only take their occurrence numbers (a stream impression repeating one is a duplicate)."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
@@ -294,6 +296,8 @@ def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: 
                                        java_array(jvm.String, imps.names), unit,
                                        java_array(jvm.String, list(input_types)), imps.stream.getType(),
                                        labels.stream.getType(), join_type, line_type)
+    if warm:
+        op.warmField(warm)
     names = ["event_id", "event_time", "unit", *input_types]
     types = [Types.STRING(), Types.LONG(), Types.STRING(), *_types(INPUT_TYPES[t] for t in input_types.values())]
     key_type = Types.STRING().get_java_type_info()
@@ -393,9 +397,9 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
                         ["event_id", "label_time", "label", "jts"],
                         [Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()], uid="labels")
     counted_from, warm = "impressions", None
-    if cfg.warmup_dir and spec.aggregates:
+    if cfg.warmup_dir:
         # the warm-up's impressions go through the windowed counts first (the union's watermark
-        # waits for them) and stop there
+        # waits for them) and into the dedup's memory, and stop there
         add_source(t_env, "warmup", Path(cfg.warmup_dir).resolve() / "impressions",
                    lambda n, p: impressions_ddl(n, source, p, D), False)
         t_env.create_temporary_view("impressions_warmed", t_env.sql_query(
@@ -403,10 +407,10 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
             f"SELECT *, TRUE AS `_warm` FROM warmup WHERE `event_time` >= {int(cfg.warmup_from_ms)}"))
         counted_from, warm = "impressions_warmed", "_warm"
     counted = windowed_count_rows(t_env, counted_from, raw_cols, source, spec.aggregates, warm=warm,
-                                  uid="impressions")
+                                  uid="impressions", drop_warm=False)
     imps, resolved, dead = dedup_join(counted,
                                       labels, source.entity_fields[0] if source.entity_fields else None,
-                                      input_types, cfg.join, cfg.dedup_retention_ms)
+                                      input_types, cfg.join, cfg.dedup_retention_ms, warm=warm)
     # The Learner learns the join's outcomes in order (corrections too) and writes late labels
     # and dead letters. Impressions and outcomes reach it packed, one value per tick (Java
     # TickPack): impressions with their raw inputs, featurized in the Learner per tick (no

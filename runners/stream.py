@@ -254,7 +254,8 @@ def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: Joi
     ``warmup``: an event directory of the impressions before this stream (a bootstrap's history)
     whose last window fills the windowed counts (``warmup_job``)."""
     if warmup is not None:
-        job.update(warmup_job(warmup, event_dir, artifact, spec))
+        retention = job.get("dedup_retention_ms", JobConfig.__dataclass_fields__["dedup_retention_ms"].default)
+        job.update(warmup_job(warmup, event_dir, artifact, spec, retention))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in (*OUTPUTS, "examples_parquet", "registry", "checkpoints", "summary.json", "retrain",
@@ -280,24 +281,27 @@ def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: Joi
     return cfg
 
 
-def warmup_job(warmup: str | Path, event_dir: str | Path, artifact: str | Path | None, spec: str) -> dict:
-    """The job settings that warm the windowed counts up with ``warmup``'s impressions: its
-    folder and the first event time that can still count for the stream (its last impression's
-    time minus the longest window). Refused if its impressions reach past the stream's first
-    one (an impression in both would be counted twice)."""
+def warmup_job(warmup: str | Path, event_dir: str | Path, artifact: str | Path | None, spec: str,
+               retention_ms: int = 0) -> dict:
+    """The job settings that warm the windowed counts and the dedup up with ``warmup``'s
+    impressions: its folder and the first event time that can still count or be repeated in the
+    stream (its last impression's time minus the longest window or the dedup's retention).
+    Refused if its impressions reach past the stream's first one (an impression in both would
+    be counted twice)."""
     from pipelines.eventlog import event_time_span
     from transforms.artifact import TransformArtifact
     from transforms.spec import load_spec
 
     aggs = (TransformArtifact.load(artifact).spec if artifact is not None else load_spec(spec)).aggregates
     span = event_time_span(warmup)
-    if not aggs or span is None:  # nothing to warm up, or nothing to warm it with
+    if span is None:  # nothing to warm up with
         return {}
     live = event_time_span(event_dir)
     if live is not None and live[0] < span[1]:
         raise ValueError(f"warm-up {warmup} ends at {span[1]}, after the stream's first impression ({live[0]}): "
                          "the warm-up must be the traffic before the stream")
-    return {"warmup_dir": str(Path(warmup).resolve()), "warmup_from_ms": span[1] - max(a.window_ms for a in aggs),
+    back = max([a.window_ms for a in aggs] + [retention_ms])
+    return {"warmup_dir": str(Path(warmup).resolve()), "warmup_from_ms": span[1] - back,
             "warmup_origin_ms": span[0]}
 
 

@@ -97,14 +97,21 @@ def test_the_history_warms_the_windowed_counts_up(boot, tmp_path):
     history's users are new to it, and the features differ from the ones the bootstrap's model
     was trained on (the backfill counts over the history). With the history as warm-up, every
     live impression's count is the one over history and stream together (the reference
-    semantics, ``transforms.aggregates``), and nothing of the history is served or learned."""
+    semantics, ``transforms.aggregates``), and nothing of the history is served or learned. The
+    dedup is warmed up too: a stream impression that repeats a history one is a duplicate."""
     import numpy as np
 
     from transforms.aggregates import window_counts
 
     root, _ = boot
-    rows = [(folder, json.loads(x)) for folder in ("history", "live")
-            for f in sorted((root / folder / "impressions").glob("part-*")) for x in f.open()]
+    # the live stream, and in it an impression that repeats the history's last one (re-sent)
+    read = lambda folder, stream: [json.loads(x) for f in sorted((folder / stream).glob("part-*")) for x in f.open()]  # noqa: E731
+    history, live = read(root / "history", "impressions"), read(root / "live", "impressions")
+    planted = {**max(history, key=lambda r: r["event_time"]), "event_time": min(r["event_time"] for r in live)}
+    (tmp_path / "live.jsonl").write_text("".join(json.dumps({**r, "kind": k}) + "\n" for k, rs in (
+        ("impression", [planted, *live]), ("label", read(root / "live", "labels"))) for r in rs))
+    ingest_event_dir([str(tmp_path / "live.jsonl")], GENERATOR, tmp_path / "live")
+    rows = [("history", r) for r in history] + [("live", r) for r in read(tmp_path / "live", "impressions")]
     # every impression row counts, a duplicate too (the counts come before the dedup)
     both = window_counts([[r["user_id"] for _, r in rows]], np.array([r["event_time"] for _, r in rows]), 3_600_000)
     live = [r for folder, r in rows if folder == "live"]
@@ -120,9 +127,14 @@ def test_the_history_warms_the_windowed_counts_up(boot, tmp_path):
     runs = {}
     for name, warmup in (("warm", root / "history"), ("cold", None)):
         artifact = None if name == "warm" else tmp_path / "warm" / "transform"
-        s = run_stream(root / "live", tmp_path / name, "generator", JOIN, artifact=artifact, warmup=warmup,
+        s = run_stream(tmp_path / "live", tmp_path / name, "generator", JOIN, artifact=artifact, warmup=warmup,
                        feature_drift={"window": 500, "step": 100, "min_reference": 100})
-        assert s["reconciliation"]["reconciles"] and s["counts"]["predictions"] == len(live_ids)
+        # with the warm-up the dedup remembers the history's ids: the re-sent impression is a
+        # duplicate (as in the whole log streamed); without, it is served as new
+        dups = [d for d in read_output(tmp_path / name, "dead_letter") if d["reason"] == "duplicate_event_id"]
+        repeated = [d for d in dups if planted["event_id"] in d["raw"]]
+        assert s["reconciliation"]["reconciles"] and len(repeated) == (name == "warm")
+        assert s["counts"]["predictions"] == len(live_ids) - (name == "warm")
         assert (s["warmup"] or {}).get("dir") == (str(warmup.resolve()) if warmup else None)
         examples = read_output(tmp_path / name, "examples")
         assert len(examples) > 1_000 and {e["event_id"] for e in examples} <= live_ids  # no history learned

@@ -44,6 +44,12 @@
  * own input's makes the decision depend on that stream alone): it is counted
  * ("numLateRecordsDropped") and written as a dead letter, "behind_watermark", with the row as
  * its raw record (DEAD_LETTERS), so nothing is lost silently.
+ *
+ * Warm-up impressions (warmField(name): a boolean field, true; the traffic before the stream,
+ * JobConfig.warmup_dir) only take their occurrence number: a stream impression that repeats
+ * one within the retention is a duplicate, as if the whole log had been streamed. They are
+ * never emitted, joined or dead-lettered (one behind the watermark counts in
+ * "numWarmupRecordsBehindWatermark").
  */
 package driftline.flink;
 
@@ -107,6 +113,9 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
   private transient int[] inputPos;
   private transient long nextSweep; // the watermark at which the join's next sweep is due
   private transient SweepingCoProcessOperator operator; // the operator it runs in (its inputs' watermarks)
+  private String warm; // input 1's warm-up flag field, null if none
+  private transient int warmPos;
+  private transient org.apache.flink.metrics.Counter warmLate;
 
   public DedupJoin(long retentionMs, long windowMs, long horizonMs, boolean keepInputsOfLate, long noTime,
       String[] names, String unit, String[] inputs, TypeInformation<Row> impType, TypeInformation<Row> labelType,
@@ -126,6 +135,16 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
     this.labelType = labelType;
     this.join = new OutputTag<Row>("join", joinType);
     this.deadLetters = new OutputTag<Row>("dead_letters", lineType);
+  }
+
+  /** Input 1's rows with ``field`` true are warm-up rows (see above); returns this. */
+  public DedupJoin warmField(String field) {
+    this.warm = field;
+    return this;
+  }
+
+  private boolean isWarm(Row row) {
+    return warmPos >= 0 && Boolean.TRUE.equals(Fields.get(row, warmPos, names[warmPos]));
   }
 
   public OutputTag<Row> joinTag() {
@@ -161,6 +180,8 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
       inputPos[i] = position(inputs[i]);
     }
     nextSweep = Long.MIN_VALUE;
+    warmPos = warm == null ? -1 : position(warm);
+    warmLate = getRuntimeContext().getMetricGroup().counter("numWarmupRecordsBehindWatermark");
   }
 
   @Override
@@ -223,7 +244,9 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
     TimerService timers = ctx.timerService();
     long watermark = Math.max(timers.currentWatermark(), operator == null ? Long.MIN_VALUE
         : operator.inputWatermark(input));
-    if (waiting.late(t, watermark)) {
+    if (input == 1 && t <= watermark && isWarm(row)) {
+      warmLate.inc();
+    } else if (waiting.late(t, watermark)) {
       ctx.output(deadLetters, Row.of(Json.behindWatermark(kind, origin, t, watermark, fields, row)));
     } else {
       waiting.add(t, row, timers);
@@ -259,6 +282,9 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
       impSeen.begin(t);
       for (Row row : imps) {
         long n = impSeen.next();
+        if (isWarm(row)) { // its occurrence counted, nothing more
+          continue;
+        }
         if (n > 1) {
           ctx.output(deadLetters, Row.of(Json.deadLetter("duplicate_event_id", n, "impression",
               "flink:impressions", key)));
