@@ -163,7 +163,7 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
 
 
 def _warmup_of(run_dir: Path) -> dict | None:
-    """What warmed the run's windowed counts up (``JobConfig.warmup_dir``), or None."""
+    """What warmed the run's windowed counts and dedup up (``JobConfig.warmup_dir``), or None."""
     job = json.loads((run_dir / "job.json").read_text()) if (run_dir / "job.json").is_file() else {}
     if not job.get("warmup_dir"):
         return None
@@ -252,7 +252,7 @@ def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: Joi
     retrain settings ``RUN_DIR/retrain/config.json`` (``pipelines.retrain.RetrainConfig``).
     ``base_registry``: start from that registry's current base model (``seed_base``).
     ``warmup``: an event directory of the impressions before this stream (a bootstrap's history)
-    whose last window fills the windowed counts (``warmup_job``)."""
+    whose last window fills the windowed counts and the dedup's memory (``warmup_job``)."""
     if warmup is not None:
         retention = job.get("dedup_retention_ms", JobConfig.__dataclass_fields__["dedup_retention_ms"].default)
         job.update(warmup_job(warmup, event_dir, artifact, spec, retention))
