@@ -67,7 +67,7 @@ def _print_run(summary: dict) -> None:
         t.add_row(f"online, last {w['window_n']} examples (logloss / AUC)",
                   f"{fmt(w['window_logloss'])} / {fmt(w['window_auc'])}")
     if summary.get("warmup"):
-        t.add_row("windowed counts warmed up from", f"{summary['warmup']['dir']} (from {summary['warmup']['from_ms']})")
+        t.add_row("counts and dedup warmed up from", f"{summary['warmup']['dir']} (from {summary['warmup']['from_ms']})")
     if summary.get("seconds"):
         t.add_row("job seconds (incl. start-up)", f"{summary['seconds']:.1f}")
     for r in summary.get("retrains") or []:
@@ -104,9 +104,9 @@ def _boot_artifact(base_registry: Optional[Path], artifact: Optional[Path]) -> O
 
 
 def _warmup(base_registry: Optional[Path], warmup: Optional[Path], no_warmup: bool) -> Optional[Path]:
-    """The event directory that warms the windowed counts up: the given one, else a bootstrap's
-    history (``OUT/job.json``'s event_dir next to ``OUT/registry``), so the stream's first window
-    of counts is the one the bootstrap's examples had; ``--no-warmup``: none."""
+    """The event directory that warms the windowed counts and the dedup up: the given one, else a
+    bootstrap's history (``OUT/job.json``'s event_dir next to ``OUT/registry``), so the stream's
+    first window of counts is the one the bootstrap's examples had; ``--no-warmup``: none."""
     if no_warmup:
         return None
     if warmup is not None or base_registry is None:
@@ -123,9 +123,9 @@ def _warmup(base_registry: Optional[Path], warmup: Optional[Path], no_warmup: bo
 
 
 WARMUP_OPT = typer.Option(None, "--warmup", help="Event directory of the traffic before the stream (default with "
-                                                 "--base-registry: the bootstrap's history): its last window "
-                                                 "fills the windowed counts; never served or learned.")
-NO_WARMUP_OPT = typer.Option(False, "--no-warmup", help="Start the windowed counts empty.")
+                                                 "--base-registry: the bootstrap's history): its end fills the "
+                                                 "windowed counts and the dedup; never served or learned.")
+NO_WARMUP_OPT = typer.Option(False, "--no-warmup", help="Start the windowed counts and the dedup empty.")
 
 
 @app.command()

@@ -407,7 +407,7 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
             f"SELECT *, TRUE AS `_warm` FROM warmup WHERE `event_time` >= {int(cfg.warmup_from_ms)}"))
         counted_from, warm = "impressions_warmed", "_warm"
     counted = windowed_count_rows(t_env, counted_from, raw_cols, source, spec.aggregates, warm=warm,
-                                  uid="impressions", drop_warm=False)
+                                  uid="impressions")
     imps, resolved, dead = dedup_join(counted,
                                       labels, source.entity_fields[0] if source.entity_fields else None,
                                       input_types, cfg.join, cfg.dedup_retention_ms, warm=warm)

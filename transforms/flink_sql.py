@@ -190,13 +190,13 @@ def set_uids(stream, prefix: str) -> None:
 
 
 def windowed_count_rows(t_env, table: str, columns: list[str], source: SourceSpec, aggregates,
-                        warm: str | None = None, uid: str | None = None, drop_warm: bool = True) -> JavaRows:
+                        warm: str | None = None, uid: str | None = None) -> JavaRows:
     """``columns`` of ``table`` (and the aggregates' keys), its rowtime ``ts`` and one count
     per aggregate (``driftline.flink.WindowedCount``), as ``JavaRows``; the rows that came
     behind the watermark are in its ``dead_letters`` (reason ``behind_watermark``). ``warm``:
-    a BOOLEAN column of ``table`` marking warm-up rows, counted in the windows but not output
-    (nor the column), or with ``drop_warm=False`` output with it (for the dedup). ``uid``: the
-    source operators' uid prefix (default ``table``)."""
+    a BOOLEAN column of ``table`` marking warm-up rows: counted in the windows like any row and
+    output with it (the dedup takes them out). ``uid``: the source operators' uid prefix
+    (default ``table``)."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
@@ -208,17 +208,11 @@ def windowed_count_rows(t_env, table: str, columns: list[str], source: SourceSpe
     rows = table_rows(t_env, f"SELECT {', '.join(_q(c) for c in carry)}, {ROWTIME} FROM {table}",
                       [*carry, ROWTIME], [kind[c] for c in carry] + [Types.INSTANT()], uid=uid or table)
     line_type = Types.ROW_NAMED(["line"], [Types.STRING()]).get_java_type_info()
-    for i, a in enumerate(aggregates):
-        last = warm is not None and drop_warm and i == len(aggregates) - 1
+    for a in aggregates:
         op = jvm.driftline.flink.WindowedCount(int(a.window_ms), java_array(jvm.String, rows.names),
                                                rows.stream.getType(), line_type,
-                                               rows.names.index(warm) if warm else -1, last)
-        if last:  # the rows without the warm-up column
-            kept = [(n, t) for n, t in zip(rows.names, rows.types) if n != warm]
-            rows = rows.then(list(a.keys), op, [*kept, (a.name, Types.LONG())], f"windowed_count_{a.name}",
-                             append=False)
-        else:
-            rows = rows.then(list(a.keys), op, [(a.name, Types.LONG())], f"windowed_count_{a.name}")
+                                               rows.names.index(warm) if warm else -1)
+        rows = rows.then(list(a.keys), op, [(a.name, Types.LONG())], f"windowed_count_{a.name}")
         rows.dead_letters.append(rows.stream.getSideOutput(op.lateTag()))
     return rows
 

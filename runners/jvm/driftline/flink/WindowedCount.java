@@ -27,10 +27,10 @@
  *
  * Warm-up rows (a boolean field, warmIndex >= 0, true): impressions from before the stream (a
  * bootstrap's history) that fill the windows so that the stream's first window of counts is the
- * one the history's backfill computed, not an empty one. They are counted in the windows like
- * any row; the operator with dropWarm (the last count of a chain) does not emit them, and emits
- * the other rows without the warm-up field. A warm-up row behind the watermark is not part of
- * the job's input: counted in "numWarmupRecordsBehindWatermark", no dead letter.
+ * one the history's backfill computed, not an empty one. They are counted in the windows and
+ * emitted like any row, flag and all (the dedup after the counts takes them out). A warm-up row
+ * behind the watermark is not part of the job's input: counted in
+ * "numWarmupRecordsBehindWatermark", no dead letter.
  */
 package driftline.flink;
 
@@ -55,7 +55,6 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row>
   private final TypeInformation<Row> inputType;
   private final OutputTag<Row> deadLetters;
   private final int warmIndex; // the warm-up flag's field, -1: none
-  private final boolean dropWarm; // emit neither warm-up rows nor the flag
   private transient Counter warmLate;
   // queue of the window's event times: [0] = head index, [1] = end index, times in [head, end)
   private transient ValueState<long[]> window;
@@ -63,13 +62,12 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row>
   private transient KeptWatermarks watermarks; // its input's, kept across restores (KeyedRowOperator)
 
   public WindowedCount(long windowMs, String[] names, TypeInformation<Row> inputType, TypeInformation<Row> lineType) {
-    this(windowMs, names, inputType, lineType, -1, false);
+    this(windowMs, names, inputType, lineType, -1);
   }
 
   public WindowedCount(long windowMs, String[] names, TypeInformation<Row> inputType, TypeInformation<Row> lineType,
-                       int warmIndex, boolean dropWarm) {
+                       int warmIndex) {
     this.warmIndex = warmIndex;
-    this.dropWarm = dropWarm && warmIndex >= 0;
     this.windowMs = windowMs;
     this.names = names.clone();
     this.inputType = inputType;
@@ -135,17 +133,11 @@ public final class WindowedCount extends KeyedProcessFunction<String, Row, Row>
     if (rows != null) {
       long count = end - head;
       for (Row row : rows) {
-        if (dropWarm && warm(row)) {
-          continue;
-        }
-        Row o = Row.withPositions(names.length + (dropWarm ? 0 : 1));
-        int j = 0;
+        Row o = Row.withPositions(names.length + 1);
         for (int i = 0; i < names.length; i++) {
-          if (!dropWarm || i != warmIndex) {
-            o.setField(j++, Fields.get(row, i, names[i]));
-          }
+          o.setField(i, Fields.get(row, i, names[i]));
         }
-        o.setField(j, count);
+        o.setField(names.length, count);
         out.collect(o);
       }
       int need = end - head + rows.size();
