@@ -11,7 +11,8 @@ setup(
                                      exclude=["*.__pycache__"]),
     include_package_data=True,
     package_data={"transforms": ["specs/*.yaml"], "pipelines": ["schemas/*.pbtxt"],
-                  "runners": ["jvm/org/apache/beam/sdk/fn/server/*.java", "jvm/driftline/flink/*.java"]},  # runners.jvm compiles it
+                  "runners": ["jvm/org/apache/beam/sdk/fn/server/*.java", "jvm/driftline/flink/*.java",
+                              "jvm/org/apache/flink/connector/file/table/*.java"]},  # runners.jvm compiles it
     install_requires=[
         # Exact versions come from constraints.txt (see Makefile); these are the direct needs.
         "apache-beam[gcp]==2.61.0",

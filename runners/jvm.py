@@ -11,6 +11,12 @@ gateway JVM (``FLINK_LIB_DIR``, read by PyFlink's launcher) and for the standalo
 daemons (``FLINK_LIB_DIR`` of Flink's scripts; there flink-python's jar goes in too, so the
 operators and our class share one class loader).
 
+A class of ours that replaces one in a jar of PyFlink's lib (``org.apache.flink.connector.
+file.table.DeserializationSchemaAdapter``: Flink's line reader loses its position after a
+restore, see the Java file) cannot rely on class-path order (PyFlink's launcher lists lib jars
+in directory order): ``patch_jar`` writes a copy of that jar with our classes in place of its
+own (``patched_jars``), and ``lib_dir`` links the copy under the jar's own name.
+
 In a local run PyFlink's driver would also serve a "loopback" worker pool on ``[::]:0``;
 ``prepare_local`` chooses PyFlink's process mode instead (the JVM starts the Python workers,
 as on a cluster).
@@ -58,9 +64,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "driftline" / "jvm"
 
 
+def _lib_jars() -> dict[str, Path]:
+    return {p.name: p for p in sorted((pyflink_home() / "lib").glob("*.jar"))}
+
+
 def _key() -> str:
-    """Changes with our sources and with the jar they are compiled against."""
+    """Changes with our sources and with the jars they are compiled against."""
     h = hashlib.sha256(flink_python_jar().name.encode())
+    for name in _lib_jars():
+        h.update(name.encode() + b"\0")
     for src in sorted(SOURCES.rglob("*.java")):
         h.update(str(src.relative_to(SOURCES)).encode() + b"\0" + src.read_bytes())
     return h.hexdigest()[:16]
@@ -84,22 +96,55 @@ def patch_jar(cache: Path | None = None) -> Path:
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"javac failed:\n{proc.stderr[-3000:]}")
+        built = {f.relative_to(classes).as_posix(): f for f in sorted(classes.rglob("*.class"))}
+        replaced: set[str] = set()
+        for name, stock in _lib_jars().items():
+            with zipfile.ZipFile(stock) as z:
+                theirs = {e for e in z.namelist() if e in built}
+            if theirs:  # a copy of that jar with our classes instead (nested classes of theirs dropped)
+                mine = {e for e in built if e.split("$")[0].removesuffix(".class") in
+                        {t.split("$")[0].removesuffix(".class") for t in theirs}}
+                _write_patched(stock, folder / name, {e: built[e] for e in mine})
+                replaced |= mine
         part = Path(tmp) / jar.name
         with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nCreated-By: driftline\n")
-            for f in sorted(classes.rglob("*.class")):
-                z.write(f, f.relative_to(classes).as_posix())
+            for name, f in built.items():
+                if name not in replaced:
+                    z.write(f, name)
         os.replace(part, jar)  # atomic: a concurrent build leaves one whole jar
     return jar
 
 
+def _write_patched(stock: Path, dest: Path, ours: dict[str, Path]) -> None:
+    """``stock`` with the classes of ``ours`` (entry name → compiled file) in place of its own
+    classes of the same outer class (a nested class we do not have is dropped, not kept stale)."""
+    outer = {n.split("$")[0].removesuffix(".class") for n in ours}
+    part = dest.with_name(f".{dest.name}.{os.getpid()}")
+    with zipfile.ZipFile(stock) as src, zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            if info.filename.endswith(".class") and info.filename.split("$")[0].removesuffix(".class") in outer:
+                continue
+            out.writestr(info, src.read(info))
+        for name, f in sorted(ours.items()):
+            out.write(f, name)
+    os.replace(part, dest)
+
+
+def patched_jars(cache: Path | None = None) -> dict[str, Path]:
+    """PyFlink lib jars we replace with a patched copy: name → the copy (built by ``patch_jar``)."""
+    folder = patch_jar(cache).parent
+    return {name: folder / name for name in _lib_jars() if (folder / name).is_file()}
+
+
 def lib_dir(with_flink_python: bool = False, cache: Path | None = None) -> Path:
-    """A Flink lib folder: links to PyFlink's lib jars and our jar (and flink-python's, for a
-    cluster). Both PyFlink's launcher and Flink's scripts put lib jars before opt's
-    flink-python jar, and Flink's scripts sort them: ``driftline-…`` sorts before ``flink-…``."""
+    """A Flink lib folder: links to PyFlink's lib jars (our patched copies instead, under the
+    same names) and our jar (and flink-python's, for a cluster). Both PyFlink's launcher and
+    Flink's scripts put lib jars before opt's flink-python jar, and Flink's scripts sort them:
+    ``driftline-…`` sorts before ``flink-…``."""
     jar = patch_jar(cache)
     folder = jar.parent / ("lib-cluster" if with_flink_python else "lib-local")
-    wanted = {p.name: p for p in (pyflink_home() / "lib").glob("*.jar")}
+    wanted = {**_lib_jars(), **patched_jars(cache)}
     wanted[jar.name] = jar
     if with_flink_python:
         wanted[flink_python_jar().name] = flink_python_jar()

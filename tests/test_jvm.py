@@ -1,5 +1,6 @@
 """Our loopback ServerFactory (runners.jvm): compiled from source against the installed
-flink-python jar, a binary drop-in for the class it shadows, first on the class path."""
+flink-python jar, a binary drop-in for the class it shadows, first on the class path; our
+line reader in a patched copy of flink-connector-files' jar."""
 import subprocess
 
 from runners import jvm
@@ -21,6 +22,21 @@ def test_our_server_factory_has_every_public_member_of_flinks(tmp_path):
     for cls in CLASSES:
         stock = _public_members(jvm.flink_python_jar(), cls)
         assert stock and stock <= _public_members(ours, cls), (cls, stock - _public_members(ours, cls))
+
+
+def test_our_line_reader_replaces_flinks_with_every_public_member(tmp_path):
+    """Our DeserializationSchemaAdapter (tests/test_file_source.py) goes into a copy of
+    flink-connector-files' jar, under that jar's name in the lib folders, instead of Flink's
+    (class-path order is not ours to choose locally); it keeps every public member."""
+    cls = "org.apache.flink.connector.file.table.DeserializationSchemaAdapter"
+    stock = next(p for n, p in jvm._lib_jars().items() if n.startswith("flink-connector-files"))
+    patched = jvm.patched_jars(cache=tmp_path)[stock.name]
+    theirs = _public_members(stock, cls)
+    assert theirs and theirs <= _public_members(patched, cls), theirs - _public_members(patched, cls)
+    ours = jvm.patch_jar(cache=tmp_path)
+    assert subprocess.run(["javap", "-cp", str(ours), cls], capture_output=True).returncode != 0  # only in the copy
+    for lib in (jvm.lib_dir(cache=tmp_path), jvm.lib_dir(with_flink_python=True, cache=tmp_path)):
+        assert (lib / stock.name).resolve() == patched.resolve()
 
 
 def test_the_lib_folder_puts_our_jar_before_flink_python(tmp_path):
