@@ -854,7 +854,7 @@ def savepoint(job_id: str = typer.Argument(...), stop: bool = typer.Option(False
     its savepoints folder; prints the savepoint's path (for `driftline submit --from-savepoint`)."""
     import re
 
-    from runners.cluster import flink_cli, stop_with_savepoint
+    from runners.cluster import CLIENT_TIMEOUT_S, flink_cli, stop_with_savepoint
 
     cfg = _cluster(root, rest_port)
     try:
@@ -862,7 +862,7 @@ def savepoint(job_id: str = typer.Argument(...), stop: bool = typer.Option(False
             path = stop_with_savepoint(cfg, job_id)
         else:
             out = flink_cli(cfg, "savepoint", "-m", f"127.0.0.1:{rest_port}", job_id,
-                            (cfg.path / "savepoints").as_uri(), timeout=600)
+                            (cfg.path / "savepoints").as_uri(), timeout=CLIENT_TIMEOUT_S + 60)
             path = re.search(r"Savepoint completed\. Path: (\S+)", out).group(1)
     except (RuntimeError, AttributeError) as e:
         console.print(f"[red]error:[/red] {e}")

@@ -23,6 +23,8 @@ from pathlib import Path
 import yaml
 
 JOB_ENTRY = Path(__file__).resolve().parent / "flink_job.py"
+# how long the `flink` command line waits for the cluster (client.timeout in our conf)
+CLIENT_TIMEOUT_S = 600
 log = logging.getLogger(__name__)
 
 
@@ -72,6 +74,15 @@ def write_conf(cfg: ClusterConfig) -> Path:
     base["execution"] = {"checkpointing": {"dir": (cfg.path / "checkpoints").as_uri(),
                                            "savepoint-dir": (cfg.path / "savepoints").as_uri()}}
     base["heartbeat"] = {"interval": cfg.heartbeat_interval_ms, "timeout": cfg.heartbeat_timeout_ms}
+    # `flink stop`, `flink savepoint` and `flink run` wait this long for the cluster's answer
+    # (Flink's default, 1 min, gave up on a savepoint that then completed: a paced job's first
+    # checkpoints wait behind its start-up backlog, half a minute here, more on a loaded host)
+    base["client"] = {"timeout": f"{CLIENT_TIMEOUT_S} s"}
+    # in-flight data sized to about a second of what each task processes instead of a fixed
+    # number of 32 KB buffers: a checkpoint barrier overtakes less queued data behind the slow
+    # Python operators (a paced 30k-event job's first checkpoint and its savepoint took ~22 s,
+    # with debloating ~1.6 s; README, Submitting to a Flink cluster)
+    base["taskmanager"]["network"] = {"memory": {"buffer-debloat": {"enabled": True}}}
     base.update(cfg.extra_conf)
     (conf_dir / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):
@@ -340,7 +351,7 @@ def submit(cfg: ClusterConfig, job_json: Path, detached: bool = True, savepoint:
     return m.group(1)
 
 
-def stop_with_savepoint(cfg: ClusterConfig, job_id: str, timeout: float = 600) -> str:
+def stop_with_savepoint(cfg: ClusterConfig, job_id: str, timeout: float = CLIENT_TIMEOUT_S + 60) -> str:
     """``flink stop`` (a savepoint, then the job stops without draining); returns the savepoint path."""
     out = flink_cli(cfg, "stop", "-m", f"127.0.0.1:{cfg.rest_port}", "--savepointPath",
                     (cfg.path / "savepoints").as_uri(), job_id, timeout=timeout)

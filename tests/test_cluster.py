@@ -45,6 +45,16 @@ def test_cluster_binds_to_localhost_only(standalone):
     assert "0.0.0.0" not in conf and "bind-address: 127.0.0.1" in conf
 
 
+def test_flink_runs_with_our_client_timeout_and_buffer_debloating(standalone):
+    """Read back from the JobManager, not our file: the command line waits for a slow savepoint
+    (Flink's 1-minute default made ``driftline savepoint --stop`` fail on a loaded machine while
+    the savepoint went on) and checkpoint barriers wait behind about a second of data, not a
+    fixed buffer count."""
+    conf = {c["key"]: c["value"] for c in _rest(standalone, "/jobmanager/config")}
+    assert conf["client.timeout"] == f"{cluster.CLIENT_TIMEOUT_S} s"
+    assert conf["taskmanager.network.memory.buffer-debloat.enabled"] == "true"
+
+
 def test_every_listening_socket_is_loopback(standalone):
     """Not just the config: the kernel's socket table for the cluster's processes (RPC, REST,
     blob server, data ports) shows no socket reachable from outside the machine."""
