@@ -742,12 +742,16 @@ def _cluster(root: Path, rest_port: int):
 
 @cluster_app.command("up")
 def cluster_up(root: Path = ROOT_OPT, rest_port: int = PORT_OPT,
-               slots: int = typer.Option(2, help="Task slots of the TaskManager.")):
+               slots: int = typer.Option(2, help="Task slots of the TaskManager."),
+               buffer_debloat: bool = typer.Option(
+                   True, help="Size in-flight data to ~1 s of throughput: checkpoints and savepoints "
+                              "of a back-pressured job in seconds, for some throughput.")):
     """Start one JobManager and one TaskManager with our conf dir."""
     from runners.cluster import ClusterConfig, up
 
     try:
-        s = up(ClusterConfig(root=str(root), rest_port=rest_port, slots=slots, parallelism=slots))
+        s = up(ClusterConfig(root=str(root), rest_port=rest_port, slots=slots, parallelism=slots,
+                             buffer_debloat=buffer_debloat))
     except RuntimeError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1)

@@ -47,6 +47,9 @@ class ClusterConfig:
     # a lost TaskManager is noticed by missed heartbeats: 50 s by Flink's default, 10 s here
     heartbeat_interval_ms: int = 2_000
     heartbeat_timeout_ms: int = 10_000
+    # in-flight data sized to ~1 s of each task's throughput: checkpoints and savepoints of a
+    # back-pressured job in ~1-2 s instead of tens of seconds, for some throughput (write_conf)
+    buffer_debloat: bool = True
     extra_conf: dict = field(default_factory=dict)  # more Flink options, flat keys
 
     @property
@@ -79,10 +82,11 @@ def write_conf(cfg: ClusterConfig) -> Path:
     # checkpoints wait behind its start-up backlog, half a minute here, more on a loaded host)
     base["client"] = {"timeout": f"{CLIENT_TIMEOUT_S} s"}
     # in-flight data sized to about a second of what each task processes instead of a fixed
-    # number of 32 KB buffers: a checkpoint barrier overtakes less queued data behind the slow
+    # number of 32 KB buffers: a checkpoint barrier queues behind less data ahead of the slow
     # Python operators (a paced 30k-event job's first checkpoint and its savepoint took ~22 s,
-    # with debloating ~1.6 s; README, Submitting to a Flink cluster)
-    base["taskmanager"]["network"] = {"memory": {"buffer-debloat": {"enabled": True}}}
+    # with debloating ~1.6 s; an unpaced local job ran 6-18 % slower with it: README,
+    # Submitting to a Flink cluster)
+    base["taskmanager"]["network"] = {"memory": {"buffer-debloat": {"enabled": cfg.buffer_debloat}}}
     base.update(cfg.extra_conf)
     (conf_dir / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):

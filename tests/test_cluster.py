@@ -55,6 +55,16 @@ def test_flink_runs_with_our_client_timeout_and_buffer_debloating(standalone):
     assert conf["taskmanager.network.memory.buffer-debloat.enabled"] == "true"
 
 
+def test_buffer_debloating_can_be_turned_off(tmp_path):
+    import yaml
+
+    for on in (True, False):
+        conf = cluster.write_conf(cluster.ClusterConfig(root=str(tmp_path / str(on)), buffer_debloat=on))
+        tm = yaml.safe_load((conf / "config.yaml").read_text())["taskmanager"]
+        assert tm["network"]["memory"]["buffer-debloat"]["enabled"] is on
+        assert tm["bind-host"] == "127.0.0.1"  # the rest of the TaskManager's conf kept
+
+
 def test_every_listening_socket_is_loopback(standalone):
     """Not just the config: the kernel's socket table for the cluster's processes (RPC, REST,
     blob server, data ports) shows no socket reachable from outside the machine."""
