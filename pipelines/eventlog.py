@@ -80,6 +80,8 @@ class PartWriter:
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self.rows_written = 0
+        self.parts: list[str] = []  # the part files this writer wrote, in order
+        self.time_span: list[int] | None = None  # [first, last] ``event_time`` written, if any
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -109,6 +111,12 @@ class PartWriter:
         os.replace(tmp, self.folder / name)
         self._next += 1
         self.rows_written += table.num_rows
+        self.parts.append(name)
+        if "event_time" in table.column_names and table.column("event_time").null_count < table.num_rows:
+            import pyarrow.compute as pc
+
+            lo, hi = pc.min_max(table.column("event_time")).as_py().values()
+            self.time_span = [min(lo, self.time_span[0]), max(hi, self.time_span[1])] if self.time_span else [lo, hi]
 
 
 class EventDirWriter:
@@ -138,9 +146,12 @@ class EventDirWriter:
             w.close()
         if not counts.reconciles():
             raise AssertionError(f"counts do not reconcile: {counts.to_dict()}")
+        imp = self.writers[IMPRESSION]
         manifest = {"source": self.spec.to_dict(), "fingerprint": self.spec.fingerprint(),
                     "format": self.fmt, "counts": counts.to_dict(),
-                    "rows_written": {k: w.rows_written for k, w in self.writers.items()}}
+                    "rows_written": {k: w.rows_written for k, w in self.writers.items()},
+                    # what ``event_time_span`` answers without reading the parts (while they are these)
+                    "impressions": {"parts": imp.parts, "event_time_span": imp.time_span}}
         manifest.update(extra or {})
         tmp = self.root / f".{MANIFEST}.inprogress"
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -181,9 +192,15 @@ def read_stream(root: str | Path, stream: str, spec: SourceSpec | None = None) -
 
 
 def event_time_span(root: str | Path) -> tuple[int, int] | None:
-    """The first and last event time of an event directory's impressions (None: none yet)."""
+    """The first and last event time of an event directory's impressions (None: none yet).
+    From the manifest when its writer recorded them and the impression parts are still the ones
+    it wrote (a large history is not read whole); otherwise read from the parts."""
     import pyarrow.compute as pc
 
+    recorded = read_manifest(root).get("impressions") or {}
+    if "parts" in recorded and recorded["parts"] == [p.name for p in part_files(root, IMPRESSION)]:
+        span = recorded.get("event_time_span")
+        return (int(span[0]), int(span[1])) if span else None
     times = read_stream(root, IMPRESSION).column("event_time")
     if len(times) == times.null_count:
         return None

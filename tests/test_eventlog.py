@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.eventlog import (EventDirWriter, PartWriter, jsonl_to_table, part_files,
+from pipelines.eventlog import (EventDirWriter, PartWriter, event_time_span, jsonl_to_table, part_files,
                                 read_manifest, read_stream, table_to_jsonl)
 from pipelines.events import (DEAD_LETTER_SCHEMA, GENERATOR, IMPRESSION, LABEL, LABEL_SCHEMA,
                               Counts, SourceSpec)
@@ -86,3 +86,31 @@ def test_event_dir_write_read_in_both_formats(tmp_path):
         assert read_stream(tmp_path / fmt, IMPRESSION).equals(imps)
         assert read_stream(tmp_path / fmt, LABEL).num_rows == 0
         assert len(part_files(tmp_path / fmt, IMPRESSION)) == 3
+
+
+def test_the_manifest_answers_the_time_span_while_the_parts_are_its_own(tmp_path, monkeypatch):
+    """``event_time_span`` (a warm-up's cut, at every prepare) reads the manifest, not a large
+    history's parts; a part added since (a followed folder) makes it read the parts again."""
+    import shutil
+
+    from pipelines import eventlog
+
+    imps = pa.Table.from_pylist([{"event_id": f"e{i}", "event_time": t, "user": "u", "site": None, "x": 0.0,
+                                  "y": None} for i, t in enumerate([50, 10, 70, 30, 20])], SPEC.impression_schema())
+    w = EventDirWriter(tmp_path / "ev", SPEC, "jsonl", rows_per_file=2)
+    w.write({IMPRESSION: imps})
+    m = w.close(Counts(input=5, valid={IMPRESSION: 5, LABEL: 0}))
+    assert m["impressions"] == {"parts": ["part-000000.jsonl", "part-000001.jsonl", "part-000002.jsonl"],
+                                "event_time_span": [10, 70]}
+    with monkeypatch.context() as mp:
+        mp.setattr(eventlog, "read_stream", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+        assert event_time_span(tmp_path / "ev") == (10, 70)
+    late = tmp_path / "ev" / "impressions" / "part-000003.jsonl"
+    late.write_bytes(table_to_jsonl(imps.slice(0, 1).set_column(1, "event_time", pa.array([90], pa.int64()))))
+    assert event_time_span(tmp_path / "ev") == (10, 90)  # read from the parts
+    shutil.rmtree(tmp_path / "ev" / "impressions")
+    (tmp_path / "ev" / "impressions").mkdir()
+    assert event_time_span(tmp_path / "ev") is None
+    empty = EventDirWriter(tmp_path / "empty", SPEC, "jsonl")
+    assert empty.close(Counts(input=0, valid={IMPRESSION: 0, LABEL: 0}))["impressions"]["event_time_span"] is None
+    assert event_time_span(tmp_path / "empty") is None
