@@ -11,11 +11,12 @@
  * our operators keep across restores, late rows. tests/test_fault_tolerance.py's three
  * TaskManager kills found it once the impressions source was still reading at the kills
  * (4,324 rows restored, then 4,543 checkpointed 8,867 rows in); tests/test_file_source.py
- * checks positions across two restores directly.
+ * checks positions across three restores directly.
  *
- * Binary-compatible with the class it shadows (same name, constructor, public methods and
- * nested Reader type); compiled against the installed jars by runners/jvm.py and put ahead of
- * flink-connector-files on the class path (runners.jvm.lib_dir), locally and on our cluster.
+ * Binary-compatible with the class it replaces (same name, constructor, public methods and
+ * nested Reader type; tests/test_jvm.py); compiled against the installed jars by runners/jvm.py,
+ * which writes a copy of flink-connector-files' jar with it instead of Flink's classes and links
+ * that copy into the lib folders (runners.jvm.lib_dir), locally and on our cluster.
  */
 package org.apache.flink.connector.file.table;
 
