@@ -14,7 +14,10 @@ When a base model goes live whose manifest carries the distribution of its own t
 alert raised against an older reference clears once the new one explains the traffic.
 
 Features are compared as served: a one-hot column by its slot (hashed bucket, time or numeric
-bucket), a numeric column by its scaled value in fixed bins. The reference keeps its ``top``
+bucket), a numeric column by its scaled value in fixed bins, soft: a value between two bins'
+centers counts in both, split linearly by its distance to each (``soft_bin_keys``), so a value
+near an edge does not jump from one bin to the other (a heavy hitter whose value wobbles across
+an edge moved a tenth of a window's mass with hard bins and raised an alert). The reference keeps its ``top``
 most frequent bins per column with at least ``min_bin_count`` impressions (the rest: "other").
 Calendar features are excluded by default. A feature computed over a window of past events (the
 windowed aggregates: ``warmup`` maps each to its window) is compared only against a reference
@@ -73,11 +76,45 @@ class DriftConfig:
         return d if isinstance(d, DriftConfig) else cls(**d)
 
 
-def bin_keys(indices: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """One bin key per served feature: the slot for one-hot features (value 1), a negative
-    value-bin key for scaled numeric values."""
+# each value bin's center (the two outer bins': half a neighbour's width beyond the last edge)
+_CENTERS = np.concatenate([[VALUE_EDGES[0] - (VALUE_EDGES[1] - VALUE_EDGES[0]) / 2],
+                           (VALUE_EDGES[:-1] + VALUE_EDGES[1:]) / 2,
+                           [VALUE_EDGES[-1] + (VALUE_EDGES[-1] - VALUE_EDGES[-2]) / 2]])
+QUANTA = 256  # a soft weight is a multiple of 1/QUANTA: sums of weights are exact in any order
+
+
+def soft_bin_keys(indices: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each served feature's bin key and soft weight: ``(key, q)``: weight ``1 - q / QUANTA`` on
+    ``key`` and ``q / QUANTA`` on ``key - 1`` (the next value bin). One-hot features (value 1):
+    their slot, q = 0. Scaled numeric values: a negative value-bin key; a value between two
+    bins' centers is split between them linearly, beyond the outer centers it is all in the
+    outer bin.
+
+    >>> key, q = soft_bin_keys(np.zeros((1, 3), np.int64), np.array([[1.0, 0.125, 2.0]]))
+    >>> key.tolist(), q.tolist()  # 0.125: bin [0, 0.25)'s center; 2.0: 1/3 from 1.75 to 2.5
+    ([[0, -8, -12]], [[0, 0, 85]])
+    """
     v = np.asarray(values, np.float64)
-    return np.where(v == 1.0, np.asarray(indices, np.int64), -1 - np.searchsorted(VALUE_EDGES, v, side="right"))
+    j = np.clip(np.searchsorted(_CENTERS, v, side="right") - 1, -1, len(_CENTERS) - 1)  # center at or below
+    lo, hi = np.maximum(j, 0), np.minimum(j + 1, len(_CENTERS) - 1)
+    width = _CENTERS[hi] - _CENTERS[lo]
+    t = np.where(width > 0, (v - _CENTERS[lo]) / np.where(width > 0, width, 1.0), 0.0)
+    q = np.rint(np.nan_to_num(np.clip(t, 0.0, 1.0)) * QUANTA).astype(np.uint16)
+    onehot = v == 1.0
+    return (np.where(onehot, np.asarray(indices, np.int64), -1 - lo).astype(np.int64),
+            np.where(onehot, 0, q).astype(np.uint16))
+
+
+def _weighted(keys: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct bin keys and their summed soft weights (``soft_bin_keys`` of one column)."""
+    w = q.astype(np.float64) / QUANTA
+    both, wts = np.concatenate([keys, keys - 1]), np.concatenate([1.0 - w, w])
+    u, inv = np.unique(both[wts > 0], return_inverse=True)
+    return u, np.bincount(inv, weights=wts[wts > 0], minlength=len(u))
+
+
+def _count(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else float(x)
 
 
 def reference_counts(indices: np.ndarray, values: np.ndarray, names: list[str], keep: int = REFERENCE_KEEP) -> dict:
@@ -90,12 +127,13 @@ def reference_counts(indices: np.ndarray, values: np.ndarray, names: list[str], 
     >>> r["n"], r["features"]["site"]
     (3, {'keys': [3, 5], 'counts': [2, 1]})
     """
-    keys = bin_keys(indices, values).reshape(len(indices), len(names))
+    keys, q = soft_bin_keys(indices, values)
+    keys, q = keys.reshape(len(indices), len(names)), q.reshape(len(indices), len(names))
     features = {}
     for j, name in enumerate(names):
-        u, c = np.unique(keys[:, j], return_counts=True)
+        u, c = _weighted(keys[:, j], q[:, j])
         order = np.lexsort((u, -c))[:keep]  # by count, then key: the order ``_freeze`` ranks in
-        features[name] = {"keys": u[order].tolist(), "counts": c[order].tolist()}
+        features[name] = {"keys": u[order].tolist(), "counts": [_count(x) for x in c[order]]}
     return {"n": int(keys.shape[0]), "features": features}
 
 
@@ -109,6 +147,7 @@ class FeatureDrift:
     bins: list[np.ndarray] | None = None  # per column: the reference's top keys (frozen)
     ref_hist: list[np.ndarray] | None = None
     ring: np.ndarray | None = None  # [window, k] keys of the last impressions
+    ring_q: np.ndarray | None = None  # [window, k] their soft weights (``soft_bin_keys``)
     filled: int = 0
     at: int = 0  # next ring row
     since: int = 0  # impressions since the last comparison
@@ -141,6 +180,7 @@ class FeatureDrift:
         self.ref_counts = []
         if self.ring is None:
             self.ring = np.zeros((self.cfg.window, len(self.names)), np.int64)
+            self.ring_q = np.zeros((self.cfg.window, len(self.names)), np.uint16)
         self.__dict__.pop("_lookup", None)  # the bins changed: so do the ring's bin ids
         self.__dict__.pop("_ring_ids", None)
 
@@ -195,8 +235,11 @@ class FeatureDrift:
         return {k: v for k, v in self.__dict__.items() if k not in ("_lookup", "_ring_ids")}
 
     def __setstate__(self, state: dict) -> None:
-        # a checkpoint of a build before warm-up features: none (its job excluded the aggregates)
-        self.__dict__.update({"warmup": {}, "first_at": None, "deferred": set()}, **state)
+        # a checkpoint of a build before warm-up features: none (its job excluded the aggregates);
+        # before soft bins: its ring's keys whole (weight 0 on the next bin)
+        self.__dict__.update({"warmup": {}, "first_at": None, "deferred": set(), "ring_q": None}, **state)
+        if self.ring is not None and self.ring_q is None:
+            self.ring_q = np.zeros(self.ring.shape, np.uint16)
 
     def _bin_ids(self, keys: np.ndarray) -> np.ndarray:
         """Bin keys [rows, k] -> each one's position in its column's reference bins (the
@@ -218,10 +261,14 @@ class FeatureDrift:
         hit = (comb[at] == q) & (keys >= _LOW) & (keys < _LOW + _STRIDE)
         return np.where(hit, pos[at], n_bins)
 
+    def _both_ids(self, keys: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """``_bin_ids`` of keys and of their soft weights' next bins: [2, rows, k]."""
+        return np.stack([self._bin_ids(keys), self._bin_ids(np.where(q > 0, keys - 1, keys))])
+
     def _ids(self) -> np.ndarray:
-        """The ring's bin ids (``_bin_ids`` of ``ring``), kept as rows are written."""
+        """The ring's bin ids (``_both_ids`` of ``ring``), kept as rows are written."""
         if self.__dict__.get("_ring_ids") is None:
-            self._ring_ids = self._bin_ids(self.ring)
+            self._ring_ids = self._both_ids(self.ring, self.ring_q)
         return self._ring_ids
 
     def observe(self, event_time: np.ndarray, indices: np.ndarray, values: np.ndarray) -> list[dict]:
@@ -230,13 +277,14 @@ class FeatureDrift:
             self.first_at = int(np.min(event_time))
         if not self.cfg.enabled or len(event_time) == 0:
             return []
-        keys = bin_keys(indices, values)[:, self.cols]
+        keys, q = soft_bin_keys(indices, values)
+        keys, q = keys[:, self.cols], q[:, self.cols]
         et = np.asarray(event_time, np.int64)
         lo, hi = self.span
         if self.bins is None:
             ref = (et >= lo) & (et <= hi)
             for j, c in enumerate(self.ref_counts):
-                c.update(keys[ref, j].tolist())
+                c.update(dict(zip(*(a.tolist() for a in _weighted(keys[ref, j], q[ref, j])))))
             self.ref_n += int(ref.sum())
             if not (et > hi).any():
                 return []
@@ -245,20 +293,21 @@ class FeatureDrift:
                 return []
             self._freeze(self.ref_counts, self.ref_n)
             self.deferred = self._deferred(lo)
-            keys = keys[et > hi]
+            keys, q = keys[et > hi], q[et > hi]
             et = et[et > hi]
         # row by row, a comparison after each row that finds the window full and ``step`` rows
         # since the last one; written as runs of rows up to the next comparison (one ring write
         # per run, not per row: the same ring, the same comparisons)
         alerts = []
         w, i, n = self.cfg.window, 0, len(et)
-        ring_ids, ids = self._ids(), self._bin_ids(keys)
+        ring_ids, ids = self._ids(), self._both_ids(keys, q)
         while i < n:
             due = max(w - self.filled, self.cfg.step - self.since, 1)  # rows to the next comparison
             take = min(due, n - i)
             pos = (self.at + np.arange(take)) % w
             self.ring[pos[-w:]] = keys[i:i + take][-w:]  # only the last w rows stay in the ring
-            ring_ids[pos[-w:]] = ids[i:i + take][-w:]
+            self.ring_q[pos[-w:]] = q[i:i + take][-w:]
+            ring_ids[:, pos[-w:]] = ids[:, i:i + take][:, -w:]
             self.at = (self.at + take) % w
             self.filled = min(self.filled + take, w)
             self.since += take
@@ -277,7 +326,9 @@ class FeatureDrift:
                 self.last.pop(name, None)
                 continue
             keys, ref = self.bins[j], self.ref_hist[j]
-            counts = np.bincount(ids[:, j], minlength=len(keys) + 1).astype(np.float64)
+            w = self.ring_q[:, j] / QUANTA
+            counts = (np.bincount(ids[0, :, j], weights=1.0 - w, minlength=len(keys) + 1)
+                      + np.bincount(ids[1, :, j], weights=w, minlength=len(keys) + 1))
             cur = counts / counts.sum()
             p, d = psi(ref, cur), jsd(ref, cur)
             self.last[name] = {"psi": p, "jsd": d}

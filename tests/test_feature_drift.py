@@ -111,10 +111,6 @@ def test_a_delayed_retrain_learns_the_shifted_traffic_and_its_reference_clears_t
     run_dir, summary, shift = loop
     assert summary["reconciliation"]["reconciles"]
     alerts = [s for s in summary["swaps"] if s["outcome"] == "feature_drift_alert"]
-    # the windowed count, judged from the swap on, alerts then within the cooldown: no retrain
-    later = [s for s in alerts if s["alerting"] == ["user_count_1h"]]
-    assert all(s["retrain"] == "cooldown" for s in later)
-    alerts = [s for s in alerts if s not in later]
     first = alerts[0]
     assert first["alert_at"] >= shift and first["retrain_due"] == first["alert_at"] + DELAY
     assert {a["retrain_due"] for a in alerts} == {first["retrain_due"]}  # one retrain for the shift
@@ -132,8 +128,9 @@ def test_a_delayed_retrain_learns_the_shifted_traffic_and_its_reference_clears_t
     cleared = [a for a in out if a["alert"] == "feature_drift_cleared"]
     assert raised and {a["feature"] for a in cleared} == raised
     assert all(a["reference"] == f"base {o['version']}" and a["at"] >= live["live_at"] - 60_000 for a in cleared)
-    assert {a["feature"] for a in out if a["alert"] == "feature_drift" and a["reference"] != "artifact"} \
-        == {"user_count_1h"}
+    # nothing alerts against the new model: with hard value bins the windowed count did (PSI
+    # 0.274), a heavy-hitter user's count wobbling across the bin edge 2.0 (soft bins since)
+    assert not [a for a in out if a["alert"] == "feature_drift" and a["reference"] != "artifact"]
     metrics = sorted(read_output(run_dir, "metrics"), key=lambda m: m["examples_seen"])
     assert not set(metrics[-1]["feature_drift"]["alerting"]) & raised
     # the windowed count: deferred against the artifact's span (it starts with the job: counts
@@ -144,7 +141,7 @@ def test_a_delayed_retrain_learns_the_shifted_traffic_and_its_reference_clears_t
                for t, f in fd if t < live["live_at"])
     assert all(f["deferred"] == [] and "user_count_1h" in f["features"] for t, f in fd if t >= live["live_at"])
     assert sum(t < live["live_at"] for t, _ in fd) > 50 and sum(t >= live["live_at"] for t, _ in fd) > 5
-    assert all(a["reference"] == f"base {o['version']}" for a in out if a.get("feature") == "user_count_1h")
+    assert max(f["features"]["user_count_1h"]["psi"] for t, f in fd if t >= live["live_at"]) < 0.25 / 2
 
 
 def _served(rng, n, sites):
@@ -278,3 +275,51 @@ def test_a_windowed_count_is_judged_only_against_a_reference_with_full_windows()
     back.__setstate__(old)
     assert back.warmup == {} and back.deferred == set() and back.observe(np.arange(10), np.ones((10, 1)),
                                                                            np.ones((10, 1))) == []
+
+
+def test_a_heavy_hitter_at_a_value_bin_edge_does_not_alert_when_it_wobbles():
+    """Soft value bins: a heavy hitter (30 % of the impressions) whose scaled value moves from
+    just below the bin edge 2.0 to just above it is not drift (with hard bins its whole mass
+    changed bins: PSI far above the threshold); the same hitter moving to 3.5 is."""
+    from models.drift import psi
+    from models.feature_drift import VALUE_EDGES
+
+    rng = np.random.default_rng(7)
+
+    def served(n, hitter):
+        v = np.where(rng.random(n) < 0.3, hitter, rng.normal(size=n))
+        return np.zeros((n, 1), np.int64), v.reshape(-1, 1)
+
+    cfg = DriftConfig(window=2_000, step=2_000, min_reference=1_000, exclude=())
+    m = FeatureDrift(cfg, ["cnt"], (0, 9_999))
+    ref = served(10_000, 1.99)
+    assert m.observe(np.arange(10_000), *ref) == []
+    wobble = served(2_000, 2.01)
+    assert m.observe(np.arange(10_000, 12_000), *wobble) == [] and m.last["cnt"]["psi"] < 0.05, m.last
+
+    def hard(v):
+        h = np.bincount(np.searchsorted(VALUE_EDGES, v.ravel(), side="right"), minlength=len(VALUE_EDGES) + 1)
+        return h / h.sum()
+
+    assert psi(hard(ref[1]), hard(wobble[1])) > 1.0  # what hard bins made of the same wobble
+    moved = m.observe(np.arange(12_000, 14_000), *served(2_000, 3.5))
+    assert [a["feature"] for a in moved] == ["cnt"] and moved[0]["psi"] > 0.25
+
+
+def test_a_monitor_from_a_checkpoint_before_soft_bins_goes_on():
+    """State pickled by a build with hard value bins (no ``ring_q``): restored with its window's
+    values whole, it compares and alerts as before."""
+    import pickle
+
+    rng = np.random.default_rng(3)
+    idx, vals = np.zeros((3_000, 1), np.int64), rng.normal(size=(3_000, 1))
+    m = FeatureDrift(DriftConfig(window=500, step=100, min_reference=500, exclude=()), ["x"], (0, 999))
+    m.observe(np.arange(1_500), idx[:1_500], vals[:1_500])
+    state = m.__getstate__()
+    del state["ring_q"]
+    old = FeatureDrift.__new__(FeatureDrift)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert old.ring_q.shape == old.ring.shape and not old.ring_q.any()
+    assert old.observe(np.arange(1_500, 2_000), idx[1_500:2_000], vals[1_500:2_000]) == []
+    shifted = old.observe(np.arange(2_000, 2_500), idx[2_000:2_500], vals[2_000:2_500] + 2.0)
+    assert [a["feature"] for a in shifted] == ["x"]
