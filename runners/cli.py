@@ -777,6 +777,18 @@ def cluster_status(root: Path = ROOT_OPT, rest_port: int = PORT_OPT):
     raise typer.Exit(0 if s["up"] else 1)
 
 
+@cluster_app.command("lib")
+def cluster_lib():
+    """The lib folder a Flink cluster of your own needs (FLINK_LIB_DIR, or copy its jars): Flink's
+    jars with our JVM classes (driftline-jvm-*.jar) and the patched flink-connector-files jar."""
+    from runners import jvm
+
+    folder = jvm.lib_dir(with_flink_python=True)
+    print(folder)
+    for jar in sorted(folder.glob("*.jar")):
+        print(f"  {jar.name}{'  (patched)' if jar.name in jvm.patched_jars() else ''}")
+
+
 @app.command()
 def submit(data: str = typer.Option("generator", help="generator | talkingdata | elec2 | an event directory"),
            out: Path = typer.Option(Path("runs/submitted"), help="Run folder (RUN_DIR) for the outputs."),

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -22,7 +23,7 @@ def test_help_lists_subcommands():
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS + ["transforms", "transforms show", "transforms fit",
                                                "transforms backfill", "cluster", "cluster up", "cluster down",
-                                               "cluster status", "submit", "savepoint", "cancel",
+                                               "cluster status", "cluster lib", "submit", "savepoint", "cancel",
                                                "export-examples", "backfill", "models", "models list", "models show",
                                                "models promote", "models rollback", "operators", "bootstrap"])
 def test_every_subcommand_has_help(cmd):
@@ -140,3 +141,13 @@ def test_run_from_a_registry_without_a_base_model_is_a_clear_error(tmp_path):
                             "--base-registry", str(tmp_path / "nothing" / "registry")])
     assert r.exit_code == 2 and "no current base model" in r.output
     assert not list((tmp_path / "run").glob("predictions/*"))  # refused before any job started
+
+
+def test_cluster_lib_prints_the_jars_an_own_cluster_needs():
+    from runners import jvm
+
+    r = runner.invoke(app, ["cluster", "lib"])
+    assert r.exit_code == 0, r.output
+    folder = Path(r.output.splitlines()[0].strip())
+    assert folder == jvm.lib_dir(with_flink_python=True) and (folder / jvm.patch_jar().name).exists()
+    assert "flink-connector-files-2.3.0.jar  (patched)" in r.output and jvm.flink_python_jar().name in r.output
