@@ -783,10 +783,10 @@ def cluster_lib():
     jars with our JVM classes (driftline-jvm-*.jar) and the patched flink-connector-files jar."""
     from runners import jvm
 
-    folder = jvm.lib_dir(with_flink_python=True)
+    folder, patched = jvm.lib_dir(with_flink_python=True), jvm.patched_jars()
     print(folder)
     for jar in sorted(folder.glob("*.jar")):
-        print(f"  {jar.name}{'  (patched)' if jar.name in jvm.patched_jars() else ''}")
+        print(f"  {jar.name}{'  (patched)' if jar.name in patched else ''}")
 
 
 @app.command()

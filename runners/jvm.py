@@ -133,8 +133,11 @@ def _write_patched(stock: Path, dest: Path, ours: dict[str, Path]) -> None:
 
 def patched_jars(cache: Path | None = None) -> dict[str, Path]:
     """PyFlink lib jars we replace with a patched copy: name → the copy (built by ``patch_jar``)."""
-    folder = patch_jar(cache).parent
-    return {name: folder / name for name in _lib_jars() if (folder / name).is_file()}
+    return _patched_next_to(patch_jar(cache))
+
+
+def _patched_next_to(jar: Path) -> dict[str, Path]:
+    return {name: jar.parent / name for name in _lib_jars() if (jar.parent / name).is_file()}
 
 
 def lib_dir(with_flink_python: bool = False, cache: Path | None = None) -> Path:
@@ -144,7 +147,7 @@ def lib_dir(with_flink_python: bool = False, cache: Path | None = None) -> Path:
     ``driftline-…`` sorts before ``flink-…``."""
     jar = patch_jar(cache)
     folder = jar.parent / ("lib-cluster" if with_flink_python else "lib-local")
-    wanted = {**_lib_jars(), **patched_jars(cache)}
+    wanted = {**_lib_jars(), **_patched_next_to(jar)}
     wanted[jar.name] = jar
     if with_flink_python:
         wanted[flink_python_jar().name] = flink_python_jar()
