@@ -24,10 +24,14 @@ def bootstrap(event_dir: str | Path, out: str | Path, join: JoinConfig | None = 
               retrain_cfg: RetrainConfig | None = None, spec_name: str | None = None,
               pipeline_args: list[str] | None = None) -> dict:
     """Fit, backfill and train on the history in ``event_dir``; returns the retrain's outcome
-    (``pushed``, ``version``, counts, evaluation) with the artifact's version. The cutoff is one
-    attribution window after the last impression: every example of the history is resolved."""
+    (``pushed``, ``version``, counts, evaluation) with the artifact's version and the history's
+    cut (``cut_ms``). The cutoff is the history's cut (``pipelines.eventlog.cut_time``: its last
+    event + 1 ms), not a window after its last impression: an impression of the history's last
+    attribution window without a label by then is still pending (its conversion may come in
+    the stream), not a negative. Only the examples resolved before the cut are the history's
+    (its segment); a job warmed up with the history joins the rest (``runners.stream.warmup_job``)."""
     from pipelines.backfill import backfill_examples
-    from pipelines.eventlog import read_manifest
+    from pipelines.eventlog import cut_time, read_manifest
     from pipelines.events import SourceSpec
     from pipelines.retrain import CONFIG, retrain, write_segment
     from runners.flink_job import JobConfig
@@ -44,7 +48,9 @@ def bootstrap(event_dir: str | Path, out: str | Path, join: JoinConfig | None = 
     spec = load_spec(spec_name or source["name"])
     art = fit_event_dir(spec, SourceSpec.from_dict(source), event_dir, out / "transform", pipeline_args)
     backfill_examples(event_dir, art, join, out / "backfill", pipeline_args)
-    lines = (out / "backfill" / "examples.jsonl").read_text().splitlines()
+    cut = cut_time(event_dir)
+    lines = [x for x in (out / "backfill" / "examples.jsonl").read_text().splitlines()
+             if json.loads(x)["resolution_time"] < cut]
     if not lines:
         raise ValueError(f"{event_dir}: no joined examples to train on")
     (out / "job.json").write_text(json.dumps(JobConfig(
@@ -53,6 +59,5 @@ def bootstrap(event_dir: str | Path, out: str | Path, join: JoinConfig | None = 
     (out / CONFIG).parent.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     write_segment(out, "history", lines)
-    last = max(json.loads(x)["event_time"] for x in lines)
-    outcome = retrain(out, cutoff=last + join.window_ms + 1, cfg=cfg, source="segments")
-    return {**outcome, "artifact_version": art.version, "examples": len(lines)}
+    outcome = retrain(out, cutoff=cut, cfg=cfg, source="segments")
+    return {**outcome, "artifact_version": art.version, "examples": len(lines), "cut_ms": cut}

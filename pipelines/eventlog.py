@@ -70,7 +70,7 @@ class PartWriter:
     """Writes one stream as numbered part files, atomically, rolling every ``rows_per_file``."""
 
     def __init__(self, folder: Path, schema: pa.Schema, fmt: str = "jsonl",
-                 rows_per_file: int = 100_000):
+                 rows_per_file: int = 100_000, time_field: str = "event_time"):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
         self.folder, self.schema, self.fmt, self.rows_per_file = folder, schema, fmt, rows_per_file
@@ -81,7 +81,8 @@ class PartWriter:
         self._buffered = 0
         self.rows_written = 0
         self.parts: list[str] = []  # the part files this writer wrote, in order
-        self.time_span: list[int] | None = None  # [first, last] ``event_time`` written, if any
+        self.time_field = time_field
+        self.time_span: list[int] | None = None  # [first, last] ``time_field`` written, if any
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -112,10 +113,11 @@ class PartWriter:
         self._next += 1
         self.rows_written += table.num_rows
         self.parts.append(name)
-        if "event_time" in table.column_names and table.column("event_time").null_count < table.num_rows:
+        f = self.time_field
+        if f in table.column_names and table.column(f).null_count < table.num_rows:
             import pyarrow.compute as pc
 
-            lo, hi = pc.min_max(table.column("event_time")).as_py().values()
+            lo, hi = pc.min_max(table.column(f)).as_py().values()
             self.time_span = [min(lo, self.time_span[0]), max(hi, self.time_span[1])] if self.time_span else [lo, hi]
 
 
@@ -134,7 +136,8 @@ class EventDirWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         schemas = {IMPRESSION: spec.impression_schema(), LABEL: spec.schema(LABEL),
                    "dead_letter": DEAD_LETTER_SCHEMA}
-        self.writers = {k: PartWriter(self.root / STREAM_DIRS[k], schemas[k], fmt, rows_per_file)
+        self.writers = {k: PartWriter(self.root / STREAM_DIRS[k], schemas[k], fmt, rows_per_file,
+                                      "label_time" if k == LABEL else "event_time")
                         for k in STREAM_DIRS}
 
     def write(self, tables: dict[str, pa.Table]) -> None:
@@ -146,12 +149,13 @@ class EventDirWriter:
             w.close()
         if not counts.reconciles():
             raise AssertionError(f"counts do not reconcile: {counts.to_dict()}")
-        imp = self.writers[IMPRESSION]
+        imp, lab = self.writers[IMPRESSION], self.writers[LABEL]
         manifest = {"source": self.spec.to_dict(), "fingerprint": self.spec.fingerprint(),
                     "format": self.fmt, "counts": counts.to_dict(),
                     "rows_written": {k: w.rows_written for k, w in self.writers.items()},
                     # what ``event_time_span`` answers without reading the parts (while they are these)
-                    "impressions": {"parts": imp.parts, "event_time_span": imp.time_span}}
+                    "impressions": {"parts": imp.parts, "event_time_span": imp.time_span},
+                    "labels": {"parts": lab.parts, "label_time_span": lab.time_span}}
         manifest.update(extra or {})
         tmp = self.root / f".{MANIFEST}.inprogress"
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -191,18 +195,48 @@ def read_stream(root: str | Path, stream: str, spec: SourceSpec | None = None) -
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def event_time_span(root: str | Path) -> tuple[int, int] | None:
-    """The first and last event time of an event directory's impressions (None: none yet).
-    From the manifest when its writer recorded them and the impression parts are still the ones
-    it wrote (a large history is not read whole); otherwise read from the parts."""
+def _time_span(root: str | Path, stream: str, field: str) -> tuple[int, int] | None:
+    """The first and last ``field`` of a stream (None: no rows), from the manifest when its writer
+    recorded them and the stream's parts are still the ones it wrote (a large history is not
+    read whole); otherwise read from the parts."""
     import pyarrow.compute as pc
 
-    recorded = read_manifest(root).get("impressions") or {}
-    if "parts" in recorded and recorded["parts"] == [p.name for p in part_files(root, IMPRESSION)]:
-        span = recorded.get("event_time_span")
+    recorded = read_manifest(root).get(STREAM_DIRS[stream]) or {}
+    if "parts" in recorded and recorded["parts"] == [p.name for p in part_files(root, stream)]:
+        span = recorded.get(f"{field}_span")
         return (int(span[0]), int(span[1])) if span else None
-    times = read_stream(root, IMPRESSION).column("event_time")
+    times = read_stream(root, stream).column(field)
     if len(times) == times.null_count:
         return None
     span = pc.min_max(times).as_py()
     return int(span["min"]), int(span["max"])
+
+
+def event_time_span(root: str | Path) -> tuple[int, int] | None:
+    """The first and last event time of an event directory's impressions (None: none yet)."""
+    return _time_span(root, IMPRESSION, "event_time")
+
+
+def label_time_span(root: str | Path) -> tuple[int, int] | None:
+    """The first and last label time of an event directory's labels (None: none)."""
+    return _time_span(root, LABEL, "label_time")
+
+
+def cut_time(root: str | Path) -> int | None:
+    """The end of what an event directory holds: its last impression's event time or label's
+    label time, whichever is later, plus 1 ms (None: empty). As a history's cut, it splits the
+    join's outcomes by their resolution time: before it, the history's (what a bootstrap
+    trains on: ``pipelines.bootstrap``); from it on, the stream's (a job warmed up with the
+    history holds the impressions still pending at the cut: ``runners.stream.warmup_job``).
+
+    >>> import tempfile
+    >>> from pipelines.events import GENERATOR, Counts
+    >>> w = EventDirWriter(tempfile.mkdtemp(), GENERATOR)
+    >>> w.write({"label": pa.table({"event_id": ["a"], "label_time": [900], "label": [1],
+    ...                             "label_type": ["click"]})})
+    >>> _ = w.close(Counts(input=1, valid={"impression": 0, "label": 1}))
+    >>> cut_time(w.root)  # no impressions: the last label's time + 1
+    901
+    """
+    ends = [s[1] for s in (event_time_span(root), label_time_span(root)) if s]
+    return max(ends) + 1 if ends else None

@@ -57,6 +57,8 @@ def _print_run(summary: dict) -> None:
     for k, v in sorted(c["dead_letter"].items()):
         t.add_row(f"dead letter: {k}", f"{v:,}")
     t.add_row("pending", f"{c['pending']:,}")
+    if c.get("warmup_examples"):
+        t.add_row("examples of warm-up impressions (pending at its cut)", f"{c['warmup_examples']:,}")
     if r:
         t.add_row("reconciles", "yes" if r["reconciles"] else "NO")
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
@@ -67,7 +69,9 @@ def _print_run(summary: dict) -> None:
         t.add_row(f"online, last {w['window_n']} examples (logloss / AUC)",
                   f"{fmt(w['window_logloss'])} / {fmt(w['window_auc'])}")
     if summary.get("warmup"):
-        t.add_row("counts and dedup warmed up from", f"{summary['warmup']['dir']} (from {summary['warmup']['from_ms']})")
+        w = summary["warmup"]
+        t.add_row("counts, dedup and join warmed up from",
+                  f"{w['dir']} (from {w['from_ms']}, cut {w.get('cut_ms')})")
     if summary.get("seconds"):
         t.add_row("job seconds (incl. start-up)", f"{summary['seconds']:.1f}")
     for r in summary.get("retrains") or []:
@@ -104,9 +108,10 @@ def _boot_artifact(base_registry: Optional[Path], artifact: Optional[Path]) -> O
 
 
 def _warmup(base_registry: Optional[Path], warmup: Optional[Path], no_warmup: bool) -> Optional[Path]:
-    """The event directory that warms the windowed counts and the dedup up: the given one, else a
-    bootstrap's history (``OUT/job.json``'s event_dir next to ``OUT/registry``), so the stream's
-    first window of counts is the one the bootstrap's examples had; ``--no-warmup``: none."""
+    """The event directory that warms the windowed counts, the dedup and the join up: the given
+    one, else a bootstrap's history (``OUT/job.json``'s event_dir next to ``OUT/registry``), so
+    the stream's first window of counts is the one the bootstrap's examples had and the
+    history's impressions still pending at its cut join their labels; ``--no-warmup``: none."""
     if no_warmup:
         return None
     if warmup is not None or base_registry is None:
@@ -124,8 +129,9 @@ def _warmup(base_registry: Optional[Path], warmup: Optional[Path], no_warmup: bo
 
 WARMUP_OPT = typer.Option(None, "--warmup", help="Event directory of the traffic before the stream (default with "
                                                  "--base-registry: the bootstrap's history): its end fills the "
-                                                 "windowed counts and the dedup; never served or learned.")
-NO_WARMUP_OPT = typer.Option(False, "--no-warmup", help="Start the windowed counts and the dedup empty.")
+                                                 "windowed counts, the dedup and the join (its impressions "
+                                                 "pending at its cut join their labels); never served.")
+NO_WARMUP_OPT = typer.Option(False, "--no-warmup", help="Start the windowed counts, the dedup and the join empty.")
 
 
 @app.command()

@@ -102,13 +102,17 @@ class JobConfig:
     triggered_retrain_delay_ms: int = 0
     # feature-drift monitor (models.feature_drift.DriftConfig fields; {} = the defaults)
     feature_drift: dict = field(default_factory=dict)
-    # an event directory of the impressions before the stream (a bootstrap's history): those from
-    # warmup_from_ms on fill the windowed counts before the stream's first impression is counted,
-    # so the stream's first window is not counted from empty (driftline.flink.WindowedCount),
-    # and the dedup's memory of ids (a stream impression repeating one is a duplicate); they are
-    # never served, joined or learned ("": none; runners.stream.warmup_job)
+    # an event directory of the events before the stream (a bootstrap's history): its impressions
+    # from warmup_from_ms on fill the windowed counts before the stream's first impression is
+    # counted, so the stream's first window is not counted from empty (driftline.flink.WindowedCount);
+    # they and its labels fill the dedup's memory of ids (a stream impression repeating one is a
+    # duplicate) and the join: an impression still pending at the warm-up's cut (warmup_cut_ms)
+    # joins its label in the stream, a late label finds its impression. Never served; the join's
+    # outcomes resolved before the cut are the warm-up's (a bootstrap trained on them), never
+    # emitted or learned; the later ones are the stream's ("": none; runners.stream.warmup_job)
     warmup_dir: str = ""
     warmup_from_ms: int = 0
+    warmup_cut_ms: int = 0
     # where the warm-up's counting began (its first impression; a backfill over it counted from
     # there): the feature-drift monitor's origin for the windowed aggregates
     warmup_origin_ms: int = 0
@@ -263,7 +267,7 @@ def _types(names) -> list:
 
 
 def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: dict[str, str],
-               join: JoinConfig, retention_ms: int, warm: str | None = None):
+               join: JoinConfig, retention_ms: int, warm: str | None = None, cut_ms: int = 0):
     """The dedup and the delayed-label join, in one Java operator per event_id
     (``driftline.flink.DedupJoin``), over the impressions ``imps`` (the windowed counts' rows)
     and the ``labels`` (event_id, label_time, label, stamped at label time + 1). Returns the
@@ -282,8 +286,12 @@ def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: 
     become corrections (``late_policy``), the rest of the join's state in event time after the
     late horizon (expired for every later row; freed by the sweeps of the ids' memory, every
     retention / 16 of event time: no timer per key). Measured with
-    ``bench/stream.py --only-checkpoint``. ``warm``: the impressions' warm-up flag column: those
-    rows only take their occurrence numbers (a stream impression repeating one is a duplicate)."""
+    ``bench/stream.py --only-checkpoint``. ``warm``: the warm-up flag column of the impressions
+    (and of the labels, if they have it): those rows take their occurrence numbers (a stream
+    impression repeating one is a duplicate) and go into the join, never out as first
+    occurrences or dead letters; the join's outcomes of keys with only warm-up rows are out
+    only if resolved at or after ``cut_ms`` (the warm-up's cut: the earlier ones are the
+    warm-up's), so warm-up and stream give the stream's part of the whole log streamed."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
@@ -297,7 +305,9 @@ def dedup_join(imps: JavaRows, labels: JavaRows, unit: str | None, input_types: 
                                        java_array(jvm.String, list(input_types)), imps.stream.getType(),
                                        labels.stream.getType(), join_type, line_type)
     if warm:
-        op.warmField(warm)
+        op.warmField(warm, int(cut_ms))
+        if warm in labels.names:
+            op.warmLabels(labels.names.index(warm))
     names = ["event_id", "event_time", "unit", *input_types]
     types = [Types.STRING(), Types.LONG(), Types.STRING(), *_types(INPUT_TYPES[t] for t in input_types.values())]
     key_type = Types.STRING().get_java_type_info()
@@ -393,24 +403,33 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     # dead letters, with their reason: duplicates (they never reach the Learner), and rows that
     # came behind the watermark (more out of order than watermark_delay_ms: the keyed operators
     # cannot process them in event time; an impression is caught by the first windowed count)
-    labels = table_rows(t_env, "SELECT `event_id`, `label_time`, label, jts FROM labels",
-                        ["event_id", "label_time", "label", "jts"],
-                        [Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()], uid="labels")
+    label_cols = ["event_id", "label_time", "label", "jts"]
+    label_types = [Types.STRING(), Types.LONG(), Types.INT(), Types.INSTANT()]
+    label_sql = "SELECT `event_id`, `label_time`, label, jts FROM labels"
     counted_from, warm = "impressions", None
     if cfg.warmup_dir:
         # the warm-up's impressions go through the windowed counts first (the union's watermark
-        # waits for them) and into the dedup's memory, and stop there
-        add_source(t_env, "warmup", Path(cfg.warmup_dir).resolve() / "impressions",
-                   lambda n, p: impressions_ddl(n, source, p, D), False)
+        # waits for them), and with its labels into the dedup's memory and the join, flagged
+        warm_dir = Path(cfg.warmup_dir).resolve()
+        add_source(t_env, "warmup", warm_dir / "impressions", lambda n, p: impressions_ddl(n, source, p, D), False)
         t_env.create_temporary_view("impressions_warmed", t_env.sql_query(
             "SELECT *, FALSE AS `_warm` FROM impressions UNION ALL "
             f"SELECT *, TRUE AS `_warm` FROM warmup WHERE `event_time` >= {int(cfg.warmup_from_ms)}"))
         counted_from, warm = "impressions_warmed", "_warm"
+        if (warm_dir / "labels").is_dir():
+            add_source(t_env, "warmup_labels", warm_dir / "labels", lambda n, p: labels_join_ddl(n, p, D), False)
+            # a label before its impression still finds it as one (label_before_impression)
+            label_sql = ("SELECT `event_id`, `label_time`, label, jts, FALSE AS `_warm` FROM labels UNION ALL "
+                         "SELECT `event_id`, `label_time`, label, jts, TRUE AS `_warm` FROM warmup_labels "
+                         f"WHERE `label_time` >= {int(cfg.warmup_from_ms - cfg.join.window_ms)}")
+            label_cols, label_types = [*label_cols, "_warm"], [*label_types, Types.BOOLEAN()]
+    labels = table_rows(t_env, label_sql, label_cols, label_types, uid="labels")
     counted = windowed_count_rows(t_env, counted_from, raw_cols, source, spec.aggregates, warm=warm,
                                   uid="impressions")
     imps, resolved, dead = dedup_join(counted,
                                       labels, source.entity_fields[0] if source.entity_fields else None,
-                                      input_types, cfg.join, cfg.dedup_retention_ms, warm=warm)
+                                      input_types, cfg.join, cfg.dedup_retention_ms, warm=warm,
+                                      cut_ms=cfg.warmup_cut_ms)
     # The Learner learns the join's outcomes in order (corrections too) and writes late labels
     # and dead letters. Impressions and outcomes reach it packed, one value per tick (Java
     # TickPack): impressions with their raw inputs, featurized in the Learner per tick (no

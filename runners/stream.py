@@ -109,6 +109,7 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
     dead = Counter(r["reason"] for r in out["dead_letter"])
     kinds = Counter(e["kind"] for e in examples)
     first_examples = {e["event_id"]: e for e in examples if e["kind"] != "correction"}
+    served = {p["event_id"] for p in preds}
     y = np.array([first_examples[p["event_id"]]["label"] for p in preds if p["event_id"] in first_examples])
     pp = np.array([p["p"] for p in preds if p["event_id"] in first_examples])
     ll, auc = _logloss_auc(pp, y)
@@ -121,7 +122,9 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
         "updates": len(out["updates"]), "late_labels": len(out["late_labels"]),
         "dead_letter": dict(dead),
         # impressions served but not yet resolved into an example (0 once a bounded replay ends)
-        "pending": len({p["event_id"] for p in preds} - set(first_examples)),
+        "pending": len(served - set(first_examples)),
+        # examples of the warm-up's impressions still pending at its cut (never served here)
+        "warmup_examples": len(set(first_examples) - served),
     }
     label_reasons = ("duplicate_label", "unknown_impression", "label_before_impression")
     # records that came behind the watermark, by kind: dead letters of either stream
@@ -135,8 +138,8 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
                       + behind["label"])
         rec = {"impressions_in": imp_in, "labels_in": lab_in,
                "impressions_out": imps_out, "labels_out": labels_out,
-               "every_impression_one_example": len(first_examples) == len(preds) == len(
-                   {p["event_id"] for p in preds}),
+               "every_impression_one_example": len(served) == len(preds)
+                   and len(first_examples) == len(preds) + counts["warmup_examples"],
                "reconciles": imp_in == imps_out and lab_in == labels_out}
     summary = {
         "run_dir": str(run_dir), "seconds": seconds, "final": final, "counts": counts, "reconciliation": rec,
@@ -167,7 +170,8 @@ def _warmup_of(run_dir: Path) -> dict | None:
     job = json.loads((run_dir / "job.json").read_text()) if (run_dir / "job.json").is_file() else {}
     if not job.get("warmup_dir"):
         return None
-    return {"dir": job["warmup_dir"], "from_ms": job["warmup_from_ms"], "origin_ms": job.get("warmup_origin_ms")}
+    return {"dir": job["warmup_dir"], "from_ms": job["warmup_from_ms"], "origin_ms": job.get("warmup_origin_ms"),
+            "cut_ms": job.get("warmup_cut_ms")}
 
 
 def ab_report(run_dir: str | Path, n: int = 200, seed: int = 0, predictions: list[dict] | None = None,
@@ -251,11 +255,11 @@ def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: Joi
     ``RUN_DIR/job.json`` (everything a job needs, locally or submitted to a cluster) and the
     retrain settings ``RUN_DIR/retrain/config.json`` (``pipelines.retrain.RetrainConfig``).
     ``base_registry``: start from that registry's current base model (``seed_base``).
-    ``warmup``: an event directory of the impressions before this stream (a bootstrap's history)
-    whose last window fills the windowed counts and the dedup's memory (``warmup_job``)."""
+    ``warmup``: an event directory of the events before this stream (a bootstrap's history)
+    whose end fills the windowed counts, the dedup's memory and the join (``warmup_job``)."""
     if warmup is not None:
         retention = job.get("dedup_retention_ms", JobConfig.__dataclass_fields__["dedup_retention_ms"].default)
-        job.update(warmup_job(warmup, event_dir, artifact, spec, retention))
+        job.update(warmup_job(warmup, event_dir, artifact, spec, retention, join))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in (*OUTPUTS, "examples_parquet", "registry", "checkpoints", "summary.json", "retrain",
@@ -282,16 +286,19 @@ def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: Joi
 
 
 def warmup_job(warmup: str | Path, event_dir: str | Path, artifact: str | Path | None, spec: str,
-               retention_ms: int = 0) -> dict:
-    """The job settings that warm the windowed counts and the dedup up with ``warmup``'s
-    impressions: its folder and the first event time that can still count or be repeated in the
-    stream (its last impression's time minus the longest window or the dedup's retention).
-    Refused if its impressions reach past the stream's first one (an impression in both would
-    be counted twice)."""
-    from pipelines.eventlog import event_time_span
+               retention_ms: int = 0, join: JoinConfig | None = None) -> dict:
+    """The job settings that warm the job up with ``warmup``'s events (the history before the
+    stream): its folder; its cut (``pipelines.eventlog.cut_time``: the join's outcomes resolved
+    from it on are the stream's, the earlier ones the history's); and the first event time that
+    can still count, be repeated or be joined in the stream: its last impression's time minus
+    the longest window, the dedup's retention, or the late horizon plus the attribution window
+    (an impression still pending at the cut, or one a late label may still find). Refused if its
+    impressions reach past the stream's first one (an impression in both would be counted twice)."""
+    from pipelines.eventlog import cut_time, event_time_span
     from transforms.artifact import TransformArtifact
     from transforms.spec import load_spec
 
+    join = join or JoinConfig()
     aggs = (TransformArtifact.load(artifact).spec if artifact is not None else load_spec(spec)).aggregates
     span = event_time_span(warmup)
     if span is None:  # nothing to warm up with
@@ -300,9 +307,9 @@ def warmup_job(warmup: str | Path, event_dir: str | Path, artifact: str | Path |
     if live is not None and live[0] < span[1]:
         raise ValueError(f"warm-up {warmup} ends at {span[1]}, after the stream's first impression ({live[0]}): "
                          "the warm-up must be the traffic before the stream")
-    back = max([a.window_ms for a in aggs] + [retention_ms])
+    back = max([a.window_ms for a in aggs] + [retention_ms, join.late_horizon_ms + join.window_ms + 2])
     return {"warmup_dir": str(Path(warmup).resolve()), "warmup_from_ms": span[1] - back,
-            "warmup_origin_ms": span[0]}
+            "warmup_origin_ms": span[0], "warmup_cut_ms": cut_time(warmup)}
 
 
 def run_stream(event_dir: str | Path, run_dir: str | Path, spec: str, join: JoinConfig | None = None,

@@ -1,6 +1,8 @@
 """The offline half first: a base model bootstrapped from history (Beam fit and backfill, one
 real TFX retrain), then a streaming job on later traffic that serves it from its first tick."""
 import json
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -19,15 +21,15 @@ HISTORY = 8_000  # of 10,000 impressions, one a second on average: ~2.2 h of his
 
 
 def _split(ev, cut, out):
-    """One generated world cut in event time: the history (impressions before ``cut`` and the
-    labels known by then) and the live stream (the later impressions and their labels)."""
+    """One generated world cut in event time: the history (the impressions and labels before
+    ``cut``) and the live stream (everything from it on: the labels of the history's last
+    impressions that came after the cut too)."""
     imps = [json.loads(x) for f in sorted((ev / "impressions").glob("part-*")) for x in f.open()]
     labels = [json.loads(x) for f in sorted((ev / "labels").glob("part-*")) for x in f.open()]
-    live = {r["event_id"] for r in imps if r["event_time"] >= cut}
     parts = {"history": [{**r, "kind": "impression"} for r in imps if r["event_time"] < cut]
-                        + [{**r, "kind": "label"} for r in labels if r["event_id"] not in live and r["label_time"] < cut],
-             "live": [{**r, "kind": "impression"} for r in imps if r["event_id"] in live]
-                     + [{**r, "kind": "label"} for r in labels if r["event_id"] in live]}
+                        + [{**r, "kind": "label"} for r in labels if r["label_time"] < cut],
+             "live": [{**r, "kind": "impression"} for r in imps if r["event_time"] >= cut]
+                     + [{**r, "kind": "label"} for r in labels if r["label_time"] >= cut]}
     for name, rows in parts.items():
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         ingest_event_dir([str(out / f"{name}.jsonl")], GENERATOR, out / name)
@@ -97,8 +99,11 @@ def test_the_history_warms_the_windowed_counts_up(boot, tmp_path):
     history's users are new to it, and the features differ from the ones the bootstrap's model
     was trained on (the backfill counts over the history). With the history as warm-up, every
     live impression's count is the one over history and stream together (the reference
-    semantics, ``transforms.aggregates``), and nothing of the history is served or learned. The
-    dedup is warmed up too: a stream impression that repeats a history one is a duplicate."""
+    semantics, ``transforms.aggregates``), and nothing of the history is served. The dedup is
+    warmed up too: a stream impression that repeats a history one is a duplicate. And the join:
+    the history's impressions still in their attribution window at its cut are joined with
+    their labels from the stream (without a warm-up those labels are unknown impressions):
+    bootstrap and warmed-up stream together give the join of the whole log streamed."""
     import numpy as np
 
     from transforms.aggregates import window_counts
@@ -122,6 +127,7 @@ def test_the_history_warms_the_windowed_counts_up(boot, tmp_path):
             first.setdefault(r["event_id"], (int(n), int(m)))
     both, cold = {i: n for i, (n, _) in first.items()}, {i: m for i, (_, m) in first.items()}
     live_ids = set(first)
+    history_ids = {r["event_id"] for r in history}
     # the live stream's own artifact (fitted on its first impressions): the feature-drift reference
     # then starts with the stream, a window after the history's first impression, before the stream's
     runs = {}
@@ -137,11 +143,16 @@ def test_the_history_warms_the_windowed_counts_up(boot, tmp_path):
         assert s["counts"]["predictions"] == len(live_ids) - (name == "warm")
         assert (s["warmup"] or {}).get("dir") == (str(warmup.resolve()) if warmup else None)
         examples = read_output(tmp_path / name, "examples")
-        assert len(examples) > 1_000 and {e["event_id"] for e in examples} <= live_ids  # no history learned
+        # the history's impressions still pending at its cut are joined (their labels came in the
+        # stream) and learned with the warm-up only; nothing else of the history
+        carried = {e["event_id"] for e in examples} - {p["event_id"] for p in read_output(tmp_path / name, "predictions")}
+        assert len(examples) > 1_000 and carried <= history_ids and (len(carried) > 10) == (name == "warm")
+        assert s["counts"]["warmup_examples"] == len(carried)
         metrics = [m["feature_drift"] for m in read_output(tmp_path / name, "metrics")]
         deferred = {f for m in metrics for f in m.get("deferred", [])}
         judged = {f for m in metrics for f in m["features"] if f not in m.get("deferred", [])}
-        runs[name] = ({e["event_id"]: _inputs(e)["user_count_1h"] for e in examples}, deferred, judged)
+        runs[name] = ({e["event_id"]: _inputs(e)["user_count_1h"] for e in examples if e["event_id"] not in carried},
+                      deferred, judged)
     job = json.loads((tmp_path / "warm" / "job.json").read_text())
     assert job["warmup_dir"] == str((root / "history").resolve())
     assert not json.loads((tmp_path / "cold" / "job.json").read_text())["warmup_dir"]
@@ -152,7 +163,43 @@ def test_the_history_warms_the_windowed_counts_up(boot, tmp_path):
     assert "user_count_1h" in cold_deferred and "user_count_1h" not in warm_deferred
     assert "user_count_1h" in warm_judged
     print(f"warm-up: {len(warm)} examples, {sum(warm[i] != cold[i] for i in warm)} counts differ from the cold ones")
+    _assert_the_whole_log(root, boot[1], tmp_path)
     # a warm-up that overlaps the stream would count impressions twice: refused
     with pytest.raises(ValueError, match="before the stream"):
         prepare_run(root / "history", tmp_path / "bad", "generator", JOIN, artifact=root / "boot" / "transform",
                     warmup=root / "live")
+
+
+def _outcomes(run: Path) -> tuple[dict, dict, Counter]:
+    """A run's join outcomes: its examples (what decided them, and their inputs), its late labels
+    and the dead letters of labels without their impression (reason, label time)."""
+    examples = {(e["event_id"], e["kind"]): (e["label"], e["resolution_time"], e["label_time"], _inputs(e))
+                for e in read_output(run, "examples")}
+    late = {r["event_id"]: (r["label_time"], r["label"]) for r in read_output(run, "late_labels")}
+    dead = Counter((d["reason"], json.loads(d["raw"])["label_time"]) for d in read_output(run, "dead_letter")
+                   if d["reason"] in ("unknown_impression", "label_before_impression"))
+    return examples, late, dead
+
+
+def _assert_the_whole_log(root: Path, outcome: dict, tmp_path: Path) -> None:
+    """The whole log (history and the stream of ``tmp_path/live``) streamed at once: its join
+    outcomes resolved before the history's cut are the bootstrap's examples, the rest the ones
+    the warmed-up run (``tmp_path/warm``) gave."""
+    cut = outcome["cut_ms"]
+    ingest_event_dir([str(root / "history.jsonl"), str(tmp_path / "live.jsonl")], GENERATOR, tmp_path / "whole_log")
+    s = run_stream(tmp_path / "whole_log", tmp_path / "whole", "generator", JOIN, artifact=root / "boot" / "transform")
+    assert s["reconciliation"]["reconciles"]
+    whole, whole_late, whole_dead = _outcomes(tmp_path / "whole")
+    warm, warm_late, warm_dead = _outcomes(tmp_path / "warm")
+    assert warm == {k: v for k, v in whole.items() if v[1] >= cut}
+    assert warm_late == {i: v for i, v in whole_late.items() if v[0] >= cut}
+    assert warm_dead == Counter({k: n for k, n in whole_dead.items() if k[1] >= cut})
+    history_ids = {json.loads(x)["event_id"] for x in (root / "history.jsonl").open()}
+    across = [k for k, v in warm.items() if k[0] in history_ids and v[0] == 1]
+    assert across  # positives of history impressions, labelled after the cut
+    # the bootstrap trained on the rest (its segment: examples resolved before the cut)
+    boot = {(e["event_id"], e["kind"]): (e["label"], e["resolution_time"], e["label_time"], _inputs(e))
+            for e in map(json.loads, (root / "boot" / "backfill" / "examples.jsonl").open()) if e["resolution_time"] < cut}
+    assert boot == {k: v for k, v in whole.items() if v[1] < cut}
+    print(f"cut {cut}: {len(warm)} examples after it ({len(across)} positives of history impressions), "
+          f"{len(boot)} before it")

@@ -45,11 +45,16 @@
  * ("numLateRecordsDropped") and written as a dead letter, "behind_watermark", with the row as
  * its raw record (DEAD_LETTERS), so nothing is lost silently.
  *
- * Warm-up impressions (warmField(name): a boolean field, true; the traffic before the stream,
- * JobConfig.warmup_dir) only take their occurrence number: a stream impression that repeats
- * one within the retention is a duplicate, as if the whole log had been streamed. They are
- * never emitted, joined or dead-lettered (one behind the watermark counts in
- * "numWarmupRecordsBehindWatermark").
+ * Warm-up rows (warmField(name, cut) for the impressions, warmLabels(position) for the labels:
+ * a boolean field, true; the history before the stream, JobConfig.warmup_dir) are processed
+ * as if the whole log had been streamed: they take their occurrence numbers (a stream
+ * impression that repeats one within the retention is a duplicate) and go into the join, so
+ * an impression still pending at the history's cut joins its label from the stream and a
+ * late label finds its impression. They are never emitted as first occurrences or dead
+ * letters (one behind the watermark counts in "numWarmupRecordsBehindWatermark"), and a key
+ * that has had only warm-up rows emits only the outcomes resolved at or after the cut (the
+ * earlier ones are the history's: a bootstrap trained on them, pipelines.bootstrap). So the
+ * outcomes out of warm-up + stream are the ones of the whole log resolved from the cut on.
  */
 package driftline.flink;
 
@@ -89,6 +94,7 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
   private static final int K_IMP = 0;
   private static final int K_DEADLINE = 2;
   private static final int K_LABEL_DEADLINE = 3;
+  private static final long STREAM_ROW = 16; // flag bit 4: a row of the stream (not the warm-up) seen
 
   private final long retentionMs;
   private final long windowMs;
@@ -114,6 +120,8 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
   private transient long nextSweep; // the watermark at which the join's next sweep is due
   private transient SweepingCoProcessOperator operator; // the operator it runs in (its inputs' watermarks)
   private String warm; // input 1's warm-up flag field, null if none
+  private long cutMs = Long.MIN_VALUE; // the warm-up's cut (see above)
+  private int labelWarmPos = -1; // input 2's warm-up flag position, -1 if none
   private transient int warmPos;
   private transient org.apache.flink.metrics.Counter warmLate;
 
@@ -137,14 +145,29 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
     this.deadLetters = new OutputTag<Row>("dead_letters", lineType);
   }
 
-  /** Input 1's rows with ``field`` true are warm-up rows (see above); returns this. */
-  public DedupJoin warmField(String field) {
+  /** Input 1's rows with ``field`` true are warm-up rows, the warm-up's outcomes those resolved
+   * before ``cutMs`` (see above); returns this. */
+  public DedupJoin warmField(String field, long cutMs) {
     this.warm = field;
+    this.cutMs = cutMs;
+    return this;
+  }
+
+  /** Input 2's rows with the boolean field at ``position`` true are warm-up rows; returns this. */
+  public DedupJoin warmLabels(int position) {
+    if (position < LABEL.length) {
+      throw new IllegalArgumentException("the labels' warm-up flag comes after their fields " + Arrays.toString(LABEL));
+    }
+    this.labelWarmPos = position;
     return this;
   }
 
   private boolean isWarm(Row row) {
     return warmPos >= 0 && Boolean.TRUE.equals(Fields.get(row, warmPos, names[warmPos]));
+  }
+
+  private boolean isWarmLabel(Row row) {
+    return labelWarmPos >= 0 && Boolean.TRUE.equals(Fields.get(row, labelWarmPos, "_warm"));
   }
 
   public OutputTag<Row> joinTag() {
@@ -244,7 +267,7 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
     TimerService timers = ctx.timerService();
     long watermark = Math.max(timers.currentWatermark(), operator == null ? Long.MIN_VALUE
         : operator.inputWatermark(input));
-    if (input == 1 && t <= watermark && isWarm(row)) {
+    if (t <= watermark && (input == 1 ? isWarm(row) : isWarmLabel(row))) {
       warmLate.inc();
     } else if (waiting.late(t, watermark)) {
       ctx.output(deadLetters, Row.of(Json.behindWatermark(kind, origin, t, watermark, fields, row)));
@@ -262,19 +285,22 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
     List<Row> labels = waitingLabels.take(t);
     List<Row> imps = waitingImps.take(t);
     String key = ctx.getCurrentKey();
-    // the join's rows (event_id, k, event_time, inputs, label_time, label) in its order
+    // the join's rows (event_id, k, event_time, inputs, label_time, label, of the stream) in its order
     List<Row> rows = new ArrayList<>();
     if (labels != null) {
       labelSeen.begin(t);
       for (Row row : labels) {
         long n = labelSeen.next();
+        boolean warmRow = isWarmLabel(row);
         if (n > 1) { // never the first label (an earlier or equal one was counted): decides nothing
-          ctx.output(deadLetters, Row.of(Json.deadLetter("duplicate_label", n, "label", "flink:labels", key)));
+          if (!warmRow) {
+            ctx.output(deadLetters, Row.of(Json.deadLetter("duplicate_label", n, "label", "flink:labels", key)));
+          }
           continue;
         }
         Object lv = Fields.get(row, 2, LABEL[2]);
         rows.add(Row.of(key, K_LABEL, null, null, ((Number) Fields.get(row, 1, LABEL[1])).longValue(),
-            lv == null ? 0L : ((Number) lv).longValue()));
+            lv == null ? 0L : ((Number) lv).longValue(), !warmRow));
       }
       labelSeen.end();
     }
@@ -282,24 +308,24 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
       impSeen.begin(t);
       for (Row row : imps) {
         long n = impSeen.next();
-        if (isWarm(row)) { // its occurrence counted, nothing more
-          continue;
-        }
+        boolean warmRow = isWarm(row);
         if (n > 1) {
-          ctx.output(deadLetters, Row.of(Json.deadLetter("duplicate_event_id", n, "impression",
-              "flink:impressions", key)));
+          if (!warmRow) {
+            ctx.output(deadLetters, Row.of(Json.deadLetter("duplicate_event_id", n, "impression",
+                "flink:impressions", key)));
+          }
           continue;
         }
-        rows.add(emit(row, key, out));
+        rows.add(joinRow(row, key, warmRow ? null : out));
       }
       impSeen.end();
     }
     resolve(t, rows, key, ctx);
   }
 
-  /** A first occurrence: out as (event_id, event_time, unit, the inputs...); returns its join
-   * row, which keeps the inputs as one JSON array of values. */
-  private Row emit(Row row, String key, Collector<Row> out) {
+  /** A first occurrence: out as (event_id, event_time, unit, the inputs...) unless ``out`` is
+   * null (a warm-up row); returns its join row, which keeps the inputs as one JSON array of values. */
+  private Row joinRow(Row row, String key, Collector<Row> out) {
     Object eventTime = Fields.get(row, time, names[time]);
     Row o = Row.withPositions(3 + inputs.length);
     o.setField(0, key);
@@ -311,8 +337,10 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
       values[i] = Fields.get(row, inputPos[i], names[inputPos[i]]);
       o.setField(3 + i, values[i]);
     }
-    out.collect(o);
-    return Row.of(key, K_IMP, ((Number) eventTime).longValue(), Json.array(values), null, null);
+    if (out != null) {
+      out.collect(o);
+    }
+    return Row.of(key, K_IMP, ((Number) eventTime).longValue(), Json.array(values), null, null, out != null);
   }
 
   /** The join at time t: the key's labels and first impressions of t (in that order), then
@@ -333,16 +361,19 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
       a = new long[SLOTS];
     }
     if (deadline) {
-      rows.add(Row.of(key, K_DEADLINE, null, null, null, null));
+      rows.add(Row.of(key, K_DEADLINE, null, null, null, null, false));
     }
     if (labelDeadline) {
-      rows.add(Row.of(key, K_LABEL_DEADLINE, null, null, a[FIRST], a[FIRST_VALUE]));
+      rows.add(Row.of(key, K_LABEL_DEADLINE, null, null, a[FIRST], a[FIRST_VALUE], false));
     }
     String in = pendingInputs.value();
     boolean inputsChanged = false;
     long lastLabel = Long.MIN_VALUE / 2; // the latest label time among these rows
     for (Row row : rows) {
       int k = (Integer) row.getField(1);
+      if ((Boolean) row.getField(6)) {
+        a[FLAGS] |= STREAM_ROW;
+      }
       long labelTime = 0;
       long label = 0;
       if (k == K_IMP) {
@@ -386,12 +417,13 @@ public final class DedupJoin extends KeyedCoProcessFunction<String, Row, Row, Ro
           && (!hasImp || a[IMP] > a[FIRST])) {
         info = hasImp && a[IMP] <= a[FIRST] + windowMs ? "label_before_impression" : "unknown_impression";
       }
-      if (info != null) {
+      long resolution = k == K_DEADLINE ? a[IMP] + windowMs : labelTime;
+      if (info != null && (resolution >= cutMs || (a[FLAGS] & STREAM_ROW) != 0)) { // else the warm-up's
         boolean example = info.equals("label") || info.equals("expired");
         String outInputs = (keepInputsOfLate || example) && in != null ? in : "";
         Row o = Row.withPositions(7);
         o.setField(0, key);
-        o.setField(1, k == K_DEADLINE ? a[IMP] + windowMs : labelTime);
+        o.setField(1, resolution);
         o.setField(2, info.equals("unknown_impression") ? noTime : a[IMP]);
         o.setField(3, k == K_DEADLINE ? 0 : (int) label);
         o.setField(4, k == K_DEADLINE ? noTime : labelTime);
