@@ -263,7 +263,7 @@ def bootstrap(event_dir: Path = typer.Argument(..., help="Historical event direc
         raise typer.Exit(1)
     console.print(f"base {outcome['version']} (artifact {outcome['artifact_version']}, {outcome['examples']:,} "
                   f"examples); next: driftline run --data LIVE_EVENT_DIR --base-registry {out / 'registry'} "
-                  f"(the history warms its windowed counts up)")
+                  f"(the history warms its windowed counts, dedup and join up)")
 
 
 @app.command()
