@@ -12,6 +12,7 @@ import time
 from pipelines.join import JoinConfig
 from pipelines.run_report import build_run_report
 from pipelines.sources.generator import GeneratorConfig
+from runners.flink_job import DEBLOAT, JobConfig, local_options
 from runners.local import generate_event_dir
 from runners.stream import fit_warmup_artifact, prepare_run, read_output, summarize
 
@@ -191,6 +192,8 @@ def test_lateness_survives_a_restore(tmp_path):
             _publish(src / stream / "part-000000.jsonl", live / stream)
         # served past both late rows' times: every operator's watermark had passed them
         _wait_for(proc, log, lambda: max(predicted().values(), default=0) > label_time, "the first part served")
+        # a followed stream's mini-cluster debloats its buffers (runners.flink_job.local_options)
+        assert {c["key"]: c["value"] for c in _rest(port, "/jobmanager/config")}.get(DEBLOAT) == "true"
         savepoint = _stop_with_savepoint(port, tmp_path / "savepoints")
         proc.wait(timeout=120)
         for stream in ("impressions", "labels"):
@@ -222,3 +225,13 @@ def test_lateness_survives_a_restore(tmp_path):
     cold = dict(zip([r["event_id"] for r in imps], window_counts(
         [[r["user_id"] for r in imps]], np.array([r["event_time"] for r in imps]), 3_600_000).tolist()))
     assert sum(got[i] != cold[i] for i in got) > 50  # the warm-up counted
+
+
+def test_paced_and_followed_streams_debloat_their_buffers_on_the_mini_cluster(tmp_path):
+    """Buffer debloating shortens checkpoints where the Python operators lag behind a source that
+    read ahead (paced or followed streams); an unpaced replay keeps its throughput without it.
+    The mini-cluster's options only: under ``flink run`` the cluster's conf decides."""
+    cfg = lambda **kw: JobConfig(event_dir=str(tmp_path), out=str(tmp_path), artifact=str(tmp_path), **kw)  # noqa: E731
+    assert DEBLOAT not in local_options(cfg())
+    assert local_options(cfg(follow=True))[DEBLOAT] == local_options(cfg(replay_speedup=60.0))[DEBLOAT] == "true"
+    assert local_options(cfg())["rest.bind-address"] == "127.0.0.1"
