@@ -445,7 +445,7 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     imps, resolved, dead = dedup_join(counted,
                                       labels, source.entity_fields[0] if source.entity_fields else None,
                                       input_types, cfg.join, cfg.dedup_retention_ms, warm=warm,
-                                      cut_ms=cfg.warmup_cut_ms)
+                                      cut_ms=warm_cut(cfg))
     # The Learner learns the join's outcomes in order (corrections too) and writes late labels
     # and dead letters. Impressions and outcomes reach it packed, one value per tick (Java
     # TickPack): impressions with their raw inputs, featurized in the Learner per tick (no
@@ -479,6 +479,16 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     if counted.dead_letters:
         dead = dead.union(*(DataStream(d) for d in counted.dead_letters))
     dead.sink_to(file_sink(str(out / "dead_letter"))).name("sink_dead_letter_keyed").uid("sink_dead_letter_keyed")
+
+
+def warm_cut(cfg: JobConfig) -> int:
+    """The warm-up's cut: the job's, else (a job.json of a build before 2026-12-06 had none, and
+    0 would emit every warm-up outcome again) the warm-up directory's own."""
+    if cfg.warmup_cut_ms or not cfg.warmup_dir:
+        return cfg.warmup_cut_ms
+    from pipelines.eventlog import cut_time
+
+    return cut_time(cfg.warmup_dir) or 0
 
 
 def keyed_by_constant(parts: list[JavaRows]):

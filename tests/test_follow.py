@@ -12,7 +12,7 @@ import time
 from pipelines.join import JoinConfig
 from pipelines.run_report import build_run_report
 from pipelines.sources.generator import GeneratorConfig
-from runners.flink_job import DEBLOAT, JobConfig, local_options
+from runners.flink_job import DEBLOAT, JobConfig, local_options, warm_cut as cut_of
 from runners.local import generate_event_dir
 from runners.stream import fit_warmup_artifact, prepare_run, read_output, summarize
 
@@ -176,7 +176,9 @@ def test_lateness_survives_a_restore(tmp_path):
     cfg = prepare_run(live, tmp_path / "run", "generator", join, artifact=tmp_path / "art", follow=True,
                       checkpoint_interval_ms=2_000, monitor_interval_ms=500, learn_tick_ms=TICK, flink_conf=rest,
                       warmup=tmp_path / "warm")
-    assert cfg.warmup_dir
+    assert cfg.warmup_dir and cfg.warmup_cut_ms == cut_of(cfg) > 0
+    # a job.json without the cut (an older build's) takes the warm-up's own
+    assert cut_of(JobConfig.from_dict({**cfg.to_dict(), "warmup_cut_ms": 0})) == cfg.warmup_cut_ms
     log = tmp_path / "flink.log"
 
     def start():
