@@ -1,6 +1,7 @@
 """Benchmark the streaming job on the Flink mini-cluster.
 
     python bench/stream.py [--json] [--data-dir DIR] [--events N] [--dense-events M] [--dense-rate R]
+    python bench/stream.py --only-checkpoint | --only-floor | --only-paced [--json]
 
 Runs a tiny generated stream (start-up cost), TalkingData replayed at full speed, a
 generated stream of N impressions (default 2M) at 1 per second of event time (sparse: ~60 per
@@ -29,9 +30,11 @@ if sys.path and Path(sys.path[0]).resolve() == HERE:
 
 import numpy as np  # noqa: E402
 
+from pipelines.eventlog import read_manifest  # noqa: E402
 from pipelines.join import JoinConfig  # noqa: E402
+from runners.flink_job import DEBLOAT  # noqa: E402
 from runners.local import prepare_events  # noqa: E402
-from runners.stream import read_output, run_stream  # noqa: E402
+from runners.stream import prepare_run, read_output, run_job, run_stream, summarize  # noqa: E402
 
 
 def visibility_lag(run_dir: Path) -> dict:
@@ -332,6 +335,40 @@ def one(data: str, root: Path, events: int, data_dir: str | None, rate_per_s: fl
             "peak_memory_mib": mem.mib(), "checkpoints": prof.checkpoint_stats(), "profile": prof.table()}
 
 
+def paced_checkpoints(root: Path, events: int = 30_000, speedup: float = 600.0, pairs: int = 2) -> list[dict]:
+    """Checkpoints of a paced replay on the mini-cluster with and without buffer debloating,
+    alternating (``pairs`` runs each; debloating first in each pair): the generated stream at
+    ``speedup`` times event-time speed, a checkpoint every 5 s. Paced (like a followed stream),
+    the Python operators lag behind a source that reads ahead into the network buffers, and each
+    barrier queues behind that data; ``runners.flink_job.local_options`` turns debloating on
+    for such runs, this measures why."""
+    event_dir, source = prepare_events("generator", root, events, 7)
+    out = []
+    for i in range(pairs):
+        for on in (True, False):
+            prof = BusyProfile()
+            run_dir = root / f"paced_{'on' if on else 'off'}_{i}"
+            cfg = prepare_run(event_dir, run_dir, source, JoinConfig(), replay_speedup=speedup,
+                              flink_conf={**prof.conf(), DEBLOAT: str(on).lower()})
+            with prof:
+                secs = run_job(cfg, run_dir)
+            done = [h for h in prof.checkpoints.get("history", []) if h.get("status") == "COMPLETED"]
+            out.append({"debloat": on, "run": i, "seconds": round(secs, 1), **prof.checkpoint_stats(),
+                        "first_in_history_ms": min(done, key=lambda h: h["id"])["end_to_end_duration"] if done else None,
+                        "reconciles": summarize(run_dir, read_manifest(event_dir), write=False)["reconciliation"]
+                        .get("reconciles")})
+    return out
+
+
+def print_paced(rows: list[dict]) -> None:
+    print(f"{'debloat':<8} {'run':>3} {'seconds':>8} {'completed':>10} {'failed':>7} {'dur p50 ms':>11} "
+          f"{'dur max ms':>11} {'reconciles':>11}")
+    for r in rows:
+        print(f"{'on' if r['debloat'] else 'off':<8} {r['run']:>3} {r['seconds']:>8.1f} {r['completed']:>10} "
+              f"{r['failed']:>7} {r['duration_ms_p50'] or 0:>11,.0f} {r['duration_ms_max'] or 0:>11,.0f} "
+              f"{str(r['reconciles']):>11}")
+
+
 FLOOR_QUERIES = {
     "source": "INSERT INTO floor_sink SELECT {cols} FROM impressions",
     "source + keyed dedup": ("INSERT INTO floor_sink SELECT {cols} FROM (SELECT *, ROW_NUMBER() OVER "
@@ -411,6 +448,9 @@ def main() -> None:
     ap.add_argument("--only-checkpoint", action="store_true", help="only the checkpoint bytes per pending impression")
     ap.add_argument("--only-floor", action="store_true",
                     help="only Flink's own floor: the impression source alone and with a native keyed dedup")
+    ap.add_argument("--only-paced", action="store_true",
+                    help="only checkpoint durations of a paced replay (30,000 generated events at 600x) with and "
+                         "without buffer debloating, two alternating pairs")
     ap.add_argument("--floor-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--flink-conf", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Flink option for the checkpoint run (repeatable), e.g. state.backend.type=rocksdb")
@@ -424,6 +464,12 @@ def main() -> None:
             floor = flink_floor(Path(tmp), args.dense_events, args.dense_rate or 1000.0)
         print_floor(floor)
         print(json.dumps({"flink_floor": floor}))
+        return
+    if args.only_paced:
+        with tempfile.TemporaryDirectory() as tmp:
+            paced = paced_checkpoints(Path(tmp))
+        print_paced(paced)
+        print(json.dumps({"paced_checkpoints": paced}))
         return
     if args.only_checkpoint:
         with tempfile.TemporaryDirectory() as tmp:
