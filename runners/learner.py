@@ -106,6 +106,20 @@ def _opt(a: np.ndarray) -> list:
     return [None if v == NO_TIME else v for v in a.tolist()]
 
 
+class Count:
+    """A count since the operator (re)started, reported to Flink as an integer gauge. Not a
+    PyFlink counter: those are Beam counters, and the Learner's never reached Flink (its REST
+    metrics and a Prometheus reporter showed its gauges only, 2026-12-06); gauges are read from
+    the Python worker at every bundle's end."""
+
+    def __init__(self, group, name: str):
+        self.value = 0
+        group.gauge(name, lambda: self.value)
+
+    def inc(self, n: int = 1) -> None:
+        self.value += int(n)
+
+
 class Learner(KeyedProcessFunction):
     def __init__(self, cfg_json: str):
         self.cfg_json = cfg_json
@@ -161,22 +175,23 @@ class Learner(KeyedProcessFunction):
         self.window = None
         self.end_timer = False
         g = runtime_context.get_metrics_group()
-        self.m_scored = g.counter("impressions_scored")
-        self.m_learned = g.counter("examples_learned")
-        self.m_late = g.counter("late_labels")
-        self.m_dead = g.counter("dead_letters")
-        self.m_ticks = g.counter("ticks_learned")
-        self.m_swaps = g.counter("base_swaps")
-        self.m_alerts = g.counter("guard_alerts")
+        self.m_scored = Count(g, "impressions_scored")
+        self.m_learned = Count(g, "examples_learned")
+        self.m_late = Count(g, "late_labels")
+        self.m_dead = Count(g, "dead_letters")
+        self.m_ticks = Count(g, "ticks_learned")
+        self.m_swaps = Count(g, "base_swaps")
+        self.m_alerts = Count(g, "guard_alerts")
         g.gauge("delta_served", lambda: int(self.layer.guard.serving) if self.layer is not None else 0)
         g.gauge("feature_drift_max_psi_micro", lambda: int(round(1e6 * max(
             (v["psi"] for v in (self.fd.last.values() if self.fd is not None else [])), default=0.0))))
         g.gauge("delta_version", lambda: self.layer.ftrl.updates if self.layer is not None else 0)
         # progressive quality of the last `metrics_window` examples (Flink gauges are integers:
-        # micro-units), and the label-delay histogram as one counter per bucket
+        # micro-units), and the label-delay histogram as one count per bucket
         g.gauge("window_logloss_micro", lambda: self._micro("window_logloss"))
         g.gauge("window_auc_micro", lambda: self._micro("window_auc"))
-        self.m_delay = {b: g.add_group("label_delay").counter(b) for b in WindowMetrics().delay_histogram()}
+        delays = g.add_group("label_delay")
+        self.m_delay = {b: Count(delays, b) for b in WindowMetrics().delay_histogram()}
         self.last_metrics: dict = {}
 
     def _micro(self, key: str) -> int:
