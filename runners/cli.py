@@ -751,18 +751,24 @@ def cluster_up(root: Path = ROOT_OPT, rest_port: int = PORT_OPT,
                slots: int = typer.Option(2, help="Task slots of the TaskManager."),
                buffer_debloat: bool = typer.Option(
                    True, help="Size in-flight data to ~1 s of throughput: checkpoints and savepoints "
-                              "of a back-pressured job in seconds, for some throughput.")):
+                              "of a back-pressured job in seconds, for some throughput."),
+               prometheus_ports: str = typer.Option(
+                   "", "--prometheus-ports", help="Serve Prometheus metrics (the job's operators and the "
+                                                  "Learner's too) on 127.0.0.1, each daemon on a free port of "
+                                                  "this range, e.g. 9250-9259.")):
     """Start one JobManager and one TaskManager with our conf dir."""
     from runners.cluster import ClusterConfig, up
 
     try:
         s = up(ClusterConfig(root=str(root), rest_port=rest_port, slots=slots, parallelism=slots,
-                             buffer_debloat=buffer_debloat))
+                             buffer_debloat=buffer_debloat, prometheus_ports=prometheus_ports))
     except RuntimeError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1)
     console.print(f"cluster up: {s['rest']} pids={s['pids']} taskmanagers={s['overview']['taskmanagers']} "
                   f"slots={s['overview']['slots-total']}")
+    for url in s["metrics"]:
+        console.print(f"metrics: {url}")
 
 
 @cluster_app.command("down")

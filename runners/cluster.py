@@ -50,6 +50,10 @@ class ClusterConfig:
     # in-flight data sized to ~1 s of each task's throughput: checkpoints and savepoints of a
     # back-pressured job in ~1-2 s instead of tens of seconds, for some throughput (write_conf)
     buffer_debloat: bool = True
+    # Prometheus metrics of the JobManager and the TaskManager (the job's operators, the
+    # Learner's counters and gauges among them) served on 127.0.0.1, each daemon on the first
+    # free port of this range, e.g. "9250-9259" ("": none; driftline.flink.LoopbackPrometheus)
+    prometheus_ports: str = ""
     extra_conf: dict = field(default_factory=dict)  # more Flink options, flat keys
 
     @property
@@ -87,6 +91,9 @@ def write_conf(cfg: ClusterConfig) -> Path:
     # with debloating ~1.6 s; an unpaced local job ran 6-18 % slower with it: README,
     # Submitting to a Flink cluster)
     base["taskmanager"]["network"] = {"memory": {"buffer-debloat": {"enabled": cfg.buffer_debloat}}}
+    if cfg.prometheus_ports:
+        base.setdefault("metrics", {})["reporter"] = {"prom": {
+            "factory": {"class": "driftline.flink.LoopbackPrometheusFactory"}, "port": cfg.prometheus_ports}}
     base.update(cfg.extra_conf)
     (conf_dir / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):
@@ -216,6 +223,32 @@ def listening_of(process_ids: list[int]) -> list[dict]:
     return out
 
 
+def _ports(spec: str) -> set[int]:
+    """Flink's port-range syntax: "9250", "9250-9259", "9250,9260-9262".
+
+    >>> sorted(_ports("9250,9260-9262"))
+    [9250, 9260, 9261, 9262]
+    """
+    out: set[int] = set()
+    for part in str(spec).split(","):
+        lo, _, hi = part.strip().partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def metrics_endpoints(cfg: ClusterConfig) -> list[str]:
+    """The Prometheus endpoints this folder's daemons serve (``prometheus_ports``, as written to
+    its conf by ``up``), from the kernel's socket table: each daemon's port of the range."""
+    conf = cfg.path / "conf" / "config.yaml"
+    prom = (((yaml.safe_load(conf.read_text()) if conf.is_file() else {}) or {}).get("metrics") or {}) \
+        .get("reporter", {}).get("prom", {})
+    if not prom.get("port"):
+        return []
+    ports = _ports(prom["port"])
+    return sorted({f"http://{s['address']}/metrics" for s in listening(cfg)
+                   if int(s["address"].rsplit(":", 1)[1]) in ports})
+
+
 def status(cfg: ClusterConfig) -> dict:
     alive = [p for p in pids(cfg) if _alive(p)]
     try:
@@ -223,7 +256,7 @@ def status(cfg: ClusterConfig) -> dict:
             overview = json.loads(r.read())
     except OSError:
         overview = None
-    return {"rest": cfg.rest_url, "pids": alive, "overview": overview,
+    return {"rest": cfg.rest_url, "pids": alive, "overview": overview, "metrics": metrics_endpoints(cfg),
             "up": bool(alive) and overview is not None and overview.get("taskmanagers", 0) > 0
             and overview.get("slots-total", 0) > 0}
 

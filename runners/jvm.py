@@ -60,6 +60,19 @@ def flink_python_jar() -> Path:
     return jars[0]
 
 
+def prometheus_jar() -> Path:
+    """Flink's Prometheus reporter (a plugin of the pip package): our loopback reporter extends it."""
+    jars = sorted((pyflink_home() / "plugins" / "metrics-prometheus").glob("flink-metrics-prometheus*.jar"))
+    if not jars:
+        raise FileNotFoundError(f"no flink-metrics-prometheus jar in {pyflink_home() / 'plugins'}")
+    return jars[0]
+
+
+def _resources() -> list[Path]:
+    """Files of our jar besides classes (META-INF/services: the reporter factory)."""
+    return sorted(p for p in (SOURCES / "META-INF").rglob("*") if p.is_file())
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "driftline" / "jvm"
 
@@ -70,10 +83,10 @@ def _lib_jars() -> dict[str, Path]:
 
 def _key() -> str:
     """Changes with our sources and with the jars they are compiled against."""
-    h = hashlib.sha256(flink_python_jar().name.encode())
+    h = hashlib.sha256(flink_python_jar().name.encode() + b"\0" + prometheus_jar().name.encode())
     for name in _lib_jars():
         h.update(name.encode() + b"\0")
-    for src in sorted(SOURCES.rglob("*.java")):
+    for src in [*sorted(SOURCES.rglob("*.java")), *_resources()]:
         h.update(str(src.relative_to(SOURCES)).encode() + b"\0" + src.read_bytes())
     return h.hexdigest()[:16]
 
@@ -90,7 +103,8 @@ def patch_jar(cache: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         classes = Path(tmp) / "classes"
-        cp = os.pathsep.join([str(flink_python_jar()), *map(str, sorted((pyflink_home() / "lib").glob("*.jar")))])
+        cp = os.pathsep.join([str(flink_python_jar()), str(prometheus_jar()),
+                              *map(str, sorted((pyflink_home() / "lib").glob("*.jar")))])
         proc = subprocess.run([javac, "-nowarn", "--release", "11", "-cp", cp,
                                "-d", str(classes), *map(str, sorted(SOURCES.rglob("*.java")))],
                               capture_output=True, text=True)
@@ -112,6 +126,8 @@ def patch_jar(cache: Path | None = None) -> Path:
             for name, f in built.items():
                 if name not in replaced:
                     z.write(f, name)
+            for f in _resources():
+                z.write(f, f.relative_to(SOURCES).as_posix())
         os.replace(part, jar)  # atomic: a concurrent build leaves one whole jar
     return jar
 
@@ -142,13 +158,15 @@ def _patched_next_to(jar: Path) -> dict[str, Path]:
 
 def lib_dir(with_flink_python: bool = False, cache: Path | None = None) -> Path:
     """A Flink lib folder: links to PyFlink's lib jars (our patched copies instead, under the
-    same names) and our jar (and flink-python's, for a cluster). Both PyFlink's launcher and
+    same names), our jar, Flink's Prometheus reporter (our loopback reporter extends it) and,
+    for a cluster, flink-python's. Both PyFlink's launcher and
     Flink's scripts put lib jars before opt's flink-python jar, and Flink's scripts sort them:
     ``driftline-…`` sorts before ``flink-…``."""
     jar = patch_jar(cache)
     folder = jar.parent / ("lib-cluster" if with_flink_python else "lib-local")
     wanted = {**_lib_jars(), **_patched_next_to(jar)}
     wanted[jar.name] = jar
+    wanted[prometheus_jar().name] = prometheus_jar()  # for our loopback reporter (LoopbackPrometheus)
     if with_flink_python:
         wanted[flink_python_jar().name] = flink_python_jar()
     folder.mkdir(exist_ok=True)

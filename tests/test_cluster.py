@@ -4,6 +4,7 @@ the test stops the cluster and only its own processes. Also the operator's stop-
 sequence through the ``driftline`` command line."""
 import json
 import time
+import urllib.request
 
 import pytest
 
@@ -29,7 +30,8 @@ def _examples(run_dir):
 
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
-    cfg = cluster.ClusterConfig(root=str(tmp_path_factory.mktemp("cluster")), rest_port=18391, rpc_port=16391)
+    cfg = cluster.ClusterConfig(root=str(tmp_path_factory.mktemp("cluster")), rest_port=18391, rpc_port=16391,
+                                prometheus_ports="18395-18399")
     try:
         s = cluster.up(cfg)
         assert s["overview"]["slots-total"] == 2
@@ -63,6 +65,29 @@ def test_buffer_debloating_can_be_turned_off(tmp_path):
         tm = yaml.safe_load((conf / "config.yaml").read_text())["taskmanager"]
         assert tm["network"]["memory"]["buffer-debloat"]["enabled"] is on
         assert tm["bind-host"] == "127.0.0.1"  # the rest of the TaskManager's conf kept
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def _metric(text: str, name: str) -> float | None:
+    """The sum of a metric's samples in a Prometheus text page (None: absent)."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if not line.startswith("#") and line.split("{", 1)[0].endswith(name)]
+    return sum(values) if values else None
+
+
+def test_prometheus_metrics_are_served_on_loopback(standalone):
+    """Flink's Prometheus reporter binds every interface; ours (driftline.flink.LoopbackPrometheus)
+    serves the same collectors from 127.0.0.1, one port of the range per daemon."""
+    urls = cluster.metrics_endpoints(standalone)
+    assert len(urls) == 2 and all(u.startswith("http://127.0.0.1:1839") for u in urls), urls
+    pages = [_scrape(u) for u in urls]
+    assert any(_metric(p, "flink_jobmanager_numRegisteredTaskManagers") == 1 for p in pages)
+    assert any(_metric(p, "flink_taskmanager_Status_JVM_CPU_Time") for p in pages)
+    assert cluster.status(standalone)["metrics"] == urls
 
 
 def test_every_listening_socket_is_loopback(standalone):
@@ -141,6 +166,10 @@ def test_cli_stop_with_a_savepoint_and_resume_the_same_run(standalone, tmp_path)
             v["status"] in ("RUNNING", "FINISHED") for v in job["vertices"])  # a bounded source may be done
 
     _until(running_with_a_checkpoint, "the job running with a completed checkpoint")
+    # the Learner's own metrics (Python counters) reach Prometheus through the TaskManager
+    scored = lambda: max((_metric(_scrape(u), "impressions_scored") or 0)  # noqa: E731
+                         for u in cluster.metrics_endpoints(standalone))
+    _until(lambda: scored() > 0, "the Learner's impressions_scored in Prometheus")
     r = cli.invoke(app, ["savepoint", job_id, "--stop", *where])
     assert r.exit_code == 0, r.output
     savepoint = re.search(r"savepoint: (\S+)", r.output).group(1)
