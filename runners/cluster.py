@@ -51,7 +51,7 @@ class ClusterConfig:
     # back-pressured job in ~1-2 s instead of tens of seconds, for some throughput (write_conf)
     buffer_debloat: bool = True
     # Prometheus metrics of the JobManager and the TaskManager (the job's operators, the
-    # Learner's counters and gauges among them) served on 127.0.0.1, each daemon on the first
+    # Learner's among them) served on 127.0.0.1, each daemon on the first
     # free port of this range, e.g. "9250-9259" ("": none; driftline.flink.LoopbackPrometheus)
     prometheus_ports: str = ""
     extra_conf: dict = field(default_factory=dict)  # more Flink options, flat keys
@@ -256,9 +256,11 @@ def status(cfg: ClusterConfig) -> dict:
             overview = json.loads(r.read())
     except OSError:
         overview = None
-    return {"rest": cfg.rest_url, "pids": alive, "overview": overview, "metrics": metrics_endpoints(cfg),
-            "up": bool(alive) and overview is not None and overview.get("taskmanagers", 0) > 0
-            and overview.get("slots-total", 0) > 0}
+    is_up = bool(alive) and overview is not None and overview.get("taskmanagers", 0) > 0 \
+        and overview.get("slots-total", 0) > 0
+    # the socket table only once it is up (``up`` polls this every second)
+    return {"rest": cfg.rest_url, "pids": alive, "overview": overview, "up": is_up,
+            "metrics": metrics_endpoints(cfg) if is_up else []}
 
 
 def up(cfg: ClusterConfig, timeout: float = 90) -> dict:

@@ -123,8 +123,6 @@ def test_standalone_cluster_equals_mini_cluster(standalone, tmp_path):
 
 
 def _rest(cfg, path: str) -> dict:
-    import urllib.request
-
     with urllib.request.urlopen(f"{cfg.rest_url}{path}", timeout=5) as r:
         return json.loads(r.read())
 
