@@ -177,7 +177,10 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         base_registry: Optional[Path] = typer.Option(None, help="Start from this registry's current base model "
                                                                 "(e.g. driftline bootstrap's OUT/registry; its "
                                                                 "OUT/transform is the default --artifact)."),
-        warmup: Optional[Path] = WARMUP_OPT, no_warmup: bool = NO_WARMUP_OPT):
+        warmup: Optional[Path] = WARMUP_OPT, no_warmup: bool = NO_WARMUP_OPT,
+        prometheus_ports: str = typer.Option("", "--prometheus-ports", help="Serve the job's Flink metrics "
+                                             "(the Learner's too) for Prometheus on 127.0.0.1, on a free port "
+                                             "of this range, e.g. 9250-9259.")):
     """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
     -> FTRL (-> scheduled TFX retrains -> base-model swaps); writes outputs and
     RUN_DIR/summary.json, prints a summary."""
@@ -200,7 +203,8 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         raise typer.Exit(2)
     if speedup < 0:
         raise typer.BadParameter("--speedup must be >= 0")
-    job: dict = {"follow": follow, "replay_speedup": speedup, "write_updates": updates}
+    job: dict = {"follow": follow, "replay_speedup": speedup, "write_updates": updates,
+                 "prometheus_ports": prometheus_ports}
     retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours, "min_eval_positives": min_eval_positives}
     if retrain_every or retrain_on_drift or retrain_on_feature_drift:
         every = _duration_ms(retrain_every) if retrain_every else 0

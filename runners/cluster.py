@@ -92,8 +92,10 @@ def write_conf(cfg: ClusterConfig) -> Path:
     # Submitting to a Flink cluster)
     base["taskmanager"]["network"] = {"memory": {"buffer-debloat": {"enabled": cfg.buffer_debloat}}}
     if cfg.prometheus_ports:
+        from runners.flink_job import PROMETHEUS_FACTORY
+
         base.setdefault("metrics", {})["reporter"] = {"prom": {
-            "factory": {"class": "driftline.flink.LoopbackPrometheusFactory"}, "port": cfg.prometheus_ports}}
+            "factory": {"class": PROMETHEUS_FACTORY}, "port": cfg.prometheus_ports}}
     base.update(cfg.extra_conf)
     (conf_dir / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):

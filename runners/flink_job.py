@@ -116,6 +116,10 @@ class JobConfig:
     # where the warm-up's counting began (its first impression; a backfill over it counted from
     # there): the feature-drift monitor's origin for the windowed aggregates
     warmup_origin_ms: int = 0
+    # local runs: serve the job's Flink metrics (the Learner's among them) in Prometheus' text
+    # format on 127.0.0.1, on the first free port of this range, e.g. "9250-9259" ("": none;
+    # driftline.flink.LoopbackPrometheus; on a cluster its conf decides: cluster up --prometheus-ports)
+    prometheus_ports: str = ""
     # security: when set, event_dir, out and artifact must lie under one of these folders
     roots: list = field(default_factory=list)
 
@@ -189,6 +193,7 @@ COLUMNS = {"predictions": PREDICTION_COLUMNS, "updates": UPDATE_COLUMNS, "exampl
 # ---- the job --------------------------------------------------------------------------------
 
 DEBLOAT = "taskmanager.network.memory.buffer-debloat.enabled"
+PROMETHEUS_FACTORY = "driftline.flink.LoopbackPrometheusFactory"  # runners/jvm/driftline/flink
 
 
 def local_options(cfg: JobConfig) -> dict[str, str]:
@@ -198,10 +203,16 @@ def local_options(cfg: JobConfig) -> dict[str, str]:
     checkpoint barrier queues behind that data: 30,000 generated events at 600x, checkpoints
     every 5 s, took p50 16.1 s per checkpoint (3 completed in ~104 s) without it, 1.2 s (10-11
     completed) with it, the job as long (README, "Slow savepoints"). An unpaced bounded replay
-    leaves it off (it cost throughput there). ``flink_conf`` overrides either way."""
+    leaves it off (it cost throughput there). With ``prometheus_ports``, our loopback Prometheus
+    reporter (the mini-cluster finds reporters on its class path, not in plugins/).
+    ``flink_conf`` overrides either way."""
     from runners.jvm import LOCAL_ENDPOINTS
 
-    return {**LOCAL_ENDPOINTS, **({DEBLOAT: "true"} if cfg.follow or cfg.replay_speedup else {})}
+    out = {**LOCAL_ENDPOINTS, **({DEBLOAT: "true"} if cfg.follow or cfg.replay_speedup else {})}
+    if cfg.prometheus_ports:
+        out.update({"metrics.reporter.prom.factory.class": PROMETHEUS_FACTORY,
+                    "metrics.reporter.prom.port": cfg.prometheus_ports})
+    return out
 
 
 def configure(cfg: JobConfig):

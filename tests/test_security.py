@@ -97,7 +97,8 @@ def test_the_local_job_listens_on_loopback_only(tmp_path):
     run for a while), is loopback-only. Flink's own ``ServerFactory`` binds those servers on
     all interfaces and PyFlink's loopback worker pool listens on ``[::]``: ``runners.jvm``
     replaces the first and chooses process mode for the second; ``LOCAL_ENDPOINTS`` binds the
-    mini-cluster's ports (two of them listened on all interfaces)."""
+    mini-cluster's ports (two of them listened on all interfaces). The job's Prometheus endpoint
+    (``prometheus_ports``) too: Flink's reporter would bind all interfaces, ours loopback."""
     from pipelines.join import JoinConfig
     from pipelines.sources.generator import GeneratorConfig
     from runners import cluster
@@ -106,17 +107,18 @@ def test_the_local_job_listens_on_loopback_only(tmp_path):
 
     generate_event_dir(tmp_path / "ev", GeneratorConfig(events=3_000, seed=5))  # ~3,000 s of event time
     prepare_run(tmp_path / "ev", tmp_path / "run", "generator", JoinConfig(window_ms=600_000),
-                replay_speedup=400.0)
+                replay_speedup=400.0, prometheus_ports=PROMETHEUS)
     with open(tmp_path / "flink.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "runners.flink_job", str(tmp_path / "run" / "job.json")],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    samples = []
+    samples, scored = [], 0.0
     try:
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline:
             tree = cluster.descendants(proc.pid)
             if any("python" in _exe(p) for p in tree[1:]):  # the JVM's Python workers
                 samples.append(cluster.listening_of(tree))
+                scored = max(scored, _scored(samples[-1]))
             time.sleep(0.5)
     finally:
         if proc.poll() is None:
@@ -127,3 +129,24 @@ def test_the_local_job_listens_on_loopback_only(tmp_path):
     assert len(samples) >= 3 and len({s["address"] for s in socks}) >= 6, samples
     bad = sorted({(s["pid"] == proc.pid and "driver" or "other", s["address"]) for s in socks if not s["loopback"]})
     assert bad == []
+    # the job's metrics for Prometheus (prometheus_ports: our loopback reporter), the Learner's included
+    assert any(s["address"].startswith("127.0.0.1:1849") for s in socks) and scored > 0
+
+
+PROMETHEUS = "18495-18499"
+
+
+def _scored(sockets: list[dict]) -> float:
+    """The Learner's impressions_scored from the job's Prometheus endpoint, if it is up yet."""
+    import urllib.request
+
+    for s in sockets:
+        if s["address"].startswith("127.0.0.1:1849"):
+            try:
+                with urllib.request.urlopen(f"http://{s['address']}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                return 0.0
+            return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines()
+                       if x.startswith("flink_taskmanager_job_task_operator_impressions_scored{"))
+    return 0.0
