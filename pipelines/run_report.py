@@ -147,6 +147,8 @@ def build_run_report(run_dir: str | Path, out: str | Path | None = None, ab_resa
         ["weight updates", f"{c['updates']:,}"], ["late labels", f"{c['late_labels']:,}"],
         *[[f"dead letter: {k}", f"{v:,}"] for k, v in sorted(c["dead_letter"].items())],
         ["pending (served, not yet resolved)", f"{c['pending']:,}"],
+        *([["examples of warm-up impressions (pending at its cut; not served here)",
+            f"{c['warmup_examples']:,}"]] if c.get("warmup_examples") else []),
         ["reconciles (in = out + dead letter + pending)", {True: "yes", False: "NO"}.get(rec.get("reconciles"), "-")],
         ["progressive log loss: served / base alone", f"{_f(pr['logloss'], '.5f')} / {_f(pr['base_only_logloss'], '.5f')}"],
         ["progressive AUC: served / base alone", f"{_f(pr['auc'], '.4f')} / {_f(pr['base_only_auc'], '.4f')}"],
