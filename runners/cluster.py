@@ -91,11 +91,9 @@ def write_conf(cfg: ClusterConfig) -> Path:
     # with debloating ~1.6 s; an unpaced local job ran 6-18 % slower with it: README,
     # Submitting to a Flink cluster)
     base["taskmanager"]["network"] = {"memory": {"buffer-debloat": {"enabled": cfg.buffer_debloat}}}
-    if cfg.prometheus_ports:
-        from runners.flink_job import PROMETHEUS_FACTORY
+    from runners.flink_job import prometheus_options
 
-        base.setdefault("metrics", {})["reporter"] = {"prom": {
-            "factory": {"class": PROMETHEUS_FACTORY}, "port": cfg.prometheus_ports}}
+    base.update(prometheus_options(cfg.prometheus_ports))  # flat keys, as extra_conf's
     base.update(cfg.extra_conf)
     (conf_dir / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):
@@ -241,12 +239,13 @@ def _ports(spec: str) -> set[int]:
 def metrics_endpoints(cfg: ClusterConfig) -> list[str]:
     """The Prometheus endpoints this folder's daemons serve (``prometheus_ports``, as written to
     its conf by ``up``), from the kernel's socket table: each daemon's port of the range."""
+    from runners.flink_job import PROMETHEUS_PORT
+
     conf = cfg.path / "conf" / "config.yaml"
-    prom = (((yaml.safe_load(conf.read_text()) if conf.is_file() else {}) or {}).get("metrics") or {}) \
-        .get("reporter", {}).get("prom", {})
-    if not prom.get("port"):
+    spec = ((yaml.safe_load(conf.read_text()) if conf.is_file() else None) or {}).get(PROMETHEUS_PORT)
+    if not spec:
         return []
-    ports = _ports(prom["port"])
+    ports = _ports(spec)
     return sorted({f"http://{s['address']}/metrics" for s in listening(cfg)
                    if int(s["address"].rsplit(":", 1)[1]) in ports})
 

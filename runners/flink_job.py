@@ -193,7 +193,15 @@ COLUMNS = {"predictions": PREDICTION_COLUMNS, "updates": UPDATE_COLUMNS, "exampl
 # ---- the job --------------------------------------------------------------------------------
 
 DEBLOAT = "taskmanager.network.memory.buffer-debloat.enabled"
-PROMETHEUS_FACTORY = "driftline.flink.LoopbackPrometheusFactory"  # runners/jvm/driftline/flink
+PROMETHEUS_PORT = "metrics.reporter.prom.port"
+
+
+def prometheus_options(ports: str) -> dict[str, str]:
+    """Flink options of our loopback Prometheus reporter (``runners/jvm/driftline/flink/
+    LoopbackPrometheus.java``) on the first free port of ``ports`` ({} for ""): a local job's
+    (``local_options``) and our cluster's (``runners.cluster.write_conf``)."""
+    return {"metrics.reporter.prom.factory.class": "driftline.flink.LoopbackPrometheusFactory",
+            PROMETHEUS_PORT: ports} if ports else {}
 
 
 def local_options(cfg: JobConfig) -> dict[str, str]:
@@ -208,11 +216,8 @@ def local_options(cfg: JobConfig) -> dict[str, str]:
     ``flink_conf`` overrides either way."""
     from runners.jvm import LOCAL_ENDPOINTS
 
-    out = {**LOCAL_ENDPOINTS, **({DEBLOAT: "true"} if cfg.follow or cfg.replay_speedup else {})}
-    if cfg.prometheus_ports:
-        out.update({"metrics.reporter.prom.factory.class": PROMETHEUS_FACTORY,
-                    "metrics.reporter.prom.port": cfg.prometheus_ports})
-    return out
+    return {**LOCAL_ENDPOINTS, **({DEBLOAT: "true"} if cfg.follow or cfg.replay_speedup else {}),
+            **prometheus_options(cfg.prometheus_ports)}
 
 
 def configure(cfg: JobConfig):
