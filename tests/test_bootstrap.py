@@ -203,3 +203,32 @@ def _assert_the_whole_log(root: Path, outcome: dict, tmp_path: Path) -> None:
     assert boot == {k: v for k, v in whole.items() if v[1] < cut}
     print(f"cut {cut}: {len(warm)} examples after it ({len(across)} positives of history impressions), "
           f"{len(boot)} before it")
+
+
+def test_a_warm_up_under_the_correction_policy_gives_the_whole_logs_corrections(boot, tmp_path):
+    """Under ``late_policy="correction"`` a label after its window becomes a correction example
+    (resolved at its label time) of an impression already learned as a negative. A history
+    impression learned as a negative before the cut and labelled late after it: the warmed-up
+    stream must emit its correction, as the whole log streamed does; nothing resolved before the
+    cut is emitted twice."""
+    from dataclasses import replace
+
+    root, outcome = boot
+    cut = outcome["cut_ms"]
+    join = replace(JOIN, late_policy="correction")
+    ingest_event_dir([str(root / "history.jsonl"), str(root / "live.jsonl")], GENERATOR, tmp_path / "whole_log")
+    runs = {}
+    for name, events, warmup in (("warm", root / "live", root / "history"), ("whole", tmp_path / "whole_log", None)):
+        s = run_stream(events, tmp_path / name, "generator", join, artifact=root / "boot" / "transform", warmup=warmup)
+        assert s["reconciliation"]["reconciles"]
+        runs[name] = _outcomes(tmp_path / name)
+    (warm, warm_late, warm_dead), (whole, whole_late, whole_dead) = runs["warm"], runs["whole"]
+    assert warm == {k: v for k, v in whole.items() if v[1] >= cut}
+    assert warm_late == {i: v for i, v in whole_late.items() if v[0] >= cut}
+    # every late label is also a correction example now
+    assert {(i, "correction") for i in whole_late} <= set(whole) and {(i, "correction") for i in warm_late} <= set(warm)
+    assert warm_dead == Counter({k: n for k, n in whole_dead.items() if k[1] >= cut})
+    # corrections in the stream of negatives the bootstrap's segment learned (resolved before the cut)
+    across = [k for k in warm if k[1] == "correction" and whole.get((k[0], "expired"), (0, cut))[1] < cut]
+    assert across and all((k[0], "expired") not in warm for k in across)
+    print(f"correction policy, cut {cut}: {len(warm)} outcomes after it, {len(across)} corrections of history impressions")
