@@ -853,7 +853,10 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
             raise typer.Exit(2)
         job = json.loads((out / "job.json").read_text())
         job.update(parallelism=parallelism, write_updates=updates, replay_speedup=speedup)
-        (out / "job.json").write_text(json.dumps(job, indent=1) + "\n")
+        staged = out / ".job.resume.json"  # job.json changes only once the savepoint fits it
+        staged.write_text(json.dumps(job, indent=1) + "\n")
+        _check_resume(staged, from_savepoint, allow_non_restored_state)
+        staged.replace(out / "job.json")
         event_dir = Path(job["event_dir"])
     else:
         event_dir, source = prepare_events(data, out, events, 7, data_dir_opt)
@@ -867,6 +870,8 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         except (RegistryError, ValueError) as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2)
+        if from_savepoint:
+            _check_resume(out / "job.json", from_savepoint, allow_non_restored_state)
     job_id = cluster.submit(cfg, out / "job.json", savepoint=from_savepoint,
                             allow_non_restored=allow_non_restored_state)
     console.print(f"job id: {job_id}")
@@ -877,6 +882,39 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
             _print_run(summarize(out, read_manifest(event_dir), final=True))
         else:
             raise typer.Exit(1)
+
+
+def _check_resume(job_json: Path, savepoint: str, allow_non_restored: bool) -> None:
+    """Before a job is submitted from a savepoint: what it restores (``runners.savepoints``).
+    State no operator of this build takes is an error (as Flink would fail the job, only later)
+    unless ``allow_non_restored``, and so is a build Flink would refuse the savepoint whatever
+    the flags (its finished operators); a source the savepoint has no position for reads its
+    input from the start: warned."""
+    from runners import savepoints
+
+    try:
+        resume = savepoints.check(job_json, savepoint)
+    except (ValueError, RuntimeError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    if resume.refused:
+        console.print("[red]error:[/red] Flink cannot restore this savepoint into this build: "
+                      + "; ".join(resume.refused) + ". Start a new run instead (or resume with the build "
+                      "that took the savepoint).")
+        raise typer.Exit(2)
+    lost = ", ".join(f"{s['uid'] or s['id']} ({s['bytes']:,} B)" for s in resume.unmapped)
+    if resume.unmapped and not allow_non_restored:
+        console.print(f"[red]error:[/red] the savepoint has state for operators this build does not have: {lost}. "
+                      "Resume with --allow-non-restored-state to drop it (see `driftline operators RUN "
+                      "--savepoint PATH`).")
+        raise typer.Exit(2)
+    if resume.unmapped:
+        console.print(f"[yellow]dropping[/yellow] the savepoint's state of: {lost}")
+    for o in resume.new_sources:
+        console.print(f"[yellow]warning:[/yellow] the savepoint has no position for source {o['uid']} "
+                      f"({o['name']}): it reads its input from the start")
+    console.print(f"savepoint: {len(resume.restored)} operators restored, {len(resume.new)} new, "
+                  f"{len(resume.unmapped)} states dropped")
 
 
 @app.command()
@@ -904,24 +942,55 @@ def savepoint(job_id: str = typer.Argument(...), stop: bool = typer.Option(False
 
 @app.command()
 def operators(job: Path = typer.Argument(..., help="A run folder (RUN_DIR, its job.json) or a job.json."),
+              savepoint: Optional[str] = typer.Option(None, help="Also what this savepoint restores into "
+                                                                "each operator, and its state no operator takes."),
               as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table.")):
     """The job's operators (built, not run): name, uid and operator id, the id its state has in
     checkpoints and savepoints. A savepoint restores into a build whose stateful operators have
-    the same ids: compare two builds' before resuming one."""
+    the same ids: compare two builds' before resuming one, or a build with a savepoint
+    (--savepoint)."""
+    from runners import savepoints
     from runners.stream import job_operators
 
-    ops = job_operators(job / "job.json" if job.is_dir() else job)
+    job_json = job / "job.json" if job.is_dir() else job
+    if savepoint is None:
+        ops, unmapped = job_operators(job_json), []
+    else:
+        try:
+            resume = savepoints.check(job_json, savepoint)
+        except (ValueError, RuntimeError) as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2)
+        ops = [{**{k: v for k, v in o.items() if k != "state"}, "savepoint": _restored(o)} for o in resume.operators]
+        unmapped = [{"uid": s["uid"], "id": s["id"], "name": s["name"], "savepoint": f"not restored: {s['bytes']:,} B"}
+                    for s in resume.unmapped]
     if as_json:
-        for o in ops:
+        for o in ops + unmapped:
             print(json.dumps(o))
+        for reason in (resume.refused if savepoint is not None else []):
+            print(json.dumps({"refused": reason}))
         return
     table = Table()
     table.add_column("uid", overflow="fold")
     table.add_column("operator id", no_wrap=True, min_width=32)
     table.add_column("name", overflow="fold")
-    for o in ops:
-        table.add_row(o["uid"], o["id"], o["name"])
+    if savepoint is not None:
+        table.add_column("savepoint", overflow="fold")
+    for o in ops + unmapped:
+        table.add_row(o["uid"] or "", o["id"], o["name"] or "", *([o["savepoint"]] if savepoint is not None else []))
     console.print(table)
+    for reason in (resume.refused if savepoint is not None else []):
+        console.print(f"[red]Flink refuses this restore:[/red] {reason}")
+
+
+def _restored(op: dict) -> str:
+    """An operator's row in `driftline operators --savepoint`: what the savepoint gives it."""
+    state = op["state"]
+    if state is None:
+        return "new: reads its input from the start" if op["name"].startswith("Source:") else "new: starts empty"
+    if state["finished"]:
+        return "finished"
+    return f"{state['bytes']:,} B" if state["has_state"] else "no state"
 
 
 @app.command()

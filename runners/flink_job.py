@@ -580,17 +580,32 @@ def operators(cfg: JobConfig) -> list[dict]:
     and savepoints (a hash of its uid: every operator of the job has one, ``set_uids``). A
     savepoint restores into a build whose stateful operators have the same ids; compare two
     builds' before resuming one (``driftline operators``)."""
+    return graph(cfg)[0]
+
+
+def graph(cfg: JobConfig) -> tuple[list[dict], list[dict]]:
+    """``operators`` and the job graph's vertices (the chains Flink deploys as tasks): each
+    vertex's ``id``, ``name``, ``operators`` (operator ids) and ``inputs`` (the producing
+    vertex and the edge's distribution pattern), what Flink checks a savepoint's finished
+    operators against (``runners.savepoints``)."""
     from pyflink.java_gateway import get_gateway
 
     env, _ = built(cfg)
-    graph = env._generate_stream_graph(clear_transformations=True)  # what execute() submits
+    stream_graph = env._generate_stream_graph(clear_transformations=True)  # what execute() submits
     jvm = get_gateway().jvm
-    ids = jvm.org.apache.flink.streaming.api.graph.StreamGraphHasherV2().traverseStreamGraphAndGenerateHashes(graph)
-    out = []
-    for node in sorted(graph.getStreamNodes().toArray(), key=lambda n: n.getId()):
-        out.append({"name": node.getOperatorName(), "uid": node.getTransformationUID(),
+    ids = jvm.org.apache.flink.streaming.api.graph.StreamGraphHasherV2().traverseStreamGraphAndGenerateHashes(
+        stream_graph)
+    ops = []
+    for node in sorted(stream_graph.getStreamNodes().toArray(), key=lambda n: n.getId()):
+        ops.append({"name": node.getOperatorName(), "uid": node.getTransformationUID(),
                     "id": bytes(ids.get(node.getId())).hex()})
-    return out
+    vertices = []
+    for v in stream_graph.getJobGraph().getVerticesSortedTopologicallyFromSources().toArray():
+        vertices.append({"id": v.getID().toHexString(), "name": v.getName(),
+                         "operators": [p.getGeneratedOperatorID().toHexString() for p in v.getOperatorIDs()],
+                         "inputs": [{"from": e.getSource().getProducer().getID().toHexString(),
+                                     "pattern": e.getDistributionPattern().name()} for e in v.getInputs()]})
+    return ops, vertices
 
 
 if __name__ == "__main__":  # `python -m runners.flink_job CONFIG.json`, also what `flink run -py` runs

@@ -168,12 +168,25 @@ def test_cli_stop_with_a_savepoint_and_resume_the_same_run(standalone, tmp_path)
     scored = lambda: max((_metric(_scrape(u), "impressions_scored") or 0)  # noqa: E731
                          for u in cluster.metrics_endpoints(standalone))
     _until(lambda: scored() > 0, "the Learner's impressions_scored in Prometheus")
+    jobs = len(_rest(standalone, "/jobs/overview")["jobs"])
     r = cli.invoke(app, ["savepoint", job_id, "--stop", *where])
     assert r.exit_code == 0, r.output
     savepoint = re.search(r"savepoint: (\S+)", r.output).group(1)
     assert cluster.wait(standalone, job_id, timeout=60) == "FINISHED"
     before = {name: _lines(run, name) for name in ("predictions", "examples")}
     assert 0 < len(before["predictions"]) < local["counts"]["predictions"]  # stopped mid-stream
+    # what the savepoint restores, read from its _metadata: every operator of this build
+    r = cli.invoke(app, ["operators", str(run), "--savepoint", savepoint, "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in r.output.splitlines() if x.startswith("{")]
+    assert rows and not [o for o in rows if o["savepoint"].startswith(("new", "not restored"))]
+    assert {o["uid"]: o["savepoint"] for o in rows}["dedup_join"].endswith(" B")  # keyed state
+    # a build without the updates sink would drop its state: refused before anything is
+    # submitted, and the run's job.json is left as it was
+    job = (run / "job.json").read_text()
+    r = cli.invoke(app, ["submit", "--out", str(run), "--from-savepoint", savepoint, "--no-updates", *where])
+    assert r.exit_code == 2 and "sink_updates" in r.output and "--allow-non-restored-state" in r.output, r.output
+    assert (run / "job.json").read_text() == job and len(_rest(standalone, "/jobs/overview")["jobs"]) == jobs
     r = cli.invoke(app, ["submit", "--out", str(run), "--from-savepoint", savepoint, *where])
     assert r.exit_code == 0, r.output
     remote = json.loads((run / "summary.json").read_text())

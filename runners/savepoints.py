@@ -1,0 +1,160 @@
+"""What a savepoint restores into a build of the job, known before the job is submitted.
+
+Flink maps a savepoint's state to operators by operator id (a hash of the operator's uid). At
+submission it fails a job whose savepoint has state for an operator the build lacks (unless
+``--allowNonRestoredState``: that state is then dropped), and it starts an operator the
+savepoint has no state for with empty state, silently. For most operators that is what a new
+operator should do; for a source it means reading its input from the start (a build that adds
+a warm-up labels source, resumed from a savepoint taken without one, would feed the history's
+labels once more). And it refuses, whatever the flags, a build that chains a new operator
+to a finished one (a bounded replay's sources finish early). ``check`` says all of it before
+anything is submitted: ``driftline submit --from-savepoint`` refuses the first (unless asked)
+and the last, and warns of the second; ``driftline operators RUN --savepoint PATH`` shows the
+whole mapping.
+
+The savepoint's ``_metadata`` is read by Flink's own ``Checkpoints.loadCheckpointMetadata``
+(a JVM through PyFlink's gateway, so in a child process: PyFlink and Beam are not mixed in
+one process here).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def local_path(savepoint: str) -> Path:
+    """The folder of a savepoint given as a path or a ``file:`` URI (``flink savepoint``
+    prints ``file:/...``). Other file systems are not readable from here."""
+    parsed = urlparse(savepoint)
+    if parsed.scheme not in ("", "file"):
+        raise ValueError(f"only a local savepoint can be checked, not {savepoint!r}")
+    folder = Path(parsed.path if parsed.scheme else savepoint)
+    if not (folder / "_metadata").is_file():
+        raise ValueError(f"no savepoint at {savepoint!r} (no {folder / '_metadata'})")
+    return folder
+
+
+def states(savepoint: str) -> list[dict]:
+    """Every operator state in the savepoint: ``id`` (hex), ``uid`` and ``name`` (as recorded),
+    ``bytes`` (its state's size), ``has_state`` (Flink's own rule for refusing to drop it: a
+    coordinator state or a subtask with state), ``finished`` (a fully finished operator, e.g. a
+    bounded source at its end) and ``partly_finished`` (some of its subtasks finished). Needs
+    PyFlink's gateway (starts a JVM)."""
+    from pyflink.java_gateway import get_gateway
+
+    folder = local_path(savepoint)
+    jvm = get_gateway().jvm
+    stream = jvm.java.io.DataInputStream(jvm.java.io.FileInputStream(str(folder / "_metadata")))
+    try:
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        metadata = jvm.org.apache.flink.runtime.checkpoint.Checkpoints.loadCheckpointMetadata(
+            stream, loader, str(folder))
+    finally:
+        stream.close()
+    out = []
+    for s in metadata.getOperatorStates().toArray():
+        subtasks = s.getStates().toArray()
+        has_state = s.getCoordinatorState() is not None or any(t.hasState() for t in subtasks)
+        out.append({"id": s.getOperatorID().toHexString(), "uid": s.getOperatorUid().orElse(None),
+                    "name": s.getOperatorName().orElse(None), "bytes": int(s.getStateSize()),
+                    "has_state": bool(has_state), "finished": bool(s.isFullyFinished()),
+                    "partly_finished": any(t.isFinished() for t in subtasks)})
+    return sorted(out, key=lambda s: (s["uid"] or "", s["id"]))
+
+
+@dataclass
+class ResumeCheck:
+    """A build's operators against a savepoint's states. ``operators``: the build's, in its
+    graph's order, each with the savepoint's ``state`` for it (``None``: the savepoint knows
+    nothing of it, so it starts empty); ``unmapped``: savepoint states with state and no operator
+    in the build (Flink refuses them without allow-non-restored-state); ``refused``: finished
+    operators the build cannot take (``finished_state_errors``), refused whatever the flags."""
+
+    operators: list[dict] = field(default_factory=list)
+    unmapped: list[dict] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # why Flink would refuse the restore at all
+
+    @property
+    def restored(self) -> list[dict]:
+        return [o for o in self.operators if o["state"] is not None]
+
+    @property
+    def new(self) -> list[dict]:
+        return [o for o in self.operators if o["state"] is None]
+
+    @property
+    def new_sources(self) -> list[dict]:
+        """New sources: with no position in the savepoint they read their input from the start."""
+        return [o for o in self.new if o["name"].startswith("Source:")]
+
+
+def compare(operators: list[dict], saved: list[dict], vertices: list[dict] | None = None) -> ResumeCheck:
+    """Pure: the mapping of ``saved`` (``states``) onto a build's ``operators``
+    (``runners.flink_job.operators``), by operator id as Flink maps them; with the build's
+    ``vertices`` (``runners.flink_job.graph``) also Flink's checks of finished operators."""
+    by_id = {s["id"]: s for s in saved}
+    ids = {o["id"] for o in operators}
+    return ResumeCheck(operators=[{**o, "state": by_id.get(o["id"])} for o in operators],
+                       unmapped=[s for s in saved if s["id"] not in ids and s["has_state"]],
+                       refused=finished_state_errors(vertices or [], saved))
+
+
+RUNNING, PARTLY, FINISHED = "all running", "partly finished", "fully finished"
+
+
+def finished_state_errors(vertices: list[dict], saved: list[dict]) -> list[str]:
+    """Flink's ``VertexFinishedStateChecker`` rules, which refuse a restore whatever the flags:
+    the operators of one vertex (a chain) must all have the same finished state (an operator
+    the savepoint lacks counts as running: a new operator chained to a finished source is
+    refused); a fully finished vertex needs fully finished predecessors; a partly finished one
+    needs fully finished predecessors over all-to-all edges and not all-running ones over
+    pointwise edges. A bounded replay's sources finish early, so this happens here."""
+    by_id = {s["id"]: s for s in saved}
+
+    def op_state(op_id: str) -> str:
+        s = by_id.get(op_id)
+        return RUNNING if s is None else FINISHED if s["finished"] else PARTLY if s["partly_finished"] else RUNNING
+
+    errors, state = [], {}
+    for v in vertices:
+        kinds = {op_state(i) for i in v["operators"]}
+        if len(kinds) > 1:
+            errors.append(f"vertex {v['name']!r} mixes {' and '.join(sorted(kinds))} operators")
+        state[v["id"]] = kinds.pop() if len(kinds) == 1 else None
+    for v in vertices:
+        for edge in v["inputs"]:
+            before = state.get(edge["from"])
+            if state[v["id"]] is None or before is None:
+                continue  # already an error
+            if state[v["id"]] == FINISHED and before != FINISHED:
+                errors.append(f"vertex {v['name']!r} is fully finished but its input is {before}")
+            elif state[v["id"]] == PARTLY and (before != FINISHED if edge["pattern"] == "ALL_TO_ALL"
+                                               else before == RUNNING):
+                errors.append(f"vertex {v['name']!r} is partly finished but its input is {before}")
+    return errors
+
+
+def check(job_json: str | Path, savepoint: str) -> ResumeCheck:
+    """``compare`` of the job ``job_json`` (built, not run) and ``savepoint``, from a child
+    process with the job's interpreter."""
+    from runners.flink_job import JobConfig
+
+    local_path(savepoint)  # a clear error before a JVM starts
+    cfg = JobConfig.from_dict(json.loads(Path(job_json).read_text()))
+    proc = subprocess.run([cfg.python_executable, "-m", "runners.savepoints", str(job_json), savepoint],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"checking the savepoint failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    got = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])
+    return compare(got["operators"], got["states"], got["vertices"])
+
+
+if __name__ == "__main__":  # `python -m runners.savepoints JOB.json SAVEPOINT`: one JSON object
+    from runners.flink_job import JobConfig, graph
+
+    ops, vertices = graph(JobConfig.from_dict(json.loads(Path(sys.argv[1]).read_text())))
+    print(json.dumps({"operators": ops, "vertices": vertices, "states": states(sys.argv[2])}))
