@@ -108,9 +108,10 @@ def _opt(a: np.ndarray) -> list:
 
 class Count:
     """A count since the operator (re)started, reported to Flink as an integer gauge. Not a
-    PyFlink counter: those are Beam counters, and the Learner's never reached Flink (its REST
-    metrics and a Prometheus reporter showed its gauges only, 2026-12-06); gauges are read from
-    the Python worker at every bundle's end."""
+    PyFlink counter: PyFlink 2.3 loses counters incremented in ``on_timer`` of a function with
+    side outputs (the Learner: six side outputs, its work in timers; reproduced by
+    ``tools/repro_timer_counters.py``, 2026-12-07); gauges are read from the Python worker at
+    every bundle's end."""
 
     def __init__(self, group, name: str):
         self.value = 0
