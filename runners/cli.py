@@ -13,6 +13,7 @@ from pipelines.config import DataDirMissing, data_dir
 from pipelines.eventlog import FORMATS, read_manifest
 from pipelines.events import KINDS, SOURCES, get_source
 from pipelines.sources.generator import GeneratorConfig
+from runners.savepoints import STOPPED
 
 app = typer.Typer(help="driftline: a TFX base model + an online FTRL delta learned in Flink, "
                        "with delayed labels joined in event time.", no_args_is_help=True,
@@ -60,7 +61,8 @@ def _print_run(summary: dict) -> None:
     if c.get("warmup_examples"):
         t.add_row("examples of warm-up impressions (pending at its cut)", f"{c['warmup_examples']:,}")
     if r:
-        t.add_row("reconciles", "yes" if r["reconciles"] else "NO")
+        t.add_row("reconciles", "yes" if r["reconciles"] else "NO" if summary.get("final", True)
+                  else "not yet (stopped before the end of its input)")
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
     t.add_row("progressive logloss (hybrid / base only)", f"{fmt(pr['logloss'])} / {fmt(pr['base_only_logloss'])}")
     t.add_row("progressive AUC (hybrid / base only)", f"{fmt(pr['auc'])} / {fmt(pr['base_only_auc'])}")
@@ -180,14 +182,37 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         warmup: Optional[Path] = WARMUP_OPT, no_warmup: bool = NO_WARMUP_OPT,
         prometheus_ports: str = typer.Option("", "--prometheus-ports", help="Serve the job's Flink metrics "
                                              "(the Learner's too) for Prometheus on 127.0.0.1, on a free port "
-                                             "of this range, e.g. 9250-9259.")):
+                                             "of this range, e.g. 9250-9259."),
+        rest_port: int = typer.Option(0, "--rest-port", help="The local job's REST port on 127.0.0.1 (0: "
+                                                              "Flink's default); `driftline savepoint --run "
+                                                              "RUN_DIR` needs it."),
+        from_savepoint: Optional[str] = typer.Option(None, help="Resume RUN_DIR's job (its job.json decides "
+                                                                "the data and settings; --follow, --speedup, "
+                                                                "--[no-]updates, --rest-port and --prometheus-ports "
+                                                                "apply) from this savepoint."),
+        allow_non_restored_state: bool = typer.Option(
+            False, "--allow-non-restored-state",
+            help="With --from-savepoint: skip its state that maps to no operator of this build.")):
     """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
     -> FTRL (-> scheduled TFX retrains -> base-model swaps); writes outputs and
-    RUN_DIR/summary.json, prints a summary."""
+    RUN_DIR/summary.json, prints a summary. Stopped with `driftline savepoint --run RUN_DIR
+    --stop`, it resumes with `driftline run --out RUN_DIR --from-savepoint PATH`."""
     from pipelines.join import JoinConfig
     from models.online import OnlineConfig
     from runners.local import prepare_events
     from runners.stream import run_stream
+
+    if speedup < 0:
+        raise typer.BadParameter("--speedup must be >= 0")
+    if allow_non_restored_state and not from_savepoint:
+        console.print("[red]error:[/red] --allow-non-restored-state needs --from-savepoint")
+        raise typer.Exit(2)
+    rest = {"rest.port": str(rest_port), "rest.bind-port": str(rest_port)} if rest_port else {}
+    if from_savepoint:
+        summary = _resume_local(out, from_savepoint, allow_non_restored_state, rest, follow=follow,
+                                replay_speedup=speedup, write_updates=updates, prometheus_ports=prometheus_ports)
+        _end_run(out, summary, report)
+        return
 
     try:
         join = JoinConfig(window_ms=window_ms, watermark_delay_ms=watermark_delay_ms, late_policy=late_policy)
@@ -201,10 +226,8 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     except (DataDirMissing, ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
-    if speedup < 0:
-        raise typer.BadParameter("--speedup must be >= 0")
     job: dict = {"follow": follow, "replay_speedup": speedup, "write_updates": updates,
-                 "prometheus_ports": prometheus_ports}
+                 "prometheus_ports": prometheus_ports, **({"flink_conf": rest} if rest else {})}
     retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours, "min_eval_positives": min_eval_positives}
     if retrain_every or retrain_on_drift or retrain_on_feature_drift:
         every = _duration_ms(retrain_every) if retrain_every else 0
@@ -226,13 +249,61 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     except (RegistryError, ValueError) as e:  # the base model or warm-up does not fit the run
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
+    _end_run(out, summary, report)
+
+
+def _end_run(out: Path, summary: dict, report: bool) -> None:
+    """After a local job: its summary (and report); a job stopped with a savepoint says how to
+    resume it; exit 1 if the counts do not reconcile."""
     _print_run(summary)
-    if report:
+    stopped = out / STOPPED
+    if stopped.is_file():
+        import time
+
+        deadline = time.time() + 60  # `driftline savepoint --stop` writes the path once it has it
+        while (path := json.loads(stopped.read_text())["savepoint"]) is None and time.time() < deadline:
+            time.sleep(0.5)
+        # plain print: a command to copy must not be wrapped
+        print(f"stopped with a savepoint: {path}\nresume: driftline run --out {out} --from-savepoint {path}")
+    elif report:
         from pipelines.run_report import build_run_report
 
         console.print(f"report: {build_run_report(out)}")
-    if summary["reconciliation"] and not summary["reconciliation"]["reconciles"]:
+    # a stopped job has not read all of its input yet: its counts reconcile once the resumed one ends
+    if summary["reconciliation"] and not summary["reconciliation"]["reconciles"] and summary["final"]:
         raise typer.Exit(1)
+
+
+def _resume_local(out: Path, savepoint: str, allow_non_restored: bool, rest: dict, **changes) -> dict:
+    """``driftline run --from-savepoint``: the run of ``out/job.json`` resumed on the
+    mini-cluster (its outputs, registry and retrains kept, as ``submit --from-savepoint`` on a
+    cluster), ``changes`` applied to its job.json once the savepoint is checked against it."""
+    from pipelines.eventlog import read_manifest
+    from pipelines.examples import export_parquet
+    from runners.flink_job import JobConfig
+    from runners.stream import run_job, summarize
+
+    if not (out / "job.json").is_file():
+        console.print(f"[red]error:[/red] nothing to resume: no {out / 'job.json'} (a run folder of driftline run)")
+        raise typer.Exit(2)
+    job = json.loads((out / "job.json").read_text())
+    conf = {k: v for k, v in (job.get("flink_conf") or {}).items()
+            if not k.startswith(("execution.state-recovery.", "rest.port", "rest.bind-port"))}
+    conf["execution.state-recovery.path"] = savepoint
+    if allow_non_restored:  # Flink's --allowNonRestoredState
+        conf["execution.state-recovery.ignore-unclaimed-state"] = "true"
+    job.update(changes, flink_conf={**conf, **rest})
+    staged = out / ".job.resume.json"  # job.json changes only once the savepoint fits it
+    staged.write_text(json.dumps(job, indent=1) + "\n")
+    _check_resume(staged, savepoint, allow_non_restored)
+    staged.replace(out / "job.json")
+    (out / STOPPED).unlink(missing_ok=True)
+    if (out / "flink.log").is_file():  # the stopped part's log, kept
+        (out / "flink.log").replace(out / f"flink.{len(list(out.glob('flink.*.log'))) + 1}.log")
+    cfg = JobConfig.from_dict(job)
+    seconds = run_job(cfg, out)
+    export_parquet(out)
+    return summarize(out, read_manifest(cfg.event_dir), seconds, final=not (out / STOPPED).is_file())
 
 
 @app.command()
@@ -918,14 +989,43 @@ def _check_resume(job_json: Path, savepoint: str, allow_non_restored: bool) -> N
 
 
 @app.command()
-def savepoint(job_id: str = typer.Argument(...), stop: bool = typer.Option(False, help="Stop the job with it."),
+def savepoint(job_id: Optional[str] = typer.Argument(None, help="The job (default with --run: the running one)."),
+              stop: bool = typer.Option(False, help="Stop the job with it."),
+              run: Optional[Path] = typer.Option(None, help="A local job instead: the `driftline run --rest-port "
+                                                            "P` of this run folder; into RUN_DIR/savepoints."),
               root: Path = ROOT_OPT, rest_port: int = PORT_OPT):
     """Trigger a savepoint (`flink savepoint` / `flink stop`) on the standalone cluster, into
-    its savepoints folder; prints the savepoint's path (for `driftline submit --from-savepoint`)."""
+    its savepoints folder, or (--run RUN_DIR) of a local run through its REST port; prints the
+    savepoint's path (for `driftline submit --from-savepoint` / `driftline run --out RUN_DIR
+    --from-savepoint`)."""
     import re
 
     from runners.cluster import CLIENT_TIMEOUT_S, flink_cli, stop_with_savepoint
 
+    if run is not None:
+        from runners import savepoints
+
+        job = json.loads((run / "job.json").read_text()) if (run / "job.json").is_file() else {}
+        port = int((job.get("flink_conf") or {}).get("rest.port", 0))
+        if not port:
+            console.print(f"[red]error:[/red] no REST port in {run / 'job.json'}: start the run with --rest-port")
+            raise typer.Exit(2)
+        if stop:  # before the stop: the run's `driftline run` then reports a stop, not an end
+            savepoints.mark_stopped(run, None)
+        try:
+            path = savepoints.trigger(f"http://127.0.0.1:{port}", run / "savepoints", job_id, stop=stop)
+        except (OSError, RuntimeError, TimeoutError) as e:
+            if stop:
+                (run / STOPPED).unlink(missing_ok=True)
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1)
+        if stop:
+            savepoints.mark_stopped(run, path)
+        print(f"savepoint: {path}")
+        return
+    if job_id is None:
+        console.print("[red]error:[/red] name the job (`driftline cluster status` lists them) or use --run")
+        raise typer.Exit(2)
     cfg = _cluster(root, rest_port)
     try:
         if stop:

@@ -25,6 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+# written into a local run's folder by `driftline savepoint --run RUN_DIR --stop`: the job that
+# then ends was stopped (its summary is not final), and where to resume it from
+STOPPED = "stopped.json"
+
 
 def local_path(savepoint: str) -> Path:
     """The folder of a savepoint given as a path or a ``file:`` URI (``flink savepoint``
@@ -151,6 +155,59 @@ def check(job_json: str | Path, savepoint: str) -> ResumeCheck:
         raise RuntimeError(f"checking the savepoint failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     got = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])
     return compare(got["operators"], got["states"], got["vertices"])
+
+
+def mark_stopped(run_dir: Path, savepoint: str | None) -> None:
+    """``RUN_DIR/stopped.json`` (atomically): the local job is being stopped (``savepoint``
+    None: its savepoint is still being taken)."""
+    tmp = Path(run_dir) / f".{STOPPED}.tmp"
+    tmp.write_text(json.dumps({"savepoint": savepoint}) + "\n")
+    tmp.replace(Path(run_dir) / STOPPED)
+
+
+def trigger(rest_url: str, target: Path, job_id: str | None = None, stop: bool = False,
+            timeout: float = 300.0) -> str:
+    """A savepoint of a running job through Flink's REST API (a local job's mini-cluster has no
+    ``flink`` client of its own): ``POST /jobs/:id/stop`` (``stop``: the job ends after it) or
+    ``/jobs/:id/savepoints``, into ``target``; waits for it and returns its path. ``job_id``:
+    default the one running job."""
+    import time
+    import urllib.request
+
+    def call(path: str, body: dict | None = None) -> dict:
+        req = urllib.request.Request(f"{rest_url}{path}", method="POST" if body is not None else "GET",
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"{}")
+
+    if job_id is None:
+        running = [j["id"] for j in call("/jobs")["jobs"] if j["status"] == "RUNNING"]
+        if len(running) != 1:
+            raise RuntimeError(f"{len(running)} running jobs at {rest_url}: name one")
+        job_id = running[0]
+    target = Path(target).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    before = set(target.glob("savepoint-*"))
+    request = (call(f"/jobs/{job_id}/stop", {"drain": False, "targetDirectory": target.as_uri()}) if stop else
+               call(f"/jobs/{job_id}/savepoints", {"target-directory": target.as_uri(), "cancel-job": False}))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            status = call(f"/jobs/{job_id}/savepoints/{request['request-id']}")
+        except OSError:
+            # a stopped local job's mini-cluster can exit before the last poll: the savepoint
+            # was complete by then, and is the one new folder with its metadata
+            done = [p for p in set(target.glob("savepoint-*")) - before if (p / "_metadata").is_file()]
+            if stop and len(done) == 1:
+                return str(done[0])
+            raise
+        if status["status"]["id"] == "COMPLETED":
+            if "location" not in status["operation"]:
+                raise RuntimeError(f"savepoint failed: {status['operation'].get('failure-cause', status)}")
+            return status["operation"]["location"]
+        time.sleep(0.5)
+    raise TimeoutError(f"no savepoint of job {job_id} after {timeout:.0f} s")
 
 
 if __name__ == "__main__":  # `python -m runners.savepoints JOB.json SAVEPOINT`: one JSON object

@@ -20,6 +20,7 @@ from pipelines.join import JoinConfig
 from models.online import OnlineConfig
 from models.hotswap import read_swaps
 from runners.flink_job import OUTPUTS, JobConfig
+from runners.savepoints import STOPPED
 
 
 def output_files(folder: Path) -> list[Path]:
@@ -263,7 +264,7 @@ def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: Joi
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in (*OUTPUTS, "examples_parquet", "registry", "checkpoints", "summary.json", "retrain",
-                 "swaps.jsonl"):  # Flink sinks only add files
+                 "swaps.jsonl", STOPPED):  # Flink sinks only add files
         p = run_dir / name
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if artifact is None:
@@ -322,4 +323,5 @@ def run_stream(event_dir: str | Path, run_dir: str | Path, spec: str, join: Join
     cfg = prepare_run(event_dir, run_dir, spec, join, online, artifact, retrain, **job)
     secs = run_job(cfg, Path(run_dir))
     export_parquet(run_dir)  # the joined examples, as the TFX retrain reads them
-    return summarize(run_dir, read_manifest(event_dir), secs, final=True)
+    # a job stopped with a savepoint (`driftline savepoint --run RUN_DIR --stop`) has not ended
+    return summarize(run_dir, read_manifest(event_dir), secs, final=not (Path(run_dir) / STOPPED).is_file())

@@ -237,3 +237,75 @@ def test_paced_and_followed_streams_debloat_their_buffers_on_the_mini_cluster(tm
     assert DEBLOAT not in local_options(cfg())
     assert local_options(cfg(follow=True))[DEBLOAT] == local_options(cfg(replay_speedup=60.0))[DEBLOAT] == "true"
     assert local_options(cfg())["rest.bind-address"] == "127.0.0.1"
+
+
+def test_cli_stop_a_local_run_with_a_savepoint_and_resume_it(tmp_path):
+    """The local operator's sequence, all through the command line: ``driftline run --speedup
+    600 --rest-port P`` (its own process), ``driftline savepoint --run RUN_DIR --stop`` once a
+    checkpoint has completed, then ``driftline run --out RUN_DIR --from-savepoint PATH``. The
+    stopped run ends without an error and its summary is not final (its input was not all
+    read); the resumed one checks the savepoint against the build, keeps the first part's
+    outputs, and the two give exactly the uninterrupted run's outputs and FTRL weights."""
+    import socket
+    import urllib.request
+    from collections import Counter
+
+    from typer.testing import CliRunner
+
+    from models.ftrl import FTRL
+    from runners.cli import app
+
+    def rest(port: int, path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def lines(run_dir, name) -> Counter:
+        return Counter(json.dumps(r, sort_keys=True) for r in read_output(run_dir, name))
+
+    def weights(run_dir) -> FTRL:
+        return FTRL.from_bytes((sorted((run_dir / "registry" / "delta").iterdir())[-1] / "weights.npz").read_bytes())
+
+    generate_event_dir(tmp_path / "ev", GeneratorConfig(events=20_000, seed=23))
+    from runners.stream import run_stream
+
+    local = run_stream(tmp_path / "ev", tmp_path / "local", "generator")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run, log = tmp_path / "run", tmp_path / "run.log"
+    proc = subprocess.Popen([sys.executable, "-m", "runners.cli", "run", "--data", str(tmp_path / "ev"), "--out",
+                             str(run), "--speedup", "600", "--rest-port", str(port), "--no-report"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+    def checkpointed() -> bool:
+        try:
+            jobs = [j["id"] for j in rest(port, "/jobs")["jobs"] if j["status"] == "RUNNING"]
+            return bool(jobs) and rest(port, f"/jobs/{jobs[0]}/checkpoints")["counts"]["completed"] > 0
+        except OSError:
+            return False
+
+    try:
+        _wait_for(proc, log, checkpointed, "a completed checkpoint")
+        r = CliRunner().invoke(app, ["savepoint", "--run", str(run), "--stop"])
+        assert r.exit_code == 0, r.output
+        savepoint = r.output.split("savepoint: ", 1)[1].split()[0]
+        assert proc.wait(timeout=180) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    said = " ".join(log.read_text().split())  # rich wraps long lines
+    assert "stopped with a savepoint" in said and f"--from-savepoint {savepoint}" in said
+    stopped = json.loads((run / "summary.json").read_text())
+    assert not stopped["final"] and 0 < stopped["counts"]["predictions"] < local["counts"]["predictions"]
+    before = lines(run, "predictions")
+    r = CliRunner().invoke(app, ["run", "--out", str(run), "--from-savepoint", savepoint, "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert "operators restored, 0 new, 0 states dropped" in r.output
+    resumed = json.loads((run / "summary.json").read_text())
+    assert resumed["final"] and resumed["reconciliation"]["reconciles"] and resumed["counts"] == local["counts"]
+    for name in ("predictions", "examples", "late_labels", "dead_letter", "updates"):
+        assert lines(run, name) == lines(tmp_path / "local", name), name
+    assert set(before) <= set(lines(run, "predictions"))  # the first part kept
+    a, b = weights(tmp_path / "local"), weights(run)
+    assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
+    assert not (run / "stopped.json").exists() and (run / "flink.1.log").is_file()  # the first part's log kept
