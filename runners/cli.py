@@ -264,7 +264,8 @@ def _end_run(out: Path, summary: dict, report: bool) -> None:
         while (path := json.loads(stopped.read_text())["savepoint"]) is None and time.time() < deadline:
             time.sleep(0.5)
         # plain print: a command to copy must not be wrapped
-        print(f"stopped with a savepoint: {path}\nresume: driftline run --out {out} --from-savepoint {path}")
+        print(f"stopped with a savepoint: {path}\nresume: driftline run --out {out} --from-savepoint {path}"
+              if path else "stopped with a savepoint (its path: the output of `driftline savepoint --stop`)")
     elif report:
         from pipelines.run_report import build_run_report
 
@@ -293,10 +294,7 @@ def _resume_local(out: Path, savepoint: str, allow_non_restored: bool, rest: dic
     if allow_non_restored:  # Flink's --allowNonRestoredState
         conf["execution.state-recovery.ignore-unclaimed-state"] = "true"
     job.update(changes, flink_conf={**conf, **rest})
-    staged = out / ".job.resume.json"  # job.json changes only once the savepoint fits it
-    staged.write_text(json.dumps(job, indent=1) + "\n")
-    _check_resume(staged, savepoint, allow_non_restored)
-    staged.replace(out / "job.json")
+    _stage_resume(out, job, savepoint, allow_non_restored)
     (out / STOPPED).unlink(missing_ok=True)
     if (out / "flink.log").is_file():  # the stopped part's log, kept
         (out / "flink.log").replace(out / f"flink.{len(list(out.glob('flink.*.log'))) + 1}.log")
@@ -924,10 +922,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
             raise typer.Exit(2)
         job = json.loads((out / "job.json").read_text())
         job.update(parallelism=parallelism, write_updates=updates, replay_speedup=speedup)
-        staged = out / ".job.resume.json"  # job.json changes only once the savepoint fits it
-        staged.write_text(json.dumps(job, indent=1) + "\n")
-        _check_resume(staged, from_savepoint, allow_non_restored_state)
-        staged.replace(out / "job.json")
+        _stage_resume(out, job, from_savepoint, allow_non_restored_state)
         event_dir = Path(job["event_dir"])
     else:
         event_dir, source = prepare_events(data, out, events, 7, data_dir_opt)
@@ -953,6 +948,18 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
             _print_run(summarize(out, read_manifest(event_dir), final=True))
         else:
             raise typer.Exit(1)
+
+
+def _stage_resume(out: Path, job: dict, savepoint: str, allow_non_restored: bool) -> None:
+    """``out/job.json`` becomes ``job`` only once ``_check_resume`` accepts the savepoint for it."""
+    staged = out / ".job.resume.json"
+    staged.write_text(json.dumps(job, indent=1) + "\n")
+    try:
+        _check_resume(staged, savepoint, allow_non_restored)
+    except typer.Exit:
+        staged.unlink(missing_ok=True)
+        raise
+    staged.replace(out / "job.json")
 
 
 def _check_resume(job_json: Path, savepoint: str, allow_non_restored: bool) -> None:

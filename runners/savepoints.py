@@ -14,7 +14,8 @@ whole mapping.
 
 The savepoint's ``_metadata`` is read by Flink's own ``Checkpoints.loadCheckpointMetadata``
 (a JVM through PyFlink's gateway, so in a child process: PyFlink and Beam are not mixed in
-one process here).
+one process here). ``trigger`` takes a savepoint of a running job through Flink's REST API
+(a local run's mini-cluster, ``driftline savepoint --run RUN_DIR``).
 """
 from __future__ import annotations
 
