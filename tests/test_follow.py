@@ -14,6 +14,7 @@ from pipelines.run_report import build_run_report
 from pipelines.sources.generator import GeneratorConfig
 from runners.flink_job import DEBLOAT, JobConfig, local_options, warm_cut as cut_of
 from runners.local import generate_event_dir
+from runners.savepoints import trigger
 from runners.stream import fit_warmup_artifact, prepare_run, read_output, summarize
 
 
@@ -79,34 +80,12 @@ def test_follow_mode_picks_up_new_files(tmp_path):
         proc.wait(timeout=60)
 
 
-def _rest(port: int, path: str, body: dict | None = None) -> dict:
+def _rest(port: int, path: str) -> dict:
+    """``GET`` on a local job's REST endpoint."""
     import urllib.request
 
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if body is not None else "GET",
-                                 data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
         return json.loads(r.read() or b"{}")
-
-
-def _stop_with_savepoint(port: int, folder) -> str:
-    """``POST /jobs/:id/stop`` on the local job's REST endpoint; returns the savepoint's path."""
-    job = next(j["id"] for j in _rest(port, "/jobs")["jobs"] if j["status"] == "RUNNING")
-    trigger = _rest(port, f"/jobs/{job}/stop", {"drain": False, "targetDirectory": folder.as_uri()})["request-id"]
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            s = _rest(port, f"/jobs/{job}/savepoints/{trigger}")
-        except OSError:  # the job stopped and the mini-cluster exited before we polled again:
-            break  # the savepoint was complete before the job stopped
-        if s["status"]["id"] == "COMPLETED":
-            assert "location" in s["operation"], s
-            return s["operation"]["location"]
-        time.sleep(1)
-    done = sorted(folder.glob("savepoint-*/_metadata"))
-    if len(done) == 1:
-        return str(done[0].parent)
-    raise TimeoutError(f"savepoint: {done}")
 
 
 def _wait_for(proc, log, cond, what: str, timeout: float = 240) -> None:
@@ -196,7 +175,7 @@ def test_lateness_survives_a_restore(tmp_path):
         _wait_for(proc, log, lambda: max(predicted().values(), default=0) > label_time, "the first part served")
         # a followed stream's mini-cluster debloats its buffers (runners.flink_job.local_options)
         assert {c["key"]: c["value"] for c in _rest(port, "/jobmanager/config")}.get(DEBLOAT) == "true"
-        savepoint = _stop_with_savepoint(port, tmp_path / "savepoints")
+        savepoint = trigger(f"http://127.0.0.1:{port}", tmp_path / "savepoints", stop=True)
         proc.wait(timeout=120)
         for stream in ("impressions", "labels"):
             _publish(src / stream / "part-000001.jsonl", live / stream)
@@ -247,17 +226,12 @@ def test_cli_stop_a_local_run_with_a_savepoint_and_resume_it(tmp_path):
     read); the resumed one checks the savepoint against the build, keeps the first part's
     outputs, and the two give exactly the uninterrupted run's outputs and FTRL weights."""
     import socket
-    import urllib.request
     from collections import Counter
 
     from typer.testing import CliRunner
 
     from models.ftrl import FTRL
     from runners.cli import app
-
-    def rest(port: int, path: str) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return json.loads(r.read())
 
     def lines(run_dir, name) -> Counter:
         return Counter(json.dumps(r, sort_keys=True) for r in read_output(run_dir, name))
@@ -279,8 +253,8 @@ def test_cli_stop_a_local_run_with_a_savepoint_and_resume_it(tmp_path):
 
     def checkpointed() -> bool:
         try:
-            jobs = [j["id"] for j in rest(port, "/jobs")["jobs"] if j["status"] == "RUNNING"]
-            return bool(jobs) and rest(port, f"/jobs/{jobs[0]}/checkpoints")["counts"]["completed"] > 0
+            jobs = [j["id"] for j in _rest(port, "/jobs")["jobs"] if j["status"] == "RUNNING"]
+            return bool(jobs) and _rest(port, f"/jobs/{jobs[0]}/checkpoints")["counts"]["completed"] > 0
         except OSError:
             return False
 
