@@ -183,9 +183,10 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         prometheus_ports: str = typer.Option("", "--prometheus-ports", help="Serve the job's Flink metrics "
                                              "(the Learner's too) for Prometheus on 127.0.0.1, on a free port "
                                              "of this range, e.g. 9250-9259."),
-        rest_port: int = typer.Option(0, "--rest-port", help="The local job's REST port on 127.0.0.1 (0: "
-                                                              "Flink's default); `driftline savepoint --run "
-                                                              "RUN_DIR` needs it."),
+        rest_port: int = typer.Option(0, "--rest-port", help="The local job's REST port on 127.0.0.1 (0: a free "
+                                                              "one, in RUN_DIR/job.json): `driftline savepoint "
+                                                              "--run RUN_DIR` and Ctrl-C (stop with a savepoint) "
+                                                              "use it."),
         from_savepoint: Optional[str] = typer.Option(None, help="Resume RUN_DIR's job (its job.json decides "
                                                                 "the data and settings; --follow, --speedup, "
                                                                 "--[no-]updates, --rest-port and --prometheus-ports "
@@ -195,8 +196,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
             help="With --from-savepoint: skip its state that maps to no operator of this build.")):
     """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
     -> FTRL (-> scheduled TFX retrains -> base-model swaps); writes outputs and
-    RUN_DIR/summary.json, prints a summary. Stopped with `driftline savepoint --run RUN_DIR
-    --stop`, it resumes with `driftline run --out RUN_DIR --from-savepoint PATH`."""
+    RUN_DIR/summary.json, prints a summary. Stopped with a savepoint (Ctrl-C, or `driftline
+    savepoint --run RUN_DIR --stop`), it resumes with `driftline run --out RUN_DIR
+    --from-savepoint PATH`."""
     from pipelines.join import JoinConfig
     from models.online import OnlineConfig
     from runners.local import prepare_events
@@ -207,7 +209,8 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     if allow_non_restored_state and not from_savepoint:
         console.print("[red]error:[/red] --allow-non-restored-state needs --from-savepoint")
         raise typer.Exit(2)
-    rest = {"rest.port": str(rest_port), "rest.bind-port": str(rest_port)} if rest_port else {}
+    rest_port = rest_port or _free_port()
+    rest = {"rest.port": str(rest_port), "rest.bind-port": str(rest_port)}
     if from_savepoint:
         summary = _resume_local(out, from_savepoint, allow_non_restored_state, rest, follow=follow,
                                 replay_speedup=speedup, write_updates=updates, prometheus_ports=prometheus_ports)
@@ -227,7 +230,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     job: dict = {"follow": follow, "replay_speedup": speedup, "write_updates": updates,
-                 "prometheus_ports": prometheus_ports, **({"flink_conf": rest} if rest else {})}
+                 "prometheus_ports": prometheus_ports, "flink_conf": rest}
     retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours, "min_eval_positives": min_eval_positives}
     if retrain_every or retrain_on_drift or retrain_on_feature_drift:
         every = _duration_ms(retrain_every) if retrain_every else 0
@@ -250,6 +253,15 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     _end_run(out, summary, report)
+
+
+def _free_port() -> int:
+    """A port free on 127.0.0.1 now (the local job binds it a few seconds later)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _end_run(out: Path, summary: dict, report: bool) -> None:

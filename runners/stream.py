@@ -53,11 +53,45 @@ def fit_warmup_artifact(event_dir: Path, spec_name: str, out_dir: Path, warmup_f
 
 
 def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> float:
-    """Run the job of ``run_dir/job.json`` to completion in a child process; returns seconds."""
+    """Run the job of ``run_dir/job.json`` to completion in a child process; returns seconds.
+    Ctrl-C (SIGINT) stops a job with a REST port (``rest.port`` in ``flink_conf``) with a
+    savepoint into ``run_dir/savepoints``, as ``driftline savepoint --run RUN_DIR --stop``
+    does, and waits for it to end; a second Ctrl-C, or a job without a REST port, ends it at
+    once (its last checkpoint, if any, stays in ``run_dir/checkpoints``)."""
+    import os
+    import signal
+
+    from runners.savepoints import mark_stopped, trigger
+
     t0 = time.perf_counter()
+    port = int(cfg.flink_conf.get("rest.port", 0))
     with open(run_dir / "flink.log", "w") as log:
-        proc = subprocess.run([cfg.python_executable, "-m", "runners.flink_job", str(run_dir / "job.json")],
-                              stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+        # its own session: a terminal's Ctrl-C reaches this process only, which decides
+        proc = subprocess.Popen([cfg.python_executable, "-m", "runners.flink_job", str(run_dir / "job.json")],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            try:
+                proc.wait(timeout=timeout)
+            except KeyboardInterrupt:
+                if not port:
+                    raise
+                print(f"stopping the job with a savepoint into {run_dir / 'savepoints'} (Ctrl-C again: at once)",
+                      flush=True)
+                mark_stopped(run_dir, None)
+                try:
+                    mark_stopped(run_dir, trigger(f"http://127.0.0.1:{port}", run_dir / "savepoints", stop=True))
+                except (OSError, RuntimeError, TimeoutError):
+                    (run_dir / STOPPED).unlink(missing_ok=True)
+                    raise KeyboardInterrupt from None
+                proc.wait()
+        except BaseException:  # a timeout, a second Ctrl-C: the job's whole process group ends
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            raise
     if proc.returncode != 0:
         tail = (run_dir / "flink.log").read_text()[-4000:]
         raise RuntimeError(f"streaming job failed (exit {proc.returncode}); log {run_dir / 'flink.log'}:\n{tail}")

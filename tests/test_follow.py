@@ -220,18 +220,21 @@ def test_paced_and_followed_streams_debloat_their_buffers_on_the_mini_cluster(tm
 
 def test_cli_stop_a_local_run_with_a_savepoint_and_resume_it(tmp_path):
     """The local operator's sequence, all through the command line: ``driftline run --speedup
-    600 --rest-port P`` (its own process), ``driftline savepoint --run RUN_DIR --stop`` once a
-    checkpoint has completed, then ``driftline run --out RUN_DIR --from-savepoint PATH``. The
-    stopped run ends without an error and its summary is not final (its input was not all
-    read); the resumed one checks the savepoint against the build, keeps the first part's
-    outputs, and the two give exactly the uninterrupted run's outputs and FTRL weights."""
-    import socket
+    600 --rest-port P`` (its own process) stopped by ``driftline savepoint --run RUN_DIR
+    --stop`` once a checkpoint has completed; ``driftline run --out RUN_DIR --from-savepoint
+    PATH --speedup 600`` stopped by Ctrl-C (SIGINT: a savepoint, then the job stops); resumed
+    again to the end. A stopped run ends without an error, says how to resume, and its summary
+    is not final (its input was not all read); each resume checks the savepoint against the
+    build and keeps what came before; the three parts give exactly the uninterrupted run's
+    outputs and FTRL weights."""
+    import signal as signals
     from collections import Counter
 
     from typer.testing import CliRunner
 
     from models.ftrl import FTRL
     from runners.cli import app
+    from runners.stream import run_stream
 
     def lines(run_dir, name) -> Counter:
         return Counter(json.dumps(r, sort_keys=True) for r in read_output(run_dir, name))
@@ -239,47 +242,67 @@ def test_cli_stop_a_local_run_with_a_savepoint_and_resume_it(tmp_path):
     def weights(run_dir) -> FTRL:
         return FTRL.from_bytes((sorted((run_dir / "registry" / "delta").iterdir())[-1] / "weights.npz").read_bytes())
 
-    generate_event_dir(tmp_path / "ev", GeneratorConfig(events=20_000, seed=23))
-    from runners.stream import run_stream
-
-    local = run_stream(tmp_path / "ev", tmp_path / "local", "generator")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run, log = tmp_path / "run", tmp_path / "run.log"
-    proc = subprocess.Popen([sys.executable, "-m", "runners.cli", "run", "--data", str(tmp_path / "ev"), "--out",
-                             str(run), "--speedup", "600", "--rest-port", str(port), "--no-report"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-    def checkpointed() -> bool:
+    def checkpointed(port: int) -> bool:
         try:
             jobs = [j["id"] for j in _rest(port, "/jobs")["jobs"] if j["status"] == "RUNNING"]
             return bool(jobs) and _rest(port, f"/jobs/{jobs[0]}/checkpoints")["counts"]["completed"] > 0
         except OSError:
             return False
 
+    def port_of(run) -> int:
+        return int(json.loads((run / "job.json").read_text())["flink_conf"]["rest.port"])
+
+    def stopped_part(proc, log) -> str:
+        """The stopped part's process: ended without an error, said where it stopped."""
+        assert proc.wait(timeout=180) == 0, log.read_text()[-3000:]
+        said = " ".join(log.read_text().split())
+        savepoint = said.split("stopped with a savepoint: ", 1)[1].split()[0]
+        assert f"driftline run --out {run} --from-savepoint {savepoint}" in said
+        summary = json.loads((run / "summary.json").read_text())
+        assert not summary["final"] and 0 < summary["counts"]["predictions"] < local["counts"]["predictions"]
+        return savepoint
+
+    generate_event_dir(tmp_path / "ev", GeneratorConfig(events=20_000, seed=23))
+    local = run_stream(tmp_path / "ev", tmp_path / "local", "generator")
+    run, cli = tmp_path / "run", [sys.executable, "-m", "runners.cli", "run"]
+    # part 1: stopped by `driftline savepoint --run RUN_DIR --stop`
+    log1 = tmp_path / "part1.log"
+    proc = subprocess.Popen([*cli, "--data", str(tmp_path / "ev"), "--out", str(run), "--speedup", "600", "--no-report"],
+                            stdout=open(log1, "w"), stderr=subprocess.STDOUT)
     try:
-        _wait_for(proc, log, checkpointed, "a completed checkpoint")
+        _wait_for(proc, log1, lambda: (run / "job.json").is_file() and checkpointed(port_of(run)), "a checkpoint")
         r = CliRunner().invoke(app, ["savepoint", "--run", str(run), "--stop"])
         assert r.exit_code == 0, r.output
-        savepoint = r.output.split("savepoint: ", 1)[1].split()[0]
-        assert proc.wait(timeout=180) == 0, log.read_text()[-3000:]
+        first = stopped_part(proc, log1)
+        assert r.output.split("savepoint: ", 1)[1].split()[0] == first
     finally:
         if proc.poll() is None:
             proc.kill()
-    said = " ".join(log.read_text().split())  # rich wraps long lines
-    assert "stopped with a savepoint" in said and f"--from-savepoint {savepoint}" in said
-    stopped = json.loads((run / "summary.json").read_text())
-    assert not stopped["final"] and 0 < stopped["counts"]["predictions"] < local["counts"]["predictions"]
-    before = lines(run, "predictions")
-    r = CliRunner().invoke(app, ["run", "--out", str(run), "--from-savepoint", savepoint, "--no-report"])
+    part1 = lines(run, "predictions")
+    # part 2: resumed, paced again, stopped by Ctrl-C
+    log2 = tmp_path / "part2.log"
+    proc = subprocess.Popen([*cli, "--out", str(run), "--from-savepoint", first, "--speedup", "600", "--no-report"],
+                            stdout=open(log2, "w"), stderr=subprocess.STDOUT)
+    try:
+        _wait_for(proc, log2, lambda: "operators restored, 0 new, 0 states dropped" in log2.read_text()
+                  and checkpointed(port_of(run)), "the resumed job's checkpoint")
+        proc.send_signal(signals.SIGINT)
+        second = stopped_part(proc, log2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert second != first and "stopping the job with a savepoint" in log2.read_text()
+    part2 = lines(run, "predictions")
+    assert set(part1) < set(part2)  # the first part kept, more served
+    # part 3: to the end
+    r = CliRunner().invoke(app, ["run", "--out", str(run), "--from-savepoint", second, "--no-report"])
     assert r.exit_code == 0, r.output
-    assert "operators restored, 0 new, 0 states dropped" in r.output
     resumed = json.loads((run / "summary.json").read_text())
     assert resumed["final"] and resumed["reconciliation"]["reconciles"] and resumed["counts"] == local["counts"]
     for name in ("predictions", "examples", "late_labels", "dead_letter", "updates"):
         assert lines(run, name) == lines(tmp_path / "local", name), name
-    assert set(before) <= set(lines(run, "predictions"))  # the first part kept
+    assert set(part2) <= set(lines(run, "predictions"))
     a, b = weights(tmp_path / "local"), weights(run)
     assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
-    assert not (run / "stopped.json").exists() and (run / "flink.1.log").is_file()  # the first part's log kept
+    # the stopped parts' logs kept
+    assert not (run / "stopped.json").exists() and {p.name for p in run.glob("flink.*.log")} == {"flink.1.log", "flink.2.log"}
