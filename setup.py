@@ -33,7 +33,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis"],
+        # psutil: a test follows a local run's process tree (pinned in constraints.txt, from the TFX stack)
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "psutil"],
         # benchmark-only: bench/ftrl.py compares the FTRL kernel with them; bench/stream.py
         # samples the job's memory with psutil (pinned in constraints.txt, from the TFX stack)
         "bench": ["river==0.19.0", "vowpalwabbit==9.11.9", "psutil"],

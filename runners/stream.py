@@ -57,14 +57,21 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
     Ctrl-C (SIGINT) stops a job with a REST port (``rest.port`` in ``flink_conf``) with a
     savepoint into ``run_dir/savepoints``, as ``driftline savepoint --run RUN_DIR --stop``
     does, and waits for it to end; a second Ctrl-C, or a job without a REST port, ends it at
-    once (its last checkpoint, if any, stays in ``run_dir/checkpoints``)."""
+    once (its last checkpoint, if any, stays in ``run_dir/checkpoints``), and so does SIGTERM
+    to this process (a supervisor's stop: the job's processes do not outlive it)."""
     import os
     import signal
+    import threading
 
     from runners.savepoints import mark_stopped, trigger
 
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
     t0 = time.perf_counter()
     port = int(cfg.flink_conf.get("rest.port", 0))
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, terminated) if main else None
     with open(run_dir / "flink.log", "w") as log:
         # its own session: a terminal's Ctrl-C reaches this process only, which decides
         proc = subprocess.Popen([cfg.python_executable, "-m", "runners.flink_job", str(run_dir / "job.json")],
@@ -84,7 +91,7 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
                     (run_dir / STOPPED).unlink(missing_ok=True)
                     raise KeyboardInterrupt from None
                 proc.wait()
-        except BaseException:  # a timeout, a second Ctrl-C: the job's whole process group ends
+        except BaseException:  # a timeout, a second Ctrl-C, SIGTERM: the job's whole process group ends
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
@@ -92,6 +99,9 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
             raise
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
     if proc.returncode != 0:
         tail = (run_dir / "flink.log").read_text()[-4000:]
         raise RuntimeError(f"streaming job failed (exit {proc.returncode}); log {run_dir / 'flink.log'}:\n{tail}")

@@ -277,7 +277,7 @@ def test_cli_stop_a_local_run_with_a_savepoint_and_resume_it(tmp_path):
         assert r.output.split("savepoint: ", 1)[1].split()[0] == first
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()  # driftline run ends its job's processes too
     part1 = lines(run, "predictions")
     # part 2: resumed, paced again, stopped by Ctrl-C
     log2 = tmp_path / "part2.log"
@@ -290,7 +290,7 @@ def test_cli_stop_a_local_run_with_a_savepoint_and_resume_it(tmp_path):
         second = stopped_part(proc, log2)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()  # driftline run ends its job's processes too
     assert second != first and "stopping the job with a savepoint" in log2.read_text()
     part2 = lines(run, "predictions")
     assert set(part1) < set(part2)  # the first part kept, more served
@@ -306,3 +306,44 @@ def test_cli_stop_a_local_run_with_a_savepoint_and_resume_it(tmp_path):
     assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
     # the stopped parts' logs kept
     assert not (run / "stopped.json").exists() and {p.name for p in run.glob("flink.*.log")} == {"flink.1.log", "flink.2.log"}
+
+
+def test_a_terminated_local_run_ends_its_jobs_processes(tmp_path):
+    """``driftline run --follow`` runs its job in a session of its own (so that Ctrl-C is its
+    to handle): SIGTERM to ``driftline run`` (a supervisor's stop) must still end the job's
+    Python client, its gateway JVM and the Python workers, not leave them running."""
+    import psutil
+
+    generate_event_dir(tmp_path / "ev", GeneratorConfig(events=2_000, seed=5))
+    run, log = tmp_path / "run", tmp_path / "run.log"
+    proc = subprocess.Popen([sys.executable, "-m", "runners.cli", "run", "--data", str(tmp_path / "ev"), "--out",
+                             str(run), "--follow", "--no-report"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+    def job_processes() -> list:
+        return [p for p in psutil.Process(proc.pid).children(recursive=True) if p.is_running()]
+
+    family: list = []
+    try:
+        _wait_for(proc, log, lambda: (run / "job.json").is_file() and _running(run), "the followed job running")
+        family = job_processes()
+        assert any(p.name() == "java" for p in family) and len(family) >= 3  # client, JVM, a worker
+        proc.terminate()
+        assert proc.wait(timeout=90) != 0
+        gone, alive = psutil.wait_procs(family, timeout=60)
+        assert not alive, [(p.pid, p.name()) for p in alive]
+    finally:  # nothing left behind, whatever failed
+        for p in family + (job_processes() if proc.poll() is None else []):
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _running(run) -> bool:
+    port = int(json.loads((run / "job.json").read_text())["flink_conf"]["rest.port"])
+    try:
+        return any(j["status"] == "RUNNING" for j in _rest(port, "/jobs")["jobs"]) and bool(read_output(run, "metrics"))
+    except OSError:
+        return False
