@@ -1029,17 +1029,13 @@ def savepoint(job_id: Optional[str] = typer.Argument(None, help="The job (defaul
         if not port:
             console.print(f"[red]error:[/red] no REST port in {run / 'job.json'}: start the run with --rest-port")
             raise typer.Exit(2)
-        if stop:  # before the stop: the run's `driftline run` then reports a stop, not an end
-            savepoints.mark_stopped(run, None)
+        url = f"http://127.0.0.1:{port}"
         try:
-            path = savepoints.trigger(f"http://127.0.0.1:{port}", run / "savepoints", job_id, stop=stop)
+            path = (savepoints.stop_local(run, url, job_id) if stop
+                    else savepoints.trigger(url, run / "savepoints", job_id))
         except (OSError, RuntimeError, TimeoutError) as e:
-            if stop:
-                (run / STOPPED).unlink(missing_ok=True)
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(1)
-        if stop:
-            savepoints.mark_stopped(run, path)
         print(f"savepoint: {path}")
         return
     if job_id is None:

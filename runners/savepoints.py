@@ -158,12 +158,27 @@ def check(job_json: str | Path, savepoint: str) -> ResumeCheck:
     return compare(got["operators"], got["states"], got["vertices"])
 
 
-def mark_stopped(run_dir: Path, savepoint: str | None) -> None:
+def _mark_stopped(run_dir: Path, savepoint: str | None) -> None:
     """``RUN_DIR/stopped.json`` (atomically): the local job is being stopped (``savepoint``
     None: its savepoint is still being taken)."""
     tmp = Path(run_dir) / f".{STOPPED}.tmp"
     tmp.write_text(json.dumps({"savepoint": savepoint}) + "\n")
     tmp.replace(Path(run_dir) / STOPPED)
+
+
+def stop_local(run_dir: Path, rest_url: str, job_id: str | None = None) -> str:
+    """Stop a local run's job with a savepoint into ``RUN_DIR/savepoints`` (``trigger``);
+    returns its path. ``RUN_DIR/stopped.json`` is written before the stop, so that the run's
+    ``driftline run`` reports a stop and not an end, then holds the path; removed if the stop
+    fails."""
+    _mark_stopped(run_dir, None)
+    try:
+        path = trigger(rest_url, Path(run_dir) / "savepoints", job_id, stop=True)
+    except BaseException:
+        (Path(run_dir) / STOPPED).unlink(missing_ok=True)
+        raise
+    _mark_stopped(run_dir, path)
+    return path
 
 
 def trigger(rest_url: str, target: Path, job_id: str | None = None, stop: bool = False,

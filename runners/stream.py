@@ -63,7 +63,7 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
     import signal
     import threading
 
-    from runners.savepoints import mark_stopped, trigger
+    from runners.savepoints import stop_local
 
     def terminated(signum, frame):
         raise SystemExit(128 + signum)
@@ -84,11 +84,9 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
                     raise
                 print(f"stopping the job with a savepoint into {run_dir / 'savepoints'} (Ctrl-C again: at once)",
                       flush=True)
-                mark_stopped(run_dir, None)
                 try:
-                    mark_stopped(run_dir, trigger(f"http://127.0.0.1:{port}", run_dir / "savepoints", stop=True))
+                    stop_local(run_dir, f"http://127.0.0.1:{port}")
                 except (OSError, RuntimeError, TimeoutError):
-                    (run_dir / STOPPED).unlink(missing_ok=True)
                     raise KeyboardInterrupt from None
                 proc.wait()
         except BaseException:  # a timeout, a second Ctrl-C, SIGTERM: the job's whole process group ends
