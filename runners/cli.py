@@ -1069,7 +1069,7 @@ def operators(job: Path = typer.Argument(..., help="A run folder (RUN_DIR, its j
 
     job_json = job / "job.json" if job.is_dir() else job
     if savepoint is None:
-        ops, unmapped = job_operators(job_json), []
+        ops, unmapped, refused = job_operators(job_json), [], []
     else:
         try:
             resume = savepoints.check(job_json, savepoint)
@@ -1079,10 +1079,11 @@ def operators(job: Path = typer.Argument(..., help="A run folder (RUN_DIR, its j
         ops = [{**{k: v for k, v in o.items() if k != "state"}, "savepoint": _restored(o)} for o in resume.operators]
         unmapped = [{"uid": s["uid"], "id": s["id"], "name": s["name"], "savepoint": f"not restored: {s['bytes']:,} B"}
                     for s in resume.unmapped]
+        refused = resume.refused
     if as_json:
         for o in ops + unmapped:
             print(json.dumps(o))
-        for reason in (resume.refused if savepoint is not None else []):
+        for reason in refused:
             print(json.dumps({"refused": reason}))
         return
     table = Table()
@@ -1094,7 +1095,7 @@ def operators(job: Path = typer.Argument(..., help="A run folder (RUN_DIR, its j
     for o in ops + unmapped:
         table.add_row(o["uid"] or "", o["id"], o["name"] or "", *([o["savepoint"]] if savepoint is not None else []))
     console.print(table)
-    for reason in (resume.refused if savepoint is not None else []):
+    for reason in refused:
         console.print(f"[red]Flink refuses this restore:[/red] {reason}")
 
 
