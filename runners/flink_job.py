@@ -38,7 +38,7 @@ from pipelines.events import SourceSpec
 from pipelines.join import JoinConfig
 from runners.packing import NO_TIME
 from transforms.flink_sql import (JavaRows, _q, impressions_ddl, interval, java_array, table_rows,
-                                  windowed_count_rows)
+                                  windowed_count_rows, with_options)
 
 WORKER_SITE = Path(__file__).resolve().parent / "worker_site"  # on the Python workers' path only
 OUTPUTS = ("predictions", "updates", "examples", "late_labels", "dead_letter", "metrics", "alerts")
@@ -122,6 +122,10 @@ class JobConfig:
     prometheus_ports: str = ""
     # security: when set, event_dir, out and artifact must lie under one of these folders
     roots: list = field(default_factory=list)
+    # the impressions and labels from Kafka topics instead of event_dir's folders
+    # (runners.kafka.KafkaConfig fields; {} = the event directory). event_dir still names the
+    # run's log for its summary: the directory a bounded replay's topics were published from
+    kafka: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_paths({"event_dir": self.event_dir, "out": self.out, "artifact": self.artifact,
@@ -129,6 +133,13 @@ class JobConfig:
         from models.feature_drift import DriftConfig
 
         DriftConfig(**self.feature_drift)  # fails early on a bad setting
+        if self.kafka:
+            from runners.kafka import KafkaConfig
+
+            KafkaConfig(**self.kafka)
+            if self.follow or self.warmup_dir:
+                raise ValueError("a Kafka source is unbounded by itself (kafka.bounded: a replay): no follow; "
+                                 "and a warm-up reads an event directory before a file stream only")
         if self.dedup_retention_ms <= 0:
             raise ValueError("dedup_retention_ms must be > 0")
         if self.replay_speedup < 0:
@@ -241,6 +252,10 @@ def configure(cfg: JobConfig):
     conf.set_string("python.pythonpath", str(WORKER_SITE))
     conf.set_string("parallelism.default", str(cfg.parallelism))
     conf.set_string("python.metric.enabled", "true")  # the Learner's gauges and counters
+    if cfg.kafka:  # Flink's Kafka connector (not part of PyFlink: runners.kafka.connector_jars)
+        from runners.kafka import connector_jars
+
+        conf.set_string("pipeline.jars", ";".join(j.as_uri() for j in connector_jars()))
     conf.set_string("execution.checkpointing.interval", f"{cfg.checkpoint_interval_ms} ms")
     # the JobManager's memory storage caps state at 5 MB: checkpoints go to the run folder
     conf.set_string("execution.checkpointing.storage", "filesystem")
@@ -276,13 +291,15 @@ def configure(cfg: JobConfig):
     return env, t_env
 
 
-def labels_join_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str = "") -> str:
+def labels_join_ddl(table: str, path: str, watermark_delay_ms: int, monitor: str = "",
+                    connector: dict[str, str] | None = None) -> str:
     """The labels for the join, stamped at label time + 1 ms (rowtime ``jts``): a label at
-    exactly the impression time comes after its impression."""
+    exactly the impression time comes after its impression. ``connector``: these table options
+    instead of the folder's (a Kafka topic)."""
     return (f"CREATE TABLE {table} (`event_id` STRING, `label_time` BIGINT, `label` INT, "
             f"jts AS TO_TIMESTAMP_LTZ(`label_time` + 1, 3), "
             f"WATERMARK FOR jts AS jts - {interval(watermark_delay_ms + 1)}) WITH ("
-            f"'connector' = 'filesystem', 'path' = '{path}', 'format' = 'json', "
+            f"{with_options(connector or {'connector': 'filesystem', 'path': path})}, 'format' = 'json', "
             f"'json.fail-on-missing-field' = 'false'{monitor})")
 
 
@@ -418,8 +435,15 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
         ddl = impressions_ddl(name, source, path, D)
         return ddl[:-1] + monitor + ")" if monitor else ddl
 
-    add_source(t_env, "impressions", ev / "impressions", imp_ddl, cfg.follow)
-    add_source(t_env, "labels", ev / "labels", lambda n, p: labels_join_ddl(n, p, D, monitor), cfg.follow)
+    if cfg.kafka:  # one source per topic: Kafka's watermarks are per partition, each in event-time order
+        from runners.kafka import KafkaConfig
+
+        kafka = KafkaConfig(**cfg.kafka)
+        t_env.execute_sql(impressions_ddl("impressions", source, "", D, connector=kafka.options("impressions")))
+        t_env.execute_sql(labels_join_ddl("labels", "", D, connector=kafka.options("labels")))
+    else:
+        add_source(t_env, "impressions", ev / "impressions", imp_ddl, cfg.follow)
+        add_source(t_env, "labels", ev / "labels", lambda n, p: labels_join_ddl(n, p, D, monitor), cfg.follow)
 
     raw_cols = ["event_id", "event_time", *source.string_fields, *source.numeric_fields]
     agg_names = [a.name for a in spec.aggregates]

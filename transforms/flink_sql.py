@@ -45,8 +45,9 @@ def interval(ms: int) -> str:
 
 
 def impressions_ddl(table: str, source: SourceSpec, path: str, watermark_delay_ms: int,
-                    fmt: str = "json") -> str:
-    """CREATE TABLE for JSONL impressions (an event directory's ``impressions/`` folder).
+                    fmt: str = "json", connector: dict[str, str] | None = None) -> str:
+    """CREATE TABLE for JSONL impressions (an event directory's ``impressions/`` folder, or with
+    ``connector``, those table options instead of the folder's: a Kafka topic, ``runners.kafka``).
 
     The watermark trails the newest event time by ``watermark_delay_ms`` + 1 ms: Flink treats
     a row *at* the watermark as late, and a row that ties with the newest one is not late."""
@@ -56,8 +57,13 @@ def impressions_ddl(table: str, source: SourceSpec, path: str, watermark_delay_m
     cols += [f"{ROWTIME} AS TO_TIMESTAMP_LTZ({_q('event_time')}, 3)",
              f"WATERMARK FOR {ROWTIME} AS {ROWTIME} - {interval(watermark_delay_ms + 1)}"]
     return (f"CREATE TABLE {table} (\n  " + ",\n  ".join(cols) + "\n) WITH ("
-            f"'connector' = 'filesystem', 'path' = '{path}', 'format' = '{fmt}', "
+            f"{with_options(connector or {'connector': 'filesystem', 'path': path})}, 'format' = '{fmt}', "
             f"'json.fail-on-missing-field' = 'false', 'json.ignore-parse-errors' = 'false')")
+
+
+def with_options(options: dict[str, str]) -> str:
+    """Table options as a WITH clause's list (values checked by their callers: no quotes)."""
+    return ", ".join(f"'{k}' = '{v}'" for k, v in options.items())
 
 
 def aggregates_sql(spec: FeatureSpec, source_table: str, columns: list[str]) -> str:

