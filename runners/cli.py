@@ -136,6 +136,64 @@ WARMUP_OPT = typer.Option(None, "--warmup", help="Event directory of the traffic
 NO_WARMUP_OPT = typer.Option(False, "--no-warmup", help="Start the windowed counts, the dedup and the join empty.")
 
 
+KAFKA_OPT = typer.Option(None, "--kafka", help="Read the impressions and labels from Kafka topics on these "
+                                                "bootstrap servers (host:port[,...]) instead of the event "
+                                                "directory (which still fits the transforms and is the run's "
+                                                "log in its summary; see `driftline publish`).")
+KAFKA_TOPICS_OPT = typer.Option("impressions,labels", "--kafka-topics", help="With --kafka: the impressions' "
+                                                                             "and the labels' topic.")
+KAFKA_GROUP_OPT = typer.Option("driftline", "--kafka-group", help="With --kafka: the consumer group id.")
+KAFKA_REPLAY_OPT = typer.Option(None, "--kafka-replay", help="With --kafka: read exactly up to these end "
+                                                             "offsets (the file `driftline publish --offsets` "
+                                                             "wrote), then end: a replay; without it the job "
+                                                             "reads on until stopped.")
+
+
+def _kafka(servers: Optional[str], topics: str, group: str, replay: Optional[Path]) -> dict:
+    """The job's ``kafka`` settings from the command line ({} without --kafka)."""
+    from runners.kafka import KafkaConfig
+
+    if servers is None:
+        if replay is not None:
+            raise typer.BadParameter("--kafka-replay needs --kafka")
+        return {}
+    names = topics.split(",")
+    if len(names) != 2:
+        raise typer.BadParameter("--kafka-topics: IMPRESSIONS,LABELS")
+    try:
+        ends = json.loads(replay.read_text()) if replay is not None else {}
+        return KafkaConfig(servers, names[0], names[1], group, end_offsets=ends).to_dict()
+    except (OSError, ValueError) as e:
+        raise typer.BadParameter(str(e))
+
+
+@app.command()
+def publish(event_dir: Path = typer.Argument(..., help="An event directory (JSONL parts)."),
+            kafka: str = typer.Option(..., "--kafka", help="Bootstrap servers, host:port[,...]."),
+            kafka_topics: str = KAFKA_TOPICS_OPT,
+            partitions: int = typer.Option(1, help="Partitions of a topic made here (an existing topic keeps its)."),
+            offsets: Optional[Path] = typer.Option(None, help="Write the end offsets here (JSON), for "
+                                                              "`driftline run --kafka-replay`.")):
+    """Write an event directory's impressions and labels to Kafka topics, each in event-time
+    order, keyed by event_id: what `driftline run --kafka` reads. Prints the end offsets."""
+    from kafka.errors import KafkaError
+
+    from runners.kafka import KafkaConfig, publish as publish_topics
+
+    cfg = KafkaConfig(**_kafka(kafka, kafka_topics, "driftline", None))
+    try:
+        ends = publish_topics(event_dir, cfg, partitions)
+    except (FileNotFoundError, ValueError, KafkaError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    text = json.dumps({k: {str(p): o for p, o in v.items()} for k, v in ends.items()}, sort_keys=True)
+    if offsets is not None:
+        offsets.write_text(text + "\n")
+    for stream, topic in zip(("impressions", "labels"), kafka_topics.split(",")):
+        console.print(f"{stream} -> {topic}: {sum(ends[stream].values()):,} records")
+    print(text)
+
+
 @app.command()
 def run(data: str = typer.Option("generator", help="generator | talkingdata | elec2 | an event directory"),
         out: Path = typer.Option(Path("runs/local"), help="Run folder (RUN_DIR)."),
@@ -193,7 +251,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
                                                                 "apply) from this savepoint."),
         allow_non_restored_state: bool = typer.Option(
             False, "--allow-non-restored-state",
-            help="With --from-savepoint: skip its state that maps to no operator of this build.")):
+            help="With --from-savepoint: skip its state that maps to no operator of this build."),
+        kafka: Optional[str] = KAFKA_OPT, kafka_topics: str = KAFKA_TOPICS_OPT, kafka_group: str = KAFKA_GROUP_OPT,
+        kafka_replay: Optional[Path] = KAFKA_REPLAY_OPT):
     """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
     -> FTRL (-> scheduled TFX retrains -> base-model swaps); writes outputs and
     RUN_DIR/summary.json, prints a summary. Stopped with a savepoint (Ctrl-C, or `driftline
@@ -230,7 +290,8 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     job: dict = {"follow": follow, "replay_speedup": speedup, "write_updates": updates,
-                 "prometheus_ports": prometheus_ports, "flink_conf": rest}
+                 "prometheus_ports": prometheus_ports, "flink_conf": rest,
+                 "kafka": _kafka(kafka, kafka_topics, kafka_group, kafka_replay)}
     retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours, "min_eval_positives": min_eval_positives}
     if retrain_every or retrain_on_drift or retrain_on_feature_drift:
         every = _duration_ms(retrain_every) if retrain_every else 0

@@ -152,13 +152,15 @@ def _lines(event_dir: Path, stream: str, time_field: str) -> Iterator[tuple[int,
         yield t, i, line
 
 
-def publish(event_dir: str | Path, cfg: KafkaConfig, partitions: int = 1) -> dict[str, dict[int, int]]:
+def publish(event_dir: str | Path, cfg: KafkaConfig, partitions: int = 1, since: int | None = None,
+            until: int | None = None) -> dict[str, dict[int, int]]:
     """Write a (validated) event directory's impressions and labels to ``cfg``'s topics as JSON
     lines, each stream in event-time order (impressions by event_time, labels by label_time;
     a part's order breaks ties), keyed by event_id; the topics are made with ``partitions``
     partitions if missing. Returns, per stream ("impressions", "labels"), the end offset of
     each partition written to (``KafkaConfig.end_offsets``: a replay of exactly these records;
-    the producer's acknowledged offsets, not the broker's listed ones)."""
+    the producer's acknowledged offsets, not the broker's listed ones). ``since`` / ``until``:
+    only the records whose time (event_time, label_time) is in [since, until): a log in parts."""
     import json
 
     from kafka import KafkaProducer
@@ -183,7 +185,8 @@ def publish(event_dir: str | Path, cfg: KafkaConfig, partitions: int = 1) -> dic
         for stream, kind, topic, time_field in (("impressions", "impression", cfg.impressions_topic, "event_time"),
                                                 ("labels", "label", cfg.labels_topic, "label_time")):
             sent = [producer.send(topic, value=line, key=json.loads(line)["event_id"].encode())
-                    for _, _, line in _lines(Path(event_dir), kind, time_field)]
+                    for t, _, line in _lines(Path(event_dir), kind, time_field)
+                    if (since is None or t >= since) and (until is None or t < until)]
             producer.flush()
             ends[stream] = {}
             for f in sent:

@@ -182,11 +182,12 @@ def stop_local(run_dir: Path, rest_url: str, job_id: str | None = None) -> str:
 
 
 def trigger(rest_url: str, target: Path, job_id: str | None = None, stop: bool = False,
-            timeout: float = 300.0) -> str:
+            timeout: float = 300.0, drain: bool = False) -> str:
     """A savepoint of a running job through Flink's REST API (a local job's mini-cluster has no
     ``flink`` client of its own): ``POST /jobs/:id/stop`` (``stop``: the job ends after it) or
     ``/jobs/:id/savepoints``, into ``target``; waits for it and returns its path. ``job_id``:
-    default the one running job."""
+    default the one running job. ``drain`` (with ``stop``): the sources end their input first
+    (the maximal watermark: every event-time timer fires), as if it had ended."""
     import time
     import urllib.request
 
@@ -205,7 +206,7 @@ def trigger(rest_url: str, target: Path, job_id: str | None = None, stop: bool =
     target = Path(target).resolve()
     target.mkdir(parents=True, exist_ok=True)
     before = set(target.glob("savepoint-*"))
-    request = (call(f"/jobs/{job_id}/stop", {"drain": False, "targetDirectory": target.as_uri()}) if stop else
+    request = (call(f"/jobs/{job_id}/stop", {"drain": drain, "targetDirectory": target.as_uri()}) if stop else
                call(f"/jobs/{job_id}/savepoints", {"target-directory": target.as_uri(), "cancel-job": False}))
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -71,6 +71,10 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
     t0 = time.perf_counter()
     port = int(cfg.flink_conf.get("rest.port", 0))
     main = threading.current_thread() is threading.main_thread()
+    done = threading.Event()
+    if port and (cfg.kafka or {}).get("end_offsets") and cfg.flink_conf.get("execution.state-recovery.path"):
+        threading.Thread(target=end_restored_kafka_replay, args=(cfg, run_dir, f"http://127.0.0.1:{port}", done),
+                         daemon=True).start()
     before = signal.signal(signal.SIGTERM, terminated) if main else None
     with open(run_dir / "flink.log", "w") as log:
         # its own session: a terminal's Ctrl-C reaches this process only, which decides
@@ -98,12 +102,55 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
                     os.killpg(proc.pid, signal.SIGKILL)
             raise
         finally:
+            done.set()
             if main:
                 signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
     if proc.returncode != 0:
         tail = (run_dir / "flink.log").read_text()[-4000:]
         raise RuntimeError(f"streaming job failed (exit {proc.returncode}); log {run_dir / 'flink.log'}:\n{tail}")
     return time.perf_counter() - t0
+
+
+def end_restored_kafka_replay(cfg: JobConfig, run_dir: Path, rest_url: str, done, poll_s: float = 2.0) -> None:
+    """A bounded Kafka replay restored from a savepoint never ends by itself: the restored Kafka
+    enumerator finds its partitions already assigned and never tells the readers that no more
+    splits come (FLINK-31006, open in the connector we use), so they wait after their stopping
+    offsets. Here, once the job's Kafka sources have emitted the record before every end offset
+    (their ``currentOffset`` metrics), the job is stopped with ``drain``: its input ends there,
+    as the unrestored replay's does (every timer fires; a savepoint lands in RUN_DIR/savepoints),
+    so the resumed run gives the uninterrupted run's outputs."""
+    import urllib.request
+
+    from runners.kafka import KafkaConfig
+    from runners.savepoints import trigger
+
+    kafka = KafkaConfig(**cfg.kafka)
+    want = {f"KafkaSourceReader.topic.{getattr(kafka, f'{s}_topic')}.partition.{int(p)}.currentOffset": int(o) - 1
+            for s, ends in kafka.end_offsets.items() for p, o in ends.items() if int(o) > 0}
+
+    def get(path: str):
+        with urllib.request.urlopen(f"{rest_url}{path}", timeout=10) as r:
+            return json.loads(r.read() or b"{}")
+
+    while not done.wait(poll_s):
+        try:
+            jobs = [j["id"] for j in get("/jobs")["jobs"] if j["status"] == "RUNNING"]
+            if len(jobs) != 1:
+                continue
+            seen = {}
+            for v in get(f"/jobs/{jobs[0]}")["vertices"]:
+                if v["status"] != "RUNNING" or not v["name"].startswith("Source: KafkaSource"):
+                    continue
+                ids = [m["id"] for m in get(f"/jobs/{jobs[0]}/vertices/{v['id']}/metrics")
+                       if m["id"].endswith(".currentOffset")]
+                for m in get(f"/jobs/{jobs[0]}/vertices/{v['id']}/metrics?get={','.join(ids)}") if ids else []:
+                    name = m["id"][m["id"].index("KafkaSourceReader."):]
+                    seen[name] = max(seen.get(name, -1), int(float(m["value"])))
+            if all(seen.get(k, -1) >= last for k, last in want.items()):
+                trigger(rest_url, run_dir / "savepoints", jobs[0], stop=True, drain=True)
+                return
+        except (OSError, ValueError, KeyError, RuntimeError):
+            continue  # the job is starting, restarting or ending: ask again
 
 
 def job_operators(job_json: str | Path) -> list[dict]:

@@ -16,6 +16,7 @@ from runners.flink_job import DEBLOAT, JobConfig, local_options, warm_cut as cut
 from runners.local import generate_event_dir
 from runners.savepoints import trigger
 from runners.stream import fit_warmup_artifact, prepare_run, read_output, summarize
+from tests_helpers import rest as _rest, wait_for as _wait_for
 
 
 TICK = 10_000
@@ -78,24 +79,6 @@ def test_follow_mode_picks_up_new_files(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
-
-
-def _rest(port: int, path: str) -> dict:
-    """``GET`` on a local job's REST endpoint."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-        return json.loads(r.read() or b"{}")
-
-
-def _wait_for(proc, log, cond, what: str, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        if cond():
-            return
-        time.sleep(2)
-    raise TimeoutError(what)
 
 
 def test_lateness_survives_a_restore(tmp_path):
