@@ -968,7 +968,9 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
                                                    "as possible); outputs are the same at any pace."),
            warmup: Optional[Path] = WARMUP_OPT, no_warmup: bool = NO_WARMUP_OPT,
            root: Path = ROOT_OPT, rest_port: int = PORT_OPT,
-           data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
+           data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets."),
+           kafka: Optional[str] = KAFKA_OPT, kafka_topics: str = KAFKA_TOPICS_OPT, kafka_group: str = KAFKA_GROUP_OPT,
+           kafka_replay: Optional[Path] = KAFKA_REPLAY_OPT):
     """Package the job config and run it on the standalone cluster with `flink run -py`;
     prints the job id. With --from-savepoint into a run folder that has a job.json: the same run
     resumed (its outputs, registry and retrains kept; --parallelism, --[no-]updates and --speedup
@@ -1005,7 +1007,8 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         try:
             prepare_run(event_dir, out, source, artifact=artifact, parallelism=parallelism, write_updates=updates,
                         base_registry=base_registry, replay_speedup=speedup,
-                        warmup=_warmup(base_registry, warmup, no_warmup))
+                        warmup=_warmup(base_registry, warmup, no_warmup),
+                        kafka=_kafka(kafka, kafka_topics, kafka_group, kafka_replay))
         except (RegistryError, ValueError) as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2)

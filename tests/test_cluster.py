@@ -98,15 +98,22 @@ def test_every_listening_socket_is_loopback(standalone):
     assert any(s["address"].endswith(f":{standalone.rest_port}") for s in socks)
 
 
-def test_standalone_cluster_equals_mini_cluster(standalone, tmp_path):
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    """A generated log and its run on the mini-cluster: what the cluster's runs must equal."""
+    root = tmp_path_factory.mktemp("mini")
+    generate_event_dir(root / "ev", GeneratorConfig(events=3_000, seed=21))
+    return root, run_stream(root / "ev", root / "local", "generator", JOIN)
+
+
+def test_standalone_cluster_equals_mini_cluster(standalone, mini, tmp_path):
     """Also: while the job runs, the TaskManager's servers for the Python operators (Beam Fn
     API control, data, state, logging) listen on loopback only, like the idle cluster."""
-    generate_event_dir(tmp_path / "ev", GeneratorConfig(events=3_000, seed=21))
-    local = run_stream(tmp_path / "ev", tmp_path / "local", "generator", JOIN)
+    root, local = mini
     idle = {s["address"] for s in cluster.listening(standalone)}
     # paced (outputs are the same at any pace) so that the Python operators run a while
-    job = prepare_run(tmp_path / "ev", tmp_path / "remote", "generator", JOIN,
-                      artifact=tmp_path / "local" / "transform", parallelism=2, replay_speedup=400.0)
+    job = prepare_run(root / "ev", tmp_path / "remote", "generator", JOIN,
+                      artifact=root / "local" / "transform", parallelism=2, replay_speedup=400.0)
     job_id = cluster.submit(standalone, tmp_path / "remote" / "job.json")
     running: dict[str, bool] = {}
     while cluster.job_state(standalone, job_id) not in ("FINISHED", "FAILED", "CANCELED"):
@@ -115,10 +122,31 @@ def test_standalone_cluster_equals_mini_cluster(standalone, tmp_path):
     assert cluster.wait(standalone, job_id, timeout=600) == "FINISHED"
     assert len(set(running) - idle) >= 4, running  # the job's own servers were seen
     assert all(running.values()), sorted(a for a, lo in running.items() if not lo)
-    remote = summarize(tmp_path / "remote", json.loads((tmp_path / "ev" / "_manifest.json").read_text()))
+    remote = summarize(tmp_path / "remote", json.loads((root / "ev" / "_manifest.json").read_text()))
     assert remote["reconciliation"]["reconciles"] and remote["counts"] == local["counts"]
-    assert _examples(tmp_path / "remote") == _examples(tmp_path / "local")
-    a, b = _weights(tmp_path / "local"), _weights(tmp_path / "remote")
+    assert _examples(tmp_path / "remote") == _examples(root / "local")
+    a, b = _weights(root / "local"), _weights(tmp_path / "remote")
+    assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
+
+
+def test_the_cluster_reads_kafka_topics(standalone, mini, tmp_path):
+    """The job submitted to the cluster (parallelism 2) over Kafka topics of two partitions on a
+    real Kafka-compatible broker: the connector's jars go with the job (``pipeline.jars``),
+    and it equals the mini-cluster's file run: counts, joined examples, weights."""
+    from runners.kafka import KafkaConfig, local_broker, publish
+
+    root, local = mini
+    with local_broker(log=tmp_path / "tansu.log") as servers:
+        kafka = KafkaConfig(servers)
+        kafka.end_offsets = publish(root / "ev", kafka, partitions=2)
+        prepare_run(root / "ev", tmp_path / "kafka", "generator", JOIN, artifact=root / "local" / "transform",
+                    parallelism=2, kafka=kafka.to_dict())
+        job_id = cluster.submit(standalone, tmp_path / "kafka" / "job.json")
+        assert cluster.wait(standalone, job_id, timeout=600) == "FINISHED"
+    remote = summarize(tmp_path / "kafka", json.loads((root / "ev" / "_manifest.json").read_text()))
+    assert remote["reconciliation"]["reconciles"] and remote["counts"] == local["counts"]
+    assert _examples(tmp_path / "kafka") == _examples(root / "local")
+    a, b = _weights(root / "local"), _weights(tmp_path / "kafka")
     assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
 
 
