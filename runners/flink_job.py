@@ -252,10 +252,12 @@ def configure(cfg: JobConfig):
     conf.set_string("python.pythonpath", str(WORKER_SITE))
     conf.set_string("parallelism.default", str(cfg.parallelism))
     conf.set_string("python.metric.enabled", "true")  # the Learner's gauges and counters
+    jars = []
     if cfg.kafka:  # Flink's Kafka connector (not part of PyFlink: runners.kafka.connector_jars)
         from runners.kafka import connector_jars
 
-        conf.set_string("pipeline.jars", ";".join(j.as_uri() for j in connector_jars()))
+        jars = [j.as_uri() for j in connector_jars()]
+        conf.set_string("pipeline.jars", ";".join(jars))
     conf.set_string("execution.checkpointing.interval", f"{cfg.checkpoint_interval_ms} ms")
     # the JobManager's memory storage caps state at 5 MB: checkpoints go to the run folder
     conf.set_string("execution.checkpointing.storage", "filesystem")
@@ -283,6 +285,10 @@ def configure(cfg: JobConfig):
     for key, value in cfg.flink_conf.items():  # the user's own Flink options win
         conf.set_string(key, str(value))
     env = StreamExecutionEnvironment.get_execution_environment(conf)
+    if jars:  # the gateway's own class loader too: the job's Kafka sink is built through it
+        from pyflink.util.java_utils import add_jars_to_context_class_loader
+
+        add_jars_to_context_class_loader(jars)
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     if cfg.follow and cfg.idle_timeout_ms > 0:
         t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.idle_timeout_ms} ms")
@@ -505,6 +511,16 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     # checkpoint completes, the final one of a bounded job included, so a restart never
     # duplicates or drops them (the table filesystem sink committed all at end of input)
     preds.sink_to(file_sink(str(out / "predictions"))).name("sink_predictions").uid("sink_predictions")
+    if cfg.kafka and cfg.kafka.get("predictions_topic"):  # and one message per prediction
+        from pyflink.java_gateway import get_gateway
+
+        from runners.kafka import KafkaConfig, predictions_sink
+
+        lines = preds._j_data_stream.flatMap(get_gateway().jvm.driftline.flink.SplitLines(),
+                                             Types.STRING().get_java_type_info())
+        DataStream(lines).name("split_predictions").uid("split_predictions") \
+            .sink_to(predictions_sink(KafkaConfig(**cfg.kafka))).name("sink_predictions_kafka") \
+            .uid("sink_predictions_kafka")
     # each side output straight from the Learner's operator: PyFlink's ``get_side_output`` adds an
     # identity Python map (``map(lambda i: i)``), i.e. every updates/examples/metrics line would
     # cross into a Python worker and back (measured: nearly half of the JVM's exchange with Python;

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import heapq
+import json
 import os
 import socket
 import subprocess
@@ -60,6 +61,10 @@ class KafkaConfig:
     # each partition, {partition: offset} (``publish`` returns them); bounded there, whatever
     # was appended since, so the replay gives the same model every time
     end_offsets: dict = field(default_factory=dict)
+    # also write each prediction (one JSON record per message, unkeyed) to this topic ("": only
+    # the run folder's files); at least once: after a restore, the predictions since the last
+    # checkpoint are sent again (each has its event_id: dedupe by it)
+    predictions_topic: str = ""
     properties: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,7 +73,8 @@ class KafkaConfig:
         if set(self.end_offsets) - {"impressions", "labels"}:
             raise ValueError("end_offsets: per stream, 'impressions' and 'labels'")
         values = [self.bootstrap_servers, self.impressions_topic, self.labels_topic, self.group_id,
-                  *self.properties, *map(str, self.properties.values())]
+                  *self.properties, *map(str, self.properties.values()),
+                  *([self.predictions_topic] if self.predictions_topic else [])]
         for v in values:  # they go into SQL DDL as quoted strings
             if not v or any(c in v for c in "'`\\") or any(ord(c) < 32 for c in v):
                 raise ValueError(f"Kafka setting {v!r} is empty or contains a quote, backslash or control character")
@@ -90,6 +96,22 @@ class KafkaConfig:
         elif self.bounded:
             opts["scan.bounded.mode"] = "latest-offset"
         return opts
+
+
+def predictions_sink(cfg: KafkaConfig):
+    """The Kafka sink of the predictions (PyFlink's ``KafkaSink``: at least once, flushed at
+    every checkpoint); the job splits its per-tick rows into one record per message first
+    (``driftline.flink.SplitLines``)."""
+    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.datastream.connectors.base import DeliveryGuarantee
+    from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
+
+    builder = KafkaSink.builder().set_bootstrap_servers(cfg.bootstrap_servers)
+    for k, v in cfg.properties.items():
+        builder = builder.set_property(k, str(v))
+    return (builder.set_record_serializer(KafkaRecordSerializationSchema.builder().set_topic(cfg.predictions_topic)
+                                          .set_value_serialization_schema(SimpleStringSchema()).build())
+            .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE).build())
 
 
 # ---- the connector's jars -------------------------------------------------------------------
@@ -136,20 +158,21 @@ def connector_jars(cache: Path | None = None) -> list[Path]:
 
 # ---- publishing an event directory ----------------------------------------------------------
 
-def _lines(event_dir: Path, stream: str, time_field: str) -> Iterator[tuple[int, int, bytes]]:
-    """(time, part order, line) of one stream's JSONL parts, merged by time (stable)."""
+def _records(event_dir: Path, stream: str, time_field: str) -> Iterator[tuple[int, str, bytes]]:
+    """(time, event_id, line) of one stream's JSONL parts, merged by time (ties: part order,
+    then line order)."""
     from pipelines.eventlog import part_files
-    import json
 
     def part(i: int, p: Path):
         if p.suffix != ".jsonl":
             raise ValueError(f"{p}: only JSONL event directories can be published")
         for n, line in enumerate(p.read_bytes().splitlines()):
             if line:
-                yield json.loads(line)[time_field], i, n, line
+                r = json.loads(line)
+                yield r[time_field], i, n, r["event_id"], line
 
-    for t, i, _, line in heapq.merge(*(part(i, p) for i, p in enumerate(part_files(event_dir, stream)))):
-        yield t, i, line
+    for t, _, _, event_id, line in heapq.merge(*(part(i, p) for i, p in enumerate(part_files(event_dir, stream)))):
+        yield t, event_id, line
 
 
 def publish(event_dir: str | Path, cfg: KafkaConfig, partitions: int = 1, since: int | None = None,
@@ -161,8 +184,6 @@ def publish(event_dir: str | Path, cfg: KafkaConfig, partitions: int = 1, since:
     each partition written to (``KafkaConfig.end_offsets``: a replay of exactly these records;
     the producer's acknowledged offsets, not the broker's listed ones). ``since`` / ``until``:
     only the records whose time (event_time, label_time) is in [since, until): a log in parts."""
-    import json
-
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -184,8 +205,8 @@ def publish(event_dir: str | Path, cfg: KafkaConfig, partitions: int = 1, since:
     try:
         for stream, kind, topic, time_field in (("impressions", "impression", cfg.impressions_topic, "event_time"),
                                                 ("labels", "label", cfg.labels_topic, "label_time")):
-            sent = [producer.send(topic, value=line, key=json.loads(line)["event_id"].encode())
-                    for t, _, line in _lines(Path(event_dir), kind, time_field)
+            sent = [producer.send(topic, value=line, key=event_id.encode())
+                    for t, event_id, line in _records(Path(event_dir), kind, time_field)
                     if (since is None or t >= since) and (until is None or t < until)]
             producer.flush()
             ends[stream] = {}

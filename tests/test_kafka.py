@@ -33,7 +33,7 @@ def runs(tmp_path_factory, broker):
     published = publish(root / "ev", kafka, partitions=2)
     kafka.end_offsets = published
     files = run_stream(root / "ev", root / "files", "generator")
-    topics = run_stream(root / "ev", root / "kafka", "generator", kafka=kafka.to_dict())
+    topics = run_stream(root / "ev", root / "kafka", "generator", kafka={**kafka.to_dict(), "predictions_topic": "preds"})
     return root, published, files, topics, kafka
 
 
@@ -72,6 +72,17 @@ def test_the_job_on_kafka_topics_gives_the_event_directorys_outputs_and_model(ru
     assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
     job = json.loads((root / "kafka" / "job.json").read_text())
     assert job["kafka"]["bootstrap_servers"] and job["kafka"]["end_offsets"]
+
+
+def test_predictions_also_go_to_a_kafka_topic_one_record_per_message(runs, broker):
+    """``predictions_topic``: every prediction the run folder holds, as its own message (the
+    per-tick rows split in the JVM), the same JSON text; nothing else on the topic."""
+    root = runs[0]
+    sent = Counter(topic_values(broker, "preds"))
+    written = Counter(line for p in sorted((root / "kafka" / "predictions").rglob("*")) if p.is_file()
+                      for line in p.read_bytes().splitlines() if line)
+    assert sum(written.values()) == runs[3]["counts"]["predictions"] > 0
+    assert sent == written
 
 
 def test_kafka_settings_that_would_break_the_ddl_are_refused():
