@@ -277,8 +277,12 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     rest_port = rest_port or _free_port()
     rest = {"rest.port": str(rest_port), "rest.bind-port": str(rest_port)}
     if from_savepoint:
-        summary = _resume_local(out, from_savepoint, allow_non_restored_state, rest, follow=follow,
-                                replay_speedup=speedup, write_updates=updates, prometheus_ports=prometheus_ports)
+        try:
+            summary = _resume_local(out, from_savepoint, allow_non_restored_state, rest, follow=follow,
+                                    replay_speedup=speedup, write_updates=updates, prometheus_ports=prometheus_ports)
+        except RuntimeError as e:  # the job failed (its log's end says why)
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1)
         _end_run(out, summary, report)
         return
 
@@ -318,6 +322,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     except (RegistryError, ValueError) as e:  # the base model or warm-up does not fit the run
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
+    except RuntimeError as e:  # the job failed (its log's end says why), e.g. a record it cannot parse
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1)
     _end_run(out, summary, report)
 
 

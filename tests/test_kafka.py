@@ -85,6 +85,23 @@ def test_predictions_also_go_to_a_kafka_topic_one_record_per_message(runs, broke
     assert sent == written
 
 
+def test_a_message_that_is_not_an_event_fails_the_job_with_a_clear_error(runs, broker):
+    """The topics must carry validated events (README, Kafka): a malformed message is not
+    skipped silently; the job fails (after its restarts) naming the record it could not parse."""
+    from kafka import KafkaProducer
+
+    root = runs[0]
+    kafka = KafkaConfig(broker, impressions_topic="imp3", labels_topic="lab3")
+    kafka.end_offsets = publish(root / "ev", kafka)
+    producer = KafkaProducer(bootstrap_servers=broker)
+    bad = producer.send("lab3", value=b'{"event_id": "e-bad", "label_time": "soon"}').get(timeout=30)
+    producer.close()
+    kafka.end_offsets["labels"][0] = bad.offset + 1
+    with pytest.raises(RuntimeError, match="streaming job failed") as failed:
+        run_stream(root / "ev", root / "bad", "generator", kafka=kafka.to_dict(), restart_attempts=1)
+    assert "Failed to deserialize JSON" in str(failed.value) and "e-bad" in str(failed.value)
+
+
 def test_kafka_settings_that_would_break_the_ddl_are_refused():
     with pytest.raises(ValueError, match="quote"):
         KafkaConfig("127.0.0.1:9092', 'path' = '/etc")
