@@ -137,9 +137,11 @@ class JobConfig:
             from runners.kafka import KafkaConfig
 
             KafkaConfig(**self.kafka)
-            if self.follow or self.warmup_dir:
-                raise ValueError("a Kafka source is unbounded by itself (kafka.bounded: a replay): no follow; "
-                                 "and a warm-up reads an event directory before a file stream only")
+            if self.follow:
+                raise ValueError("follow is for event directories: a Kafka source reads on until stopped "
+                                 "(unless its end offsets are given)")
+            if self.warmup_dir:
+                raise ValueError("a warm-up is not supported before a Kafka stream (only before a file stream)")
         if self.dedup_retention_ms <= 0:
             raise ValueError("dedup_retention_ms must be > 0")
         if self.replay_speedup < 0:
