@@ -447,8 +447,13 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
         from runners.kafka import KafkaConfig
 
         kafka = KafkaConfig(**cfg.kafka)
-        t_env.execute_sql(impressions_ddl("impressions", source, "", D, connector=kafka.options("impressions")))
-        t_env.execute_sql(labels_join_ddl("labels", "", D, connector=kafka.options("labels")))
+        if kafka.validate:  # raw records: validated in the stream, the invalid ones dead letters
+            for stream, rows in validated_kafka_sources(t_env, kafka, source, D):
+                DataStream(rows.stream).sink_to(file_sink(str(out / "dead_letter"))) \
+                    .name(f"sink_dead_letter_{stream}").uid(f"sink_dead_letter_{stream}")
+        else:
+            t_env.execute_sql(impressions_ddl("impressions", source, "", D, connector=kafka.options("impressions")))
+            t_env.execute_sql(labels_join_ddl("labels", "", D, connector=kafka.options("labels")))
     else:
         add_source(t_env, "impressions", ev / "impressions", imp_ddl, cfg.follow)
         add_source(t_env, "labels", ev / "labels", lambda n, p: labels_join_ddl(n, p, D, monitor), cfg.follow)
@@ -537,6 +542,55 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     if counted.dead_letters:
         dead = dead.union(*(DataStream(d) for d in counted.dead_letters))
     dead.sink_to(file_sink(str(out / "dead_letter"))).name("sink_dead_letter_keyed").uid("sink_dead_letter_keyed")
+
+
+def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> list[tuple[str, JavaRows]]:
+    """The ``impressions`` and ``labels`` views over topics of producers' raw records: each
+    message validated by ``runners.kafka.CheckRecords`` (``pipelines.validate``'s rules, a
+    vectorized Python function), the valid ones typed from the validated record (the columns,
+    rowtime and watermark of the file sources); returns the dead letters of each topic (their
+    JSON lines). The watermark is taken from the raw record's time before validation (Flink
+    needs it at the source), a time outside the validation's bounds counting as 0: an invalid
+    record can never move the watermark ahead of the valid ones."""
+    from pyflink.common import Types
+    from pyflink.table import DataTypes
+    from pyflink.table.udf import udf
+
+    from pipelines.validate import ValidationConfig
+    from runners.kafka import CheckRecords
+    from transforms.flink_sql import ROWTIME
+
+    bounds = ValidationConfig()
+    dead = []
+    for stream, kind, time_field, shift, rt in (("impressions", "impression", "event_time", 0, ROWTIME),
+                                                ("labels", "label", "label_time", 1, "jts")):
+        t = f"TRY_CAST(JSON_VALUE(`line`, '$.{time_field}') AS BIGINT)"
+        opts = kafka.options(stream)
+        t_env.execute_sql(
+            f"CREATE TABLE {stream}_raw (`line` STRING, `_part` INT METADATA FROM 'partition' VIRTUAL, "
+            f"`_off` BIGINT METADATA FROM 'offset' VIRTUAL, "
+            f"{rt} AS TO_TIMESTAMP_LTZ(CASE WHEN {t} >= {bounds.min_time_ms} AND {t} < {bounds.max_time_ms} "
+            f"THEN {t} ELSE 0 END + {shift}, 3), "
+            f"WATERMARK FOR {rt} AS {rt} - {interval(delay_ms + 1)}) WITH ({with_options(opts)}, 'format' = 'raw')")
+        t_env.create_temporary_function(f"check_{kind}", udf(CheckRecords(source.to_dict(), kind, opts["topic"]),
+                                                             result_type=DataTypes.STRING(), func_type="pandas"))
+        t_env.create_temporary_view(f"{stream}_checked", t_env.sql_query(
+            f"SELECT check_{kind}(`line`, `_part`, `_off`) AS v, {rt} FROM {stream}_raw"))
+        rec = "SUBSTRING(v FROM 4)"
+        if kind == "impression":
+            cols = [f"JSON_VALUE({rec}, '$.event_id') AS `event_id`",
+                    f"CAST(JSON_VALUE({rec}, '$.event_time') AS BIGINT) AS `event_time`",
+                    *(f"JSON_VALUE({rec}, '$.{n}') AS {_q(n)}" for n in source.string_fields),
+                    *(f"CAST(JSON_VALUE({rec}, '$.{n}') AS DOUBLE) AS {_q(n)}" for n in source.numeric_fields)]
+        else:
+            cols = [f"JSON_VALUE({rec}, '$.event_id') AS `event_id`",
+                    f"CAST(JSON_VALUE({rec}, '$.label_time') AS BIGINT) AS `label_time`",
+                    f"CAST(JSON_VALUE({rec}, '$.label') AS INT) AS `label`"]
+        t_env.create_temporary_view(stream, t_env.sql_query(
+            f"SELECT {', '.join(cols)}, {rt} FROM {stream}_checked WHERE v LIKE 'ok:%'"))
+        dead.append((stream, table_rows(t_env, f"SELECT {rec} AS line FROM {stream}_checked WHERE v LIKE 'dl:%'",
+                                        ["line"], [Types.STRING()], uid=f"{stream}_dead")))
+    return dead
 
 
 def warm_cut(cfg: JobConfig) -> int:

@@ -65,6 +65,11 @@ class KafkaConfig:
     # the run folder's files); at least once: after a restore, the predictions since the last
     # checkpoint are sent again (each has its event_id: dedupe by it)
     predictions_topic: str = ""
+    # the topics carry producers' raw records: each is validated in the stream by the rules of
+    # ``pipelines.validate`` (a vectorized Python function), an invalid one becomes a dead letter
+    # with its reason and the job goes on. False: they carry validated events (``publish``), and
+    # a record that does not parse fails the job
+    validate: bool = False
     properties: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,6 +101,48 @@ class KafkaConfig:
         elif self.bounded:
             opts["scan.bounded.mode"] = "latest-offset"
         return opts
+
+
+class CheckRecords:
+    """The body of the in-stream validation's pandas UDF: each raw message of a topic (its text,
+    partition and offset) -> ``"ok:"`` + the validated record as JSON, or ``"dl:"`` + its dead
+    letter as a JSON line (reason, detail, kind, origin ``kafka:<topic>/<partition>:<offset>``,
+    raw): ``pipelines.validate.Validator.parse_line``, the rules event directories are written by.
+
+    >>> from pipelines.events import SOURCES
+    >>> import pandas as pd
+    >>> check = CheckRecords(SOURCES["generator"].to_dict(), "label", "lab")
+    >>> ok = '{"event_id":"e1","label_time":1700000000000,"label":1,"label_type":"conversion"}'
+    >>> out = check(pd.Series([ok, '{"event_id":"e1"}']), pd.Series([0, 0]), pd.Series([7, 8]))
+    >>> json.loads(out[0][3:]) == json.loads(ok), json.loads(out[1][3:])["reason"], json.loads(out[1][3:])["origin"]
+    (True, 'missing_field', 'kafka:lab/0:8')
+    """
+
+    def __init__(self, source: dict, kind: str, topic: str):
+        self.source, self.kind, self.topic = source, kind, topic
+        self._validator = None
+
+    def __call__(self, lines, partitions, offsets):
+        import pandas as pd
+
+        from pipelines.events import Reason, SourceSpec
+        from pipelines.validate import Validator
+
+        if self._validator is None:
+            self._validator = Validator(SourceSpec.from_dict(self.source))
+        out = []
+        for line, part, off in zip(lines, partitions, offsets):
+            raw = (line or "").encode("utf-8")
+            origin = f"kafka:{self.topic}/{int(part)}:{int(off)}"
+            kind, rec = self._validator.parse_line(raw, origin, self.kind)
+            if kind == self.kind:
+                out.append("ok:" + json.dumps(rec, separators=(",", ":"), ensure_ascii=False))
+                continue
+            if kind is not None:  # valid, but of the other kind
+                rec = {"reason": Reason.UNKNOWN_EVENT_KIND.value, "detail": f"a {kind} on the {self.kind}s' topic",
+                       "kind": kind, "origin": origin, "raw": raw}
+            out.append("dl:" + json.dumps({**rec, "raw": rec["raw"].decode("utf-8", "replace")}, sort_keys=True))
+        return pd.Series(out, dtype=object)
 
 
 def predictions_sink(cfg: KafkaConfig):

@@ -3,6 +3,7 @@ local_broker``), Flink's own Kafka connector, the job on the mini-cluster."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -100,6 +101,42 @@ def test_a_message_that_is_not_an_event_fails_the_job_with_a_clear_error(runs, b
     with pytest.raises(RuntimeError, match="streaming job failed") as failed:
         run_stream(root / "ev", root / "bad", "generator", kafka=kafka.to_dict(), restart_attempts=1)
     assert "Failed to deserialize JSON" in str(failed.value) and "e-bad" in str(failed.value)
+
+
+def test_raw_topics_are_validated_in_the_stream_bad_records_dead_lettered_with_their_reasons(runs, broker):
+    """``validate``: producers' raw records, checked in the stream by ``pipelines.validate``'s
+    rules. Bad records planted first on both topics (one far in the future: it must not move the
+    watermark) become dead letters with their reasons and Kafka origins; the job goes on and
+    every other output equals the file run's."""
+    from kafka import KafkaProducer
+
+    root, _, files, _, _ = runs
+    kafka = KafkaConfig(broker, impressions_topic="imp4", labels_topic="lab4", validate=True)
+    producer = KafkaProducer(bootstrap_servers=broker)
+    bad = {"imp4": [b'{"event_id": "b1", "event_time": 1700000000000', b'{"event_id": "b2"}',
+                    b'{"event_id": "b3", "event_time": 4102444800000, "user_id": "u", "item_id": "i"}',
+                    b'{"kind": "label", "event_id": "b4", "label_time": 1700000000000, "label": 1, '
+                    b'"label_type": "conversion"}'],
+           "lab4": [b'{"event_id": "b5", "label_time": "soon", "label": 1}', b'[1, 2]']}
+    for topic, values in bad.items():
+        for v in values:
+            producer.send(topic, value=v).get(timeout=30)
+    producer.close()
+    ends = publish(root / "ev", kafka)
+    kafka.end_offsets = ends
+    run = run_stream(root / "ev", root / "raw", "generator", kafka=kafka.to_dict())
+    assert run["final"] and run["reconciliation"]["reconciles"], run
+    for name in ("predictions", "examples", "late_labels", "updates"):
+        assert _lines(root / "raw", name) == _lines(root / "files", name), name
+    dead = [r for r in read_output(root / "raw", "dead_letter") if r["origin"].startswith("kafka:")]
+    why = ["malformed_json", "missing_field", "future_timestamp", "unknown_event_kind", "wrong_type", "malformed_json"]
+    planted = [(f"kafka:{topic}", v.decode()) for topic, values in bad.items() for v in values]
+    got = {(r["origin"].split("/")[0], r["raw"]): r["reason"] for r in dead}
+    assert len(dead) == 6 and got == dict(zip(planted, why))
+    assert all(re.fullmatch(r"kafka:\w+/\d+:\d+", r["origin"]) for r in dead)  # topic/partition:offset
+    others = Counter(json.dumps(r, sort_keys=True) for r in read_output(root / "raw", "dead_letter")
+                     if not r["origin"].startswith("kafka:"))
+    assert others == _lines(root / "files", "dead_letter")
 
 
 def test_kafka_settings_that_would_break_the_ddl_are_refused():
