@@ -281,7 +281,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     if allow_non_restored_state and not from_savepoint:
         console.print("[red]error:[/red] --allow-non-restored-state needs --from-savepoint")
         raise typer.Exit(2)
-    rest_port = rest_port or _free_port()
+    from runners.local import free_port
+
+    rest_port = rest_port or free_port()
     rest = {"rest.port": str(rest_port), "rest.bind-port": str(rest_port)}
     if from_savepoint:
         try:
@@ -333,15 +335,6 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1)
     _end_run(out, summary, report)
-
-
-def _free_port() -> int:
-    """A port free on 127.0.0.1 now (the local job binds it a few seconds later)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _end_run(out: Path, summary: dict, report: bool) -> None:

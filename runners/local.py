@@ -49,6 +49,16 @@ def write_raw_lines(folder: Path, lines: list[bytes], rows_per_file: int = 100_0
         os.replace(tmp, folder / name)
 
 
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (a local job, or a local broker, binds it a moment later)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def generate_event_dir(out: str | Path, cfg: GeneratorConfig, fmt: str = "jsonl",
                        rows_per_file: int = 100_000, keep_raw: bool = True,
                        validation: ValidationConfig | None = None, overwrite: bool = False) -> dict:

@@ -13,7 +13,7 @@ from pipelines.join import JoinConfig
 from pipelines.run_report import build_run_report
 from pipelines.sources.generator import GeneratorConfig
 from runners.flink_job import DEBLOAT, JobConfig, local_options, warm_cut as cut_of
-from runners.local import generate_event_dir
+from runners.local import free_port, generate_event_dir
 from runners.savepoints import trigger
 from runners.stream import fit_warmup_artifact, prepare_run, read_output, summarize
 from tests_helpers import rest as _rest, wait_for as _wait_for
@@ -91,8 +91,6 @@ def test_lateness_survives_a_restore(tmp_path):
     before the stream (``warmup_dir``, a bounded source beside the followed ones): its windowed
     counts are the ones over warm-up and stream together, before and after the restore (a
     warm-up read again after the restore would count twice)."""
-    import socket
-
     import numpy as np
 
     from transforms.aggregates import window_counts
@@ -131,9 +129,7 @@ def test_lateness_survives_a_restore(tmp_path):
     (live / "labels").mkdir()
     shutil.copy(tmp_path / "ev" / "_manifest.json", live / "_manifest.json")
     fit_warmup_artifact(tmp_path / "ev", "generator", tmp_path / "art")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     rest = {"rest.port": str(port), "rest.bind-port": str(port)}
     cfg = prepare_run(live, tmp_path / "run", "generator", join, artifact=tmp_path / "art", follow=True,
                       checkpoint_interval_ms=2_000, monitor_interval_ms=500, learn_tick_ms=TICK, flink_conf=rest,
