@@ -553,12 +553,12 @@ def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> 
     needs it at the source), a time outside the validation's bounds counting as 0: an invalid
     record can never move the watermark ahead of the valid ones."""
     from pyflink.common import Types
-    from pyflink.table import DataTypes
+    from pyflink.table import DataTypes, Schema
     from pyflink.table.udf import udf
 
     from pipelines.validate import ValidationConfig
     from runners.kafka import CheckRecords
-    from transforms.flink_sql import ROWTIME
+    from transforms.flink_sql import ROWTIME, set_uids
 
     bounds = ValidationConfig()
     dead = []
@@ -574,8 +574,16 @@ def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> 
             f"WATERMARK FOR {rt} AS {rt} - {interval(delay_ms + 1)}) WITH ({with_options(opts)}, 'format' = 'raw')")
         t_env.create_temporary_function(f"check_{kind}", udf(CheckRecords(source.to_dict(), kind, opts["topic"]),
                                                              result_type=DataTypes.STRING(), func_type="pandas"))
-        t_env.create_temporary_view(f"{stream}_checked", t_env.sql_query(
-            f"SELECT check_{kind}(`line`, `_part`, `_off`) AS v, {rt} FROM {stream}_raw"))
+        # validated once: the checked rows leave the planner as one DataStream (their rowtime as
+        # its timestamps, the source's watermarks), which both views below read (a view over the
+        # query itself would be planned again, Kafka source and validation included, per use)
+        checked = t_env.to_data_stream(t_env.sql_query(
+            f"SELECT check_{kind}(`line`, `_part`, `_off`) AS v, {rt} AS `_t` FROM {stream}_raw"))
+        set_uids(checked._j_data_stream, f"{stream}_checked")
+        t_env.create_temporary_view(f"{stream}_checked", t_env.from_data_stream(
+            checked, Schema.new_builder().column("v", DataTypes.STRING()).column("_t", DataTypes.TIMESTAMP_LTZ(3))
+            .column_by_metadata(rt, DataTypes.TIMESTAMP_LTZ(3), "rowtime").watermark(rt, "SOURCE_WATERMARK()")
+            .build()))
         rec = "SUBSTRING(v FROM 4)"
         if kind == "impression":
             cols = [f"JSON_VALUE({rec}, '$.event_id') AS `event_id`",
