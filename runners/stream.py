@@ -111,14 +111,16 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
     return time.perf_counter() - t0
 
 
-def end_restored_kafka_replay(cfg: JobConfig, run_dir: Path, rest_url: str, done, poll_s: float = 2.0) -> None:
+def end_restored_kafka_replay(cfg: JobConfig, run_dir: Path, rest_url: str, done, poll_s: float = 2.0,
+                              job_id: str | None = None) -> None:
     """A bounded Kafka replay restored from a savepoint never ends by itself: the restored Kafka
     enumerator finds its partitions already assigned and never tells the readers that no more
     splits come (FLINK-31006, open in the connector we use), so they wait after their stopping
     offsets. Here, once the job's Kafka sources have emitted the record before every end offset
     (their ``currentOffset`` metrics), the job is stopped with ``drain``: its input ends there,
     as the unrestored replay's does (every timer fires; a savepoint lands in RUN_DIR/savepoints),
-    so the resumed run gives the uninterrupted run's outputs."""
+    so the resumed run gives the uninterrupted run's outputs. ``job_id``: that job (a cluster's),
+    else the one running job (a local run's mini-cluster)."""
     import urllib.request
 
     from runners.kafka import KafkaConfig
@@ -134,7 +136,7 @@ def end_restored_kafka_replay(cfg: JobConfig, run_dir: Path, rest_url: str, done
 
     while not done.wait(poll_s):
         try:
-            jobs = [j["id"] for j in get("/jobs")["jobs"] if j["status"] == "RUNNING"]
+            jobs = [j["id"] for j in get("/jobs")["jobs"] if j["status"] == "RUNNING" and j["id"] == (job_id or j["id"])]
             if len(jobs) != 1:
                 continue
             seen = {}
