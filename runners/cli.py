@@ -1031,19 +1031,15 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
                             allow_non_restored=allow_non_restored_state)
     console.print(f"job id: {job_id}")
     if wait_for_end:
-        import threading
+        from contextlib import nullcontext
 
         from runners.flink_job import JobConfig
-        from runners.stream import end_restored_kafka_replay
+        from runners.stream import draining_restored_kafka_replay
 
-        job_cfg, done = JobConfig.from_dict(json.loads((out / "job.json").read_text())), threading.Event()
-        if from_savepoint and job_cfg.kafka.get("end_offsets"):  # FLINK-31006: drained at its end offsets
-            threading.Thread(target=end_restored_kafka_replay, args=(job_cfg, out, cfg.rest_url, done),
-                             kwargs={"job_id": job_id}, daemon=True).start()
-        try:
+        job_cfg = JobConfig.from_dict(json.loads((out / "job.json").read_text()))
+        with (draining_restored_kafka_replay(job_cfg, out, cfg.rest_url, job_id) if from_savepoint  # FLINK-31006
+              else nullcontext()):
             state = cluster.wait(cfg, job_id)
-        finally:
-            done.set()
         console.print(f"job {job_id}: {state}")
         if state == "FINISHED":
             _print_run(summarize(out, read_manifest(event_dir), final=True))

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -71,12 +72,10 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
     t0 = time.perf_counter()
     port = int(cfg.flink_conf.get("rest.port", 0))
     main = threading.current_thread() is threading.main_thread()
-    done = threading.Event()
-    if port and (cfg.kafka or {}).get("end_offsets") and cfg.flink_conf.get("execution.state-recovery.path"):
-        threading.Thread(target=end_restored_kafka_replay, args=(cfg, run_dir, f"http://127.0.0.1:{port}", done),
-                         daemon=True).start()
+    restored = port and cfg.flink_conf.get("execution.state-recovery.path")
+    drain = draining_restored_kafka_replay(cfg, run_dir, f"http://127.0.0.1:{port}") if restored else nullcontext()
     before = signal.signal(signal.SIGTERM, terminated) if main else None
-    with open(run_dir / "flink.log", "w") as log:
+    with open(run_dir / "flink.log", "w") as log, drain:
         # its own session: a terminal's Ctrl-C reaches this process only, which decides
         proc = subprocess.Popen([cfg.python_executable, "-m", "runners.flink_job", str(run_dir / "job.json")],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -102,13 +101,28 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
                     os.killpg(proc.pid, signal.SIGKILL)
             raise
         finally:
-            done.set()
             if main:
                 signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
     if proc.returncode != 0:
         tail = (run_dir / "flink.log").read_text()[-4000:]
         raise RuntimeError(f"streaming job failed (exit {proc.returncode}); log {run_dir / 'flink.log'}:\n{tail}")
     return time.perf_counter() - t0
+
+
+@contextmanager
+def draining_restored_kafka_replay(cfg: JobConfig, run_dir: Path, rest_url: str, job_id: str | None = None):
+    """While its body waits for a job resumed from a savepoint: a ``--kafka-replay`` job (Kafka
+    end offsets) is drained at its end offsets (``end_restored_kafka_replay``); other jobs as they are."""
+    import threading
+
+    done = threading.Event()
+    if (cfg.kafka or {}).get("end_offsets"):
+        threading.Thread(target=end_restored_kafka_replay, args=(cfg, run_dir, rest_url, done),
+                         kwargs={"job_id": job_id}, daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def end_restored_kafka_replay(cfg: JobConfig, run_dir: Path, rest_url: str, done, poll_s: float = 2.0,
