@@ -148,9 +148,11 @@ KAFKA_REPLAY_OPT = typer.Option(None, "--kafka-replay", help="With --kafka: read
                                                              "wrote), then end: a replay; without it the job "
                                                              "reads on until stopped.")
 
-KAFKA_PREDICTIONS_OPT = typer.Option("", "--kafka-predictions", help="With --kafka: also write each prediction "
-                                                                     "(a JSON record per message) to this topic, "
-                                                                     "at least once.")
+KAFKA_OUTPUT_OPT = typer.Option(None, "--kafka-output", help="With --kafka: also write this output of the "
+                                                              "job to a Kafka topic, OUTPUT=TOPIC (repeatable; "
+                                                              "outputs: predictions, examples, updates, "
+                                                              "late_labels, dead_letter, metrics, alerts): a "
+                                                              "JSON record per message, at least once.")
 
 KAFKA_VALIDATE_OPT = typer.Option(False, "--kafka-validate", help="With --kafka: the topics carry producers' raw "
                                                                   "records: validate each in the stream (the "
@@ -158,22 +160,25 @@ KAFKA_VALIDATE_OPT = typer.Option(False, "--kafka-validate", help="With --kafka:
                                                                   "letter with its reason and the job goes on.")
 
 
-def _kafka(servers: Optional[str], topics: str, group: str, replay: Optional[Path], predictions: str = "",
-           validate: bool = False) -> dict:
+def _kafka(servers: Optional[str], topics: str, group: str, replay: Optional[Path],
+           outputs: Optional[List[str]] = None, validate: bool = False) -> dict:
     """The job's ``kafka`` settings from the command line ({} without --kafka)."""
     from runners.kafka import KafkaConfig
 
     if servers is None:
-        if replay is not None or predictions or validate:
-            raise typer.BadParameter("--kafka-replay, --kafka-predictions and --kafka-validate need --kafka")
+        if replay is not None or outputs or validate:
+            raise typer.BadParameter("--kafka-replay, --kafka-output and --kafka-validate need --kafka")
         return {}
     names = topics.split(",")
     if len(names) != 2:
         raise typer.BadParameter("--kafka-topics: IMPRESSIONS,LABELS")
+    pairs = [o.split("=", 1) for o in outputs or []]
+    if any(len(p) != 2 for p in pairs) or len({p[0] for p in pairs}) != len(pairs):
+        raise typer.BadParameter("--kafka-output: OUTPUT=TOPIC, each output once")
     try:
         ends = json.loads(replay.read_text()) if replay is not None else {}
         return KafkaConfig(servers, names[0], names[1], group, end_offsets=ends,
-                           predictions_topic=predictions, validate=validate).to_dict()
+                           output_topics=dict(pairs), validate=validate).to_dict()
     except (OSError, ValueError) as e:
         raise typer.BadParameter(str(e))
 
@@ -264,7 +269,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
             False, "--allow-non-restored-state",
             help="With --from-savepoint: skip its state that maps to no operator of this build."),
         kafka: Optional[str] = KAFKA_OPT, kafka_topics: str = KAFKA_TOPICS_OPT, kafka_group: str = KAFKA_GROUP_OPT,
-        kafka_replay: Optional[Path] = KAFKA_REPLAY_OPT, kafka_predictions: str = KAFKA_PREDICTIONS_OPT,
+        kafka_replay: Optional[Path] = KAFKA_REPLAY_OPT, kafka_output: Optional[List[str]] = KAFKA_OUTPUT_OPT,
         kafka_validate: bool = KAFKA_VALIDATE_OPT):
     """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
     -> FTRL (-> scheduled TFX retrains -> base-model swaps); writes outputs and
@@ -309,7 +314,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         raise typer.Exit(2)
     job: dict = {"follow": follow, "replay_speedup": speedup, "write_updates": updates,
                  "prometheus_ports": prometheus_ports, "flink_conf": rest,
-                 "kafka": _kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_predictions, kafka_validate)}
+                 "kafka": _kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_output, kafka_validate)}
     retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours, "min_eval_positives": min_eval_positives}
     if retrain_every or retrain_on_drift or retrain_on_feature_drift:
         every = _duration_ms(retrain_every) if retrain_every else 0
@@ -982,7 +987,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
            root: Path = ROOT_OPT, rest_port: int = PORT_OPT,
            data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets."),
            kafka: Optional[str] = KAFKA_OPT, kafka_topics: str = KAFKA_TOPICS_OPT, kafka_group: str = KAFKA_GROUP_OPT,
-           kafka_replay: Optional[Path] = KAFKA_REPLAY_OPT, kafka_predictions: str = KAFKA_PREDICTIONS_OPT,
+           kafka_replay: Optional[Path] = KAFKA_REPLAY_OPT, kafka_output: Optional[List[str]] = KAFKA_OUTPUT_OPT,
            kafka_validate: bool = KAFKA_VALIDATE_OPT):
     """Package the job config and run it on the standalone cluster with `flink run -py`;
     prints the job id. With --from-savepoint into a run folder that has a job.json: the same run
@@ -1021,7 +1026,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
             prepare_run(event_dir, out, source, artifact=artifact, parallelism=parallelism, write_updates=updates,
                         base_registry=base_registry, replay_speedup=speedup,
                         warmup=_warmup(base_registry, warmup, no_warmup),
-                        kafka=_kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_predictions, kafka_validate))
+                        kafka=_kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_output, kafka_validate))
         except (RegistryError, ValueError) as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -443,6 +444,7 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
         ddl = impressions_ddl(name, source, path, D)
         return ddl[:-1] + monitor + ")" if monitor else ddl
 
+    outputs: dict[str, list] = defaultdict(list)  # each output's Java streams of line rows (to Kafka)
     if cfg.kafka:  # one source per topic: Kafka's watermarks are per partition, each in event-time order
         from runners.kafka import KafkaConfig
 
@@ -451,6 +453,7 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
             for stream, rows in validated_kafka_sources(t_env, kafka, source, D):
                 DataStream(rows.stream).sink_to(file_sink(str(out / "dead_letter"))) \
                     .name(f"sink_dead_letter_{stream}").uid(f"sink_dead_letter_{stream}")
+                outputs["dead_letter"].append(rows.stream)
         else:
             t_env.execute_sql(impressions_ddl("impressions", source, "", D, connector=kafka.options("impressions")))
             t_env.execute_sql(labels_join_ddl("labels", "", D, connector=kafka.options("labels")))
@@ -518,16 +521,7 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     # checkpoint completes, the final one of a bounded job included, so a restart never
     # duplicates or drops them (the table filesystem sink committed all at end of input)
     preds.sink_to(file_sink(str(out / "predictions"))).name("sink_predictions").uid("sink_predictions")
-    if cfg.kafka and cfg.kafka.get("predictions_topic"):  # and one message per prediction
-        from pyflink.java_gateway import get_gateway
-
-        from runners.kafka import KafkaConfig, predictions_sink
-
-        lines = preds._j_data_stream.flatMap(get_gateway().jvm.driftline.flink.SplitLines(),
-                                             Types.STRING().get_java_type_info())
-        DataStream(lines).name("split_predictions").uid("split_predictions") \
-            .sink_to(predictions_sink(KafkaConfig(**cfg.kafka))).name("sink_predictions_kafka") \
-            .uid("sink_predictions_kafka")
+    outputs["predictions"].append(preds._j_data_stream)
     # each side output straight from the Learner's operator: PyFlink's ``get_side_output`` adds an
     # identity Python map (``map(lambda i: i)``), i.e. every updates/examples/metrics line would
     # cross into a Python worker and back (measured: nearly half of the JVM's exchange with Python;
@@ -535,13 +529,35 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
     for name, tag in OUTPUT_TAGS.items():
         if name == "updates" and not cfg.write_updates:
             continue
-        DataStream(preds._j_data_stream.getSideOutput(tag.get_java_output_tag())) \
-            .sink_to(file_sink(str(out / name), partitioned=name == "examples")).name(f"sink_{name}") \
+        side = preds._j_data_stream.getSideOutput(tag.get_java_output_tag())
+        DataStream(side).sink_to(file_sink(str(out / name), partitioned=name == "examples")).name(f"sink_{name}") \
             .uid(f"sink_{name}")
+        outputs[name].append(side)
     dead = DataStream(dead)
     if counted.dead_letters:
         dead = dead.union(*(DataStream(d) for d in counted.dead_letters))
     dead.sink_to(file_sink(str(out / "dead_letter"))).name("sink_dead_letter_keyed").uid("sink_dead_letter_keyed")
+    outputs["dead_letter"].append(dead._j_data_stream)
+    if cfg.kafka:
+        kafka_outputs(KafkaConfig(**cfg.kafka), outputs)
+
+
+def kafka_outputs(kafka, outputs: dict[str, list]) -> None:
+    """Each output of ``kafka.output_topics`` also to its topic: each of its streams (rows whose
+    first field is the text of one or more JSON lines) split into one record per message in the
+    JVM (``driftline.flink.SplitLines``), united, into a Kafka sink (at least once)."""
+    from pyflink.common import Types
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    from runners.kafka import output_sink
+
+    for name, topic in kafka.output_topics.items():
+        lines = [DataStream(s.flatMap(get_gateway().jvm.driftline.flink.SplitLines(),
+                                      Types.STRING().get_java_type_info())).name(f"split_{name}")
+                 .uid(f"split_{name}" + (f"_{i}" if i else "")) for i, s in enumerate(outputs[name])]
+        (lines[0].union(*lines[1:]) if len(lines) > 1 else lines[0]) \
+            .sink_to(output_sink(kafka, topic)).name(f"sink_{name}_kafka").uid(f"sink_{name}_kafka")
 
 
 def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> list[tuple[str, JavaRows]]:

@@ -43,6 +43,8 @@ WHEEL_SHA256 = "aaa65537d3f0c0ff279185d8243024f0efd95788ba044bf249ba0f40b69289cd
 JARS = {"flink-connector-kafka.jar": "842885a51c768b2f31c946a2071656c166ee8cc6d3c02fe6c557e134e03bf228",
         "kafka-clients.jar": "7568b998572d256f0b7bc0afdc1b7a2588b8b08415c62ce314c864a6851ae9d9"}
 STARTUP_MODES = ("earliest-offset", "latest-offset", "group-offsets")
+# the job's outputs that can also go to a topic (the run folder's, less the model snapshots)
+OUTPUTS = ("predictions", "examples", "updates", "late_labels", "dead_letter", "metrics", "alerts")
 
 
 @dataclass
@@ -61,10 +63,11 @@ class KafkaConfig:
     # each partition, {partition: offset} (``publish`` returns them); bounded there, whatever
     # was appended since, so the replay gives the same model every time
     end_offsets: dict = field(default_factory=dict)
-    # also write each prediction (one JSON record per message, unkeyed) to this topic ("": only
-    # the run folder's files); at least once: after a restore, the predictions since the last
-    # checkpoint are sent again (each has its event_id: dedupe by it)
-    predictions_topic: str = ""
+    # also write these outputs of the job to Kafka: {output: topic}, outputs from ``OUTPUTS``
+    # (each record one message, unkeyed, the same JSON text as the run folder's line; the run
+    # folder keeps its files). At least once: after a restore, the records since the last
+    # checkpoint are sent again (a prediction, example or update names its event_id: dedupe by it)
+    output_topics: dict = field(default_factory=dict)
     # the topics carry producers' raw records: each is validated in the stream by the rules of
     # ``pipelines.validate`` (a vectorized Python function), an invalid one becomes a dead letter
     # with its reason and the job goes on. False: they carry validated events (``publish``), and
@@ -73,13 +76,16 @@ class KafkaConfig:
     properties: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if set(self.output_topics) - set(OUTPUTS):
+            raise ValueError(f"output_topics: outputs are {', '.join(OUTPUTS)}, not "
+                             f"{', '.join(sorted(set(self.output_topics) - set(OUTPUTS)))}")
         if self.startup_mode not in STARTUP_MODES:
             raise ValueError(f"startup_mode must be one of {STARTUP_MODES}")
         if set(self.end_offsets) - {"impressions", "labels"}:
             raise ValueError("end_offsets: per stream, 'impressions' and 'labels'")
         values = [self.bootstrap_servers, self.impressions_topic, self.labels_topic, self.group_id,
                   *self.properties, *map(str, self.properties.values()),
-                  *([self.predictions_topic] if self.predictions_topic else [])]
+                  *self.output_topics.values()]
         for v in values:  # they go into SQL DDL as quoted strings
             if not v or any(c in v for c in "'`\\") or any(ord(c) < 32 for c in v):
                 raise ValueError(f"Kafka setting {v!r} is empty or contains a quote, backslash or control character")
@@ -145,9 +151,9 @@ class CheckRecords:
         return pd.Series(out, dtype=object)
 
 
-def predictions_sink(cfg: KafkaConfig):
-    """The Kafka sink of the predictions (PyFlink's ``KafkaSink``: at least once, flushed at
-    every checkpoint); the job splits its per-tick rows into one record per message first
+def output_sink(cfg: KafkaConfig, topic: str):
+    """The Kafka sink of one output's records (PyFlink's ``KafkaSink``: at least once, flushed
+    at every checkpoint); the job splits its per-tick rows into one record per message first
     (``driftline.flink.SplitLines``)."""
     from pyflink.common.serialization import SimpleStringSchema
     from pyflink.datastream.connectors.base import DeliveryGuarantee
@@ -156,7 +162,7 @@ def predictions_sink(cfg: KafkaConfig):
     builder = KafkaSink.builder().set_bootstrap_servers(cfg.bootstrap_servers)
     for k, v in cfg.properties.items():
         builder = builder.set_property(k, str(v))
-    return (builder.set_record_serializer(KafkaRecordSerializationSchema.builder().set_topic(cfg.predictions_topic)
+    return (builder.set_record_serializer(KafkaRecordSerializationSchema.builder().set_topic(topic)
                                           .set_value_serialization_schema(SimpleStringSchema()).build())
             .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE).build())
 

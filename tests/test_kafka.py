@@ -16,6 +16,7 @@ from runners.local import generate_event_dir
 from runners.stream import read_output, run_stream
 
 OUTPUTS = ("predictions", "examples", "late_labels", "dead_letter", "updates")
+TO_TOPICS = (*OUTPUTS, "metrics")  # the outputs the Kafka run also writes to topics
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,8 @@ def runs(tmp_path_factory, broker):
     published = publish(root / "ev", kafka, partitions=2)
     kafka.end_offsets = published
     files = run_stream(root / "ev", root / "files", "generator")
-    topics = run_stream(root / "ev", root / "kafka", "generator", kafka={**kafka.to_dict(), "predictions_topic": "preds"})
+    topics = run_stream(root / "ev", root / "kafka", "generator",
+                        kafka={**kafka.to_dict(), "output_topics": {name: f"out_{name}" for name in TO_TOPICS}})
     return root, published, files, topics, kafka
 
 
@@ -75,15 +77,22 @@ def test_the_job_on_kafka_topics_gives_the_event_directorys_outputs_and_model(ru
     assert job["kafka"]["bootstrap_servers"] and job["kafka"]["end_offsets"]
 
 
-def test_predictions_also_go_to_a_kafka_topic_one_record_per_message(runs, broker):
-    """``predictions_topic``: every prediction the run folder holds, as its own message (the
-    per-tick rows split in the JVM), the same JSON text; nothing else on the topic."""
+def _file_lines(run_dir, name) -> Counter:
+    return Counter(line for p in sorted((run_dir / name).rglob("*")) if p.is_file()
+                   for line in p.read_bytes().splitlines() if line)
+
+
+@pytest.mark.parametrize("name", TO_TOPICS)
+def test_outputs_also_go_to_kafka_topics_one_record_per_message(runs, broker, name):
+    """``output_topics``: every record of the output that the run folder holds, as its own
+    message (the per-tick rows split in the JVM), the same JSON text; nothing else on the topic.
+    Dead letters come from three operators (the dedup and join, the windowed counts, the
+    Learner), united into one topic."""
     root = runs[0]
-    sent = Counter(topic_values(broker, "preds"))
-    written = Counter(line for p in sorted((root / "kafka" / "predictions").rglob("*")) if p.is_file()
-                      for line in p.read_bytes().splitlines() if line)
-    assert sum(written.values()) == runs[3]["counts"]["predictions"] > 0
-    assert sent == written
+    written = _file_lines(root / "kafka", name)
+    assert sum(written.values()) > 0
+    assert name != "predictions" or sum(written.values()) == runs[3]["counts"]["predictions"]
+    assert Counter(topic_values(broker, f"out_{name}")) == written
 
 
 def test_a_message_that_is_not_an_event_fails_the_job_with_a_clear_error(runs, broker):
@@ -111,7 +120,8 @@ def test_raw_topics_are_validated_in_the_stream_bad_records_dead_lettered_with_t
     from kafka import KafkaProducer
 
     root, _, files, _, _ = runs
-    kafka = KafkaConfig(broker, impressions_topic="imp4", labels_topic="lab4", validate=True)
+    kafka = KafkaConfig(broker, impressions_topic="imp4", labels_topic="lab4", validate=True,
+                        output_topics={"dead_letter": "dl4"})
     producer = KafkaProducer(bootstrap_servers=broker)
     bad = {"imp4": [b'{"event_id": "b1", "event_time": 1700000000000', b'{"event_id": "b2"}',
                     b'{"event_id": "b3", "event_time": 4102444800000, "user_id": "u", "item_id": "i"}',
@@ -137,6 +147,8 @@ def test_raw_topics_are_validated_in_the_stream_bad_records_dead_lettered_with_t
     others = Counter(json.dumps(r, sort_keys=True) for r in read_output(root / "raw", "dead_letter")
                      if not r["origin"].startswith("kafka:"))
     assert others == _lines(root / "files", "dead_letter")
+    # to Kafka too: the validation's dead letters with the job's others, on one topic
+    assert Counter(topic_values(broker, "dl4")) == _file_lines(root / "raw", "dead_letter")
 
 
 def test_kafka_settings_that_would_break_the_ddl_are_refused():
@@ -144,6 +156,31 @@ def test_kafka_settings_that_would_break_the_ddl_are_refused():
         KafkaConfig("127.0.0.1:9092', 'path' = '/etc")
     with pytest.raises(ValueError, match="startup_mode"):
         KafkaConfig("127.0.0.1:9092", startup_mode="anywhere")
+    with pytest.raises(ValueError, match="not snapshots"):
+        KafkaConfig("127.0.0.1:9092", output_topics={"snapshots": "s"})
+    with pytest.raises(ValueError, match="quote"):
+        KafkaConfig("127.0.0.1:9092", output_topics={"examples": "ex'"})
+
+
+def test_kafka_outputs_cover_every_output_the_job_writes():
+    from runners.kafka import OUTPUTS as KAFKA_OUTPUTS
+    from runners.learner import OUTPUT_TAGS
+
+    assert set(KAFKA_OUTPUTS) == {"predictions", *OUTPUT_TAGS}
+
+
+def test_cli_kafka_output_option():
+    import typer
+
+    from runners.cli import _kafka
+
+    got = _kafka("h:1", "i,l", "g", None, ["predictions=p", "dead_letter=dl"])
+    assert got["output_topics"] == {"predictions": "p", "dead_letter": "dl"}
+    for bad in (["predictions"], ["predictions=a", "predictions=b"], ["snapshots=s"]):
+        with pytest.raises(typer.BadParameter):
+            _kafka("h:1", "i,l", "g", None, bad)
+    with pytest.raises(typer.BadParameter, match="need --kafka"):
+        _kafka(None, "i,l", "g", None, ["predictions=p"])
 
 
 def test_cli_a_kafka_run_stopped_with_a_savepoint_resumes_from_its_offsets(runs, tmp_path):
