@@ -2,6 +2,7 @@
 
     python bench/stream.py [--json] [--data-dir DIR] [--events N] [--dense-events M] [--dense-rate R]
     python bench/stream.py --only-checkpoint | --only-floor | --only-paced [--json]
+    python bench/stream.py --only-kafka [--events N] [--kafka-rounds R] [--json]
 
 Runs a tiny generated stream (start-up cost), TalkingData replayed at full speed, a
 generated stream of N impressions (default 2M) at 1 per second of event time (sparse: ~60 per
@@ -12,7 +13,8 @@ duration, size), checkpoint bytes per pending impression, the label -> weight vi
 event time (from a label's resolution to the first prediction served with a delta version
 that includes it), and Flink's own floor on the dense stream (its source alone and with a
 native keyed dedup: what the machine allows before any operator of ours). Last line: one
-JSON object.
+JSON object. ``--only-kafka``: the generated stream from files, from Kafka topics and from
+Kafka topics validated in the stream, on a local broker (``kafka_cost``).
 """
 from __future__ import annotations
 
@@ -289,20 +291,24 @@ class PeakMemory(Poller):
     """Peak resident memory of the job: every process this one started (the job's PyFlink
     client, the mini-cluster's JVM, the Python workers; not this process, which generates the
     events and reads the outputs back), sampled every 0.2 s with psutil: total, JVM and Python
-    workers (RSS, so pages shared between processes count once per process)."""
+    workers (RSS, so pages shared between processes count once per process); a local Kafka
+    broker's apart, not in the total."""
 
     def __init__(self, every_s: float = 0.2) -> None:
         super().__init__(every_s)
-        self.peak = {"total": 0, "jvm": 0, "python_workers": 0}
+        self.peak = {"total": 0, "jvm": 0, "python_workers": 0, "broker": 0}
 
     def _sample(self) -> dict[str, int]:
         import psutil
 
-        out = {"total": 0, "jvm": 0, "python_workers": 0}
+        out = {"total": 0, "jvm": 0, "python_workers": 0, "broker": 0}
         for child in psutil.Process().children(recursive=True):
             try:
                 rss, name, cmd = child.memory_info().rss, child.name(), " ".join(child.cmdline())
             except psutil.Error:  # gone meanwhile
+                continue
+            if name.startswith("tansu"):  # a local Kafka broker (--only-kafka): not the job's
+                out["broker"] += rss
                 continue
             out["total"] += rss
             if name == "java":
@@ -324,15 +330,72 @@ def one(data: str, root: Path, events: int, data_dir: str | None, rate_per_s: fl
     event time (a dense stream has many rows per tick and per key: per-row costs, not per-tick)."""
     run_dir = root / (data if rate_per_s is None else f"{data}_{rate_per_s:g}")
     event_dir, source = prepare_events(data, run_dir, events, 7, data_dir, rate_per_s)
+    return measure(event_dir, source, run_dir, data if rate_per_s is None else f"{data}@{rate_per_s:g}/s")
+
+
+def measure(event_dir: Path, source: str, run_dir: Path, label: str, **job) -> dict:
+    """One run of the job over ``event_dir`` (``job``: more JobConfig settings, e.g. ``kafka``),
+    profiled: time, throughput, visibility lag, peak memory, checkpoints, busy time per chain."""
     with BusyProfile() as prof, PeakMemory() as mem:
-        s = run_stream(event_dir, run_dir, source, JoinConfig(), flink_conf=prof.conf())
+        s = run_stream(event_dir, run_dir, source, JoinConfig(), flink_conf=prof.conf(), **job)
     n = s["counts"]["predictions"]
-    label = data if rate_per_s is None else f"{data}@{rate_per_s:g}/s"
     return {"data": label, "impressions": n, "seconds": round(s["seconds"], 2),
             "impressions_per_s_incl_startup": round(n / s["seconds"], 1),
             "reconciles": s["reconciliation"].get("reconciles"),
             "progressive_logloss": s["progressive"]["logloss"], "visibility_lag": visibility_lag(run_dir),
             "peak_memory_mib": mem.mib(), "checkpoints": prof.checkpoint_stats(), "profile": prof.table()}
+
+
+KAFKA_MODES = {"files": None, "kafka": False, "kafka + validate": True}  # mode -> KafkaConfig.validate
+
+
+def kafka_cost(root: Path, events: int, rate_per_s: float | None = None, rounds: int = 1) -> dict:
+    """What Kafka costs the job: the same generated stream read from its event directory, from
+    Kafka topics (a local Tansu broker, two partitions per topic, bounded at the published end
+    offsets: ``--kafka-replay``), and from the same topics validated in the stream
+    (``--kafka-validate``), the modes alternating for ``rounds`` rounds. Each mode's start-up is a
+    200-impression run of its own (its own topics), subtracted once per mode and round. Also the
+    publisher's rate (``runners.kafka.publish``: kafka-python, acks=all)."""
+    from runners.kafka import KafkaConfig, local_broker, publish
+
+    ev, source = prepare_events("generator", root / "big", events, 7, None, rate_per_s)
+    small, _ = prepare_events("generator", root / "small", 200, 7)
+    out: dict = {"impressions": events, "rate_per_s": rate_per_s, "runs": []}
+    with local_broker(log=root / "tansu.log") as servers:
+        t0 = time.time()
+        big = KafkaConfig(servers, end_offsets=publish(ev, KafkaConfig(servers), partitions=2))
+        secs = time.time() - t0
+        records = sum(sum(v.values()) for v in big.end_offsets.values())
+        out["publish"] = {"records": records, "seconds": round(secs, 1), "records_per_s": round(records / secs)}
+        tiny = KafkaConfig(servers, impressions_topic="imp_small", labels_topic="lab_small")
+        tiny.end_offsets = publish(small, tiny, partitions=2)
+        for r in range(rounds):
+            for mode, validate in KAFKA_MODES.items():
+                runs = {}
+                for name, event_dir, cfg in (("startup", small, tiny), ("run", ev, big)):
+                    job = {} if validate is None else {"kafka": {**cfg.to_dict(), "validate": validate}}
+                    runs[name] = measure(event_dir, source, root / f"{name}_{mode.replace(' + ', '_')}_{r}",
+                                         mode, **job)
+                run, busy = runs["run"], runs["run"]["seconds"] - runs["startup"]["seconds"]
+                out["runs"].append({**run, "round": r, "startup_seconds": runs["startup"]["seconds"],
+                                    "impressions_per_s_excl_startup": round(run["impressions"] / busy, 1)
+                                    if busy > 0 else None})
+    return out
+
+
+def print_kafka(k: dict) -> None:
+    p = k["publish"]
+    print(f"publish (kafka-python, acks=all, 2 partitions): {p['records']:,} records in {p['seconds']:.1f} s, "
+          f"{p['records_per_s']:,}/s; the broker's peak RSS "
+          f"{max(r['peak_memory_mib']['broker'] for r in k['runs']):,.0f} MiB (not in the runs' peak)")
+    print(f"{'mode':<17} {'round':>5} {'impressions':>11} {'seconds':>8} {'start-up':>9} {'imp/s (-startup)':>17} "
+          f"{'peak MiB':>9} {'reconciles':>10} {'logloss':>8}")
+    for r in k["runs"]:
+        print(f"{r['data']:<17} {r['round']:>5} {r['impressions']:>11,} {r['seconds']:>8.1f} {r['startup_seconds']:>9.1f} "
+              f"{r['impressions_per_s_excl_startup'] or 0:>17,.0f} {r['peak_memory_mib']['total']:>9,.0f} "
+              f"{str(r['reconciles']):>10} {r['progressive_logloss']:>8.5f}")
+    for r in k["runs"][:len(KAFKA_MODES)]:
+        print_profile(r)
 
 
 def paced_checkpoints(root: Path, events: int = 30_000, speedup: float = 600.0, pairs: int = 2) -> list[dict]:
@@ -451,6 +514,10 @@ def main() -> None:
     ap.add_argument("--only-paced", action="store_true",
                     help="only checkpoint durations of a paced replay (30,000 generated events at 600x) with and "
                          "without buffer debloating, two alternating pairs")
+    ap.add_argument("--only-kafka", action="store_true",
+                    help="only Kafka's cost: the --events generated stream from files, from Kafka topics and from "
+                         "Kafka topics validated in the stream (a local Tansu broker; needs the dev extra)")
+    ap.add_argument("--kafka-rounds", type=int, default=1, help="rounds of the three --only-kafka modes, alternating")
     ap.add_argument("--floor-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--flink-conf", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Flink option for the checkpoint run (repeatable), e.g. state.backend.type=rocksdb")
@@ -464,6 +531,12 @@ def main() -> None:
             floor = flink_floor(Path(tmp), args.dense_events, args.dense_rate or 1000.0)
         print_floor(floor)
         print(json.dumps({"flink_floor": floor}))
+        return
+    if args.only_kafka:
+        with tempfile.TemporaryDirectory() as tmp:
+            k = kafka_cost(Path(tmp), args.events, rounds=args.kafka_rounds)
+        print_kafka(k)
+        print(json.dumps({"kafka": k}))
         return
     if args.only_paced:
         with tempfile.TemporaryDirectory() as tmp:
