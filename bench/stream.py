@@ -2,7 +2,7 @@
 
     python bench/stream.py [--json] [--data-dir DIR] [--events N] [--dense-events M] [--dense-rate R]
     python bench/stream.py --only-checkpoint | --only-floor | --only-paced [--json]
-    python bench/stream.py --only-kafka [--events N] [--kafka-rounds R] [--json]
+    python bench/stream.py --only-kafka [--events N] [--kafka-rounds R] [--kafka-modes M,...] [--json]
 
 Runs a tiny generated stream (start-up cost), TalkingData replayed at full speed, a
 generated stream of N impressions (default 2M) at 1 per second of event time (sparse: ~60 per
@@ -349,7 +349,8 @@ def measure(event_dir: Path, source: str, run_dir: Path, label: str, **job) -> d
 KAFKA_MODES = {"files": None, "kafka": False, "kafka + validate": True}  # mode -> KafkaConfig.validate
 
 
-def kafka_cost(root: Path, events: int, rate_per_s: float | None = None, rounds: int = 1) -> dict:
+def kafka_cost(root: Path, events: int, rate_per_s: float | None = None, rounds: int = 1,
+               modes: tuple[str, ...] = tuple(KAFKA_MODES)) -> dict:
     """What Kafka costs the job: the same generated stream read from its event directory, from
     Kafka topics (a local Tansu broker, two partitions per topic, bounded at the published end
     offsets: ``--kafka-replay``), and from the same topics validated in the stream
@@ -370,7 +371,7 @@ def kafka_cost(root: Path, events: int, rate_per_s: float | None = None, rounds:
         tiny = KafkaConfig(servers, impressions_topic="imp_small", labels_topic="lab_small")
         tiny.end_offsets = publish(small, tiny, partitions=2)
         for r in range(rounds):
-            for mode, validate in KAFKA_MODES.items():
+            for mode, validate in ((m, KAFKA_MODES[m]) for m in modes):
                 runs = {}
                 for name, event_dir, cfg in (("startup", small, tiny), ("run", ev, big)):
                     job = {} if validate is None else {"kafka": {**cfg.to_dict(), "validate": validate}}
@@ -394,7 +395,7 @@ def print_kafka(k: dict) -> None:
         print(f"{r['data']:<17} {r['round']:>5} {r['impressions']:>11,} {r['seconds']:>8.1f} {r['startup_seconds']:>9.1f} "
               f"{r['impressions_per_s_excl_startup'] or 0:>17,.0f} {r['peak_memory_mib']['total']:>9,.0f} "
               f"{str(r['reconciles']):>10} {r['progressive_logloss']:>8.5f}")
-    for r in k["runs"][:len(KAFKA_MODES)]:
+    for r in k["runs"][:len({r["data"] for r in k["runs"]})]:
         print_profile(r)
 
 
@@ -517,7 +518,9 @@ def main() -> None:
     ap.add_argument("--only-kafka", action="store_true",
                     help="only Kafka's cost: the --events generated stream from files, from Kafka topics and from "
                          "Kafka topics validated in the stream (a local Tansu broker; needs the dev extra)")
-    ap.add_argument("--kafka-rounds", type=int, default=1, help="rounds of the three --only-kafka modes, alternating")
+    ap.add_argument("--kafka-rounds", type=int, default=1, help="rounds of the --only-kafka modes, alternating")
+    ap.add_argument("--kafka-modes", default=",".join(KAFKA_MODES),
+                    help=f"the --only-kafka modes, comma-separated, of: {', '.join(KAFKA_MODES)}")
     ap.add_argument("--floor-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--flink-conf", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Flink option for the checkpoint run (repeatable), e.g. state.backend.type=rocksdb")
@@ -534,7 +537,10 @@ def main() -> None:
         return
     if args.only_kafka:
         with tempfile.TemporaryDirectory() as tmp:
-            k = kafka_cost(Path(tmp), args.events, rounds=args.kafka_rounds)
+            modes = tuple(m.strip() for m in args.kafka_modes.split(","))
+            if set(modes) - set(KAFKA_MODES):
+                ap.error(f"--kafka-modes: of {', '.join(KAFKA_MODES)}")
+            k = kafka_cost(Path(tmp), args.events, rounds=args.kafka_rounds, modes=modes)
         print_kafka(k)
         print(json.dumps({"kafka": k}))
         return

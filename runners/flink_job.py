@@ -573,9 +573,11 @@ def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> 
     from pyflink.table.udf import udf
 
     from pipelines.validate import ValidationConfig
-    from runners.kafka import CheckRecords
+    from runners.kafka import CheckRecords, checked_columns
     from transforms.flink_sql import ROWTIME, set_uids
 
+    SQL_TYPES = {"STRING": DataTypes.STRING(), "BIGINT": DataTypes.BIGINT(), "DOUBLE": DataTypes.DOUBLE(),
+                 "INT": DataTypes.INT()}
     bounds = ValidationConfig()
     dead = []
     for stream, kind, time_field, shift, rt in (("impressions", "impression", "event_time", 0, ROWTIME),
@@ -588,31 +590,25 @@ def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> 
             f"{rt} AS TO_TIMESTAMP_LTZ(CASE WHEN {t} >= {bounds.min_time_ms} AND {t} < {bounds.max_time_ms} "
             f"THEN {t} ELSE 0 END + {shift}, 3), "
             f"WATERMARK FOR {rt} AS {rt} - {interval(delay_ms + 1)}) WITH ({with_options(opts)}, 'format' = 'raw')")
+        cols = checked_columns(source, kind)
+        row = DataTypes.ROW([DataTypes.FIELD("dl", DataTypes.STRING()),
+                             *(DataTypes.FIELD(n, SQL_TYPES[t]) for n, t in cols)])
         t_env.create_temporary_function(f"check_{kind}", udf(CheckRecords(source.to_dict(), kind, opts["topic"]),
-                                                             result_type=DataTypes.STRING(), func_type="pandas"))
+                                                             result_type=row, func_type="pandas"))
         # validated once: the checked rows leave the planner as one DataStream (their rowtime as
         # its timestamps, the source's watermarks), which both views below read (a view over the
         # query itself would be planned again, Kafka source and validation included, per use)
         checked = t_env.to_data_stream(t_env.sql_query(
-            f"SELECT check_{kind}(`line`, `_part`, `_off`) AS v, {rt} AS `_t` FROM {stream}_raw"))
+            f"SELECT check_{kind}(`line`, `_part`, `_off`) AS r, {rt} AS `_t` FROM {stream}_raw"))
         set_uids(checked._j_data_stream, f"{stream}_checked")
         t_env.create_temporary_view(f"{stream}_checked", t_env.from_data_stream(
-            checked, Schema.new_builder().column("v", DataTypes.STRING()).column("_t", DataTypes.TIMESTAMP_LTZ(3))
+            checked, Schema.new_builder().column("r", row).column("_t", DataTypes.TIMESTAMP_LTZ(3))
             .column_by_metadata(rt, DataTypes.TIMESTAMP_LTZ(3), "rowtime").watermark(rt, "SOURCE_WATERMARK()")
             .build()))
-        rec = "SUBSTRING(v FROM 4)"
-        if kind == "impression":
-            cols = [f"JSON_VALUE({rec}, '$.event_id') AS `event_id`",
-                    f"CAST(JSON_VALUE({rec}, '$.event_time') AS BIGINT) AS `event_time`",
-                    *(f"JSON_VALUE({rec}, '$.{n}') AS {_q(n)}" for n in source.string_fields),
-                    *(f"CAST(JSON_VALUE({rec}, '$.{n}') AS DOUBLE) AS {_q(n)}" for n in source.numeric_fields)]
-        else:
-            cols = [f"JSON_VALUE({rec}, '$.event_id') AS `event_id`",
-                    f"CAST(JSON_VALUE({rec}, '$.label_time') AS BIGINT) AS `label_time`",
-                    f"CAST(JSON_VALUE({rec}, '$.label') AS INT) AS `label`"]
         t_env.create_temporary_view(stream, t_env.sql_query(
-            f"SELECT {', '.join(cols)}, {rt} FROM {stream}_checked WHERE v LIKE 'ok:%'"))
-        dead.append((stream, table_rows(t_env, f"SELECT {rec} AS line FROM {stream}_checked WHERE v LIKE 'dl:%'",
+            f"SELECT {', '.join(f'r.{_q(n)} AS {_q(n)}' for n, _ in cols)}, {rt} FROM {stream}_checked "
+            "WHERE r.dl IS NULL"))
+        dead.append((stream, table_rows(t_env, f"SELECT r.dl AS line FROM {stream}_checked WHERE r.dl IS NOT NULL",
                                         ["line"], [Types.STRING()], uid=f"{stream}_dead")))
     return dead
 
