@@ -346,7 +346,8 @@ def measure(event_dir: Path, source: str, run_dir: Path, label: str, **job) -> d
             "peak_memory_mib": mem.mib(), "checkpoints": prof.checkpoint_stats(), "profile": prof.table()}
 
 
-KAFKA_MODES = {"files": None, "kafka": False, "kafka + validate": True}  # mode -> KafkaConfig.validate
+# mode -> KafkaConfig settings (None: the event directory)
+KAFKA_MODES = {"files": None, "kafka": {}, "kafka + validate": {"validate": True}}
 
 
 def kafka_cost(root: Path, events: int, rate_per_s: float | None = None, rounds: int = 1,
@@ -371,10 +372,10 @@ def kafka_cost(root: Path, events: int, rate_per_s: float | None = None, rounds:
         tiny = KafkaConfig(servers, impressions_topic="imp_small", labels_topic="lab_small")
         tiny.end_offsets = publish(small, tiny, partitions=2)
         for r in range(rounds):
-            for mode, validate in ((m, KAFKA_MODES[m]) for m in modes):
+            for mode, settings in ((m, KAFKA_MODES[m]) for m in modes):
                 runs = {}
                 for name, event_dir, cfg in (("startup", small, tiny), ("run", ev, big)):
-                    job = {} if validate is None else {"kafka": {**cfg.to_dict(), "validate": validate}}
+                    job = {} if settings is None else {"kafka": {**cfg.to_dict(), **settings}}
                     runs[name] = measure(event_dir, source, root / f"{name}_{mode.replace(' + ', '_')}_{r}",
                                          mode, **job)
                 run, busy = runs["run"], runs["run"]["seconds"] - runs["startup"]["seconds"]
