@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
 import sys
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -576,7 +576,7 @@ def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> 
     from runners.kafka import CheckRecords, checked_columns
     from transforms.flink_sql import ROWTIME, set_uids
 
-    SQL_TYPES = {"STRING": DataTypes.STRING(), "BIGINT": DataTypes.BIGINT(), "DOUBLE": DataTypes.DOUBLE(),
+    sql_types = {"STRING": DataTypes.STRING(), "BIGINT": DataTypes.BIGINT(), "DOUBLE": DataTypes.DOUBLE(),
                  "INT": DataTypes.INT()}
     bounds = ValidationConfig()
     dead = []
@@ -592,7 +592,7 @@ def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> 
             f"WATERMARK FOR {rt} AS {rt} - {interval(delay_ms + 1)}) WITH ({with_options(opts)}, 'format' = 'raw')")
         cols = checked_columns(source, kind)
         row = DataTypes.ROW([DataTypes.FIELD("dl", DataTypes.STRING()),
-                             *(DataTypes.FIELD(n, SQL_TYPES[t]) for n, t in cols)])
+                             *(DataTypes.FIELD(n, sql_types[t]) for n, t in cols)])
         t_env.create_temporary_function(f"check_{kind}", udf(CheckRecords(source.to_dict(), kind, opts["topic"]),
                                                              result_type=row, func_type="pandas"))
         # validated once: the checked rows leave the planner as one DataStream (their rowtime as
