@@ -90,6 +90,8 @@ class Validator:
             obj = json.loads(text, parse_constant=_json_constant)
         except ValueError as e:
             return None, _dead(Reason.MALFORMED_JSON, str(e), kind, origin, raw)
+        except RecursionError:  # '[[[[…' nested deeper than Python's stack (64 KiB allow ~60k)
+            return None, _dead(Reason.MALFORMED_JSON, "nested too deeply", kind, origin, raw)
         if not isinstance(obj, dict):
             return None, _dead(Reason.MALFORMED_JSON, f"expected a JSON object, got {type(obj).__name__}",
                                kind, origin, raw)
@@ -159,7 +161,10 @@ class Validator:
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise _Bad(Reason.WRONG_TYPE, f"{name} must be a number, got {type(value).__name__}")
             else:
-                x = float(value)
+                try:
+                    x = float(value)
+                except OverflowError:  # an integer beyond a double's range: infinite as one
+                    raise _Bad(Reason.NON_FINITE, f"{name} overflows a double") from None
             if not math.isfinite(x):
                 raise _Bad(Reason.NON_FINITE, f"{name}={x}")
             return x

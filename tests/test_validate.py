@@ -70,6 +70,8 @@ BAD_LINES = [
     (line(with_(GOOD_IMP, site="é" * 600)), Reason.OVERSIZE_STRING),
     (line(with_(GOOD_IMP, event_id="")), Reason.EMPTY_EVENT_ID),
     (line(with_(GOOD_LAB, label=2)), Reason.INVALID_LABEL),
+    (b"[" * 60_000, Reason.MALFORMED_JSON),  # json.loads raised RecursionError: the run died
+    (line(with_(GOOD_IMP, bid=10**400)), Reason.NON_FINITE),  # float() raised OverflowError
 ]
 
 
