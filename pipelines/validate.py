@@ -97,6 +97,69 @@ class Validator:
                                kind, origin, raw)
         return self.check(obj, origin, raw, kind, from_text=False)
 
+    def parse_batch(self, lines: list[str | None], kind: str) -> tuple[dict[str, list], list[bool]]:
+        """Many JSONL lines of one ``kind`` (text, without newlines) at once, for speed:
+        ``(columns, ok)``, where ``ok[i]`` says line i is valid and its typed fields are
+        ``columns[name][i]`` (exactly ``parse_line``'s record); a line not ``ok`` may be valid or
+        not: ``parse_line`` decides it (and names its reason). Parsed by orjson, checked a column
+        at a time; only records whose every field has exactly the expected Python type and
+        passes the limits are vouched for, anything unusual (another kind, a null, a float
+        timestamp, a long or non-ASCII string, what orjson reads differently from ``json``:
+        NaN, huge or out-of-range numbers, lone surrogates) is left to ``parse_line``.
+
+        >>> from pipelines.events import SOURCES
+        >>> v = Validator(SOURCES["elec2"])
+        >>> cols, ok = v.parse_batch(['{"event_id":"e1","label_time":900000000000,"label":1,'
+        ...                           '"label_type":"up"}', '{"event_id":"e2"}', None], "label")
+        >>> ok, cols["label"][0], cols["event_id"][0]
+        ([True, False, False], 1, 'e1')
+        """
+        import numpy as np
+        import orjson
+
+        n, cfg = len(lines), self.config
+        ok = np.zeros(n, bool)
+        objs: list = [None] * n
+        chars = cfg.max_record_bytes // 4  # UTF-8: at most 4 bytes per character
+        for i, line in enumerate(lines):
+            if line is None or len(line) > chars:
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if type(obj) is dict:
+                objs[i] = obj
+                ok[i] = True
+        absent = object()
+        good = [o if o is not None else {} for o in objs]
+        kinds = [o.get("kind", absent) for o in good]
+        ok &= np.fromiter((k is absent or k == kind for k in kinds), bool, n)
+        short = cfg.max_string_bytes // 4
+        columns: dict[str, list] = {}
+        for f in self._schemas[kind]:
+            name = f.name
+            vals = [o.get(name) for o in good]
+            if name in ("event_id", "label_type"):
+                ok &= np.fromiter((type(v) is str and 0 < len(v) <= short for v in vals), bool, n)
+            elif name in ("event_time", "label_time"):
+                lo, hi = max(cfg.min_time_ms, 0), cfg.max_time_ms
+                ok &= np.fromiter((type(v) is int and lo <= v < hi for v in vals), bool, n)
+            elif name == "label":
+                ok &= np.fromiter((type(v) is int and (v == 0 or v == 1) for v in vals), bool, n)
+            elif name in self._string_fields:
+                ok &= np.fromiter(((type(v) is str and len(v) <= short) or type(v) is int for v in vals), bool, n)
+                vals = [v if type(v) is not int else str(v) for v in vals]
+            elif name in self._numeric_fields:
+                # orjson reads numbers beyond int64/uint64 as floats, never inf or NaN
+                ok &= np.fromiter((type(v) is float or (type(v) is int and -2**63 <= v < 2**64)
+                                   for v in vals), bool, n)
+                vals = [float(v) if type(v) is int else v for v in vals]
+            else:
+                raise AssertionError(f"unhandled field {name}")  # schema and checks out of sync
+            columns[name] = vals  # a null (also in an optional field) is left to the row path
+        return columns, ok.tolist()
+
     def parse_csv_row(self, row: list[str], header: list[str], origin: str, raw: bytes,
                       kind: str | None = None):
         """One CSV row, already split. Values are text and are parsed per the schema."""

@@ -123,7 +123,9 @@ class CheckRecords:
     partition and offset) -> one row: ``dl``, null for a valid record, whose columns
     (``checked_columns``) follow, typed; else its dead letter as a JSON line (reason, detail,
     kind, origin ``kafka:<topic>/<partition>:<offset>``, raw) and null columns. The rules are
-    ``pipelines.validate.Validator.parse_line``'s, the rules event directories are written by.
+    ``pipelines.validate.Validator.parse_line``'s, the rules event directories are written by:
+    ``Validator.parse_batch`` vouches for the ordinary valid records of a batch at once (orjson,
+    a column at a time: ~5 µs a record against ~27 one by one), ``parse_line`` decides the rest.
     Typed columns, not the record as JSON: the JVM would parse that text once per column.
 
     >>> from pipelines.events import SOURCES
@@ -149,25 +151,43 @@ class CheckRecords:
 
         if self._validator is None:
             spec = SourceSpec.from_dict(self.source)
-            self._validator, self._names = Validator(spec), [n for n, _ in checked_columns(spec, self.kind)]
-        dead, cols = [], [[] for _ in self._names]
-        for line, part, off in zip(lines, partitions, offsets):
-            raw = (line or "").encode("utf-8")
-            origin = f"kafka:{self.topic}/{int(part)}:{int(off)}"
+            self._validator = Validator(spec)
+            self._columns = checked_columns(spec, self.kind)
+        lines = list(lines)
+        n = len(lines)
+        # the batch path vouches for the common valid records; the rest go one by one
+        cols, ok = self._validator.parse_batch(lines, self.kind)
+        cols = {name: cols[name] for name, _ in self._columns}
+        dead: list = [None] * n
+        for i in (i for i, good in enumerate(ok) if not good):
+            raw = (lines[i] or "").encode("utf-8")
+            origin = f"kafka:{self.topic}/{int(partitions.iloc[i])}:{int(offsets.iloc[i])}"
             kind, rec = self._validator.parse_line(raw, origin, self.kind)
             if kind == self.kind:
-                dead.append(None)
-                for col, name in zip(cols, self._names):
-                    col.append(rec.get(name))
+                for name, col in cols.items():
+                    col[i] = rec.get(name)
                 continue
             if kind is not None:  # valid, but of the other kind
                 rec = {"reason": Reason.UNKNOWN_EVENT_KIND.value, "detail": f"a {kind} on the {self.kind}s' topic",
                        "kind": kind, "origin": origin, "raw": raw}
-            dead.append(json.dumps({**rec, "raw": rec["raw"].decode("utf-8", "replace")}, sort_keys=True))
-            for col in cols:
-                col.append(None)
-        return pd.DataFrame({"dl": pd.Series(dead, dtype=object),
-                             **{name: pd.Series(col, dtype=object) for name, col in zip(self._names, cols)}})
+            dead[i] = json.dumps({**rec, "raw": rec["raw"].decode("utf-8", "replace")}, sort_keys=True)
+            for col in cols.values():
+                col[i] = None
+        out = {"dl": pd.Series(dead, dtype=object)}
+        for name, sql in self._columns:
+            out[name] = _typed(cols[name], sql, all(ok) or None not in cols[name])
+        return pd.DataFrame(out)
+
+
+def _typed(values: list, sql: str, no_nulls: bool):
+    """A result column: numpy-typed when it has no nulls (Arrow takes it without a look at
+    each value), else objects."""
+    import numpy as np
+    import pandas as pd
+
+    if no_nulls and sql in ("BIGINT", "INT", "DOUBLE"):
+        return pd.Series(np.array(values, dtype=np.float64 if sql == "DOUBLE" else np.int64))
+    return pd.Series(values, dtype=object)
 
 
 def output_sink(cfg: KafkaConfig, topic: str):

@@ -151,6 +151,40 @@ def test_raw_topics_are_validated_in_the_stream_bad_records_dead_lettered_with_t
     assert Counter(topic_values(broker, "dl4")) == _file_lines(root / "raw", "dead_letter")
 
 
+@pytest.mark.parametrize("kind", ["impression", "label"])
+def test_the_in_stream_validation_gives_each_records_row_path_verdict(kind):
+    """CheckRecords (batch path for ordinary records, ``parse_line`` for the rest) = each
+    record through ``parse_line`` alone: the same dead letters (reason, origin, raw) and the
+    same typed columns, in order, on a mix of valid, invalid and other-kind records."""
+    import pandas as pd
+
+    from pipelines.events import SOURCES
+    from pipelines.validate import Validator
+    from runners.kafka import CheckRecords, checked_columns
+    from tests.test_validate import _batch_corpus
+
+    lines = [raw.decode("utf-8", "replace") for raw in _batch_corpus(seed=11, mutants=1500)]
+    parts, offs = pd.Series([i % 3 for i in range(len(lines))]), pd.Series(range(100, 100 + len(lines)))
+    out = CheckRecords(SOURCES["generator"].to_dict(), kind, "t")(pd.Series(lines), parts, offs)
+    v, names = Validator(SOURCES["generator"]), [n for n, _ in checked_columns(SOURCES["generator"], kind)]
+    assert list(out.columns) == ["dl", *names]
+    valid = 0
+    for i, line in enumerate(lines):
+        origin = f"kafka:t/{i % 3}:{100 + i}"
+        got_kind, rec = v.parse_line(line.encode("utf-8"), origin, kind)
+        row = out.iloc[i]
+        if got_kind == kind:
+            valid += 1
+            assert row["dl"] is None and [row[n] for n in names] == [rec[n] for n in names], (line, row)
+        else:
+            dl = json.loads(row["dl"])
+            raw = rec["raw"] if got_kind is None else line.encode("utf-8")  # an oversize one cut
+            assert dl["origin"] == origin and dl["raw"] == raw.decode("utf-8", "replace")
+            assert all(row[n] is None for n in names)
+            assert dl["reason"] == (rec["reason"] if got_kind is None else "unknown_event_kind"), (line, dl)
+    assert 0 < valid < len(lines)
+
+
 def test_kafka_settings_that_would_break_the_ddl_are_refused():
     with pytest.raises(ValueError, match="quote"):
         KafkaConfig("127.0.0.1:9092', 'path' = '/etc")

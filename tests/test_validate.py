@@ -150,3 +150,62 @@ def test_collector_counts_reconcile_over_batches():
     assert sum(t["dead_letter"].num_rows for t in out) == 60
     assert coll.counts.reconciles() and coll.counts.input == 120
     assert coll.counts.dead_letter == {"malformed_json": 30, "invalid_label": 30}
+
+
+def _batch_corpus(seed: int = 5, mutants: int = 3000) -> list[bytes]:
+    """Lines for the batch path: the bad classes, valid variants it must vouch for or leave
+    alone, and random byte mutations of valid lines (most malformed, some still valid)."""
+    import random
+
+    rnd = random.Random(seed)
+    base = [line(GOOD_IMP), line(GOOD_LAB)]
+    valid = [line(with_(GOOD_IMP, kind=..., user_id=12345, bid=3, position=-0.0)),
+             line(with_(GOOD_IMP, site="é" * 200, event_id="ü")),  # non-ASCII, within limits
+             line(with_(GOOD_IMP, bid=2**63, position=2**64 + 1, user_age_days=-(2**63) - 1)),
+             b'{"kind":"impression","kind":"impression",' + line(with_(GOOD_IMP, kind=...))[1:],
+             line(with_(GOOD_LAB, kind=..., label=0, event_id=" "))]
+    others = [line(with_(GOOD_IMP, site="x" * 1024)),  # valid, but left to the row path
+              line(with_(GOOD_IMP, user_id=2**64, extra={"a": [1, None]})),  # the same
+              line(with_(GOOD_IMP, kind=None)), line(with_(GOOD_IMP, event_time=2**64)),
+              line(with_(GOOD_IMP, event_time=True)), b'{"bid": NaN}', b"\xef\xbb\xbf" + line(GOOD_IMP),
+              b"null", b"", line(with_(GOOD_LAB, label=1.0)), line(with_(GOOD_IMP, event_id="\ud800"))]
+    corpus = [raw for raw, _ in BAD_LINES] + base + valid + others
+    alphabet = b'0123456789-+.eE"{}[],: naNIfinityu\\'
+    for _ in range(mutants):
+        b = bytearray(rnd.choice(base + valid))
+        for _ in range(rnd.randint(1, 3)):
+            i, op = rnd.randrange(len(b)), rnd.random()
+            if op < 0.4:
+                b[i] = rnd.choice(alphabet)
+            elif op < 0.7:
+                del b[i]
+            else:
+                b.insert(i, rnd.choice(alphabet))
+        corpus.append(bytes(b))
+    return corpus
+
+
+@pytest.mark.parametrize("kind", [IMPRESSION, LABEL])
+def test_the_batch_path_vouches_only_for_what_the_row_path_accepts_with_the_same_values(kind):
+    corpus = _batch_corpus()
+    text = [raw.decode("utf-8", "replace") for raw in corpus]
+    cols, ok = V.parse_batch(text, kind)
+    vouched = 0
+    for i, t in enumerate(text):
+        got_kind, rec = V.parse_line(t.encode("utf-8", "surrogatepass"), "t", kind)
+        if ok[i]:
+            vouched += 1
+            assert got_kind == kind, (t, rec)
+            assert list(rec) == list(cols) and all(rec[k] == cols[k][i] and type(rec[k]) is type(cols[k][i])
+                                                   for k in rec), (t, rec)
+    row_valid = sum(V.parse_line(t.encode("utf-8", "surrogatepass"), "t", kind)[0] == kind for t in text)
+    # it is the fast path for ordinary records (the corpus's few unusual valid ones aside)
+    assert vouched >= 0.9 * row_valid > 0, (vouched, row_valid)
+
+
+def test_the_batch_path_leaves_unusual_records_to_the_row_path():
+    lines = [line(with_(GOOD_IMP, site="x" * 1024)), line(with_(GOOD_IMP, kind=None)),
+             line(with_(GOOD_IMP, bid=math.nan)), line(with_(GOOD_IMP, event_time=1.7e12)),
+             line(with_(GOOD_LAB, kind=...)), line(GOOD_IMP)]
+    _, ok = V.parse_batch([ln.decode() for ln in lines] + [None], IMPRESSION)
+    assert ok == [False, False, False, False, False, True, False]
