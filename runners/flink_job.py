@@ -450,6 +450,14 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
 
         kafka = KafkaConfig(**cfg.kafka)
         if kafka.validate:  # raw records: validated in the stream, the invalid ones dead letters
+            if not cfg.replay_speedup:  # (a paced job keeps its small bundles: configure)
+                # the validation's pandas UDF in bundles and Arrow batches of 10,000 records, not
+                # Flink's 1,000: its exchange with Python ~1/4 cheaper (README, Kafka's cost). Set
+                # in the table's config, which PyFlink merges into every Python operator's that
+                # does not set its own: the Learner's bundles too (measured with it)
+                for key in ("python.fn-execution.bundle.size", "python.fn-execution.arrow.batch.size"):
+                    if key not in cfg.flink_conf:
+                        t_env.get_config().set(key, "10000")
             for stream, rows in validated_kafka_sources(t_env, kafka, source, D):
                 DataStream(rows.stream).sink_to(file_sink(str(out / "dead_letter"))) \
                     .name(f"sink_dead_letter_{stream}").uid(f"sink_dead_letter_{stream}")
@@ -566,8 +574,9 @@ def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> 
     vectorized Python function), the valid ones typed from the validated record (the columns,
     rowtime and watermark of the file sources); returns the dead letters of each topic (their
     JSON lines). The watermark is taken from the raw record's time before validation (Flink
-    needs it at the source), a time outside the validation's bounds counting as 0: an invalid
-    record can never move the watermark ahead of the valid ones."""
+    needs it at the source; ``driftline.flink.JsonTime``), a time the validation would refuse
+    (out of its bounds, not a JSON integer, in a malformed record) counting as 0: an invalid
+    record can never move the watermark by such a time."""
     from pyflink.common import Types
     from pyflink.table import DataTypes, Schema
     from pyflink.table.udf import udf
@@ -579,16 +588,18 @@ def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> 
     sql_types = {"STRING": DataTypes.STRING(), "BIGINT": DataTypes.BIGINT(), "DOUBLE": DataTypes.DOUBLE(),
                  "INT": DataTypes.INT()}
     bounds = ValidationConfig()
+    # the record's time for the watermark, read in the JVM once per record (driftline.flink.JsonTime)
+    t_env.create_java_temporary_system_function("driftline_json_time", "driftline.flink.JsonTime")
     dead = []
     for stream, kind, time_field, shift, rt in (("impressions", "impression", "event_time", 0, ROWTIME),
                                                 ("labels", "label", "label_time", 1, "jts")):
-        t = f"TRY_CAST(JSON_VALUE(`line`, '$.{time_field}') AS BIGINT)"
+        t = (f"driftline_json_time(`line`, '{time_field}', CAST({bounds.min_time_ms} AS BIGINT), "
+             f"CAST({bounds.max_time_ms} AS BIGINT))")
         opts = kafka.options(stream)
         t_env.execute_sql(
             f"CREATE TABLE {stream}_raw (`line` STRING, `_part` INT METADATA FROM 'partition' VIRTUAL, "
             f"`_off` BIGINT METADATA FROM 'offset' VIRTUAL, "
-            f"{rt} AS TO_TIMESTAMP_LTZ(CASE WHEN {t} >= {bounds.min_time_ms} AND {t} < {bounds.max_time_ms} "
-            f"THEN {t} ELSE 0 END + {shift}, 3), "
+            f"{rt} AS TO_TIMESTAMP_LTZ({t} + {shift}, 3), "
             f"WATERMARK FOR {rt} AS {rt} - {interval(delay_ms + 1)}) WITH ({with_options(opts)}, 'format' = 'raw')")
         cols = checked_columns(source, kind)
         row = DataTypes.ROW([DataTypes.FIELD("dl", DataTypes.STRING()),

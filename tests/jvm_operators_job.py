@@ -84,6 +84,26 @@ def join(a: dict) -> list[list]:
     return _collect(t_env.sql_query(f"SELECT {', '.join(f'`{c}`' for c in JOIN_OUTPUT)} FROM resolved"))
 
 
+def json_time(a: dict) -> list:
+    """``driftline.flink.JsonTime`` (the validated Kafka sources' watermark time) of each of
+    the lines in the JSON file ``a["lines"]`` for the field ``a["field"]`` within ``a["min"]``,
+    ``a["max"]``."""
+    from pyflink.table import DataTypes
+
+    a = {**a, "lines": json.loads(Path(a["lines"]).read_text())}
+    t_env = _env()
+    t_env.create_java_temporary_system_function("json_time", "driftline.flink.JsonTime")
+    rows = t_env.from_elements([(line,) for line in a["lines"]],
+                               DataTypes.ROW([DataTypes.FIELD("line", DataTypes.STRING())]))
+    t_env.create_temporary_view("lines", rows)
+    got = _collect(t_env.sql_query(f"SELECT line, json_time(line, '{a['field']}', CAST({a['min']} AS BIGINT), "
+                                   f"CAST({a['max']} AS BIGINT)) FROM lines"))
+    by_line = {}
+    for line, t in got:  # rows come back in any order: each line's time, in input order
+        by_line[line] = t
+    return [by_line[line] for line in a["lines"]]
+
+
 if __name__ == "__main__":
     args = json.loads(sys.argv[1])
-    Path(sys.argv[2]).write_text(json.dumps({"dedup": dedup, "join": join}[args["op"]](args)))
+    Path(sys.argv[2]).write_text(json.dumps({"dedup": dedup, "join": join, "json_time": json_time}[args["op"]](args)))

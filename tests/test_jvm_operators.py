@@ -89,3 +89,37 @@ def test_the_join_gives_the_reference_outcomes_at_every_boundary(tmp_path):
         late = [r for r in rows if r["info"] == "late"]
         assert late and all(r["inputs"] == (json.dumps([r["event_id"]]) if policy == "correction" else "")
                             for r in late)
+
+
+def test_the_validated_kafka_sources_watermark_time_is_only_a_time_the_validation_accepts(tmp_path):
+    """``driftline.flink.JsonTime``: a record's top-level integer ``event_time`` within the
+    bounds, else 0 (never moves the watermark) — on hand-made cases and on fuzzed records,
+    against Python's json and the validation's bounds."""
+    from pipelines.validate import ValidationConfig
+    from tests.test_validate import GOOD_IMP, _batch_corpus, line, with_
+
+    lo, hi, t = ValidationConfig().min_time_ms, ValidationConfig().max_time_ms, GOOD_IMP["event_time"]
+    cases = {line(GOOD_IMP): t,
+             b'{"event_time": 1704067200001, "event_time": 1704067200002}': t + 2,  # the last, as json
+             b'{"event_time": 1704067200001, "event_time": "1704067200002"}': 0,
+             b'{"ev\\u0065nt_time": 1704067200003}': t + 3,  # an escaped name is the same name
+             b'{"x": {"event_time": 1704067200004}, "y": [1, {"a": 2}]}': 0,  # nested: not the record's
+             line(with_(GOOD_IMP, event_time=1.7e12)): 0, line(with_(GOOD_IMP, event_time=str(t))): 0,
+             line(with_(GOOD_IMP, event_time=True)): 0, line(with_(GOOD_IMP, event_time=hi)): 0,
+             line(with_(GOOD_IMP, event_time=hi - 1)): hi - 1, line(with_(GOOD_IMP, event_time=lo - 1)): 0,
+             line(with_(GOOD_IMP, event_time=2**64)): 0, line(GOOD_IMP) + b" x": 0, line(GOOD_IMP)[:-1]: 0,
+             line(GOOD_IMP) + line(GOOD_IMP): 0, b"[1704067200000]": 0, b"": 0}
+    fuzz = [raw for raw in _batch_corpus(seed=3, mutants=2000)]
+    lines = [raw.decode("utf-8", "replace") for raw in [*cases, *fuzz]]
+    (tmp_path / "lines.json").write_text(json.dumps(lines + [None]))
+    got = _run(tmp_path, {"op": "json_time", "lines": str(tmp_path / "lines.json"), "field": "event_time",
+                          "min": lo, "max": hi})
+    assert got[:len(cases)] == list(cases.values())
+    assert got[-1] == 0  # a message without a value (a tombstone)
+    moved = 0
+    for text, time in zip(lines[len(cases):], got[len(cases):-1]):
+        if time:
+            moved += 1
+            obj = json.loads(text)  # JSON Python reads, the integer it reads, within the bounds
+            assert type(obj["event_time"]) is int and obj["event_time"] == time and lo <= time < hi, text
+    assert moved > 100

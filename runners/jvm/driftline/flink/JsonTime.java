@@ -1,0 +1,54 @@
+/*
+ * driftline: the time of a raw JSON record, for the watermark of a Kafka topic validated in the
+ * stream (runners.flink_job.validated_kafka_sources). Flink needs a record's time at the source,
+ * before the Python validation has looked at it; so this reads one top-level integer field with
+ * Jackson's streaming parser, once per record (the SQL it replaces, a CASE over
+ * TRY_CAST(JSON_VALUE(...)), parsed the whole record three times).
+ *
+ * It returns the field's value only when the validation could accept it as a time: a JSON
+ * integer (not a float, string or boolean) within [min, max), the last one when the name
+ * repeats (Python's json keeps the last), the record one well-formed JSON object. Anything else
+ * is 0, which never moves the watermark: an invalid record cannot move it past valid ones by a
+ * time out of bounds.
+ */
+package driftline.flink;
+
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
+import org.apache.flink.table.functions.ScalarFunction;
+
+public class JsonTime extends ScalarFunction {
+  private static final JsonFactory JSON = new JsonFactory();
+
+  public long eval(String line, String field, long min, long max) {
+    if (line == null) {
+      return 0L;
+    }
+    long t = 0L;
+    boolean integer = false;
+    try (JsonParser p = JSON.createParser(line)) {
+      if (p.nextToken() != JsonToken.START_OBJECT) {
+        return 0L;
+      }
+      JsonToken token;
+      while ((token = p.nextToken()) == JsonToken.FIELD_NAME) {
+        String name = p.currentName();
+        JsonToken value = p.nextToken();
+        if (field.equals(name)) {
+          integer = value == JsonToken.VALUE_NUMBER_INT
+              && p.getNumberType() != JsonParser.NumberType.BIG_INTEGER;
+          t = integer ? p.getLongValue() : 0L;
+        } else {
+          p.skipChildren();
+        }
+      }
+      if (token != JsonToken.END_OBJECT || p.nextToken() != null) {
+        return 0L;  // not one object: trailing text, or the input ended inside it
+      }
+    } catch (java.io.IOException | RuntimeException e) {
+      return 0L;  // malformed JSON
+    }
+    return integer && t >= min && t < max ? t : 0L;
+  }
+}
