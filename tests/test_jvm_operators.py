@@ -96,7 +96,7 @@ def test_the_validated_kafka_sources_watermark_time_is_only_a_time_the_validatio
     bounds, else 0 (never moves the watermark) — on hand-made cases and on fuzzed records,
     against Python's json and the validation's bounds."""
     from pipelines.validate import ValidationConfig
-    from tests.test_validate import GOOD_IMP, _batch_corpus, line, with_
+    from test_validate import GOOD_IMP, _batch_corpus, line, with_
 
     lo, hi, t = ValidationConfig().min_time_ms, ValidationConfig().max_time_ms, GOOD_IMP["event_time"]
     cases = {line(GOOD_IMP): t,

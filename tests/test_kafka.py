@@ -161,7 +161,7 @@ def test_the_in_stream_validation_gives_each_records_row_path_verdict(kind):
     from pipelines.events import SOURCES
     from pipelines.validate import Validator
     from runners.kafka import CheckRecords, checked_columns
-    from tests.test_validate import _batch_corpus
+    from test_validate import _batch_corpus
 
     lines = [raw.decode("utf-8", "replace") for raw in _batch_corpus(seed=11, mutants=1500)]
     parts, offs = pd.Series([i % 3 for i in range(len(lines))]), pd.Series(range(100, 100 + len(lines)))
