@@ -119,7 +119,7 @@ class Validator:
 
         n, cfg = len(lines), self.config
         ok = np.zeros(n, bool)
-        objs: list = [None] * n
+        objs: list[dict] = [{}] * n  # a line orjson cannot read as an object: no fields (not ok)
         chars = cfg.max_record_bytes // 4  # UTF-8: at most 4 bytes per character
         for i, line in enumerate(lines):
             if line is None or len(line) > chars:
@@ -132,14 +132,12 @@ class Validator:
                 objs[i] = obj
                 ok[i] = True
         absent = object()
-        good = [o if o is not None else {} for o in objs]
-        kinds = [o.get("kind", absent) for o in good]
-        ok &= np.fromiter((k is absent or k == kind for k in kinds), bool, n)
+        ok &= np.fromiter((k is absent or k == kind for k in (o.get("kind", absent) for o in objs)), bool, n)
         short = cfg.max_string_bytes // 4
         columns: dict[str, list] = {}
         for f in self._schemas[kind]:
             name = f.name
-            vals = [o.get(name) for o in good]
+            vals = [o.get(name) for o in objs]
             if name in ("event_id", "label_type"):
                 ok &= np.fromiter((type(v) is str and 0 < len(v) <= short for v in vals), bool, n)
             elif name in ("event_time", "label_time"):

@@ -173,9 +173,10 @@ class CheckRecords:
             dead[i] = json.dumps({**rec, "raw": rec["raw"].decode("utf-8", "replace")}, sort_keys=True)
             for col in cols.values():
                 col[i] = None
+        every = all(ok)
         out = {"dl": pd.Series(dead, dtype=object)}
         for name, sql in self._columns:
-            out[name] = _typed(cols[name], sql, all(ok) or None not in cols[name])
+            out[name] = _typed(cols[name], sql, every or None not in cols[name])
         return pd.DataFrame(out)
 
 
