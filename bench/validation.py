@@ -79,14 +79,14 @@ def job(variant: str, event_dir: Path, source: str, kafka, out: Path, bundle: in
         for key in ("python.fn-execution.bundle.size", "python.fn-execution.arrow.batch.size"):
             t_env.get_config().set(key, str(bundle))
     t_env.create_java_temporary_system_function("driftline_json_time", "driftline.flink.JsonTime")
-    t = "TRY_CAST(JSON_VALUE(`line`, '$.event_time') AS BIGINT)"
+    t = "TRY_CAST(JSON_VALUE(CAST(`line` AS STRING), '$.event_time') AS BIGINT)"
     rowtime = {"source": "",
                "watermark_sql": f"rt AS TO_TIMESTAMP_LTZ(CASE WHEN {t} >= {bounds.min_time_ms} AND "
                                 f"{t} < {bounds.max_time_ms} THEN {t} ELSE 0 END, 3), "}.get(
         variant, f"rt AS TO_TIMESTAMP_LTZ(driftline_json_time(`line`, 'event_time', "
                  f"CAST({bounds.min_time_ms} AS BIGINT), CAST({bounds.max_time_ms} AS BIGINT)), 3), ")
     watermark = "WATERMARK FOR rt AS rt - INTERVAL '1' MINUTE, " if rowtime else ""
-    t_env.execute_sql(f"CREATE TABLE raw_records (`line` STRING, `_part` INT METADATA FROM 'partition' VIRTUAL, "
+    t_env.execute_sql(f"CREATE TABLE raw_records (`line` BYTES, `_part` INT METADATA FROM 'partition' VIRTUAL, "
                       f"`_off` BIGINT METADATA FROM 'offset' VIRTUAL, {rowtime}{watermark}`one` AS 1) "
                       f"WITH ({with_options(kafka.options('impressions'))}, 'format' = 'raw')")
     if variant.startswith("udf"):

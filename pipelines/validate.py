@@ -97,8 +97,8 @@ class Validator:
                                kind, origin, raw)
         return self.check(obj, origin, raw, kind, from_text=False)
 
-    def parse_batch(self, lines: list[str | None], kind: str) -> tuple[dict[str, list], list[bool]]:
-        """Many JSONL lines of one ``kind`` (text, without newlines) at once, for speed:
+    def parse_batch(self, lines: list[bytes | str | None], kind: str) -> tuple[dict[str, list], list[bool]]:
+        """Many JSONL lines of one ``kind`` (bytes or text, without newlines) at once, for speed:
         ``(columns, ok)``, where ``ok[i]`` says line i is valid and its typed fields are
         ``columns[name][i]`` (exactly ``parse_line``'s record); a line not ``ok`` may be valid or
         not: ``parse_line`` decides it (and names its reason). Parsed by orjson, checked a column
@@ -122,7 +122,8 @@ class Validator:
         objs: list[dict] = [{}] * n  # a line orjson cannot read as an object: no fields (not ok)
         chars = cfg.max_record_bytes // 4  # UTF-8: at most 4 bytes per character
         for i, line in enumerate(lines):
-            if line is None or len(line) > chars:
+            # bytes: orjson refuses invalid UTF-8 (and a BOM), which parse_line names
+            if line is None or len(line) > (cfg.max_record_bytes if type(line) is bytes else chars):
                 continue
             try:
                 obj = orjson.loads(line)

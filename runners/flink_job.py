@@ -64,7 +64,7 @@ class JobConfig:
     # default: with an idle impression source the label source alone drives the join's
     # watermark, which can pass impressions still inside a Python function (then dropped late)
     idle_timeout_ms: int = 0
-    restart_attempts: int = 5  # consecutive restarts (backing off) before the job fails
+    restart_attempts: int = 5  # consecutive restarts (backing off) before the job fails; 0: none
     # idle-state retention (processing time) of keyed Flink SQL state, a safety bound: the
     # job's keyed state (dedup, join) lives in our Java operators, freed in event time
     dedup_ttl_ms: int = 2 * 86_400_000
@@ -234,6 +234,18 @@ def local_options(cfg: JobConfig) -> dict[str, str]:
             **prometheus_options(cfg.prometheus_ports)}
 
 
+def _restart_backoff(conf, attempts: int) -> None:
+    """Exponential-delay restarts: ``attempts`` in a row (1 s, 2 s, 4 s, ... at most 1 min
+    apart; reset after an hour without a failure)."""
+    conf.set_string("restart-strategy.type", "exponential-delay")
+    conf.set_string("restart-strategy.exponential-delay.attempts-before-reset-backoff", str(attempts))
+    conf.set_string("restart-strategy.exponential-delay.initial-backoff", "1 s")
+    conf.set_string("restart-strategy.exponential-delay.backoff-multiplier", "2.0")
+    conf.set_string("restart-strategy.exponential-delay.max-backoff", "1 min")
+    conf.set_string("restart-strategy.exponential-delay.reset-backoff-threshold", "1 h")
+    conf.set_string("restart-strategy.exponential-delay.jitter-factor", "0.1")
+
+
 def configure(cfg: JobConfig):
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
@@ -271,13 +283,10 @@ def configure(cfg: JobConfig):
     # hour without a failure): failures in a burst while a TaskManager comes back (its tasks
     # and Python workers deploying on a loaded machine) spread over half a minute with the
     # default 5 attempts instead of using them up in 5 s
-    conf.set_string("restart-strategy.type", "exponential-delay")
-    conf.set_string("restart-strategy.exponential-delay.attempts-before-reset-backoff", str(cfg.restart_attempts))
-    conf.set_string("restart-strategy.exponential-delay.initial-backoff", "1 s")
-    conf.set_string("restart-strategy.exponential-delay.backoff-multiplier", "2.0")
-    conf.set_string("restart-strategy.exponential-delay.max-backoff", "1 min")
-    conf.set_string("restart-strategy.exponential-delay.reset-backoff-threshold", "1 h")
-    conf.set_string("restart-strategy.exponential-delay.jitter-factor", "0.1")
+    if cfg.restart_attempts <= 0:  # fail at the first failure (Flink refuses 0 attempts to back off)
+        conf.set_string("restart-strategy.type", "none")
+    else:
+        _restart_backoff(conf, cfg.restart_attempts)
     if cfg.replay_speedup:
         # a checkpoint barrier waits until the Python worker finished its current bundle: at a
         # paced rate a default bundle (up to 100k rows) takes minutes, so a paced job keeps its
@@ -597,7 +606,7 @@ def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> 
              f"CAST({bounds.max_time_ms} AS BIGINT))")
         opts = kafka.options(stream)
         t_env.execute_sql(
-            f"CREATE TABLE {stream}_raw (`line` STRING, `_part` INT METADATA FROM 'partition' VIRTUAL, "
+            f"CREATE TABLE {stream}_raw (`line` BYTES, `_part` INT METADATA FROM 'partition' VIRTUAL, "
             f"`_off` BIGINT METADATA FROM 'offset' VIRTUAL, "
             f"{rt} AS TO_TIMESTAMP_LTZ({t} + {shift}, 3), "
             f"WATERMARK FOR {rt} AS {rt} - {interval(delay_ms + 1)}) WITH ({with_options(opts)}, 'format' = 'raw')")

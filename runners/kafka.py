@@ -119,7 +119,8 @@ def checked_columns(source, kind: str) -> list[tuple[str, str]]:
 
 
 class CheckRecords:
-    """The body of the in-stream validation's pandas UDF: each raw message of a topic (its text,
+    """The body of the in-stream validation's pandas UDF: each raw message of a topic (its
+    bytes, as they came: invalid UTF-8 is a dead letter, not a failed Arrow conversion; its
     partition and offset) -> one row: ``dl``, null for a valid record, whose columns
     (``checked_columns``) follow, typed; else its dead letter as a JSON line (reason, detail,
     kind, origin ``kafka:<topic>/<partition>:<offset>``, raw) and null columns. The rules are
@@ -131,8 +132,8 @@ class CheckRecords:
     >>> from pipelines.events import SOURCES
     >>> import pandas as pd
     >>> check = CheckRecords(SOURCES["generator"].to_dict(), "label", "lab")
-    >>> ok = '{"event_id":"e1","label_time":1700000000000,"label":1,"label_type":"conversion"}'
-    >>> out = check(pd.Series([ok, '{"event_id":"e1"}']), pd.Series([0, 0]), pd.Series([7, 8]))
+    >>> ok = b'{"event_id":"e1","label_time":1700000000000,"label":1,"label_type":"conversion"}'
+    >>> out = check(pd.Series([ok, b'{"event_id":"e1"}']), pd.Series([0, 0]), pd.Series([7, 8]))
     >>> list(out.columns), out.loc[0].tolist()
     (['dl', 'event_id', 'label_time', 'label'], [None, 'e1', 1700000000000, 1])
     >>> json.loads(out.loc[1, "dl"])["reason"], json.loads(out.loc[1, "dl"])["origin"], out.loc[1, "event_id"]
@@ -160,9 +161,14 @@ class CheckRecords:
         cols = {name: cols[name] for name, _ in self._columns}
         dead: list = [None] * n
         for i in (i for i, good in enumerate(ok) if not good):
-            raw = (lines[i] or "").encode("utf-8")
+            line = lines[i]  # a message's bytes (text from a STRING column)
+            raw = b"" if line is None else line if type(line) is bytes else line.encode("utf-8")
             origin = f"kafka:{self.topic}/{int(partitions.iloc[i])}:{int(offsets.iloc[i])}"
-            kind, rec = self._validator.parse_line(raw, origin, self.kind)
+            if line is None:
+                kind, rec = None, {"reason": Reason.MALFORMED_JSON.value, "kind": self.kind, "origin": origin,
+                                   "detail": "a message without a value (a tombstone)", "raw": raw}
+            else:
+                kind, rec = self._validator.parse_line(raw, origin, self.kind)
             if kind == self.kind:
                 for name, col in cols.items():
                     col[i] = rec.get(name)

@@ -86,22 +86,21 @@ def join(a: dict) -> list[list]:
 
 def json_time(a: dict) -> list:
     """``driftline.flink.JsonTime`` (the validated Kafka sources' watermark time) of each of
-    the lines in the JSON file ``a["lines"]`` for the field ``a["field"]`` within ``a["min"]``,
-    ``a["max"]``."""
+    the messages in the JSON file ``a["lines"]`` (hex of their bytes, or null) for the field
+    ``a["field"]`` within ``a["min"]``, ``a["max"]``: as the job calls it, on BYTES."""
     from pyflink.table import DataTypes
 
-    a = {**a, "lines": json.loads(Path(a["lines"]).read_text())}
+    lines = [None if h is None else bytes.fromhex(h) for h in json.loads(Path(a["lines"]).read_text())]
     t_env = _env()
     t_env.create_java_temporary_system_function("json_time", "driftline.flink.JsonTime")
-    rows = t_env.from_elements([(line,) for line in a["lines"]],
-                               DataTypes.ROW([DataTypes.FIELD("line", DataTypes.STRING())]))
+    rows = t_env.from_elements([(i, None if line is None else bytearray(line)) for i, line in enumerate(lines)],
+                               DataTypes.ROW([DataTypes.FIELD("i", DataTypes.INT()),
+                                              DataTypes.FIELD("line", DataTypes.BYTES())]))
     t_env.create_temporary_view("lines", rows)
-    got = _collect(t_env.sql_query(f"SELECT line, json_time(line, '{a['field']}', CAST({a['min']} AS BIGINT), "
+    got = _collect(t_env.sql_query(f"SELECT i, json_time(line, '{a['field']}', CAST({a['min']} AS BIGINT), "
                                    f"CAST({a['max']} AS BIGINT)) FROM lines"))
-    by_line = {}
-    for line, t in got:  # rows come back in any order: each line's time, in input order
-        by_line[line] = t
-    return [by_line[line] for line in a["lines"]]
+    by_index = dict(got)  # rows come back in any order: each line's time, in input order
+    return [by_index[i] for i in range(len(lines))]
 
 
 if __name__ == "__main__":

@@ -108,18 +108,21 @@ def test_the_validated_kafka_sources_watermark_time_is_only_a_time_the_validatio
              line(with_(GOOD_IMP, event_time=True)): 0, line(with_(GOOD_IMP, event_time=hi)): 0,
              line(with_(GOOD_IMP, event_time=hi - 1)): hi - 1, line(with_(GOOD_IMP, event_time=lo - 1)): 0,
              line(with_(GOOD_IMP, event_time=2**64)): 0, line(GOOD_IMP) + b" x": 0, line(GOOD_IMP)[:-1]: 0,
-             line(GOOD_IMP) + line(GOOD_IMP): 0, b"[1704067200000]": 0, b"": 0}
+             line(GOOD_IMP) + line(GOOD_IMP): 0, b"[1704067200000]": 0, b"": 0,
+             line(with_(GOOD_IMP, site="\xff")).replace(b"\\u00ff", b"\xff"): 0,  # not UTF-8
+             json.dumps(GOOD_IMP).encode("utf-16"): 0, json.dumps(GOOD_IMP).encode("utf-32-le"): 0}
     fuzz = [raw for raw in _batch_corpus(seed=3, mutants=2000)]
-    lines = [raw.decode("utf-8", "replace") for raw in [*cases, *fuzz]]
-    (tmp_path / "lines.json").write_text(json.dumps(lines + [None]))
+    lines = [*cases, *fuzz]
+    (tmp_path / "lines.json").write_text(json.dumps([raw.hex() for raw in lines] + [None]))
     got = _run(tmp_path, {"op": "json_time", "lines": str(tmp_path / "lines.json"), "field": "event_time",
                           "min": lo, "max": hi})
     assert got[:len(cases)] == list(cases.values())
     assert got[-1] == 0  # a message without a value (a tombstone)
     moved = 0
-    for text, time in zip(lines[len(cases):], got[len(cases):-1]):
+    for raw, time in zip(lines[len(cases):], got[len(cases):-1]):
         if time:
             moved += 1
-            obj = json.loads(text)  # JSON Python reads, the integer it reads, within the bounds
+            text = raw.decode("utf-8")  # UTF-8 ...
+            obj = json.loads(text)  # ... JSON Python reads, the integer it reads, within the bounds
             assert type(obj["event_time"]) is int and obj["event_time"] == time and lo <= time < hi, text
     assert moved > 100

@@ -108,15 +108,18 @@ def test_a_message_that_is_not_an_event_fails_the_job_with_a_clear_error(runs, b
     producer.close()
     kafka.end_offsets["labels"][0] = bad.offset + 1
     with pytest.raises(RuntimeError, match="streaming job failed") as failed:
-        run_stream(root / "ev", root / "bad", "generator", kafka=kafka.to_dict(), restart_attempts=1)
+        # no restart (Flink's "none" strategy: 0 attempts): the first failure is the job's
+        run_stream(root / "ev", root / "bad", "generator", kafka=kafka.to_dict(), restart_attempts=0)
     assert "Failed to deserialize JSON" in str(failed.value) and "e-bad" in str(failed.value)
+    assert "NoRestartBackoffTimeStrategy" in (root / "bad" / "flink.log").read_text()
 
 
 def test_raw_topics_are_validated_in_the_stream_bad_records_dead_lettered_with_their_reasons(runs, broker):
     """``validate``: producers' raw records, checked in the stream by ``pipelines.validate``'s
     rules. Bad records planted first on both topics (one far in the future: it must not move the
     watermark) become dead letters with their reasons and Kafka origins; the job goes on and
-    every other output equals the file run's."""
+    every other output equals the file run's. A message that is not UTF-8 and one without a
+    value (a tombstone) are dead letters too, not a failed job."""
     from kafka import KafkaProducer
 
     root, _, files, _, _ = runs
@@ -127,10 +130,11 @@ def test_raw_topics_are_validated_in_the_stream_bad_records_dead_lettered_with_t
                     b'{"event_id": "b3", "event_time": 4102444800000, "user_id": "u", "item_id": "i"}',
                     b'{"kind": "label", "event_id": "b4", "label_time": 1700000000000, "label": 1, '
                     b'"label_type": "conversion"}'],
-           "lab4": [b'{"event_id": "b5", "label_time": "soon", "label": 1}', b'[1, 2]']}
+           "lab4": [b'{"event_id": "b5", "label_time": "soon", "label": 1}', b'[1, 2]',
+                    b'{"event_id": "b\xff6", "label_time": 1700000000000, "label": 1}', None]}  # not UTF-8; no value
     for topic, values in bad.items():
         for v in values:
-            producer.send(topic, value=v).get(timeout=30)
+            producer.send(topic, value=v, key=None if v else b"gone").get(timeout=30)  # a tombstone has a key
     producer.close()
     ends = publish(root / "ev", kafka)
     kafka.end_offsets = ends
@@ -139,10 +143,12 @@ def test_raw_topics_are_validated_in_the_stream_bad_records_dead_lettered_with_t
     for name in ("predictions", "examples", "late_labels", "updates"):
         assert _lines(root / "raw", name) == _lines(root / "files", name), name
     dead = [r for r in read_output(root / "raw", "dead_letter") if r["origin"].startswith("kafka:")]
-    why = ["malformed_json", "missing_field", "future_timestamp", "unknown_event_kind", "wrong_type", "malformed_json"]
-    planted = [(f"kafka:{topic}", v.decode()) for topic, values in bad.items() for v in values]
+    why = ["malformed_json", "missing_field", "future_timestamp", "unknown_event_kind", "wrong_type", "malformed_json",
+           "invalid_utf8", "malformed_json"]
+    planted = [(f"kafka:{topic}", (v or b"").decode("utf-8", "replace"))
+               for topic, values in bad.items() for v in values]
     got = {(r["origin"].split("/")[0], r["raw"]): r["reason"] for r in dead}
-    assert len(dead) == 6 and got == dict(zip(planted, why))
+    assert len(dead) == 8 and got == dict(zip(planted, why))
     assert all(re.fullmatch(r"kafka:\w+/\d+:\d+", r["origin"]) for r in dead)  # topic/partition:offset
     others = Counter(json.dumps(r, sort_keys=True) for r in read_output(root / "raw", "dead_letter")
                      if not r["origin"].startswith("kafka:"))
@@ -155,7 +161,8 @@ def test_raw_topics_are_validated_in_the_stream_bad_records_dead_lettered_with_t
 def test_the_in_stream_validation_gives_each_records_row_path_verdict(kind):
     """CheckRecords (batch path for ordinary records, ``parse_line`` for the rest) = each
     record through ``parse_line`` alone: the same dead letters (reason, origin, raw) and the
-    same typed columns, in order, on a mix of valid, invalid and other-kind records."""
+    same typed columns, in order, on a mix of valid, invalid (invalid UTF-8 among them: the
+    messages' bytes as they came) and other-kind records, and a message without a value."""
     import pandas as pd
 
     from pipelines.events import SOURCES
@@ -163,26 +170,30 @@ def test_the_in_stream_validation_gives_each_records_row_path_verdict(kind):
     from runners.kafka import CheckRecords, checked_columns
     from test_validate import _batch_corpus
 
-    lines = [raw.decode("utf-8", "replace") for raw in _batch_corpus(seed=11, mutants=1500)]
+    lines = [*_batch_corpus(seed=11, mutants=1500), None]
+    assert any(b"\xff" in line for line in lines[:-1])  # not UTF-8
     parts, offs = pd.Series([i % 3 for i in range(len(lines))]), pd.Series(range(100, 100 + len(lines)))
     out = CheckRecords(SOURCES["generator"].to_dict(), kind, "t")(pd.Series(lines), parts, offs)
     v, names = Validator(SOURCES["generator"]), [n for n, _ in checked_columns(SOURCES["generator"], kind)]
     assert list(out.columns) == ["dl", *names]
     valid = 0
-    for i, line in enumerate(lines):
+    for i, line in enumerate(lines[:-1]):
         origin = f"kafka:t/{i % 3}:{100 + i}"
-        got_kind, rec = v.parse_line(line.encode("utf-8"), origin, kind)
+        got_kind, rec = v.parse_line(line, origin, kind)
         row = out.iloc[i]
         if got_kind == kind:
             valid += 1
             assert row["dl"] is None and [row[n] for n in names] == [rec[n] for n in names], (line, row)
         else:
             dl = json.loads(row["dl"])
-            raw = rec["raw"] if got_kind is None else line.encode("utf-8")  # an oversize one cut
+            raw = rec["raw"] if got_kind is None else line  # an oversize one cut
             assert dl["origin"] == origin and dl["raw"] == raw.decode("utf-8", "replace")
             assert all(row[n] is None for n in names)
             assert dl["reason"] == (rec["reason"] if got_kind is None else "unknown_event_kind"), (line, dl)
     assert 0 < valid < len(lines)
+    tombstone = json.loads(out.iloc[-1]["dl"])
+    assert tombstone["reason"] == "malformed_json" and "tombstone" in tombstone["detail"]
+    assert tombstone["raw"] == "" and tombstone["origin"] == f"kafka:t/{(len(lines) - 1) % 3}:{99 + len(lines)}"
 
 
 def test_kafka_settings_that_would_break_the_ddl_are_refused():

@@ -154,7 +154,8 @@ def test_collector_counts_reconcile_over_batches():
 
 def _batch_corpus(seed: int = 5, mutants: int = 3000) -> list[bytes]:
     """Lines for the batch path: the bad classes, valid variants it must vouch for or leave
-    alone, and random byte mutations of valid lines (most malformed, some still valid)."""
+    alone, and random byte mutations of valid lines (most malformed, some still valid, some
+    not UTF-8)."""
     import random
 
     rnd = random.Random(seed)
@@ -179,26 +180,31 @@ def _batch_corpus(seed: int = 5, mutants: int = 3000) -> list[bytes]:
                 b[i] = rnd.choice(alphabet)
             elif op < 0.7:
                 del b[i]
-            else:
+            elif op < 0.95:
                 b.insert(i, rnd.choice(alphabet))
+            else:  # a byte of a multi-byte UTF-8 sequence, alone: not UTF-8 any more (mostly)
+                b.insert(i, rnd.randrange(0x80, 0x100))
         corpus.append(bytes(b))
     return corpus
 
 
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["text", "bytes"])
 @pytest.mark.parametrize("kind", [IMPRESSION, LABEL])
-def test_the_batch_path_vouches_only_for_what_the_row_path_accepts_with_the_same_values(kind):
+def test_the_batch_path_vouches_only_for_what_the_row_path_accepts_with_the_same_values(kind, as_bytes):
+    """On lines as text and as bytes (Kafka messages as they came, invalid UTF-8 among them)."""
     corpus = _batch_corpus()
-    text = [raw.decode("utf-8", "replace") for raw in corpus]
+    text = corpus if as_bytes else [raw.decode("utf-8", "replace") for raw in corpus]
     cols, ok = V.parse_batch(text, kind)
     vouched = 0
     for i, t in enumerate(text):
-        got_kind, rec = V.parse_line(t.encode("utf-8", "surrogatepass"), "t", kind)
+        got_kind, rec = V.parse_line(t if as_bytes else t.encode("utf-8", "surrogatepass"), "t", kind)
         if ok[i]:
             vouched += 1
             assert got_kind == kind, (t, rec)
             assert list(rec) == list(cols) and all(rec[k] == cols[k][i] and type(rec[k]) is type(cols[k][i])
                                                    for k in rec), (t, rec)
-    row_valid = sum(V.parse_line(t.encode("utf-8", "surrogatepass"), "t", kind)[0] == kind for t in text)
+    row_valid = sum(V.parse_line(t if as_bytes else t.encode("utf-8", "surrogatepass"), "t", kind)[0] == kind
+                    for t in text)
     # it is the fast path for ordinary records (the corpus's few unusual valid ones aside)
     assert vouched >= 0.9 * row_valid > 0, (vouched, row_valid)
 

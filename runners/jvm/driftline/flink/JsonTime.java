@@ -9,7 +9,8 @@
  * integer (not a float, string or boolean) within [min, max), the last one when the name
  * repeats (Python's json keeps the last), the record one well-formed JSON object. Anything else
  * is 0, which never moves the watermark: an invalid record cannot move it past valid ones by a
- * time out of bounds.
+ * time out of bounds. A message's bytes that are not UTF-8 (which the validation refuses) are 0
+ * too: they are decoded strictly first (Jackson would guess UTF-16 or 32 from the first bytes).
  */
 package driftline.flink;
 
@@ -18,8 +19,33 @@ import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
 import org.apache.flink.table.functions.ScalarFunction;
 
+import java.nio.ByteBuffer;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CharsetDecoder;
+import java.nio.charset.CodingErrorAction;
+import java.nio.charset.StandardCharsets;
+
 public class JsonTime extends ScalarFunction {
   private static final JsonFactory JSON = new JsonFactory();
+  private transient CharsetDecoder utf8;  // strict: malformed input is an error (an instance per task)
+
+  public long eval(byte[] line, String field, long min, long max) {
+    if (line == null) {
+      return 0L;
+    }
+    if (utf8 == null) {
+      utf8 = StandardCharsets.UTF_8.newDecoder()
+          .onMalformedInput(CodingErrorAction.REPORT)
+          .onUnmappableCharacter(CodingErrorAction.REPORT);
+    }
+    String text;
+    try {
+      text = utf8.decode(ByteBuffer.wrap(line)).toString();
+    } catch (CharacterCodingException e) {
+      return 0L;  // not UTF-8: the validation's invalid_utf8
+    }
+    return eval(text, field, min, max);
+  }
 
   public long eval(String line, String field, long min, long max) {
     if (line == null) {
