@@ -1053,13 +1053,23 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         from runners.stream import draining_restored_kafka_replay
 
         job_cfg = JobConfig.from_dict(json.loads((out / "job.json").read_text()))
-        with (draining_restored_kafka_replay(job_cfg, out, cfg.rest_url, job_id) if from_savepoint  # FLINK-31006
-              else nullcontext()):
-            state = cluster.wait(cfg, job_id)
+        try:
+            with (draining_restored_kafka_replay(job_cfg, out, cfg.rest_url, job_id) if from_savepoint  # FLINK-31006
+                  else nullcontext()):
+                state = cluster.wait(cfg, job_id)
+        except KeyboardInterrupt:  # the job is the cluster's: Ctrl-C only stops waiting for it
+            console.print(f"\nno longer waiting: job {job_id} keeps running on the cluster; stop it with "
+                          f"`driftline savepoint {job_id} --stop` (then resume with --from-savepoint)")
+            raise typer.Exit(130)
         console.print(f"job {job_id}: {state}")
         if state == "FINISHED":
             _print_run(summarize(out, read_manifest(event_dir), final=True))
         else:
+            why = cluster.failure(cfg, job_id) if state == "FAILED" else None
+            if why:
+                from rich.markup import escape
+
+                console.print(f"[red]error:[/red] {escape(why)}")
             raise typer.Exit(1)
 
 

@@ -406,14 +406,34 @@ def job_state(cfg: ClusterConfig, job_id: str) -> str:
         return json.loads(r.read())["state"]
 
 
-def wait(cfg: ClusterConfig, job_id: str, timeout: float = 600) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait(cfg: ClusterConfig, job_id: str, timeout: float | None = None) -> str:
+    """The job's final state (FINISHED, FAILED, CANCELED) once it has one; ``timeout`` seconds
+    at most (None: as long as it runs — a replay of days of events may take hours)."""
+    deadline = None if timeout is None else time.time() + timeout
+    while deadline is None or time.time() < deadline:
         state = job_state(cfg, job_id)
         if state in ("FINISHED", "FAILED", "CANCELED"):
             return state
         time.sleep(1)
     raise TimeoutError(f"job {job_id} still running after {timeout:.0f}s")
+
+
+def failure(cfg: ClusterConfig, job_id: str) -> str | None:
+    """Why the job last failed, from the JobManager's exception history (REST
+    ``/jobs/<id>/exceptions``): the failure, the task it happened in, and its chain of causes
+    (each "Caused by" of its stack trace, at most 300 characters each: the message that names a
+    bad record is usually in the middle); None without one."""
+    with urllib.request.urlopen(f"{cfg.rest_url}/jobs/{job_id}/exceptions?maxExceptions=1", timeout=5) as r:
+        entries = json.loads(r.read()).get("exceptionHistory", {}).get("entries", [])
+    if not entries:
+        return None
+    e = entries[0]  # the newest
+    trace = e.get("stacktrace") or ""
+    lines = trace.splitlines()
+    causes = [ln.strip()[:300] for ln in lines if ln.startswith("Caused by:")]
+    where = f" in {e['taskName']}" if e.get("taskName") else ""
+    head = (lines[0].strip()[:300] if lines else e.get("exceptionName", "")) + where
+    return "\n".join([head, *causes])
 
 
 def to_dict(cfg: ClusterConfig) -> dict:

@@ -150,6 +150,24 @@ def test_the_cluster_reads_kafka_topics(standalone, mini, tmp_path):
     assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
 
 
+def test_a_failed_job_names_its_cause(standalone, mini, tmp_path):
+    """A job that fails on the cluster (a part file corrupted after its validation; no
+    restarts): ``cluster.failure`` gives the failure and its root cause from the JobManager's
+    exception history — what ``driftline submit --wait`` prints before it exits 1."""
+    import shutil
+
+    root, _ = mini
+    shutil.copytree(root / "ev", tmp_path / "ev")
+    part = sorted((tmp_path / "ev" / "labels").glob("part-*"))[-1]
+    part.write_bytes(part.read_bytes() + b'{"event_id": "e-broken", "label_time": \n')
+    prepare_run(tmp_path / "ev", tmp_path / "broken", "generator", JOIN, artifact=root / "local" / "transform",
+                parallelism=2, restart_attempts=0)
+    job_id = cluster.submit(standalone, tmp_path / "broken" / "job.json")
+    assert cluster.wait(standalone, job_id, timeout=600) == "FAILED"
+    why = cluster.failure(standalone, job_id)
+    assert why is not None and "Caused by:" in why and "e-broken" in why, why
+
+
 def _rest(cfg, path: str) -> dict:
     with urllib.request.urlopen(f"{cfg.rest_url}{path}", timeout=5) as r:
         return json.loads(r.read())
@@ -164,11 +182,15 @@ def _until(cond, what: str, timeout: float = 300) -> None:
 
 
 def test_cli_stop_with_a_savepoint_and_resume_the_same_run(standalone, tmp_path):
-    """The operator's sequence through the command line: ``driftline submit --no-wait``,
-    ``driftline savepoint JOB --stop`` mid-stream, ``driftline submit --from-savepoint PATH``
-    into the same run folder. The resumed run keeps what the first part committed (before,
-    re-preparing the folder deleted it) and the two parts give the uninterrupted run's outputs."""
+    """The operator's sequence through the command line: ``driftline submit`` (waiting, then
+    Ctrl-C: it stops waiting, the job runs on), ``driftline savepoint JOB --stop`` mid-stream,
+    ``driftline submit --from-savepoint PATH`` into the same run folder. The resumed run keeps
+    what the first part committed (before, re-preparing the folder deleted it) and the two parts
+    give the uninterrupted run's outputs."""
     import re
+    import signal
+    import subprocess
+    import sys
 
     from typer.testing import CliRunner
 
@@ -178,11 +200,22 @@ def test_cli_stop_with_a_savepoint_and_resume_the_same_run(standalone, tmp_path)
     where = ["--root", standalone.root, "--rest-port", str(standalone.rest_port)]
     generate_event_dir(tmp_path / "ev", GeneratorConfig(events=30_000, seed=23))
     local = run_stream(tmp_path / "ev", tmp_path / "local", "generator")
-    run = tmp_path / "run"
-    r = cli.invoke(app, ["submit", "--data", str(tmp_path / "ev"), "--out", str(run), "--no-wait",
-                         "--speedup", "600", *where])
-    assert r.exit_code == 0, r.output
-    job_id = re.search(r"job id: ([0-9a-f]{32})", r.output).group(1)
+    run, log = tmp_path / "run", tmp_path / "submit.log"
+    waiting = subprocess.Popen([sys.executable, "-m", "runners.cli", "submit", "--data", str(tmp_path / "ev"),
+                                "--out", str(run), "--speedup", "600", *where],
+                               stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        _until(lambda: "job id: " in log.read_text() or waiting.poll() is not None, "the submitted job's id")
+        found = re.search(r"job id: ([0-9a-f]{32})", log.read_text())
+        assert found, log.read_text()
+        job_id = found.group(1)
+        _until(lambda: cluster.job_state(standalone, job_id) == "RUNNING", "the job running")
+        waiting.send_signal(signal.SIGINT)  # Ctrl-C while `submit` waits for the job's end
+        assert waiting.wait(60) == 130, log.read_text()
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert f"job {job_id} keeps running" in log.read_text() and "Traceback" not in log.read_text()
 
     def running_with_a_checkpoint() -> bool:
         job = _rest(standalone, f"/jobs/{job_id}")
