@@ -64,9 +64,10 @@ class KafkaConfig:
     # was appended since, so the replay gives the same model every time
     end_offsets: dict = field(default_factory=dict)
     # also write these outputs of the job to Kafka: {output: topic}, outputs from ``OUTPUTS``
-    # (each record one message, unkeyed, the same JSON text as the run folder's line; the run
-    # folder keeps its files). At least once: after a restore, the records since the last
-    # checkpoint are sent again (a prediction, example or update names its event_id: dedupe by it)
+    # (each record one message, keyed by its event_id if it has one, the same JSON text as the
+    # run folder's line; the run folder keeps its files). At least once: after a restore, the
+    # records since the last checkpoint are sent again (a prediction, example or update names
+    # its event_id: dedupe by it)
     output_topics: dict = field(default_factory=dict)
     # the output topics written exactly once instead (Flink's transactional KafkaSink): each
     # checkpoint's records committed as one Kafka transaction per sink subtask, visible to
@@ -210,11 +211,13 @@ TRANSACTION_TIMEOUT_MS = 900_000
 def output_sink(cfg: KafkaConfig, topic: str, output: str = ""):
     """The Kafka sink of one ``output``'s records (PyFlink's ``KafkaSink``, flushed at every
     checkpoint: at least once, or with ``cfg.exactly_once`` transactional, its transactional ids
-    prefixed ``<group_id>.<output>`` so a resumed job aborts what its predecessor left open); the
-    job splits its per-tick rows into one record per message first (``driftline.flink.SplitLines``)."""
-    from pyflink.common.serialization import SimpleStringSchema
+    prefixed ``<group_id>.<output>`` so a resumed job aborts what its predecessor left open), each
+    message keyed by its record's ``event_id`` (none without one); the job splits its per-tick
+    rows into one record per message first (``driftline.flink.SplitLines``)."""
+    from pyflink.common.serialization import SerializationSchema, SimpleStringSchema
     from pyflink.datastream.connectors.base import DeliveryGuarantee
     from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
+    from pyflink.java_gateway import get_gateway
 
     builder = KafkaSink.builder().set_bootstrap_servers(cfg.bootstrap_servers)
     props = dict(cfg.properties)
@@ -224,7 +227,10 @@ def output_sink(cfg: KafkaConfig, topic: str, output: str = ""):
     for k, v in props.items():
         builder = builder.set_property(k, str(v))
     guarantee = DeliveryGuarantee.EXACTLY_ONCE if cfg.exactly_once else DeliveryGuarantee.AT_LEAST_ONCE
+    # keyed by the record's event_id where it has one (driftline.flink.JsonFieldKey)
+    key = SerializationSchema(get_gateway().jvm.driftline.flink.JsonFieldKey("event_id"))
     return (builder.set_record_serializer(KafkaRecordSerializationSchema.builder().set_topic(topic)
+                                          .set_key_serialization_schema(key)
                                           .set_value_serialization_schema(SimpleStringSchema()).build())
             .set_delivery_guarantee(guarantee).build())
 
@@ -376,6 +382,12 @@ def topic_values(servers: str, topic: str, timeout_s: float = 2.0, committed: bo
     """Every record value of ``topic`` (all partitions, each in offset order; read until none
     came for ``timeout_s``; ``committed``: as an ``isolation.level=read_committed`` consumer):
     tests, checks."""
+    return [value for _, value in topic_records(servers, topic, timeout_s, committed)]
+
+
+def topic_records(servers: str, topic: str, timeout_s: float = 2.0,
+                  committed: bool = False) -> list[tuple[bytes | None, bytes]]:
+    """Every record of ``topic`` as (key, value), as ``topic_values`` reads them."""
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=servers.split(","), enable_auto_commit=False,
@@ -385,6 +397,6 @@ def topic_values(servers: str, topic: str, timeout_s: float = 2.0, committed: bo
         parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         c.assign(parts)
         c.seek_to_beginning()
-        return [m.value for m in c]
+        return [(m.key, m.value) for m in c]
     finally:
         c.close()

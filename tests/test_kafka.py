@@ -11,7 +11,7 @@ import pytest
 from models.ftrl import FTRL
 from pipelines.eventlog import read_stream
 from pipelines.sources.generator import GeneratorConfig
-from runners.kafka import KafkaConfig, local_broker, publish, topic_values
+from runners.kafka import KafkaConfig, local_broker, publish, topic_records, topic_values
 from runners.local import generate_event_dir
 from runners.stream import read_output, run_stream
 
@@ -85,14 +85,19 @@ def _file_lines(run_dir, name) -> Counter:
 @pytest.mark.parametrize("name", TO_TOPICS)
 def test_outputs_also_go_to_kafka_topics_one_record_per_message(runs, broker, name):
     """``output_topics``: every record of the output that the run folder holds, as its own
-    message (the per-tick rows split in the JVM), the same JSON text; nothing else on the topic.
-    Dead letters come from three operators (the dedup and join, the windowed counts, the
-    Learner), united into one topic."""
+    message (the per-tick rows split in the JVM), the same JSON text; nothing else on the topic;
+    keyed by the record's event_id where it has one (``driftline.flink.JsonFieldKey``), else
+    unkeyed. Dead letters come from three operators (the dedup and join, the windowed counts,
+    the Learner), united into one topic."""
     root = runs[0]
     written = _file_lines(root / "kafka", name)
     assert sum(written.values()) > 0
     assert name != "predictions" or sum(written.values()) == runs[3]["counts"]["predictions"]
-    assert Counter(topic_values(broker, f"out_{name}")) == written
+    records = topic_records(broker, f"out_{name}")
+    assert Counter(value for _, value in records) == written
+    keys = [(key, json.loads(value).get("event_id")) for key, value in records]
+    assert all(k == (None if e is None else str(e).encode()) for k, e in keys), keys[:3]
+    assert (name in ("metrics", "dead_letter")) == any(k is None for k, _ in keys)  # these have records without one
 
 
 def test_exactly_once_outputs_are_written_in_kafka_transactions_each_record_once(runs, broker):
