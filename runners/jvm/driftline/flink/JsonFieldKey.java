@@ -3,8 +3,8 @@
  *
  * Each output record that belongs to an event (a prediction, example, weight update, late
  * label, and a dead letter that names one) carries its "event_id": as the message key, a
- * downstream consumer gets every record of one event on one partition, in order, and a compacted
- * topic keeps the latest per event. The field is read with Jackson's streaming parser, top level
+ * downstream consumer gets every record of one event on one partition, in order (an example and
+ * its correction, say). The field is read with Jackson's streaming parser, top level
  * only, stopping at it; a string is its UTF-8 bytes, an integer its decimal text. A record
  * without it (metrics, alerts, most dead letters), or one that is not a JSON object, has no key
  * (null: the producer's partitioner spreads those).
