@@ -115,6 +115,47 @@ class Validator:
         ([True, False, False], 1, 'e1')
         """
         import numpy as np
+
+        objs, ok = self._objects(lines)
+        absent = object()
+        ok &= np.fromiter((k is absent or k == kind for k in (o.get("kind", absent) for o in objs)), bool, len(objs))
+        return self._vouch(objs, ok, kind), ok.tolist()
+
+    def parse_many(self, lines: list[bytes], origin: str, first: int = 1, kind: str | None = None) -> list[tuple]:
+        """``parse_line`` of each of ``lines`` (line i's origin ``<origin>:<first + i>``), the
+        same results in order, faster: the ordinary valid records of each kind vouched for at
+        once (``parse_batch``'s checks), the rest one by one. ``kind``: as ``parse_line``'s, the
+        kind of a record without a ``kind`` field (None: such a record is a dead letter).
+
+        >>> from pipelines.events import SOURCES
+        >>> v = Validator(SOURCES["elec2"])
+        >>> [k for k, _ in v.parse_many([b'{"kind":"label","event_id":"e1","label_time":900000000000,'
+        ...                              b'"label":1,"label_type":"up"}', b'{"event_id":"e2"}'], "doc")]
+        ['label', None]
+        """
+        import numpy as np
+
+        objs, ok = self._objects(lines)
+        absent = object()
+        kinds = [o.get("kind", absent) for o in objs]
+        out: list = [None] * len(lines)
+        for k in KINDS:
+            rows = [i for i, (good, ki) in enumerate(zip(ok, kinds))
+                    if good and (ki == k or (ki is absent and kind == k))]
+            if not rows:
+                continue
+            vouched: list[int] = []
+            columns = self._vouch([objs[i] for i in rows], np.ones(len(rows), bool), k, vouched)
+            names = list(columns)
+            for j in vouched:
+                out[rows[j]] = (k, {name: columns[name][j] for name in names})
+        return [res if res is not None else self.parse_line(lines[i], f"{origin}:{first + i}", kind)
+                for i, res in enumerate(out)]
+
+    def _objects(self, lines: list) -> tuple[list[dict], Any]:
+        """Each line as orjson reads it, if it is a JSON object within the size limit (else
+        ``{}``), and which are (a numpy bool array)."""
+        import numpy as np
         import orjson
 
         n, cfg = len(lines), self.config
@@ -132,8 +173,15 @@ class Validator:
             if type(obj) is dict:
                 objs[i] = obj
                 ok[i] = True
-        absent = object()
-        ok &= np.fromiter((k is absent or k == kind for k in (o.get("kind", absent) for o in objs)), bool, n)
+        return objs, ok
+
+    def _vouch(self, objs: list[dict], ok, kind: str, vouched: list | None = None) -> dict[str, list]:
+        """``parse_batch``'s column checks of records of ``kind``: ``ok`` (numpy bool, in place)
+        keeps the records whose every field is ordinary and valid; returns the typed columns;
+        ``vouched`` (if given) gets the indices of the ``ok`` ones."""
+        import numpy as np
+
+        n, cfg = len(objs), self.config
         short = cfg.max_string_bytes // 4
         columns: dict[str, list] = {}
         for f in self._schemas[kind]:
@@ -157,7 +205,9 @@ class Validator:
             else:
                 raise AssertionError(f"unhandled field {name}")  # schema and checks out of sync
             columns[name] = vals  # a null (also in an optional field) is left to the row path
-        return columns, ok.tolist()
+        if vouched is not None:
+            vouched.extend(np.flatnonzero(ok).tolist())
+        return columns
 
     def parse_csv_row(self, row: list[str], header: list[str], origin: str, raw: bytes,
                       kind: str | None = None):
@@ -401,9 +451,28 @@ def validate_lines(validator: Validator, collector: BatchCollector, lines: Itera
                    origin: str, kind: str | None = None,
                    batch_rows: int = 50_000) -> Iterator[dict[str, pa.Table]]:
     """Validate JSONL lines into ``collector``; yields its drained tables every ``batch_rows``
-    records and once at the end. ``collector.counts`` keeps the running reconciliation."""
-    for i, line in enumerate(lines, 1):
-        collector.add(validator.parse_line(line.rstrip(b"\r\n"), f"{origin}:{i}", kind))
+    records and once at the end. ``collector.counts`` keeps the running reconciliation. Lines
+    go through ``Validator.parse_many`` in chunks (the same results as line by line)."""
+    chunk: list[bytes] = []
+    first = 1
+    for line in lines:
+        chunk.append(line.rstrip(b"\r\n"))
+        if len(chunk) == PARSE_CHUNK:
+            yield from _add_parsed(validator, collector, chunk, origin, first, kind, batch_rows)
+            first += len(chunk)
+            chunk = []
+    yield from _add_parsed(validator, collector, chunk, origin, first, kind, batch_rows)
+    yield collector.drain()
+
+
+# lines parsed together by ``Validator.parse_many`` when reading JSONL
+PARSE_CHUNK = 4096
+
+
+def _add_parsed(validator: Validator, collector: BatchCollector, chunk: list[bytes], origin: str, first: int,
+                kind: str | None, batch_rows: int) -> Iterator[dict[str, pa.Table]]:
+    """``chunk``'s results into ``collector``, in order, draining it every ``batch_rows``."""
+    for result in validator.parse_many(chunk, origin, first, kind) if chunk else ():
+        collector.add(result)
         if collector.pending() >= batch_rows:
             yield collector.drain()
-    yield collector.drain()

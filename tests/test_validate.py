@@ -215,3 +215,26 @@ def test_the_batch_path_leaves_unusual_records_to_the_row_path():
              line(with_(GOOD_LAB, kind=...)), line(GOOD_IMP)]
     _, ok = V.parse_batch([ln.decode() for ln in lines] + [None], IMPRESSION)
     assert ok == [False, False, False, False, False, True, False]
+
+
+@pytest.mark.parametrize("kind", [None, IMPRESSION, LABEL])
+def test_parse_many_gives_parse_lines_results_in_order(kind):
+    """``parse_many`` (each kind's ordinary records vouched for at once, the rest one by one) =
+    ``parse_line`` per line: the same kinds, records (values and types, field order) and dead
+    letters (origins included), on the fuzzed corpus with both kinds mixed, with and without a
+    ``kind`` field."""
+    import random
+
+    corpus = _batch_corpus(seed=13, mutants=2000)
+    no_kind = [line(with_(GOOD_IMP, kind=..., event_id=f"n{i}")) for i in range(50)]
+    lines = corpus + no_kind
+    random.Random(1).shuffle(lines)
+    got = V.parse_many(lines, "f", 7, kind)
+    assert len(got) == len(lines)
+    valid = 0
+    for i, (raw, (k, rec)) in enumerate(zip(lines, got)):
+        want_k, want = V.parse_line(raw, f"f:{7 + i}", kind)
+        assert k == want_k and list(rec) == list(want), raw
+        assert all(rec[f] == want[f] and type(rec[f]) is type(want[f]) for f in rec), raw
+        valid += k is not None
+    assert valid > 100

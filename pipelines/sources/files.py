@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.events import KINDS, Reason, SourceSpec
-from pipelines.validate import BatchCollector, ValidationConfig, Validator, _dead
+from pipelines.validate import PARSE_CHUNK, BatchCollector, ValidationConfig, Validator, _add_parsed, _dead
 
 JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 SUFFIXES = JSONL_SUFFIXES | {".csv", ".parquet"}
@@ -80,6 +80,8 @@ def read_file(path: Path, validator: Validator, collector: BatchCollector, kind:
         return
     lines = _lines(path, validator.config.max_record_bytes)
     header: list[str] | None = None
+    chunk: list[bytes] = []  # JSONL lines in a row, parsed together (Validator.parse_many)
+    first = 1
     for i, raw in enumerate(lines, 1):
         origin = f"{path}:{i}"
         if suffix == ".csv":
@@ -102,11 +104,21 @@ def read_file(path: Path, validator: Validator, collector: BatchCollector, kind:
         elif suffix in JSONL_SUFFIXES:
             if not raw.strip():
                 continue  # blank lines are not records
-            collector.add(validator.parse_line(raw, origin, kind))
+            if not chunk:
+                first = i
+            elif i != first + len(chunk):  # parse_many numbers a chunk's lines consecutively
+                yield from _add_parsed(validator, collector, chunk, str(path), first, kind, batch_rows)
+                chunk, first = [], i
+            chunk.append(raw)
+            if len(chunk) == PARSE_CHUNK:
+                yield from _add_parsed(validator, collector, chunk, str(path), first, kind, batch_rows)
+                chunk = []
+            continue
         else:
             raise ValueError(f"{path}: unknown file type; expected one of {sorted(SUFFIXES)}")
         if collector.pending() >= batch_rows:
             yield collector.drain()
+    yield from _add_parsed(validator, collector, chunk, str(path), first, kind, batch_rows)
     yield collector.drain()
 
 
