@@ -166,6 +166,22 @@ KAFKA_VALIDATE_OPT = typer.Option(False, "--kafka-validate", help="With --kafka:
                                                                   "letter with its reason and the job goes on.")
 
 
+def _kafka_preflight(kafka: dict) -> None:
+    """``runners.kafka.preflight`` of a job's Kafka settings: errors end the command (exit 2)
+    before anything starts, warnings are printed."""
+    if not kafka:
+        return
+    from runners.kafka import KafkaConfig, preflight
+
+    errors, warnings = preflight(KafkaConfig(**kafka))
+    for w in warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    if errors:
+        for e in errors:
+            console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+
+
 def _kafka(servers: Optional[str], topics: str, group: str, replay: Optional[Path],
            outputs: Optional[List[str]] = None, validate: bool = False, exactly_once: bool = False) -> dict:
     """The job's ``kafka`` settings from the command line ({} without --kafka)."""
@@ -325,6 +341,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
                  "prometheus_ports": prometheus_ports, "flink_conf": rest,
                  "kafka": _kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_output, kafka_validate,
                                  kafka_exactly_once)}
+    _kafka_preflight(job["kafka"])
     retrain_cfg = {"train_hours": train_hours, "eval_hours": eval_hours, "min_eval_positives": min_eval_positives}
     if retrain_every or retrain_on_drift or retrain_on_feature_drift:
         every = _duration_ms(retrain_every) if retrain_every else 0
@@ -394,6 +411,7 @@ def _resume_local(out: Path, savepoint: str, allow_non_restored: bool, rest: dic
     if allow_non_restored:  # Flink's --allowNonRestoredState
         conf["execution.state-recovery.ignore-unclaimed-state"] = "true"
     job.update(changes, flink_conf={**conf, **rest})
+    _kafka_preflight(job.get("kafka") or {})
     _stage_resume(out, job, savepoint, allow_non_restored)
     (out / STOPPED).unlink(missing_ok=True)
     if (out / "flink.log").is_file():  # the stopped part's log, kept
@@ -1026,18 +1044,20 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         job = json.loads((out / "job.json").read_text())
         job.update(parallelism=parallelism, write_updates=updates, replay_speedup=speedup)
         _stage_resume(out, job, from_savepoint, allow_non_restored_state)
+        _kafka_preflight(job.get("kafka") or {})
         event_dir = Path(job["event_dir"])
     else:
         event_dir, source = prepare_events(data, out, events, 7, data_dir_opt)
         from models.registry import RegistryError
 
         artifact = _boot_artifact(base_registry, None)
+        kafka_job = _kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_output, kafka_validate,
+                           kafka_exactly_once)
+        _kafka_preflight(kafka_job)
         try:
             prepare_run(event_dir, out, source, artifact=artifact, parallelism=parallelism, write_updates=updates,
                         base_registry=base_registry, replay_speedup=speedup,
-                        warmup=_warmup(base_registry, warmup, no_warmup),
-                        kafka=_kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_output, kafka_validate,
-                        kafka_exactly_once))
+                        warmup=_warmup(base_registry, warmup, no_warmup), kafka=kafka_job)
         except (RegistryError, ValueError) as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2)

@@ -296,6 +296,39 @@ def _records(event_dir: Path, stream: str, time_field: str) -> Iterator[tuple[in
         yield t, event_id, line
 
 
+def preflight(cfg: KafkaConfig, timeout_s: float = 10.0) -> tuple[list[str], list[str]]:
+    """Before a job starts on ``cfg``'s topics: ``(errors, warnings)``. Without a broker
+    answering, the job would start and retry in silence; a topic that does not exist would be
+    waited for (or, where the broker creates topics on first use, created empty) — an error
+    for a replay (its end offsets name partitions of existing topics), a warning for a live
+    job (its producers may not have started yet). Lists topics, never creates one; skipped
+    (nothing said) when ``properties`` configure security, which kafka-python is not given."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    if any(k.startswith(("security.", "sasl.", "ssl.")) for k in cfg.properties):
+        return [], []
+    try:
+        c = KafkaConsumer(bootstrap_servers=cfg.bootstrap_servers.split(","), request_timeout_ms=int(timeout_s * 1000),
+                          bootstrap_timeout_ms=int(timeout_s * 1000), enable_auto_commit=False)
+    except KafkaError as e:
+        return [f"no Kafka broker answered at {cfg.bootstrap_servers} within {timeout_s:.0f} s ({e})"], []
+    try:
+        topics = c.topics()
+    except KafkaError as e:
+        return [f"the Kafka broker at {cfg.bootstrap_servers} did not list its topics ({e})"], []
+    finally:
+        c.close()
+    missing = [t for t in (cfg.impressions_topic, cfg.labels_topic) if t not in topics]
+    if not missing:
+        return [], []
+    what = (f"topic {', '.join(missing)} does not exist on {cfg.bootstrap_servers} "
+            f"(it has: {', '.join(sorted(t for t in topics if not t.startswith('__'))) or 'no topics'})")
+    if cfg.end_offsets:
+        return [f"{what}; a replay reads existing topics"], []
+    return [], [f"{what}: the job will wait for it"]
+
+
 def publish(event_dir: str | Path, cfg: KafkaConfig, partitions: int = 1, since: int | None = None,
             until: int | None = None) -> dict[str, dict[int, int]]:
     """Write a (validated) event directory's impressions and labels to ``cfg``'s topics as JSON

@@ -327,3 +327,29 @@ def test_cli_a_kafka_run_stopped_with_a_savepoint_resumes_from_its_offsets(runs,
         assert _lines(run, name) == _lines(root / "files", name), name
     a, b = _weights(root / "files"), _weights(run)
     assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
+
+
+def test_cli_refuses_a_kafka_run_without_a_broker_or_a_replays_topics(runs, broker, tmp_path):
+    """``driftline run --kafka``: no broker answering, or a replay of a topic that does not
+    exist, ends the command with a clear error before any job starts (Flink would start and
+    retry, or wait, in silence); a live job on a missing topic only warns."""
+    from typer.testing import CliRunner
+
+    from runners.cli import app
+    from runners.kafka import preflight
+    from runners.local import free_port
+
+    cli = CliRunner()
+    offsets = tmp_path / "offsets.json"
+    offsets.write_text(json.dumps({"impressions": {"0": 5}, "labels": {"0": 5}}))
+    r = cli.invoke(app, ["run", "--data", "generator", "--events", "200", "--out", str(tmp_path / "a"),
+                         "--kafka", f"127.0.0.1:{free_port()}", "--no-report"])
+    assert r.exit_code == 2 and "no Kafka broker answered" in r.output, r.output
+    r = cli.invoke(app, ["run", "--data", "generator", "--events", "200", "--out", str(tmp_path / "b"),
+                         "--kafka", broker, "--kafka-topics", "imp,no_such_labels", "--kafka-replay", str(offsets),
+                         "--no-report"])
+    assert r.exit_code == 2 and "topic no_such_labels does not exist" in r.output and "imp" in r.output, r.output
+    assert not (tmp_path / "b" / "job.json").exists()  # nothing started
+    errors, warnings = preflight(KafkaConfig(broker, impressions_topic="imp", labels_topic="no_such_labels"))
+    assert not errors and "the job will wait for it" in warnings[0]
+    assert preflight(KafkaConfig(broker, impressions_topic="imp", labels_topic="lab")) == ([], [])
