@@ -49,7 +49,9 @@ def _print_run(summary: dict) -> None:
     t = Table(title=f"driftline run -> {summary['run_dir']}")
     t.add_column("what")
     t.add_column("value", justify="right")
-    if r:
+    if "kafka_messages_in" in r:
+        t.add_row("Kafka messages read / accounted for", f"{r['kafka_messages_in']:,} / {r['kafka_messages_out']:,}")
+    if "impressions_in" in r:
         t.add_row("impressions in / labels in", f"{r['impressions_in']:,} / {r['labels_in']:,}")
     t.add_row("predictions", f"{c['predictions']:,}")
     t.add_row("joined examples (positives)", f"{c['examples']:,} ({c['positives']:,})")

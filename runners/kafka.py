@@ -63,6 +63,10 @@ class KafkaConfig:
     # each partition, {partition: offset} (``publish`` returns them); bounded there, whatever
     # was appended since, so the replay gives the same model every time
     end_offsets: dict = field(default_factory=dict)
+    # where such a replay began: per stream the first offset of each of those partitions when
+    # the run was prepared (``beginning_offsets``), so its summary can count the messages it
+    # read (the sum of end - start) against what they became (valid records and dead letters)
+    start_offsets: dict = field(default_factory=dict)
     # also write these outputs of the job to Kafka: {output: topic}, outputs from ``OUTPUTS``
     # (each record one message, keyed by its event_id if it has one, the same JSON text as the
     # run folder's line; the run folder keeps its files). At least once: after a restore, the
@@ -87,8 +91,8 @@ class KafkaConfig:
                              f"{', '.join(sorted(set(self.output_topics) - set(OUTPUTS)))}")
         if self.startup_mode not in STARTUP_MODES:
             raise ValueError(f"startup_mode must be one of {STARTUP_MODES}")
-        if set(self.end_offsets) - {"impressions", "labels"}:
-            raise ValueError("end_offsets: per stream, 'impressions' and 'labels'")
+        if (set(self.end_offsets) | set(self.start_offsets)) - {"impressions", "labels"}:
+            raise ValueError("end_offsets, start_offsets: per stream, 'impressions' and 'labels'")
         values = [self.bootstrap_servers, self.impressions_topic, self.labels_topic, self.group_id,
                   *self.properties, *map(str, self.properties.values()),
                   *self.output_topics.values()]
@@ -294,6 +298,37 @@ def _records(event_dir: Path, stream: str, time_field: str) -> Iterator[tuple[in
 
     for t, _, _, event_id, line in heapq.merge(*(part(i, p) for i, p in enumerate(part_files(event_dir, stream)))):
         yield t, event_id, line
+
+
+def beginning_offsets(cfg: KafkaConfig, timeout_s: float = 10.0) -> dict:
+    """Per stream, the first offset the broker still holds of each partition of
+    ``cfg.end_offsets`` (a replay that starts at the earliest offset reads from there)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=cfg.bootstrap_servers.split(","), request_timeout_ms=int(timeout_s * 1000),
+                      bootstrap_timeout_ms=int(timeout_s * 1000), enable_auto_commit=False)
+    try:
+        parts = {(stream, int(p)): TopicPartition(getattr(cfg, f"{stream}_topic"), int(p))
+                 for stream, ends in cfg.end_offsets.items() for p in ends}
+        first = c.beginning_offsets(list(parts.values()))
+    finally:
+        c.close()
+    out: dict = {}
+    for (stream, p), tp in parts.items():
+        out.setdefault(stream, {})[str(p)] = int(first[tp])
+    return out
+
+
+def messages_read(cfg: KafkaConfig) -> int | None:
+    """How many messages a replay read: the sum of its partitions' end - start offsets (None
+    when it is not a replay from known start offsets)."""
+    if not cfg.end_offsets or not cfg.start_offsets or cfg.startup_mode != "earliest-offset":
+        return None
+    try:
+        return sum(int(o) - int(cfg.start_offsets[stream][str(p)])
+                   for stream, ends in cfg.end_offsets.items() for p, o in ends.items())
+    except KeyError:
+        return None
 
 
 def preflight(cfg: KafkaConfig, timeout_s: float = 10.0) -> tuple[list[str], list[str]]:

@@ -203,6 +203,20 @@ def _retrains(run_dir: Path) -> list[dict]:
     return out
 
 
+def _kafka_messages_read(run_dir: Path) -> int | None:
+    """The messages a Kafka replay of this run folder read (``runners.kafka.messages_read``),
+    None for other runs."""
+    try:
+        kafka = json.loads((run_dir / "job.json").read_text()).get("kafka") or {}
+    except (OSError, ValueError):
+        return None
+    if not kafka.get("start_offsets"):
+        return None
+    from runners.kafka import KafkaConfig, messages_read
+
+    return messages_read(KafkaConfig(**kafka))
+
+
 def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float | None = None,
               final: bool = False, write: bool = True) -> dict:
     """Counts (and whether they reconcile), progressive logloss/AUC of the served predictions
@@ -236,17 +250,23 @@ def summarize(run_dir: str | Path, manifest: dict | None = None, seconds: float 
     # records that came behind the watermark, by kind: dead letters of either stream
     behind = Counter(r["kind"] for r in out["dead_letter"] if r["reason"] == "behind_watermark")
     rec = {}
+    imps_out = len(preds) + dead["duplicate_event_id"] + behind["impression"]
+    labels_out = (kinds.get("label", 0) + counts["late_labels"] + sum(dead[r] for r in label_reasons)
+                  + behind["label"])
     if manifest:
         valid = manifest["counts"]["valid"]
         imp_in, lab_in = valid.get("impression", 0), valid.get("label", 0)
-        imps_out = len(preds) + dead["duplicate_event_id"] + behind["impression"]
-        labels_out = (kinds.get("label", 0) + counts["late_labels"] + sum(dead[r] for r in label_reasons)
-                      + behind["label"])
         rec = {"impressions_in": imp_in, "labels_in": lab_in,
                "impressions_out": imps_out, "labels_out": labels_out,
                "every_impression_one_example": len(served) == len(preds)
                    and len(first_examples) == len(preds) + counts["warmup_examples"],
                "reconciles": imp_in == imps_out and lab_in == labels_out}
+    read = _kafka_messages_read(run_dir)
+    if read is not None:
+        # a Kafka replay's messages: each a valid record (counted above) or a validation dead letter
+        kafka_dead = sum(1 for r in out["dead_letter"] if str(r.get("origin", "")).startswith("kafka:"))
+        rec.update(kafka_messages_in=read, kafka_messages_out=imps_out + labels_out + kafka_dead)
+        rec["reconciles"] = rec.get("reconciles", True) and read == rec["kafka_messages_out"]
     summary = {
         "run_dir": str(run_dir), "seconds": seconds, "final": final, "counts": counts, "reconciliation": rec,
         "progressive": {"logloss": ll, "auc": auc, "base_only_logloss": base_ll, "base_only_auc": base_auc,
@@ -375,6 +395,13 @@ def prepare_run(event_dir: str | Path, run_dir: str | Path, spec: str, join: Joi
     if artifact is None:
         fit_warmup_artifact(Path(event_dir), spec, run_dir / "transform")
         artifact = run_dir / "transform"
+    kafka = job.get("kafka") or {}
+    if kafka.get("end_offsets") and not kafka.get("start_offsets") \
+            and kafka.get("startup_mode", "earliest-offset") == "earliest-offset":
+        from runners.kafka import KafkaConfig, beginning_offsets
+
+        # where the replay starts, for its summary's message count
+        job["kafka"] = {**kafka, "start_offsets": beginning_offsets(KafkaConfig(**kafka))}
     cfg = JobConfig(event_dir=str(Path(event_dir).resolve()), out=str(run_dir.resolve()),
                     artifact=str(Path(artifact).resolve()), join=join or JoinConfig(),
                     online=online or OnlineConfig(), **job)

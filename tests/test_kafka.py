@@ -75,6 +75,11 @@ def test_the_job_on_kafka_topics_gives_the_event_directorys_outputs_and_model(ru
     assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
     job = json.loads((root / "kafka" / "job.json").read_text())
     assert job["kafka"]["bootstrap_servers"] and job["kafka"]["end_offsets"]
+    # the messages the replay read (end - start offsets, the start taken when it was prepared)
+    manifest = json.loads((root / "ev" / "_manifest.json").read_text())
+    rec = topics["reconciliation"]
+    assert rec["kafka_messages_in"] == rec["kafka_messages_out"] == sum(manifest["counts"]["valid"].values())
+    assert job["kafka"]["start_offsets"] == {s: {p: 0 for p in ends} for s, ends in job["kafka"]["end_offsets"].items()}
 
 
 def _file_lines(run_dir, name) -> Counter:
@@ -173,6 +178,9 @@ def test_raw_topics_are_validated_in_the_stream_bad_records_dead_lettered_with_t
     kafka.end_offsets = ends
     run = run_stream(root / "ev", root / "raw", "generator", kafka=kafka.to_dict())
     assert run["final"] and run["reconciliation"]["reconciles"], run
+    # every message read accounted for: the published log's records and the 8 planted ones
+    rec, manifest = run["reconciliation"], json.loads((root / "ev" / "_manifest.json").read_text())
+    assert rec["kafka_messages_in"] == rec["kafka_messages_out"] == sum(manifest["counts"]["valid"].values()) + 8
     for name in ("predictions", "examples", "late_labels", "updates"):
         assert _lines(root / "raw", name) == _lines(root / "files", name), name
     dead = [r for r in read_output(root / "raw", "dead_letter") if r["origin"].startswith("kafka:")]
