@@ -347,15 +347,20 @@ def measure(event_dir: Path, source: str, run_dir: Path, label: str, **job) -> d
 
 
 # mode -> KafkaConfig settings (None: the event directory)
-KAFKA_MODES = {"files": None, "kafka": {}, "kafka + validate": {"validate": True}}
+_TO_TOPICS = {"output_topics": {o: f"out_{o}" for o in ("predictions", "examples", "updates", "late_labels",
+                                                        "dead_letter", "metrics", "alerts")}}
+KAFKA_MODES = {"files": None, "kafka": {}, "kafka + validate": {"validate": True},
+               # every output also to a topic (keyed by event_id): at least once, or in transactions
+               "kafka + outputs": _TO_TOPICS, "kafka + outputs exactly-once": {**_TO_TOPICS, "exactly_once": True}}
 
 
 def kafka_cost(root: Path, events: int, rate_per_s: float | None = None, rounds: int = 1,
                modes: tuple[str, ...] = tuple(KAFKA_MODES)) -> dict:
     """What Kafka costs the job: the same generated stream read from its event directory, from
     Kafka topics (a local Tansu broker, two partitions per topic, bounded at the published end
-    offsets: ``--kafka-replay``), and from the same topics validated in the stream
-    (``--kafka-validate``), the modes alternating for ``rounds`` rounds. Each mode's start-up is a
+    offsets: ``--kafka-replay``), from the same topics validated in the stream
+    (``--kafka-validate``), and with every output also written to topics (``--kafka-output``, at
+    least once or ``--kafka-exactly-once``), the modes alternating for ``rounds`` rounds. Each mode's start-up is a
     200-impression run of its own (its own topics), subtracted once per mode and round. Also the
     publisher's rate (``runners.kafka.publish``: kafka-python, acks=all)."""
     from runners.kafka import KafkaConfig, local_broker, publish
@@ -520,8 +525,9 @@ def main() -> None:
                     help="only Kafka's cost: the --events generated stream from files, from Kafka topics and from "
                          "Kafka topics validated in the stream (a local Tansu broker; needs the dev extra)")
     ap.add_argument("--kafka-rounds", type=int, default=1, help="rounds of the --only-kafka modes, alternating")
-    ap.add_argument("--kafka-modes", default=",".join(KAFKA_MODES),
-                    help=f"the --only-kafka modes, comma-separated, of: {', '.join(KAFKA_MODES)}")
+    ap.add_argument("--kafka-modes", default="files,kafka,kafka + validate",
+                    help=f"the --only-kafka modes, comma-separated, of: {', '.join(KAFKA_MODES)} "
+                         "(default: the first three)")
     ap.add_argument("--floor-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--flink-conf", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Flink option for the checkpoint run (repeatable), e.g. state.backend.type=rocksdb")
