@@ -300,13 +300,21 @@ def _records(event_dir: Path, stream: str, time_field: str) -> Iterator[tuple[in
         yield t, event_id, line
 
 
+def _consumer(servers: str, timeout_s: float, **kw):
+    """A kafka-python consumer of ``servers`` (no group commits) that gives up on a broker
+    after ``timeout_s``."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(bootstrap_servers=servers.split(","), request_timeout_ms=int(timeout_s * 1000),
+                         bootstrap_timeout_ms=int(timeout_s * 1000), enable_auto_commit=False, **kw)
+
+
 def beginning_offsets(cfg: KafkaConfig, timeout_s: float = 10.0) -> dict:
     """Per stream, the first offset the broker still holds of each partition of
     ``cfg.end_offsets`` (a replay that starts at the earliest offset reads from there)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=cfg.bootstrap_servers.split(","), request_timeout_ms=int(timeout_s * 1000),
-                      bootstrap_timeout_ms=int(timeout_s * 1000), enable_auto_commit=False)
+    c = _consumer(cfg.bootstrap_servers, timeout_s)
     try:
         parts = {(stream, int(p)): TopicPartition(getattr(cfg, f"{stream}_topic"), int(p))
                  for stream, ends in cfg.end_offsets.items() for p in ends}
@@ -338,14 +346,12 @@ def preflight(cfg: KafkaConfig, timeout_s: float = 10.0) -> tuple[list[str], lis
     for a replay (its end offsets name partitions of existing topics), a warning for a live
     job (its producers may not have started yet). Lists topics, never creates one; skipped
     (nothing said) when ``properties`` configure security, which kafka-python is not given."""
-    from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
     if any(k.startswith(("security.", "sasl.", "ssl.")) for k in cfg.properties):
         return [], []
     try:
-        c = KafkaConsumer(bootstrap_servers=cfg.bootstrap_servers.split(","), request_timeout_ms=int(timeout_s * 1000),
-                          bootstrap_timeout_ms=int(timeout_s * 1000), enable_auto_commit=False)
+        c = _consumer(cfg.bootstrap_servers, timeout_s)
     except KafkaError as e:
         return [f"no Kafka broker answered at {cfg.bootstrap_servers} within {timeout_s:.0f} s ({e})"], []
     try:
