@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 if sys.path and Path(sys.path[0]).resolve() == HERE:
-    sys.path.pop(0)  # run as a script: import the installed packages, not bench/
+    sys.path[0] = str(HERE.parent)  # run as a script: this checkout's packages, bench/ included
+
+from bench.ab import ProcessCpu  # noqa: E402
 
 VARIANTS = ("source", "watermark", "watermark_sql", "udf_noop", "udf")
 
@@ -46,19 +48,6 @@ class _Nulls:
 
         n = len(lines)
         return pd.DataFrame({k: pd.Series([None] * n, dtype=object) for k in ["dl", *self.names]})
-
-
-def _cpu() -> dict[int, tuple[str, float]]:
-    import psutil
-
-    out = {}
-    for child in psutil.Process().children(recursive=True):
-        try:
-            t = child.cpu_times()
-            out[child.pid] = ("python" if "python" in child.name() else child.name(), t.user + t.system)
-        except psutil.Error:
-            continue
-    return out
 
 
 def job(variant: str, event_dir: Path, source: str, kafka, out: Path, bundle: int | None) -> dict:
@@ -103,26 +92,16 @@ def job(variant: str, event_dir: Path, source: str, kafka, out: Path, bundle: in
         table = t_env.sql_query("SELECT `line`, `_part`, `_off` FROM raw_records")
     t_env.create_temporary_table("sink", TableDescriptor.for_connector("blackhole").schema(
         Schema.new_builder().from_row_data_type(table.get_schema().to_row_data_type()).build()).build())
-    seen, stop = _cpu(), threading.Event()
-    start_cpu = dict(seen)
-
-    def poll() -> None:  # a worker's CPU is read while it lives
-        while not stop.wait(0.3):
-            seen.update(_cpu())
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    t0 = time.time()
-    table.execute_insert("sink").wait()
-    seconds = time.time() - t0
-    stop.set()
-    thread.join()
-    seen.update(_cpu())
-    cpu: dict[str, float] = {}
-    for pid, (name, v) in seen.items():
-        cpu[name] = cpu.get(name, 0.0) + v - start_cpu.get(pid, (name, 0.0))[1]
-    return {"variant": variant, "seconds": round(seconds, 1), "jvm_cpu_s": round(cpu.get("java", 0.0), 1),
-            "python_cpu_s": round(cpu.get("python", 0.0), 1)}
+    before = ProcessCpu(os.getpid())  # this process's gateway JVM (and any worker) before the job
+    before.poll_once()
+    with ProcessCpu(os.getpid()) as cpu:  # a worker's CPU is read while it lives
+        t0 = time.time()
+        table.execute_insert("sink").wait()
+        seconds = time.time() - t0
+        cpu.poll_once()
+    used = {k: v - before.totals()[k] for k, v in cpu.totals().items()}
+    return {"variant": variant, "seconds": round(seconds, 1), "jvm_cpu_s": round(used["jvm"], 1),
+            "python_cpu_s": round(used["worker"], 1)}
 
 
 def main() -> None:

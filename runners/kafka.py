@@ -462,11 +462,10 @@ def topic_values(servers: str, topic: str, timeout_s: float = 2.0, committed: bo
 def topic_records(servers: str, topic: str, timeout_s: float = 2.0,
                   committed: bool = False) -> list[tuple[bytes | None, bytes]]:
     """Every record of ``topic`` as (key, value), as ``topic_values`` reads them."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=servers.split(","), enable_auto_commit=False,
-                      consumer_timeout_ms=int(timeout_s * 1000),
-                      isolation_level="read_committed" if committed else "read_uncommitted")
+    c = _consumer(servers, 30.0, consumer_timeout_ms=int(timeout_s * 1000),
+                  isolation_level="read_committed" if committed else "read_uncommitted")
     try:
         parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         c.assign(parts)
