@@ -321,6 +321,8 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         try:
             summary = _resume_local(out, from_savepoint, allow_non_restored_state, rest, follow=follow,
                                     replay_speedup=speedup, write_updates=updates, prometheus_ports=prometheus_ports)
+        except typer.Exit:  # a refused resume (click's Exit is a RuntimeError too)
+            raise
         except RuntimeError as e:  # the job failed (its log's end says why)
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(1)

@@ -121,6 +121,19 @@ def test_bad_options_are_refused(tmp_path):
     assert runner.invoke(app, ["summary", str(tmp_path)]).exit_code == 2
 
 
+def test_a_local_resume_that_cannot_start_is_a_usage_error(tmp_path):
+    """Refused before a job starts (nothing to resume, no savepoint there): exit 2 with the
+    reason, not the exit 1 of a failed job (click's Exit is a RuntimeError, which the run's
+    handler of failed jobs caught: it printed "error: 2" and exited 1)."""
+    r = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), "--from-savepoint", str(tmp_path / "sp")])
+    assert r.exit_code == 2 and "nothing to resume" in r.output and "error: 2" not in r.output, r.output
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "job.json").write_text(json.dumps(
+        {"event_dir": str(tmp_path), "out": str(tmp_path / "run"), "artifact": str(tmp_path)}))
+    r = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), "--from-savepoint", str(tmp_path / "sp")])
+    assert r.exit_code == 2 and "no savepoint at" in " ".join(r.output.split()), r.output
+
+
 def test_submit_resumes_a_savepoint_skipping_unmapped_state_only_when_asked(tmp_path):
     from runners import cluster
 
