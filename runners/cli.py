@@ -1001,6 +1001,9 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
            out: Path = typer.Option(Path("runs/submitted"), help="Run folder (RUN_DIR) for the outputs."),
            events: int = typer.Option(20_000, help="Impressions to generate (--data generator)."),
            parallelism: int = typer.Option(2, help="Parallelism of the SQL operators."),
+           max_parallelism: Optional[int] = typer.Option(
+               None, help="Key groups: the highest parallelism the job can ever be rescaled to, fixed for "
+                          "its life (default 128; a resume keeps its run's)."),
            wait_for_end: bool = typer.Option(True, "--wait/--no-wait", help="Wait for a bounded job to end."),
            from_savepoint: Optional[str] = typer.Option(None, help="Resume from this savepoint path."),
            allow_non_restored_state: bool = typer.Option(
@@ -1023,8 +1026,9 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
            kafka_validate: bool = KAFKA_VALIDATE_OPT, kafka_exactly_once: bool = KAFKA_EXACTLY_ONCE_OPT):
     """Package the job config and run it on the standalone cluster with `flink run -py`;
     prints the job id. With --from-savepoint into a run folder that has a job.json: the same run
-    resumed (its outputs, registry and retrains kept; --parallelism, --[no-]updates and --speedup
-    applied to its job.json), not a new one."""
+    resumed (its outputs, registry and retrains kept; --parallelism, --[no-]updates, --speedup and
+    a given --max-parallelism applied to its job.json; refused unless the savepoint fits), not a
+    new one."""
     from runners import cluster
     from runners.local import prepare_events
     from runners.stream import prepare_run, summarize
@@ -1046,7 +1050,8 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
             console.print("[red]error:[/red] a resumed job serves the base model in its state; no --base-registry")
             raise typer.Exit(2)
         job = json.loads((out / "job.json").read_text())
-        job.update(parallelism=parallelism, write_updates=updates, replay_speedup=speedup)
+        job.update(parallelism=parallelism, write_updates=updates, replay_speedup=speedup,
+                   **({"max_parallelism": max_parallelism} if max_parallelism else {}))
         _stage_resume(out, job, from_savepoint, allow_non_restored_state)
         _kafka_preflight(job.get("kafka") or {})
         event_dir = Path(job["event_dir"])
@@ -1060,6 +1065,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         _kafka_preflight(kafka_job)
         try:
             prepare_run(event_dir, out, source, artifact=artifact, parallelism=parallelism, write_updates=updates,
+                        **({"max_parallelism": max_parallelism} if max_parallelism else {}),
                         base_registry=base_registry, replay_speedup=speedup,
                         warmup=_warmup(base_registry, warmup, no_warmup), kafka=kafka_job)
         except (RegistryError, ValueError) as e:

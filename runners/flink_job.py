@@ -53,6 +53,13 @@ class JobConfig:
     join: JoinConfig = field(default_factory=JoinConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
     parallelism: int = 1  # of the SQL operators; the Learner always runs with 1
+    # the keyed state's key groups (Flink's pipeline.max-parallelism): the highest parallelism
+    # the job can ever be rescaled to, fixed for its life (a savepoint restores only into the
+    # same). Explicit, as Flink's production checklist asks: its derived default depends on the
+    # parallelism of the first start (128 up to parallelism 85, then more), which every later
+    # resume inherits. 128 is that default for the parallelisms run so far, so their savepoints
+    # restore into it
+    max_parallelism: int = 128
     checkpoint_interval_ms: int = 5_000
     # Snappy-compressed state snapshots: the pending join state is mostly repeated keys and
     # input values; measured 723.2 -> 169.8 B per pending impression (bench/stream.py
@@ -143,6 +150,9 @@ class JobConfig:
                                  "(unless its end offsets are given)")
             if self.warmup_dir:
                 raise ValueError("a warm-up is not supported before a Kafka stream (only before a file stream)")
+        if not 1 <= self.parallelism <= self.max_parallelism <= 32_768:
+            raise ValueError(f"need 1 <= parallelism ({self.parallelism}) <= max_parallelism "
+                             f"({self.max_parallelism}) <= 32768 (Flink's bound on key groups)")
         if self.dedup_retention_ms <= 0:
             raise ValueError("dedup_retention_ms must be > 0")
         if self.replay_speedup < 0:
@@ -266,6 +276,7 @@ def configure(cfg: JobConfig):
     # stops in <= 5 ms at a bundle's end instead of up to 200 ms; README, where the time goes)
     conf.set_string("python.pythonpath", str(WORKER_SITE))
     conf.set_string("parallelism.default", str(cfg.parallelism))
+    conf.set_string("pipeline.max-parallelism", str(cfg.max_parallelism))
     conf.set_string("python.metric.enabled", "true")  # the Learner's gauges and counters
     jars = []
     if cfg.kafka:  # Flink's Kafka connector (not part of PyFlink: runners.kafka.connector_jars)
@@ -722,9 +733,9 @@ def operators(cfg: JobConfig) -> list[dict]:
 
 def graph(cfg: JobConfig) -> tuple[list[dict], list[dict]]:
     """``operators`` and the job graph's vertices (the chains Flink deploys as tasks): each
-    vertex's ``id``, ``name``, ``operators`` (operator ids) and ``inputs`` (the producing
-    vertex and the edge's distribution pattern), what Flink checks a savepoint's finished
-    operators against (``runners.savepoints``)."""
+    vertex's ``id``, ``name``, ``parallelism``, ``max_parallelism``, ``operators`` (operator
+    ids) and ``inputs`` (the producing vertex and the edge's distribution pattern), what Flink
+    checks a savepoint's operators against (``runners.savepoints``)."""
     from pyflink.java_gateway import get_gateway
 
     env, _ = built(cfg)
@@ -739,6 +750,7 @@ def graph(cfg: JobConfig) -> tuple[list[dict], list[dict]]:
     vertices = []
     for v in stream_graph.getJobGraph().getVerticesSortedTopologicallyFromSources().toArray():
         vertices.append({"id": v.getID().toHexString(), "name": v.getName(),
+                         "parallelism": v.getParallelism(), "max_parallelism": v.getMaxParallelism(),
                          "operators": [p.getGeneratedOperatorID().toHexString() for p in v.getOperatorIDs()],
                          "inputs": [{"from": e.getSource().getProducer().getID().toHexString(),
                                      "pattern": e.getDistributionPattern().name()} for e in v.getInputs()]})

@@ -45,7 +45,8 @@ def local_path(savepoint: str) -> Path:
 
 def states(savepoint: str) -> list[dict]:
     """Every operator state in the savepoint: ``id`` (hex), ``uid`` and ``name`` (as recorded),
-    ``bytes`` (its state's size), ``has_state`` (Flink's own rule for refusing to drop it: a
+    ``bytes`` (its state's size), ``parallelism`` and ``max_parallelism`` (its key groups),
+    ``has_state`` (Flink's own rule for refusing to drop it: a
     coordinator state or a subtask with state), ``finished`` (a fully finished operator, e.g. a
     bounded source at its end) and ``partly_finished`` (some of its subtasks finished). Needs
     PyFlink's gateway (starts a JVM)."""
@@ -66,6 +67,7 @@ def states(savepoint: str) -> list[dict]:
         has_state = s.getCoordinatorState() is not None or any(t.hasState() for t in subtasks)
         out.append({"id": s.getOperatorID().toHexString(), "uid": s.getOperatorUid().orElse(None),
                     "name": s.getOperatorName().orElse(None), "bytes": int(s.getStateSize()),
+                    "parallelism": int(s.getParallelism()), "max_parallelism": int(s.getMaxParallelism()),
                     "has_state": bool(has_state), "finished": bool(s.isFullyFinished()),
                     "partly_finished": any(t.isFinished() for t in subtasks)})
     return sorted(out, key=lambda s: (s["uid"] or "", s["id"]))
@@ -100,12 +102,44 @@ class ResumeCheck:
 def compare(operators: list[dict], saved: list[dict], vertices: list[dict] | None = None) -> ResumeCheck:
     """Pure: the mapping of ``saved`` (``states``) onto a build's ``operators``
     (``runners.flink_job.operators``), by operator id as Flink maps them; with the build's
-    ``vertices`` (``runners.flink_job.graph``) also Flink's checks of finished operators."""
+    ``vertices`` (``runners.flink_job.graph``) also Flink's checks of finished operators and
+    of parallelism."""
     by_id = {s["id"]: s for s in saved}
     ids = {o["id"] for o in operators}
     return ResumeCheck(operators=[{**o, "state": by_id.get(o["id"])} for o in operators],
                        unmapped=[s for s in saved if s["id"] not in ids and s["has_state"]],
-                       refused=finished_state_errors(vertices or [], saved))
+                       refused=parallelism_errors(vertices or [], saved) + finished_state_errors(vertices or [], saved))
+
+
+def parallelism_errors(vertices: list[dict], saved: list[dict]) -> list[str]:
+    """Flink's checks of a savepoint's operators against the build's vertices (at submission,
+    ``Checkpoints.loadAndValidateCheckpoint`` and ``StateAssignmentOperation``), which refuse a
+    restore whatever the flags: an operator's state has as many key groups as its max
+    parallelism when it was taken, so a vertex may not run at a higher parallelism, and a vertex
+    whose max parallelism is set (every vertex of this job: ``JobConfig.max_parallelism``) must
+    have the savepoint's (Flink adopts the savepoint's only where none is set). One line per
+    kind of mismatch, naming its vertices; vertices or states without these figures (older
+    callers) are not checked."""
+    by_id = {s["id"]: s for s in saved}
+    found: dict[tuple, list[str]] = {}
+    for v in vertices:
+        mine = sorted({by_id[i]["max_parallelism"] for i in v["operators"]
+                       if i in by_id and by_id[i].get("max_parallelism")})
+        if not mine or not v.get("parallelism"):
+            continue
+        if v["parallelism"] > mine[0]:
+            found.setdefault(("above", v["parallelism"], mine[0]), []).append(v["name"])
+        elif v.get("max_parallelism", 0) > 0 and mine != [v["max_parallelism"]]:
+            found.setdefault(("changed", v["max_parallelism"], mine[0]), []).append(v["name"])
+
+    def which(names: list[str]) -> str:
+        return f"{len(names)} vertices, e.g. {names[0]!r}" if len(names) > 1 else f"vertex {names[0]!r}"
+
+    return [f"parallelism {n} is above the savepoint's max parallelism {m}, the key groups its state has "
+            f"({which(names)})" if kind == "above" else
+            f"max parallelism {n} where the savepoint's is {m} ({which(names)}): key groups cannot change "
+            f"(set max_parallelism to {m}, what the job started with)"
+            for (kind, n, m), names in found.items()]
 
 
 RUNNING, PARTLY, FINISHED = "all running", "partly finished", "fully finished"

@@ -88,6 +88,17 @@ def test_run_rejects_a_negative_speedup(tmp_path):
         JobConfig(event_dir=str(tmp_path), out=str(tmp_path), artifact=str(tmp_path), replay_speedup=-1.0)
 
 
+def test_a_job_cannot_run_above_its_max_parallelism(tmp_path):
+    from runners.flink_job import JobConfig
+
+    paths = dict(event_dir=str(tmp_path), out=str(tmp_path), artifact=str(tmp_path))
+    assert JobConfig(**paths).max_parallelism == 128  # explicit, Flink's default for small jobs
+    assert JobConfig(**paths, parallelism=128).parallelism == 128
+    for bad in ({"parallelism": 129}, {"parallelism": 0}, {"max_parallelism": 40_000}):
+        with pytest.raises(ValueError, match="max_parallelism"):
+            JobConfig(**paths, **bad)
+
+
 def test_run_rejects_a_bad_triggered_retrain_delay(tmp_path):
     r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "100", "--retrain-on-feature-drift",
                             "--triggered-retrain-delay", "soon"])

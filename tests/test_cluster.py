@@ -248,6 +248,15 @@ def test_cli_stop_with_a_savepoint_and_resume_the_same_run(standalone, tmp_path)
     r = cli.invoke(app, ["submit", "--out", str(run), "--from-savepoint", savepoint, "--no-updates", *where])
     assert r.exit_code == 2 and "sink_updates" in r.output and "--allow-non-restored-state" in r.output, r.output
     assert (run / "job.json").read_text() == job and len(_rest(standalone, "/jobs/overview")["jobs"]) == jobs
+    # the job ran with 128 key groups (JobConfig.max_parallelism, set explicitly): a build with
+    # another number would map no keyed state (Flink refuses it at submission), so it is refused
+    # here first
+    assert {v["maxParallelism"] for v in _rest(standalone, f"/jobs/{job_id}")["vertices"]} == {128}
+    r = cli.invoke(app, ["submit", "--out", str(run), "--from-savepoint", savepoint, "--max-parallelism", "256",
+                         *where])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "max parallelism 256 where the savepoint's is 128" in said, r.output
+    assert (run / "job.json").read_text() == job and len(_rest(standalone, "/jobs/overview")["jobs"]) == jobs
     r = cli.invoke(app, ["submit", "--out", str(run), "--from-savepoint", savepoint, *where])
     assert r.exit_code == 0, r.output
     remote = json.loads((run / "summary.json").read_text())

@@ -71,3 +71,31 @@ def test_flinks_finished_state_rules_are_checked_before_submitting():
         assert bool(errors) == refused, (pattern, input_state, errors)
     # compare carries them
     assert compare([_op("labels"), _op("calc_new")], [_saved("labels", finished=True)], [chain]).refused
+
+
+def test_flinks_parallelism_rules_are_checked_before_submitting():
+    """A savepoint's operators carry their key groups (the max parallelism they were taken
+    with): a build may not run one at a higher parallelism, nor (with its max parallelism set,
+    as this job's always is) change that number."""
+    from runners.savepoints import parallelism_errors
+
+    def vertex(parallelism: int, max_parallelism: int) -> dict:
+        return {**_vertex("dedup_join", ["dedup_join"]), "parallelism": parallelism, "max_parallelism": max_parallelism}
+
+    saved = [{**_saved("dedup_join"), "parallelism": 2, "max_parallelism": 128}]
+    assert parallelism_errors([vertex(1, 128)], saved) == []  # rescaled down: fine
+    assert parallelism_errors([vertex(128, 128)], saved) == []  # up to its key groups: fine
+    above = parallelism_errors([vertex(130, 256)], saved)
+    assert above == ["parallelism 130 is above the savepoint's max parallelism 128, the key groups its state has "
+                     "(vertex 'dedup_join')"]
+    changed = parallelism_errors([vertex(2, 256)], saved)
+    assert changed == ["max parallelism 256 where the savepoint's is 128 (vertex 'dedup_join'): key groups cannot "
+                       "change (set max_parallelism to 128, what the job started with)"]
+    # one line per kind of mismatch, naming how many vertices have it
+    two = [vertex(2, 256), {**vertex(2, 256), "name": "sink", "operators": ["id-sink"]}]
+    both = parallelism_errors(two, [*saved, {**_saved("sink"), "parallelism": 2, "max_parallelism": 128}])
+    assert len(both) == 1 and "(2 vertices, e.g. 'dedup_join')" in both[0]
+    assert parallelism_errors([vertex(2, -1)], saved) == []  # not set: Flink adopts the savepoint's
+    assert parallelism_errors([vertex(2, 256)], [_saved("dedup_join")]) == []  # no figures: not checked
+    assert parallelism_errors([vertex(2, 256)], []) == []  # a new operator: nothing to restore
+    assert compare([_op("dedup_join")], saved, [vertex(2, 256)]).refused == changed
