@@ -288,10 +288,17 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
                                                               "one, in RUN_DIR/job.json): `driftline savepoint "
                                                               "--run RUN_DIR` and Ctrl-C (stop with a savepoint) "
                                                               "use it."),
+        parallelism: Optional[int] = typer.Option(None, help="Parallelism of the SQL operators (sources, "
+                                                             "windowed counts, dedup and join; the Learner always "
+                                                             "1). Default 1; a resume keeps its run's unless given."),
+        max_parallelism: Optional[int] = typer.Option(None, help="Key groups: the highest parallelism the job "
+                                                                 "can ever be rescaled to, fixed for its life "
+                                                                 "(default 128; a resume keeps its run's)."),
         from_savepoint: Optional[str] = typer.Option(None, help="Resume RUN_DIR's job (its job.json decides "
                                                                 "the data and settings; --follow, --speedup, "
-                                                                "--[no-]updates, --rest-port and --prometheus-ports "
-                                                                "apply) from this savepoint."),
+                                                                "--[no-]updates, --rest-port, --prometheus-ports "
+                                                                "and a given --parallelism apply) from this "
+                                                                "savepoint."),
         allow_non_restored_state: bool = typer.Option(
             False, "--allow-non-restored-state",
             help="With --from-savepoint: skip its state that maps to no operator of this build."),
@@ -317,10 +324,12 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
 
     rest_port = rest_port or free_port()
     rest = {"rest.port": str(rest_port), "rest.bind-port": str(rest_port)}
+    scale = {k: v for k, v in (("parallelism", parallelism), ("max_parallelism", max_parallelism)) if v is not None}
     if from_savepoint:
         try:
             summary = _resume_local(out, from_savepoint, allow_non_restored_state, rest, follow=follow,
-                                    replay_speedup=speedup, write_updates=updates, prometheus_ports=prometheus_ports)
+                                    replay_speedup=speedup, write_updates=updates, prometheus_ports=prometheus_ports,
+                                    **scale)
         except typer.Exit:  # a refused resume (click's Exit is a RuntimeError too)
             raise
         except RuntimeError as e:  # the job failed (its log's end says why)
@@ -341,7 +350,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     except (DataDirMissing, ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
-    job: dict = {"follow": follow, "replay_speedup": speedup, "write_updates": updates,
+    job: dict = {"follow": follow, "replay_speedup": speedup, "write_updates": updates, **scale,
                  "prometheus_ports": prometheus_ports, "flink_conf": rest,
                  "kafka": _kafka(kafka, kafka_topics, kafka_group, kafka_replay, kafka_output, kafka_validate,
                                  kafka_exactly_once)}

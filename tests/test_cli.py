@@ -97,6 +97,9 @@ def test_a_job_cannot_run_above_its_max_parallelism(tmp_path):
     for bad in ({"parallelism": 129}, {"parallelism": 0}, {"max_parallelism": 40_000}):
         with pytest.raises(ValueError, match="max_parallelism"):
             JobConfig(**paths, **bad)
+    r = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), "--events", "200", "--parallelism", "64",
+                            "--max-parallelism", "32"])
+    assert r.exit_code == 2 and "max_parallelism (32)" in " ".join(r.output.split()), r.output
 
 
 def test_run_rejects_a_bad_triggered_retrain_delay(tmp_path):

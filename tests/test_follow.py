@@ -202,10 +202,10 @@ def test_cli_stop_a_local_run_with_a_savepoint_and_resume_it(tmp_path):
     600 --rest-port P`` (its own process) stopped by ``driftline savepoint --run RUN_DIR
     --stop`` once a checkpoint has completed; ``driftline run --out RUN_DIR --from-savepoint
     PATH --speedup 600`` stopped by Ctrl-C (SIGINT: a savepoint, then the job stops); resumed
-    again to the end. A stopped run ends without an error, says how to resume, and its summary
-    is not final (its input was not all read); each resume checks the savepoint against the
-    build and keeps what came before; the three parts give exactly the uninterrupted run's
-    outputs and FTRL weights."""
+    again to the end at parallelism 2. A stopped run ends without an error, says how to
+    resume, and its summary is not final (its input was not all read); each resume checks the
+    savepoint against the build and keeps what came before; the three parts give exactly the
+    uninterrupted run's outputs and FTRL weights."""
     import signal as signals
     from collections import Counter
 
@@ -273,9 +273,12 @@ def test_cli_stop_a_local_run_with_a_savepoint_and_resume_it(tmp_path):
     assert second != first and "stopping the job with a savepoint" in log2.read_text()
     part2 = lines(run, "predictions")
     assert set(part1) < set(part2)  # the first part kept, more served
-    # part 3: to the end
-    r = CliRunner().invoke(app, ["run", "--out", str(run), "--from-savepoint", second, "--no-report"])
+    # part 3: to the end, rescaled from parallelism 1 to 2 (the keyed state's key groups split
+    # between two subtasks of each SQL operator)
+    r = CliRunner().invoke(app, ["run", "--out", str(run), "--from-savepoint", second, "--no-report",
+                                 "--parallelism", "2"])
     assert r.exit_code == 0, r.output
+    assert json.loads((run / "job.json").read_text())["parallelism"] == 2
     resumed = json.loads((run / "summary.json").read_text())
     assert resumed["final"] and resumed["reconciliation"]["reconciles"] and resumed["counts"] == local["counts"]
     for name in ("predictions", "examples", "late_labels", "dead_letter", "updates"):
