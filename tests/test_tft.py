@@ -87,7 +87,9 @@ def _tensors(instances: list[dict], feature_spec: dict) -> dict:
                                      tf.constant(np.array([col[j][0] for j in present], dtypes[f.dtype])),
                                      [len(col), 1])
         else:
-            out[k] = tf.constant(np.array(col, dtypes[f.dtype]))
+            # the planted bid 1e308 is infinite in float32, as on a tf.Example's float wire (meant)
+            with np.errstate(over="ignore"):
+                out[k] = tf.constant(np.array(col, dtypes[f.dtype]))
     return out
 
 
