@@ -1052,6 +1052,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         raise typer.Exit(2)
     if speedup < 0:
         raise typer.BadParameter("--speedup must be >= 0")
+    keys = {} if max_parallelism is None else {"max_parallelism": max_parallelism}  # else the run's / 128
     if from_savepoint and (out / "job.json").is_file():
         # resuming this run: preparing it again would delete what it committed before the stop
         # (outputs, the registry its state's models come from, its retrains)
@@ -1059,8 +1060,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
             console.print("[red]error:[/red] a resumed job serves the base model in its state; no --base-registry")
             raise typer.Exit(2)
         job = json.loads((out / "job.json").read_text())
-        job.update(parallelism=parallelism, write_updates=updates, replay_speedup=speedup,
-                   **({"max_parallelism": max_parallelism} if max_parallelism else {}))
+        job.update(parallelism=parallelism, write_updates=updates, replay_speedup=speedup, **keys)
         _stage_resume(out, job, from_savepoint, allow_non_restored_state)
         _kafka_preflight(job.get("kafka") or {})
         event_dir = Path(job["event_dir"])
@@ -1074,8 +1074,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         _kafka_preflight(kafka_job)
         try:
             prepare_run(event_dir, out, source, artifact=artifact, parallelism=parallelism, write_updates=updates,
-                        **({"max_parallelism": max_parallelism} if max_parallelism else {}),
-                        base_registry=base_registry, replay_speedup=speedup,
+                        **keys, base_registry=base_registry, replay_speedup=speedup,
                         warmup=_warmup(base_registry, warmup, no_warmup), kafka=kafka_job)
         except (RegistryError, ValueError) as e:
             console.print(f"[red]error:[/red] {e}")

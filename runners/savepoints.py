@@ -46,10 +46,9 @@ def local_path(savepoint: str) -> Path:
 def states(savepoint: str) -> list[dict]:
     """Every operator state in the savepoint: ``id`` (hex), ``uid`` and ``name`` (as recorded),
     ``bytes`` (its state's size), ``parallelism`` and ``max_parallelism`` (its key groups),
-    ``has_state`` (Flink's own rule for refusing to drop it: a
-    coordinator state or a subtask with state), ``finished`` (a fully finished operator, e.g. a
-    bounded source at its end) and ``partly_finished`` (some of its subtasks finished). Needs
-    PyFlink's gateway (starts a JVM)."""
+    ``has_state`` (Flink's own rule for refusing to drop it: a coordinator state or a subtask
+    with state), ``finished`` (a fully finished operator, e.g. a bounded source at its end) and
+    ``partly_finished`` (some of its subtasks finished). Needs PyFlink's gateway (starts a JVM)."""
     from pyflink.java_gateway import get_gateway
 
     folder = local_path(savepoint)
@@ -123,14 +122,14 @@ def parallelism_errors(vertices: list[dict], saved: list[dict]) -> list[str]:
     by_id = {s["id"]: s for s in saved}
     found: dict[tuple, list[str]] = {}
     for v in vertices:
-        mine = sorted({by_id[i]["max_parallelism"] for i in v["operators"]
-                       if i in by_id and by_id[i].get("max_parallelism")})
-        if not mine or not v.get("parallelism"):
+        saved_max = sorted({by_id[i]["max_parallelism"] for i in v["operators"]
+                            if i in by_id and by_id[i].get("max_parallelism")})
+        if not saved_max or not v.get("parallelism"):
             continue
-        if v["parallelism"] > mine[0]:
-            found.setdefault(("above", v["parallelism"], mine[0]), []).append(v["name"])
-        elif v.get("max_parallelism", 0) > 0 and mine != [v["max_parallelism"]]:
-            found.setdefault(("changed", v["max_parallelism"], mine[0]), []).append(v["name"])
+        if v["parallelism"] > saved_max[0]:
+            found.setdefault(("above", v["parallelism"], saved_max[0]), []).append(v["name"])
+        elif v.get("max_parallelism", 0) > 0 and saved_max != [v["max_parallelism"]]:
+            found.setdefault(("changed", v["max_parallelism"], saved_max[0]), []).append(v["name"])
 
     def which(names: list[str]) -> str:
         return f"{len(names)} vertices, e.g. {names[0]!r}" if len(names) > 1 else f"vertex {names[0]!r}"
