@@ -347,11 +347,17 @@ def measure(event_dir: Path, source: str, run_dir: Path, label: str, **job) -> d
 
 
 # mode -> KafkaConfig settings (None: the event directory)
+JOB = "_job"  # in a mode's settings: JobConfig settings of its own, not Kafka's
 _TO_TOPICS = {"output_topics": {o: f"out_{o}" for o in ("predictions", "examples", "updates", "late_labels",
                                                         "dead_letter", "metrics", "alerts")}}
 KAFKA_MODES = {"files": None, "kafka": {}, "kafka + validate": {"validate": True},
                # every output also to a topic (keyed by event_id): at least once, or in transactions
-               "kafka + outputs": _TO_TOPICS, "kafka + outputs exactly-once": {**_TO_TOPICS, "exactly_once": True}}
+               "kafka + outputs": _TO_TOPICS, "kafka + outputs exactly-once": {**_TO_TOPICS, "exactly_once": True},
+               # the same with checkpoints every 30 s instead of the job's 5 s: a transaction (and,
+               # with Flink's default naming, a new producer per sink) per checkpoint, so fewer of
+               # them; the outputs then become visible to read_committed consumers up to 30 s later
+               "kafka + outputs exactly-once (30-s checkpoints)": {**_TO_TOPICS, "exactly_once": True,
+                                                                  JOB: {"checkpoint_interval_ms": 30_000}}}
 
 
 def kafka_cost(root: Path, events: int, rate_per_s: float | None = None, rounds: int = 1,
@@ -360,41 +366,48 @@ def kafka_cost(root: Path, events: int, rate_per_s: float | None = None, rounds:
     Kafka topics (a local Tansu broker, two partitions per topic, bounded at the published end
     offsets: ``--kafka-replay``), from the same topics validated in the stream
     (``--kafka-validate``), and with every output also written to topics (``--kafka-output``, at
-    least once or ``--kafka-exactly-once``), the modes alternating for ``rounds`` rounds. Each mode's start-up is a
-    200-impression run of its own (its own topics), subtracted once per mode and round. Also the
-    publisher's rate (``runners.kafka.publish``: kafka-python, acks=all)."""
+    least once or ``--kafka-exactly-once``), the modes alternating for ``rounds`` rounds. Each
+    mode's run has a broker of its own, the log published to it first: the broker keeps every
+    record in memory (Tansu's memory storage), and one that held earlier runs' outputs ran later
+    runs up to 2x slower (session 40). Each mode's start-up is a 200-impression run of its own
+    (its own topics, the same broker), subtracted once per mode and round. Also the publisher's
+    rate (``runners.kafka.publish``: kafka-python, acks=all), per broker."""
     from runners.kafka import KafkaConfig, local_broker, publish
 
     ev, source = prepare_events("generator", root / "big", events, 7, None, rate_per_s)
     small, _ = prepare_events("generator", root / "small", 200, 7)
-    out: dict = {"impressions": events, "rate_per_s": rate_per_s, "runs": []}
-    with local_broker(log=root / "tansu.log") as servers:
-        t0 = time.time()
-        big = KafkaConfig(servers, end_offsets=publish(ev, KafkaConfig(servers), partitions=2))
-        secs = time.time() - t0
-        records = sum(sum(v.values()) for v in big.end_offsets.values())
-        out["publish"] = {"records": records, "seconds": round(secs, 1), "records_per_s": round(records / secs)}
-        tiny = KafkaConfig(servers, impressions_topic="imp_small", labels_topic="lab_small")
-        tiny.end_offsets = publish(small, tiny, partitions=2)
-        for r in range(rounds):
-            for mode, settings in ((m, KAFKA_MODES[m]) for m in modes):
+    out: dict = {"impressions": events, "rate_per_s": rate_per_s, "runs": [], "publish": []}
+    for r in range(rounds):
+        for mode, settings in ((m, KAFKA_MODES[m]) for m in modes):
+            tag = f"{mode.replace(' + ', '_')}_{r}"
+            with local_broker(log=root / f"tansu_{tag}.log") as servers:
+                t0 = time.time()
+                big = KafkaConfig(servers, end_offsets=publish(ev, KafkaConfig(servers), partitions=2))
+                secs = time.time() - t0
+                records = sum(sum(v.values()) for v in big.end_offsets.values())
+                out["publish"].append({"records": records, "seconds": round(secs, 1),
+                                       "records_per_s": round(records / secs)})
+                tiny = KafkaConfig(servers, impressions_topic="imp_small", labels_topic="lab_small")
+                tiny.end_offsets = publish(small, tiny, partitions=2)
                 runs = {}
                 for name, event_dir, cfg in (("startup", small, tiny), ("run", ev, big)):
-                    job = {} if settings is None else {"kafka": {**cfg.to_dict(), **settings}}
-                    runs[name] = measure(event_dir, source, root / f"{name}_{mode.replace(' + ', '_')}_{r}",
-                                         mode, **job)
-                run, busy = runs["run"], runs["run"]["seconds"] - runs["startup"]["seconds"]
-                out["runs"].append({**run, "round": r, "startup_seconds": runs["startup"]["seconds"],
-                                    "impressions_per_s_excl_startup": round(run["impressions"] / busy, 1)
-                                    if busy > 0 else None})
+                    kafka = {k: v for k, v in (settings or {}).items() if k != JOB}
+                    job = {} if settings is None else {"kafka": {**cfg.to_dict(), **kafka}, **settings.get(JOB, {})}
+                    runs[name] = measure(event_dir, source, root / f"{name}_{tag}", mode, **job)
+            run, busy = runs["run"], runs["run"]["seconds"] - runs["startup"]["seconds"]
+            out["runs"].append({**run, "round": r, "startup_seconds": runs["startup"]["seconds"],
+                                "impressions_per_s_excl_startup": round(run["impressions"] / busy, 1)
+                                if busy > 0 else None})
     return out
 
 
 def print_kafka(k: dict) -> None:
     p = k["publish"]
-    print(f"publish (kafka-python, acks=all, 2 partitions): {p['records']:,} records in {p['seconds']:.1f} s, "
-          f"{p['records_per_s']:,}/s; the broker's peak RSS "
-          f"{max(r['peak_memory_mib']['broker'] for r in k['runs']):,.0f} MiB (not in the runs' peak)")
+    took = ", ".join(f"{x['seconds']:.1f}" for x in p)
+    print(f"publish (kafka-python, acks=all, 2 partitions; a broker per run): {p[0]['records']:,} records in "
+          f"{took} s, {max(x['records_per_s'] for x in p):,}/s at best; "
+          f"the brokers' peak RSS {max(r['peak_memory_mib']['broker'] for r in k['runs']):,.0f} MiB (not in the "
+          "runs' peak)")
     print(f"{'mode':<17} {'round':>5} {'impressions':>11} {'seconds':>8} {'start-up':>9} {'imp/s (-startup)':>17} "
           f"{'peak MiB':>9} {'reconciles':>10} {'logloss':>8}")
     for r in k["runs"]:
