@@ -380,20 +380,23 @@ def kafka_cost(root: Path, events: int, rate_per_s: float | None = None, rounds:
     for r in range(rounds):
         for mode, settings in ((m, KAFKA_MODES[m]) for m in modes):
             tag = f"{mode.replace(' + ', '_')}_{r}"
-            with local_broker(log=root / f"tansu_{tag}.log") as servers:
-                t0 = time.time()
-                big = KafkaConfig(servers, end_offsets=publish(ev, KafkaConfig(servers), partitions=2))
-                secs = time.time() - t0
-                records = sum(sum(v.values()) for v in big.end_offsets.values())
-                out["publish"].append({"records": records, "seconds": round(secs, 1),
-                                       "records_per_s": round(records / secs)})
-                tiny = KafkaConfig(servers, impressions_topic="imp_small", labels_topic="lab_small")
-                tiny.end_offsets = publish(small, tiny, partitions=2)
-                runs = {}
-                for name, event_dir, cfg in (("startup", small, tiny), ("run", ev, big)):
-                    kafka = {k: v for k, v in (settings or {}).items() if k != JOB}
-                    job = {} if settings is None else {"kafka": {**cfg.to_dict(), **kafka}, **settings.get(JOB, {})}
-                    runs[name] = measure(event_dir, source, root / f"{name}_{tag}", mode, **job)
+            if settings is None:  # the event directory: no broker
+                runs = {name: measure(event_dir, source, root / f"{name}_{tag}", mode)
+                        for name, event_dir in (("startup", small), ("run", ev))}
+            else:
+                kafka = {k: v for k, v in settings.items() if k != JOB}
+                with local_broker(log=root / f"tansu_{tag}.log") as servers:
+                    t0 = time.time()
+                    big = KafkaConfig(servers, end_offsets=publish(ev, KafkaConfig(servers), partitions=2))
+                    secs = time.time() - t0
+                    records = sum(sum(v.values()) for v in big.end_offsets.values())
+                    out["publish"].append({"records": records, "seconds": round(secs, 1),
+                                           "records_per_s": round(records / secs)})
+                    tiny = KafkaConfig(servers, impressions_topic="imp_small", labels_topic="lab_small")
+                    tiny.end_offsets = publish(small, tiny, partitions=2)
+                    runs = {name: measure(event_dir, source, root / f"{name}_{tag}", mode,
+                                          kafka={**cfg.to_dict(), **kafka}, **settings.get(JOB, {}))
+                            for name, event_dir, cfg in (("startup", small, tiny), ("run", ev, big))}
             run, busy = runs["run"], runs["run"]["seconds"] - runs["startup"]["seconds"]
             out["runs"].append({**run, "round": r, "startup_seconds": runs["startup"]["seconds"],
                                 "impressions_per_s_excl_startup": round(run["impressions"] / busy, 1)
@@ -403,11 +406,11 @@ def kafka_cost(root: Path, events: int, rate_per_s: float | None = None, rounds:
 
 def print_kafka(k: dict) -> None:
     p = k["publish"]
-    took = ", ".join(f"{x['seconds']:.1f}" for x in p)
-    print(f"publish (kafka-python, acks=all, 2 partitions; a broker per run): {p[0]['records']:,} records in "
-          f"{took} s, {max(x['records_per_s'] for x in p):,}/s at best; "
-          f"the brokers' peak RSS {max(r['peak_memory_mib']['broker'] for r in k['runs']):,.0f} MiB (not in the "
-          "runs' peak)")
+    if p:
+        took = ", ".join(f"{x['seconds']:.1f}" for x in p)
+        print(f"publish (kafka-python, acks=all, 2 partitions; a broker per run): {p[0]['records']:,} records in "
+              f"{took} s, {max(x['records_per_s'] for x in p):,}/s at best; the brokers' peak RSS "
+              f"{max(r['peak_memory_mib'].get('broker', 0) for r in k['runs']):,.0f} MiB (not in the runs' peak)")
     print(f"{'mode':<17} {'round':>5} {'impressions':>11} {'seconds':>8} {'start-up':>9} {'imp/s (-startup)':>17} "
           f"{'peak MiB':>9} {'reconciles':>10} {'logloss':>8}")
     for r in k["runs"]:
