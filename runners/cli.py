@@ -138,6 +138,10 @@ WARMUP_OPT = typer.Option(None, "--warmup", help="Event directory of the traffic
 NO_WARMUP_OPT = typer.Option(False, "--no-warmup", help="Start the windowed counts, the dedup and the join empty.")
 
 
+CHECKPOINT_OPT = typer.Option(None, "--checkpoint-interval",
+                              help="Checkpoints this often, e.g. 30s (default 5s; a resume keeps its run's unless "
+                                   "given): outputs commit at checkpoints, so with --kafka-exactly-once also how "
+                                   "late read_committed consumers see them, and how many transactions there are.")
 KAFKA_OPT = typer.Option(None, "--kafka", help="Read the impressions and labels from Kafka topics on these "
                                                 "bootstrap servers (host:port[,...]) instead of the event "
                                                 "directory (which still fits the transforms and is the run's "
@@ -294,11 +298,12 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         max_parallelism: Optional[int] = typer.Option(None, help="Key groups: the highest parallelism the job "
                                                                  "can ever be rescaled to, fixed for its life "
                                                                  "(default 128; a resume keeps its run's)."),
+        checkpoint_interval: Optional[str] = CHECKPOINT_OPT,
         from_savepoint: Optional[str] = typer.Option(None, help="Resume RUN_DIR's job (its job.json decides "
                                                                 "the data and settings; --follow, --speedup, "
                                                                 "--[no-]updates, --rest-port, --prometheus-ports "
-                                                                "and a given --parallelism apply) from this "
-                                                                "savepoint."),
+                                                                "and a given --parallelism or --checkpoint-interval "
+                                                                "apply) from this savepoint."),
         allow_non_restored_state: bool = typer.Option(
             False, "--allow-non-restored-state",
             help="With --from-savepoint: skip its state that maps to no operator of this build."),
@@ -325,6 +330,8 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
     rest_port = rest_port or free_port()
     rest = {"rest.port": str(rest_port), "rest.bind-port": str(rest_port)}
     scale = {k: v for k, v in (("parallelism", parallelism), ("max_parallelism", max_parallelism)) if v is not None}
+    if checkpoint_interval is not None:
+        scale["checkpoint_interval_ms"] = _duration_ms(checkpoint_interval)
     if from_savepoint:
         try:
             summary = _resume_local(out, from_savepoint, allow_non_restored_state, rest, follow=follow,
@@ -1013,6 +1020,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
            max_parallelism: Optional[int] = typer.Option(
                None, help="Key groups: the highest parallelism the job can ever be rescaled to, fixed for "
                           "its life (default 128; a resume keeps its run's)."),
+           checkpoint_interval: Optional[str] = CHECKPOINT_OPT,
            wait_for_end: bool = typer.Option(True, "--wait/--no-wait", help="Wait for a bounded job to end."),
            from_savepoint: Optional[str] = typer.Option(None, help="Resume from this savepoint path."),
            allow_non_restored_state: bool = typer.Option(
@@ -1053,6 +1061,8 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
     if speedup < 0:
         raise typer.BadParameter("--speedup must be >= 0")
     keys = {} if max_parallelism is None else {"max_parallelism": max_parallelism}  # else the run's / 128
+    if checkpoint_interval is not None:
+        keys["checkpoint_interval_ms"] = _duration_ms(checkpoint_interval)
     if from_savepoint and (out / "job.json").is_file():
         # resuming this run: preparing it again would delete what it committed before the stop
         # (outputs, the registry its state's models come from, its retrains)

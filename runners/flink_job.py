@@ -153,6 +153,8 @@ class JobConfig:
         if not 1 <= self.parallelism <= self.max_parallelism <= 32_768:
             raise ValueError(f"need 1 <= parallelism ({self.parallelism}) <= max_parallelism "
                              f"({self.max_parallelism}) <= 32768 (Flink's bound on key groups)")
+        if self.checkpoint_interval_ms < 10:
+            raise ValueError("checkpoint_interval_ms must be >= 10 (Flink's minimum)")
         if self.dedup_retention_ms <= 0:
             raise ValueError("dedup_retention_ms must be > 0")
         if self.replay_speedup < 0:

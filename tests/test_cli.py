@@ -57,8 +57,10 @@ def test_transforms_unknown_spec_is_a_clear_error():
 
 
 def test_run_the_streaming_job_end_to_end(tmp_path):
-    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "1500", "--window-ms", "600000", "--no-updates"])
+    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "1500", "--window-ms", "600000", "--no-updates",
+                            "--checkpoint-interval", "1s"])
     assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "job.json").read_text())["checkpoint_interval_ms"] == 1000
     assert "reconciles" in r.output and "progressive logloss" in r.output
     assert (tmp_path / "report.html").stat().st_size > 10_000 and "report:" in r.output  # rich wraps paths
     s = json.loads((tmp_path / "summary.json").read_text())
@@ -100,6 +102,13 @@ def test_a_job_cannot_run_above_its_max_parallelism(tmp_path):
     r = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), "--events", "200", "--parallelism", "64",
                             "--max-parallelism", "32"])
     assert r.exit_code == 2 and "max_parallelism (32)" in " ".join(r.output.split()), r.output
+
+
+def test_run_rejects_a_bad_checkpoint_interval(tmp_path):
+    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "100", "--checkpoint-interval", "soon"])
+    assert r.exit_code == 2 and "not a duration" in r.output
+    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "100", "--checkpoint-interval", "5ms"])
+    assert r.exit_code == 2 and "checkpoint_interval_ms must be >= 10" in " ".join(r.output.split()), r.output
 
 
 def test_run_rejects_a_bad_triggered_retrain_delay(tmp_path):
