@@ -138,6 +138,8 @@ WARMUP_OPT = typer.Option(None, "--warmup", help="Event directory of the traffic
 NO_WARMUP_OPT = typer.Option(False, "--no-warmup", help="Start the windowed counts, the dedup and the join empty.")
 
 
+MAX_PARALLELISM_OPT = typer.Option(None, help="Key groups: the highest parallelism the job can ever be rescaled "
+                                              "to, fixed for its life (default 128; a resume keeps its run's).")
 CHECKPOINT_OPT = typer.Option(None, "--checkpoint-interval",
                               help="Checkpoints this often, e.g. 30s (default 5s; a resume keeps its run's unless "
                                    "given): outputs commit at checkpoints, so with --kafka-exactly-once also how "
@@ -295,9 +297,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         parallelism: Optional[int] = typer.Option(None, help="Parallelism of the SQL operators (sources, "
                                                              "windowed counts, dedup and join; the Learner always "
                                                              "1). Default 1; a resume keeps its run's unless given."),
-        max_parallelism: Optional[int] = typer.Option(None, help="Key groups: the highest parallelism the job "
-                                                                 "can ever be rescaled to, fixed for its life "
-                                                                 "(default 128; a resume keeps its run's)."),
+        max_parallelism: Optional[int] = MAX_PARALLELISM_OPT,
         checkpoint_interval: Optional[str] = CHECKPOINT_OPT,
         from_savepoint: Optional[str] = typer.Option(None, help="Resume RUN_DIR's job (its job.json decides "
                                                                 "the data and settings; --follow, --speedup, "
@@ -329,9 +329,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
 
     rest_port = rest_port or free_port()
     rest = {"rest.port": str(rest_port), "rest.bind-port": str(rest_port)}
-    scale = {k: v for k, v in (("parallelism", parallelism), ("max_parallelism", max_parallelism)) if v is not None}
-    if checkpoint_interval is not None:
-        scale["checkpoint_interval_ms"] = _duration_ms(checkpoint_interval)
+    scale = _given(parallelism=parallelism, max_parallelism=max_parallelism, checkpoint_interval=checkpoint_interval)
     if from_savepoint:
         try:
             summary = _resume_local(out, from_savepoint, allow_non_restored_state, rest, follow=follow,
@@ -495,6 +493,15 @@ def backfill(event_dir: Path = typer.Argument(..., help="Historical event direct
         raise typer.BadParameter(str(e))
     counts = backfill_examples(event_dir, TransformArtifact.load(artifact), join, out, beam_arg or None)
     console.print(f"backfill -> {out}: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+
+
+def _given(checkpoint_interval: Optional[str] = None, **settings) -> dict:
+    """The JobConfig settings of the options given (None: not given, so the default, or on a
+    resume its run's), ``checkpoint_interval`` as ``checkpoint_interval_ms``."""
+    out = {k: v for k, v in settings.items() if v is not None}
+    if checkpoint_interval is not None:
+        out["checkpoint_interval_ms"] = _duration_ms(checkpoint_interval)
+    return out
 
 
 def _duration_ms(text: str) -> int:
@@ -1017,9 +1024,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
            out: Path = typer.Option(Path("runs/submitted"), help="Run folder (RUN_DIR) for the outputs."),
            events: int = typer.Option(20_000, help="Impressions to generate (--data generator)."),
            parallelism: int = typer.Option(2, help="Parallelism of the SQL operators."),
-           max_parallelism: Optional[int] = typer.Option(
-               None, help="Key groups: the highest parallelism the job can ever be rescaled to, fixed for "
-                          "its life (default 128; a resume keeps its run's)."),
+           max_parallelism: Optional[int] = MAX_PARALLELISM_OPT,
            checkpoint_interval: Optional[str] = CHECKPOINT_OPT,
            wait_for_end: bool = typer.Option(True, "--wait/--no-wait", help="Wait for a bounded job to end."),
            from_savepoint: Optional[str] = typer.Option(None, help="Resume from this savepoint path."),
@@ -1060,9 +1065,7 @@ def submit(data: str = typer.Option("generator", help="generator | talkingdata |
         raise typer.Exit(2)
     if speedup < 0:
         raise typer.BadParameter("--speedup must be >= 0")
-    keys = {} if max_parallelism is None else {"max_parallelism": max_parallelism}  # else the run's / 128
-    if checkpoint_interval is not None:
-        keys["checkpoint_interval_ms"] = _duration_ms(checkpoint_interval)
+    keys = _given(max_parallelism=max_parallelism, checkpoint_interval=checkpoint_interval)
     if from_savepoint and (out / "job.json").is_file():
         # resuming this run: preparing it again would delete what it committed before the stop
         # (outputs, the registry its state's models come from, its retrains)
