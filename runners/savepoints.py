@@ -178,13 +178,15 @@ def finished_state_errors(vertices: list[dict], saved: list[dict]) -> list[str]:
 
 def check(job_json: str | Path, savepoint: str) -> ResumeCheck:
     """``compare`` of the job ``job_json`` (built, not run) and ``savepoint``, from a child
-    process with the job's interpreter."""
+    process with the job's interpreter (in tests, their warm one: ``runners.warm``)."""
+    from runners import warm
     from runners.flink_job import JobConfig
 
     local_path(savepoint)  # a clear error before a JVM starts
     cfg = JobConfig.from_dict(json.loads(Path(job_json).read_text()))
-    proc = subprocess.run([cfg.python_executable, "-m", "runners.savepoints", str(job_json), savepoint],
-                          capture_output=True, text=True)
+    args = ["-m", "runners.savepoints", str(job_json), savepoint]
+    proc = (warm.run(args, python=cfg.python_executable) if warm.eligible(cfg)
+            else subprocess.run([cfg.python_executable, *args], capture_output=True, text=True))
     if proc.returncode != 0:
         raise RuntimeError(f"checking the savepoint failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     got = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])

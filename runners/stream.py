@@ -20,6 +20,7 @@ import numpy as np
 from pipelines.join import JoinConfig
 from models.online import OnlineConfig
 from models.hotswap import read_swaps
+from runners import warm
 from runners.flink_job import OUTPUTS, JobConfig
 from runners.savepoints import STOPPED
 
@@ -55,16 +56,14 @@ def fit_warmup_artifact(event_dir: Path, spec_name: str, out_dir: Path, warmup_f
 
 def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> float:
     """Run the job of ``run_dir/job.json`` to completion in a child process; returns seconds.
+    (In a test suite, in its warm process instead when that takes the job: ``runners.warm``.)
     Ctrl-C (SIGINT) stops a job with a REST port (``rest.port`` in ``flink_conf``) with a
     savepoint into ``run_dir/savepoints``, as ``driftline savepoint --run RUN_DIR --stop``
     does, and waits for it to end; a second Ctrl-C, or a job without a REST port, ends it at
     once (its last checkpoint, if any, stays in ``run_dir/checkpoints``), and so does SIGTERM
     to this process (a supervisor's stop: the job's processes do not outlive it)."""
-    import os
     import signal
     import threading
-
-    from runners.savepoints import stop_local
 
     def terminated(signum, frame):
         raise SystemExit(128 + signum)
@@ -75,7 +74,31 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
     restored = port and cfg.flink_conf.get("execution.state-recovery.path")
     drain = draining_restored_kafka_replay(cfg, run_dir, f"http://127.0.0.1:{port}") if restored else nullcontext()
     before = signal.signal(signal.SIGTERM, terminated) if main else None
-    with open(run_dir / "flink.log", "w") as log, drain:
+    try:
+        rc = None
+        if warm.eligible(cfg):  # a test suite's warm process (runners.warm), if it takes the job
+            rc = warm.call(["-m", "runners.flink_job", str(run_dir / "job.json")], run_dir / "flink.log",
+                           python=cfg.python_executable, timeout=timeout)
+        if rc is None:
+            with drain:
+                rc = _run_cold(cfg, run_dir, timeout, port)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+    if rc != 0:
+        tail = (run_dir / "flink.log").read_text()[-4000:]
+        raise RuntimeError(f"streaming job failed (exit {rc}); log {run_dir / 'flink.log'}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+def _run_cold(cfg: JobConfig, run_dir: Path, timeout: float | None, port: int) -> int:
+    """The job in a child process of its own (``run_job``); returns its exit code."""
+    import os
+    import signal
+
+    from runners.savepoints import stop_local
+
+    with open(run_dir / "flink.log", "w") as log:
         # its own session: a terminal's Ctrl-C reaches this process only, which decides
         proc = subprocess.Popen([cfg.python_executable, "-m", "runners.flink_job", str(run_dir / "job.json")],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -100,13 +123,7 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
             raise
-        finally:
-            if main:
-                signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
-    if proc.returncode != 0:
-        tail = (run_dir / "flink.log").read_text()[-4000:]
-        raise RuntimeError(f"streaming job failed (exit {proc.returncode}); log {run_dir / 'flink.log'}:\n{tail}")
-    return time.perf_counter() - t0
+    return proc.returncode
 
 
 @contextmanager
@@ -173,8 +190,9 @@ def job_operators(job_json: str | Path) -> list[dict]:
     """``runners.flink_job.operators`` of the job ``job_json`` (built, not run), from a child
     process: each operator's name, uid and operator id (its state's id in savepoints)."""
     cfg = JobConfig.from_dict(json.loads(Path(job_json).read_text()))
-    proc = subprocess.run([cfg.python_executable, "-m", "runners.flink_job", "--operators", str(job_json)],
-                          capture_output=True, text=True)
+    args = ["-m", "runners.flink_job", "--operators", str(job_json)]
+    proc = (warm.run(args, python=cfg.python_executable) if warm.eligible(cfg)
+            else subprocess.run([cfg.python_executable, *args], capture_output=True, text=True))
     if proc.returncode != 0:
         raise RuntimeError(f"building the job failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]

@@ -29,3 +29,19 @@ LONGEST_FIRST = ("test_fault_tolerance.py",  # 463 s, mostly paced and restartin
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_jobs(tmp_path_factory):
+    """This pytest process's local Flink jobs one after another in one warm process
+    (``runners.warm``: the gateway JVM started and compiled once, not per job); each job still
+    starts its own mini-cluster. ``DRIFTLINE_WARM_JOBS=0``: every job in a process of its own."""
+    import os
+
+    from runners.warm import ENV, serving
+
+    if os.environ.get(ENV) == "0":
+        yield None
+        return
+    with serving(tmp_path_factory.getbasetemp() / "warm.log") as proc:
+        yield proc

@@ -4,11 +4,9 @@ DeserializationSchemaAdapter.java`` in place of Flink 2.3's, whose positions aft
 restart from zero (a second restore re-read rows: duplicates and late rows after three
 TaskManager kills). Read in a child process with a Flink gateway (tests/file_source_reads.py)."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from runners import jvm
+from runners import jvm, warm
 
 READS = Path(__file__).with_name("file_source_reads.py")
 
@@ -17,8 +15,7 @@ def _reads(tmp_path, lines: list[str], plan: list[int]) -> dict:
     path = tmp_path / "rows.jsonl"
     path.write_bytes("".join(lines).encode())
     out = tmp_path / "out.json"
-    proc = subprocess.run([sys.executable, str(READS), str(path), json.dumps(plan), str(out)],
-                          capture_output=True, text=True)
+    proc = warm.run([str(READS), str(path), json.dumps(plan), str(out)])
     assert proc.returncode == 0, proc.stderr[-5000:]
     return json.loads(out.read_text())
 

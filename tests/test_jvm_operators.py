@@ -3,11 +3,10 @@ child process): ``driftline.flink.DedupJoin``'s dedup (event-time retention, imp
 join outcomes, against
 ``pipelines.join.reference_join``, on hand-made streams with the boundary cases."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from pipelines.join import JoinConfig, reference_join
+from runners import warm
 from runners.packing import NO_TIME
 
 JOB = Path(__file__).with_name("jvm_operators_job.py")
@@ -15,7 +14,7 @@ JOB = Path(__file__).with_name("jvm_operators_job.py")
 
 def _run(tmp_path, args: dict) -> list:
     out = tmp_path / "out.json"
-    proc = subprocess.run([sys.executable, str(JOB), json.dumps(args), str(out)], capture_output=True, text=True)
+    proc = warm.run([str(JOB), json.dumps(args), str(out)])
     assert proc.returncode == 0, proc.stderr[-5000:]
     return json.loads(out.read_text())
 

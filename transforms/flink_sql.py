@@ -265,22 +265,22 @@ def run_aggregates(spec: FeatureSpec, source: SourceSpec, impressions_path: str,
     ``engine``: ``java`` (``windowed_counts``, what the streaming job runs) or ``sql``
     (``aggregates_sql``, Flink's own OVER windows: the definition it is tested against).
 
-    The job runs in a child process: PyFlink registers its own operations in Beam's worker
-    registry on import, which breaks Beam pipelines later in the same process. For tests and
-    backfills; the streaming job embeds ``windowed_counts`` in its own plan."""
+    The job runs in a child process (in tests, their warm one: ``runners.warm``): PyFlink
+    registers its own operations in Beam's worker registry on import, which breaks Beam
+    pipelines later in the same process. For tests and backfills; the streaming job embeds
+    ``windowed_counts`` in its own plan."""
     import json
-    import subprocess
-    import sys
     import tempfile
 
     import pandas as pd
+
+    from runners import warm
 
     with tempfile.TemporaryDirectory() as tmp:
         args = {"spec": spec.to_dict(), "source": source.to_dict(), "path": impressions_path,
                 "delay": watermark_delay_ms, "parallelism": parallelism, "out": f"{tmp}/out.parquet",
                 "engine": engine}
-        proc = subprocess.run([sys.executable, "-m", "transforms.flink_sql", json.dumps(args)],
-                              capture_output=True, text=True)
+        proc = warm.run(["-m", "transforms.flink_sql", json.dumps(args)])
         if proc.returncode != 0:
             raise RuntimeError(f"Flink aggregates job failed:\n{proc.stderr[-5000:]}")
         return pd.read_parquet(f"{tmp}/out.parquet")
