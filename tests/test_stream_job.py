@@ -383,9 +383,21 @@ def test_final_weights_equal_the_plain_python_reference(events, run):
     assert any(ref.weight(i) != 0 for i in coords) and any(ref.weight(i) == 0 for i in ref.z)  # L1 sparsity
 
 
-def test_same_log_same_weights(events, run):
+def test_same_log_same_weights(events, run, warm_jobs, tmp_path_factory):
+    """Run again, right after a job that failed (in the suite, both in the tests' warm process,
+    ``runners.warm``, where ``run`` ran too: a failed job leaves nothing behind there)."""
+    from runners.stream import prepare_run, run_job
+
+    cfg = prepare_run(events / "ev", events / "run_failed", "generator", JOIN, ONLINE,
+                      artifact=events / "run" / "transform", restart_attempts=0)
+    (events / "run_failed" / "checkpoints").write_text("a file where the checkpoints go: the job cannot start")
+    with pytest.raises(RuntimeError, match="streaming job failed"):
+        run_job(cfg, events / "run_failed")
     again = run_stream(events / "ev", events / "run2", "generator", JOIN, ONLINE,
                        artifact=events / "run" / "transform")
+    if warm_jobs is not None:  # both ran there, one after the other
+        log = (tmp_path_factory.getbasetemp() / "warm.log").read_text()
+        assert "run_failed/job.json'] exit 1" in log and "run2/job.json'] exit 0" in log, log[-2000:]
     assert again["counts"] == run["counts"]
     a, b = _final_snapshot(events / "run"), _final_snapshot(events / "run2")
     assert a.z.tobytes() == b.z.tobytes() and a.n.tobytes() == b.n.tobytes()
