@@ -20,7 +20,6 @@ one process here). ``trigger`` takes a savepoint of a running job through Flink'
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,9 +183,8 @@ def check(job_json: str | Path, savepoint: str) -> ResumeCheck:
 
     local_path(savepoint)  # a clear error before a JVM starts
     cfg = JobConfig.from_dict(json.loads(Path(job_json).read_text()))
-    args = ["-m", "runners.savepoints", str(job_json), savepoint]
-    proc = (warm.run(args, python=cfg.python_executable) if warm.eligible(cfg)
-            else subprocess.run([cfg.python_executable, *args], capture_output=True, text=True))
+    proc = warm.run(["-m", "runners.savepoints", str(job_json), savepoint], python=cfg.python_executable,
+                    cold=not warm.eligible(cfg))
     if proc.returncode != 0:
         raise RuntimeError(f"checking the savepoint failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     got = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])

@@ -190,9 +190,8 @@ def job_operators(job_json: str | Path) -> list[dict]:
     """``runners.flink_job.operators`` of the job ``job_json`` (built, not run), from a child
     process: each operator's name, uid and operator id (its state's id in savepoints)."""
     cfg = JobConfig.from_dict(json.loads(Path(job_json).read_text()))
-    args = ["-m", "runners.flink_job", "--operators", str(job_json)]
-    proc = (warm.run(args, python=cfg.python_executable) if warm.eligible(cfg)
-            else subprocess.run([cfg.python_executable, *args], capture_output=True, text=True))
+    proc = warm.run(["-m", "runners.flink_job", "--operators", str(job_json)], python=cfg.python_executable,
+                    cold=not warm.eligible(cfg))
     if proc.returncode != 0:
         raise RuntimeError(f"building the job failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]

@@ -114,16 +114,18 @@ def eligible(cfg) -> bool:
     return not (cfg.flink_conf.get("rest.port") or cfg.kafka or cfg.prometheus_ports)
 
 
-def run(argv: list[str], python: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+def run(argv: list[str], python: str | None = None, timeout: float | None = None,
+        cold: bool = False) -> subprocess.CompletedProcess:
     """``subprocess.run([python, *argv], capture_output=True, text=True)`` (``python``: this
-    interpreter by default), in the warm process when one takes it."""
+    interpreter by default), in the warm process when one takes it (never with ``cold``)."""
     python = python or sys.executable
-    with tempfile.TemporaryDirectory() as tmp:
-        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        rc = call(argv, out, err, python=python, timeout=timeout)
-        if rc is not None:
-            return subprocess.CompletedProcess([python, *argv], rc, out.read_text(errors="replace"),
-                                               err.read_text(errors="replace"))
+    if not cold:
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            rc = call(argv, out, err, python=python, timeout=timeout)
+            if rc is not None:
+                return subprocess.CompletedProcess([python, *argv], rc, out.read_text(errors="replace"),
+                                                   err.read_text(errors="replace"))
     return subprocess.run([python, *argv], capture_output=True, text=True, timeout=timeout)
 
 
