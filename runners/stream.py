@@ -69,10 +69,7 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
         raise SystemExit(128 + signum)
 
     t0 = time.perf_counter()
-    port = int(cfg.flink_conf.get("rest.port", 0))
     main = threading.current_thread() is threading.main_thread()
-    restored = port and cfg.flink_conf.get("execution.state-recovery.path")
-    drain = draining_restored_kafka_replay(cfg, run_dir, f"http://127.0.0.1:{port}") if restored else nullcontext()
     before = signal.signal(signal.SIGTERM, terminated) if main else None
     try:
         rc = None
@@ -80,8 +77,7 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
             rc = warm.call(["-m", "runners.flink_job", str(run_dir / "job.json")], run_dir / "flink.log",
                            python=cfg.python_executable, timeout=timeout)
         if rc is None:
-            with drain:
-                rc = _run_cold(cfg, run_dir, timeout, port)
+            rc = _run_cold(cfg, run_dir, timeout)
     finally:
         if main:
             signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
@@ -91,14 +87,17 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
     return time.perf_counter() - t0
 
 
-def _run_cold(cfg: JobConfig, run_dir: Path, timeout: float | None, port: int) -> int:
+def _run_cold(cfg: JobConfig, run_dir: Path, timeout: float | None) -> int:
     """The job in a child process of its own (``run_job``); returns its exit code."""
     import os
     import signal
 
     from runners.savepoints import stop_local
 
-    with open(run_dir / "flink.log", "w") as log:
+    port = int(cfg.flink_conf.get("rest.port", 0))
+    restored = port and cfg.flink_conf.get("execution.state-recovery.path")
+    drain = draining_restored_kafka_replay(cfg, run_dir, f"http://127.0.0.1:{port}") if restored else nullcontext()
+    with open(run_dir / "flink.log", "w") as log, drain:
         # its own session: a terminal's Ctrl-C reaches this process only, which decides
         proc = subprocess.Popen([cfg.python_executable, "-m", "runners.flink_job", str(run_dir / "job.json")],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

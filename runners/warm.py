@@ -42,16 +42,14 @@ VOLATILE = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"}
 PREPARED = ("FLINK_HOME", "FLINK_LIB_DIR")  # what runners.jvm.prepare_local sets before a gateway starts
 
 
-def _environment(env=None) -> dict:
-    return {k: v for k, v in (os.environ if env is None else env).items() if k not in VOLATILE}
+def _environment() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in VOLATILE}
 
 
-def _target() -> tuple[str, int] | None:
-    value = os.environ.get(ENV, "")
-    path, _, owner = value.rpartition(":")
-    if not path or not owner.isdigit() or int(owner) != os.getpid():
-        return None
-    return path, int(owner)
+def _target() -> str | None:
+    """The socket of the warm process serving this process, if one does."""
+    path, _, owner = os.environ.get(ENV, "").rpartition(":")
+    return path if path and owner == str(os.getpid()) else None
 
 
 def _read_line(conn: socket.socket, lines, deadline: float | None) -> dict:
@@ -84,7 +82,7 @@ def call(argv: list[str], stdout: str | Path, stderr: str | Path | None = None, 
     lines = conn.makefile("rb")
     try:
         try:
-            conn.connect(target[0])
+            conn.connect(target)
             conn.sendall(json.dumps(request).encode() + b"\n")
             first = _read_line(conn, lines, time.monotonic() + 30)
         except (OSError, TimeoutError, ValueError):
@@ -243,14 +241,11 @@ def _serve(path: str, gateway: bool = True) -> None:
             try:
                 with conn.makefile("rb") as lines:
                     req = _read_line(conn, lines, time.monotonic() + 30)
-                theirs = dict(req["env"])
-                for k in PREPARED:  # the caller ran a local job itself: its values are ours
-                    if k in theirs and theirs[k] == os.environ.get(k):
-                        theirs.pop(k)
-                        if k in environment:
-                            theirs[k] = environment[k]
-                if theirs != environment:
-                    diff = sorted(set(theirs.items()) ^ set(environment.items()))
+                theirs = req["env"]
+                # a PREPARED value the caller has because it ran a local job itself is ours too
+                diff = sorted(k for k in set(theirs) | set(environment) if theirs.get(k) != environment.get(k)
+                              and not (k in PREPARED and theirs.get(k) == os.environ.get(k)))
+                if diff:
                     conn.sendall(json.dumps({"cold": f"another environment: {diff[:4]}"}).encode() + b"\n")
                 elif not slot.acquire(blocking=False):
                     conn.sendall(b'{"cold": "busy"}\n')

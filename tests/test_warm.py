@@ -27,7 +27,7 @@ def served(tmp_path):
     script.write_text(SCRIPT)
     with warm.serving(tmp_path / "warm.log", gateway=False) as proc:
         deadline = time.monotonic() + 60
-        while not (warm._target() and os.path.exists(warm._target()[0])) and time.monotonic() < deadline:
+        while not (warm._target() and os.path.exists(warm._target())) and time.monotonic() < deadline:
             time.sleep(0.1)  # the process binds its socket once its imports are done
         yield script, proc
 
