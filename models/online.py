@@ -55,6 +55,7 @@ import numpy as np
 
 from models.ftrl import FTRL, LOGIT_CLIP, FTRLParams, sigmoid
 from models.guard import Guard, GuardConfig
+from models.mixer import Mixer
 from transforms.hashing import fingerprint64
 
 ARM_BUCKETS = 10_000
@@ -69,12 +70,17 @@ class OnlineConfig:
     prior_strength: float = 100.0
     hold_after_reset: bool = True  # see the module: positives wait for their window after a reset
     guard: GuardConfig = field(default_factory=GuardConfig)  # models.guard: when the delta is served
+    # models.mixer: serve a mixture over these scales of the delta, weighted online (fixed share
+    # ``mix_share``); the default (1.0,) serves the delta whole, the plain hybrid
+    delta_scales: tuple[float, ...] = (1.0,)
+    mix_share: float = 0.001
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hybrid_share <= 1.0:
             raise ValueError(f"hybrid_share must be in [0, 1], got {self.hybrid_share}")
         if not 0.0 < self.prior_rate < 1.0 or self.prior_strength <= 0:
             raise ValueError("prior_rate must be in (0, 1) and prior_strength > 0")
+        Mixer(self.delta_scales, self.mix_share)  # validates them
 
     @classmethod
     def from_dict(cls, d: dict) -> "OnlineConfig":
@@ -83,6 +89,8 @@ class OnlineConfig:
             d["ftrl"] = FTRLParams(**d["ftrl"])
         if isinstance(d.get("guard"), dict):
             d["guard"] = GuardConfig(**d["guard"])
+        if "delta_scales" in d:
+            d["delta_scales"] = tuple(float(x) for x in d["delta_scales"])
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -122,11 +130,14 @@ class OnlineLayer:
         self._held_order = 0
         self.guard = Guard(cfg.guard)
         self.alerts: list[dict] = []  # the guard's alerts, drained by the caller
+        self.mixer = Mixer(cfg.delta_scales, cfg.mix_share)
 
     def __setstate__(self, state: dict) -> None:
         # a layer checkpointed by a build without the guard: restored with it disabled
         if "guard" not in state:
             state = {**state, "guard": Guard(GuardConfig(enabled=False)), "alerts": []}
+        if "mixer" not in state:  # a build without the mixer: the plain hybrid
+            state = {**state, "mixer": Mixer()}
         self.__dict__.update(state)
 
     def reconfigure(self, cfg: OnlineConfig) -> None:
@@ -139,6 +150,9 @@ class OnlineLayer:
         self.cfg = cfg
         self.ftrl.params = cfg.ftrl
         self.guard.cfg = cfg.guard
+        if tuple(self.mixer.scales.tolist()) != tuple(cfg.delta_scales):  # other experts: weights anew
+            self.mixer = Mixer(cfg.delta_scales, cfg.mix_share)
+        self.mixer.share = cfg.mix_share
 
     def guard_decide(self, at: int) -> None:
         """Let the guard decide what is served from now on (before a tick is scored)."""
@@ -267,6 +281,8 @@ class OnlineLayer:
             served, why = "base_only", self.guard.reason
         else:
             served, why = "hybrid", ""
+        if served == "hybrid" and not self.mixer.trivial:
+            delta = float(self.mixer.logits(np.array([base]), np.array([delta]))[0]) - base  # the part served
         p = sigmoid(base + delta) if served == "hybrid" else sigmoid(base)
         return {"event_id": event_id, "event_time": int(event_time), "p": p, "base_logit": base,
                 "delta_logit": delta, "base_version": self.base_version,
@@ -285,6 +301,8 @@ class OnlineLayer:
         arms = [("hybrid" if share >= 1.0 else "base" if share <= 0.0 else arm_of(u, share)) for u in units]
         in_arm = np.array([a == "hybrid" for a in arms], bool)
         hybrid = in_arm & self.cfg.enabled & self.guard.serving
+        if len(units) and not self.mixer.trivial:  # the delta's part served: the mixture's logit - base
+            delta = self.mixer.logits(base, delta) - base
         logits = np.clip(base + np.where(hybrid, delta, 0.0), -LOGIT_CLIP, LOGIT_CLIP)
         why = ["" if h else "disabled" if not self.cfg.enabled else "ab_arm" if not a else self.guard.reason
                for h, a in zip(hybrid, in_arm)]
@@ -345,6 +363,10 @@ class OnlineLayer:
         sel = slice(None) if first is None else np.asarray(first, bool)
         self.guard.observe(p_before[sel], (1.0 / (1.0 + np.exp(-np.broadcast_to(base, m))))[sel],
                            np.asarray(labels)[sel])
+        if not self.mixer.trivial and m:
+            b = np.broadcast_to(base, m)
+            z = np.log(np.clip(p_before, 1e-12, 1 - 1e-12) / np.clip(1.0 - p_before, 1e-12, 1.0))
+            self.mixer.observe(b[sel], (z - b)[sel], np.asarray(labels)[sel])
         return {"seq": np.arange(seq0, seq0 + m), "p_before": p_before, "weights": w, "base_logit": base}
 
     def _one_base(self, indices, values) -> float:
@@ -366,6 +388,8 @@ class OnlineLayer:
         p, idx, w = self.ftrl.learn_one(indices, values, label, base_logit=base,
                                         weight=0.0 if self.guard.frozen else weight)
         self.guard.observe([p], [sigmoid(base)], [label])
+        if not self.mixer.trivial:
+            self.mixer.observe([base], [math.log(max(p, 1e-12) / max(1.0 - p, 1e-12)) - base], [label])
         if window_close is not None and window_close > resolution_time:
             heapq.heappush(self._open, (window_close, self.ftrl.updates, float(label)))
         else:

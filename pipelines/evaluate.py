@@ -8,7 +8,9 @@ compare serving strategies on the same impressions (progressive validation).
 
 Strategies: ``static`` (the first period's base model only), ``periodic`` (each period's base
 model, no online layer), ``online`` (FTRL from scratch over the job's constant prior),
-``hybrid`` (periodic base + online delta, rebased at each swap). A base model trained at
+``hybrid`` (periodic base + online delta, rebased at each swap), and variants of the hybrid:
+replay mixing, the fake-negative feedback policies, and ``hybrid_mix`` (a mixture over scales
+of the delta, weighted online: ``models.mixer``). A base model trained at
 boundary B (on the examples resolved before B) serves from B: "train day 1, serve day 2".
 Everything is written under ``RUN_DIR`` (``summary.json``, ``predictions/<strategy>.npz``,
 ``report.html``).
@@ -29,9 +31,13 @@ from pipelines.progressive import BaseSwap, Examples, Strategy, replay
 DAY = 86_400_000
 HOUR = 3_600_000
 PERIODS = {"talkingdata": DAY, "elec2": 7 * DAY, "generator": 2 * HOUR}
-STRATEGIES = ("static", "periodic", "online", "hybrid", "hybrid_replay", "hybrid_fn", "hybrid_fnw")
+STRATEGIES = ("static", "periodic", "online", "hybrid", "hybrid_replay", "hybrid_fn", "hybrid_fnw", "hybrid_mix")
 # chosen on the first period only (online FTRL over the prior; no base model exists yet)
 TUNE_GRID = tuple({"alpha": a, "l1": l1} for a in (0.01, 0.03, 0.1, 0.3, 1.0) for l1 in (0.0, 1.0))
+# hybrid_mix: the experts (base + s * delta) and the fixed-share rates its share is chosen from,
+# on the first period, over the tuning base with the delta's chosen FTRL settings
+MIX_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+MIX_SHARES = (0.0, 0.0001, 0.001, 0.01)
 
 
 @dataclass(frozen=True)
@@ -128,10 +134,12 @@ def _base_models(out: Path, rows: list[dict], cfg: EvalConfig, source: str, art)
 
 def strategies(swaps: list[BaseSwap], online: OnlineConfig, names: tuple[str, ...],
                replay_mix: float = 1.0, replay_capacity: int = 20_000,
-               delta: OnlineConfig | None = None) -> list[Strategy]:
+               delta: OnlineConfig | None = None, mix: OnlineConfig | None = None) -> list[Strategy]:
     """(a) static, (b) periodic, (c) online, (d) hybrid, (e) hybrid_replay (replay-buffer
-    mixing), and the hybrid under the fake-negative feedback policies (hybrid_fn, hybrid_fnw).
-    ``online`` configures online-only FTRL, ``delta`` (default: the same) the hybrids' delta."""
+    mixing), the hybrid under the fake-negative feedback policies (hybrid_fn, hybrid_fnw) and
+    hybrid_mix (a mixture over scales of the delta). ``online`` configures online-only FTRL,
+    ``delta`` (default: the same) the hybrids' delta, ``mix`` hybrid_mix's (default: ``delta``
+    over ``MIX_SCALES``)."""
     d = delta or online
     # the first model may come at a later boundary; each version swaps in once
     distinct = tuple(s for i, s in enumerate(swaps) if i == 0 or s.version != swaps[i - 1].version)
@@ -142,7 +150,8 @@ def strategies(swaps: list[BaseSwap], online: OnlineConfig, names: tuple[str, ..
             "hybrid_replay": Strategy("hybrid_replay", distinct, online=d, replay_mix=replay_mix,
                                       replay_capacity=replay_capacity),
             "hybrid_fn": Strategy("hybrid_fn", distinct, online=d, feedback="fake_negative"),
-            "hybrid_fnw": Strategy("hybrid_fnw", distinct, online=d, feedback="fnw")}
+            "hybrid_fnw": Strategy("hybrid_fnw", distinct, online=d, feedback="fnw"),
+            "hybrid_mix": Strategy("hybrid_mix", distinct, online=mix or replace(d, delta_scales=MIX_SCALES))}
     unknown = set(names) - set(all_)
     if unknown:
         raise ValueError(f"unknown strategies {sorted(unknown)}; known: {sorted(all_)}")
@@ -150,26 +159,29 @@ def strategies(swaps: list[BaseSwap], online: OnlineConfig, names: tuple[str, ..
 
 
 def tune_online(ex: Examples, cfg: EvalConfig, boundary: int, dimension: int, fingerprint: str,
-                base: BaseSwap | None = None) -> dict:
+                base: BaseSwap | None = None, grid: tuple[dict, ...] = TUNE_GRID,
+                online: OnlineConfig | None = None) -> dict:
     """Choose the FTRL hyperparameters on the first period only. Without ``base``: for online
     FTRL from scratch (over the prior); with it: for the delta on top of that base model
     (serving from ``base.live_at``, as the hybrid does). Replayed on the examples resolved
     before ``boundary``, scored on the impressions whose attribution window closed before it
     (from ``base.live_at`` on, with a base); the lowest progressive logloss wins. Nothing
-    known only after the boundary is looked at."""
+    known only after the boundary is looked at. ``grid``: FTRL settings (default), or
+    ``OnlineConfig`` fields (``{"mix_share": ...}``) applied to ``online`` (default: cfg's)."""
     from models import metrics
 
     part = ex.take(np.flatnonzero(ex.resolution_time < boundary))
     start = base.live_at if base else int(ex.event_time.min())
-    results = []
-    for g in TUNE_GRID:
-        online = replace(cfg.online, ftrl=replace(cfg.online.ftrl, **g))
-        strategy = Strategy("tune", swaps=(base,) if base else (), online=online)
+    results, given = [], online or cfg.online
+    for g in grid:
+        ftrl = {k: v for k, v in g.items() if k in TUNE_GRID[0]}
+        layer = replace(given, ftrl=replace(given.ftrl, **ftrl), **{k: v for k, v in g.items() if k not in ftrl})
+        strategy = Strategy("tune", swaps=(base,) if base else (), online=layer)
         s = replay(part, strategy, dimension, cfg.join.window_ms, cfg.tick_ms, fingerprint)
         m = (s.event_time >= start) & (s.event_time < boundary - cfg.join.window_ms)
         results.append({**g, "logloss": metrics.logloss(s.label[m], s.p[m]), "n": int(m.sum())})
     best = min(results, key=lambda r: r["logloss"])
-    return {"grid": results, "chosen": {k: best[k] for k in TUNE_GRID[0]}, "on": [start, boundary],
+    return {"grid": results, "chosen": {k: best[k] for k in grid[0]}, "on": [start, boundary],
             "base": base.version if base else None}
 
 
@@ -211,6 +223,7 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> d
     ex = Examples.from_rows(rows)
     bounds = cfg.boundaries(source, int(ex.event_time.min()), int(ex.event_time.max()))
     online = delta = cfg.online
+    mix = None  # hybrid_mix: the delta over MIX_SCALES, its share chosen with the delta's
     tuning: dict | None = None
     if cfg.tune and bounds:
         dim, fp = art.spec.dimension, art.spec.fingerprint()
@@ -220,7 +233,12 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> d
         if base is not None:  # else the hybrids keep online's choice (said in the summary)
             tuning["delta"] = tune_online(ex, cfg, bounds[0], dim, fp, base)
             delta = replace(cfg.online, ftrl=replace(cfg.online.ftrl, **tuning["delta"]["chosen"]))
-    chosen = strategies(swaps, online, cfg.strategies, cfg.replay_mix, cfg.replay_capacity, delta=delta)
+            if "hybrid_mix" in cfg.strategies:
+                mixed = replace(delta, delta_scales=MIX_SCALES)
+                tuning["mix"] = tune_online(ex, cfg, bounds[0], dim, fp, base,
+                                            tuple({"mix_share": s} for s in MIX_SHARES), mixed)
+                mix = replace(mixed, **tuning["mix"]["chosen"])
+    chosen = strategies(swaps, online, cfg.strategies, cfg.replay_mix, cfg.replay_capacity, delta=delta, mix=mix)
     scored = {}
     for s in chosen:
         scored[s.name] = replay(ex, s, art.spec.dimension, cfg.join.window_ms, cfg.tick_ms, art.spec.fingerprint(),
@@ -239,6 +257,7 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> d
     result: dict = {"data": cfg.data, "source": source, "impressions": len(y), "evaluated_from": start,
                     "period_ms": period, "boundaries": bounds, "tuning": tuning,
                     "online": online.to_dict(), "delta": delta.to_dict(),
+                    **({"mix": mix.to_dict()} if mix else {}),
                     "swaps": [{"live_at": s.live_at, "version": s.version, "train_end": s.train_end} for s in swaps],
                     "config": {**asdict(cfg), "join": cfg.join.to_dict(), "online": cfg.online.to_dict()},
                     "periods": [], "over_time": {}}

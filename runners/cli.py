@@ -258,6 +258,10 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         precision: str = typer.Option("float64", help="FTRL state: float64 | float32 (half the memory)."),
         hold: bool = typer.Option(True, help="After a start or rebase, positives of open windows wait for "
                                              "their window to close (see models/online.py)."),
+        delta_scales: str = typer.Option("1", help="Serve a mixture of base + s * delta over these comma-separated "
+                                                   "scales s, weighted online by each one's log loss (models/mixer.py; "
+                                                   "e.g. 0,0.25,0.5,0.75,1). 1: the delta whole (the plain hybrid)."),
+        mix_share: float = typer.Option(0.001, help="The mixture's fixed-share rate (with --delta-scales)."),
         follow: bool = typer.Option(False, help="Keep monitoring the event directory (unbounded)."),
         speedup: float = typer.Option(0.0, help="Replay at most this many times event-time speed (e.g. 3600: "
                                                 "an hour per second; 0: as fast as possible). Outputs are "
@@ -347,7 +351,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
         join = JoinConfig(window_ms=window_ms, watermark_delay_ms=watermark_delay_ms, late_policy=late_policy)
         from models.ftrl import FTRLParams
 
-        online = OnlineConfig(hybrid_share=hybrid_share, ftrl=FTRLParams(precision=precision), hold_after_reset=hold)
+        online = OnlineConfig(hybrid_share=hybrid_share, ftrl=FTRLParams(precision=precision), hold_after_reset=hold,
+                              delta_scales=tuple(float(x) for x in delta_scales.split(",") if x.strip()),
+                              mix_share=mix_share)
     except ValueError as e:
         raise typer.BadParameter(str(e))
     try:
@@ -578,10 +584,12 @@ def evaluate(data: str = typer.Option("generator", help="generator | talkingdata
                                                         "report over all"),
              out: Path = typer.Option(Path("runs/eval"), help="Run folder for the evaluation (RUN_DIR)."),
              strategies: str = typer.Option(",".join(("static", "periodic", "online", "hybrid", "hybrid_replay",
-                                                      "hybrid_fn", "hybrid_fnw")),
+                                                      "hybrid_fn", "hybrid_fnw", "hybrid_mix")),
                                             help="Comma-separated: static, periodic, online, hybrid, hybrid_replay "
                                                  "(replay-buffer mixing), hybrid_fn / hybrid_fnw (learn negatives at "
-                                                 "once: fake negatives, unweighted / fake-negative weighted)."),
+                                                 "once: fake negatives, unweighted / fake-negative weighted), "
+                                                 "hybrid_mix (serve a mixture over scales of the delta, weighted "
+                                                 "online: models.mixer)."),
              events: int = typer.Option(20_000, help="Impressions to generate (--data generator)."),
              seed: int = typer.Option(7, help="Generator seed."),
              period: Optional[str] = typer.Option(None, help="Retrain period in event time (default: talkingdata "

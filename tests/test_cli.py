@@ -58,9 +58,11 @@ def test_transforms_unknown_spec_is_a_clear_error():
 
 def test_run_the_streaming_job_end_to_end(tmp_path):
     r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "1500", "--window-ms", "600000", "--no-updates",
-                            "--checkpoint-interval", "1s"])
+                            "--checkpoint-interval", "1s", "--delta-scales", "0,0.5,1", "--mix-share", "0.01"])
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "job.json").read_text())["checkpoint_interval_ms"] == 1000
+    job = json.loads((tmp_path / "job.json").read_text())
+    assert job["checkpoint_interval_ms"] == 1000
+    assert job["online"]["delta_scales"] == [0.0, 0.5, 1.0] and job["online"]["mix_share"] == 0.01
     assert "reconciles" in r.output and "progressive logloss" in r.output
     assert (tmp_path / "report.html").stat().st_size > 10_000 and "report:" in r.output  # rich wraps paths
     s = json.loads((tmp_path / "summary.json").read_text())
@@ -79,6 +81,13 @@ def test_run_the_streaming_job_end_to_end(tmp_path):
 def test_run_rejects_a_bad_policy(tmp_path):
     r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "100", "--late-policy", "drop"])
     assert r.exit_code != 0 and "late_policy" in r.output
+
+
+def test_run_rejects_bad_delta_scales(tmp_path):
+    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "100", "--delta-scales", "-1,1"])
+    assert r.exit_code == 2 and "scales" in r.output
+    r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "100", "--delta-scales", "0,1", "--mix-share", "1"])
+    assert r.exit_code == 2 and "share" in r.output
 
 
 def test_run_rejects_a_negative_speedup(tmp_path):

@@ -16,7 +16,7 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     assert s["swaps"] and s["swaps"][0]["live_at"] == s["evaluated_from"]
-    names = ("static", "periodic", "online", "hybrid", "hybrid_replay", "hybrid_fn", "hybrid_fnw")
+    names = ("static", "periodic", "online", "hybrid", "hybrid_replay", "hybrid_fn", "hybrid_fnw", "hybrid_mix")
     preds = {n: np.load(out / "predictions" / f"{n}.npz") for n in names}
     n = s["impressions"]
     assert n > 7_000 and all(len(p["p"]) == n for p in preds.values())
@@ -52,6 +52,13 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
         assert s[part]["ftrl"]["alpha"] == t["chosen"]["alpha"] and t["on"][1] == s["evaluated_from"]
     if "delta" in tuned:
         assert s["tuning"]["delta"]["base"].startswith("tuning-") and s["tuning"]["delta"]["on"][0] < s["evaluated_from"]
+        # hybrid_mix: the delta's settings over the mixture's scales, its share chosen on period 1 too
+        from pipelines.evaluate import MIX_SCALES, MIX_SHARES
+
+        mix = s["tuning"]["mix"]
+        assert [g["mix_share"] for g in mix["grid"]] == list(MIX_SHARES) and mix["on"] == s["tuning"]["delta"]["on"]
+        assert s["mix"]["mix_share"] == mix["chosen"]["mix_share"] and s["mix"]["delta_scales"] == list(MIX_SCALES)
+        assert s["mix"]["ftrl"] == s["delta"]["ftrl"]
     else:  # no base model out of mid-period 1: the hybrids use online's choice, and the summary says why
         assert s["delta"] == s["online"] and s["tuning"]["delta_base"]["status"]
     # the tuning base model lives in a run folder of its own: never one the strategies serve
@@ -101,3 +108,14 @@ def test_tuning_looks_at_the_first_period_only():
     assert tune_online(Examples.from_rows(flipped), cfg, boundary, 8, "", swap) == over_base
     early = [{**r, "label": 1 - r["label"]} if r["resolution_time"] < boundary // 2 else r for r in rows]
     assert tune_online(Examples.from_rows(early), cfg, boundary, 8, "")["grid"] != base["grid"]
+    # hybrid_mix's share: the same rule, over the same base, with the mixture's scales
+    from dataclasses import replace
+
+    from pipelines.evaluate import MIX_SCALES, MIX_SHARES
+
+    mixed = replace(cfg.online, delta_scales=MIX_SCALES)
+    grid = tuple({"mix_share": s} for s in MIX_SHARES)
+    mix = tune_online(Examples.from_rows(rows), cfg, boundary, 8, "", swap, grid, mixed)
+    assert [g["mix_share"] for g in mix["grid"]] == list(MIX_SHARES) and mix["chosen"]["mix_share"] in MIX_SHARES
+    assert len({g["logloss"] for g in mix["grid"]}) > 1  # the share matters to the mixture
+    assert tune_online(Examples.from_rows(flipped), cfg, boundary, 8, "", swap, grid, mixed) == mix

@@ -111,10 +111,12 @@ def test_compiled_kernel_equals_the_reference(l1):
                                [batch.predict_logit(idx[j], x[j]) for j in range(5)], rtol=0, atol=1e-12)
 
 
-def test_online_layer_batches_equal_one_at_a_time():
-    """score_batch / learn_batch (what the job runs) equal score / learn, prior included."""
+@pytest.mark.parametrize("scales", [(1.0,), (0.0, 0.5, 1.0)])
+def test_online_layer_batches_equal_one_at_a_time(scales):
+    """score_batch / learn_batch (what the job runs) equal score / learn, prior included (and
+    with a mixture over delta scales, models.mixer: the same served p and mixture weights)."""
     rng = np.random.default_rng(2)
-    cfg = OnlineConfig(hybrid_share=0.5, ftrl=FTRLParams(l1=0.1))
+    cfg = OnlineConfig(hybrid_share=0.5, ftrl=FTRLParams(l1=0.1), delta_scales=scales, mix_share=0.01)
     a, b = OnlineLayer(cfg, 64, "f"), OnlineLayer(cfg, 64, "f")
     for step in range(5):
         m = 40
@@ -134,6 +136,8 @@ def test_online_layer_batches_equal_one_at_a_time():
             one = b.learn(f"e{j}", int(res[j]), idx[j], x[j], int(y[j]), 1.0, int(close[j]))
             assert one["seq"] == u["seq"][j] and math.isclose(one["p_before"], u["p_before"][j], abs_tol=1e-12)
     assert np.array_equal(a.ftrl.z, b.ftrl.z) and a.positives == b.positives and a.examples == b.examples
+    np.testing.assert_allclose(a.mixer.weights, b.mixer.weights, rtol=0, atol=1e-12)
+    assert (len(scales) > 1) == (a.mixer.weights.max() > 1.0 / len(scales) + 0.01)  # it learned
 
 
 def test_swap_base_rebases_the_delta_on_the_new_residual():

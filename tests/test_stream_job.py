@@ -481,3 +481,32 @@ def test_progressive_replay_serves_what_the_job_served(events, run):
     np.testing.assert_array_equal(out.delta_version, [p["delta_version"] for p in job])
     np.testing.assert_allclose(out.delta_logit, [p["delta_logit"] for p in job], rtol=0, atol=1e-12)
     np.testing.assert_allclose(out.base_logit, [p["base_logit"] for p in job], rtol=0, atol=1e-12)
+
+
+def test_the_job_serves_the_delta_mixture_the_replay_serves(events, run, tmp_path):
+    """With a mixture over delta scales (``OnlineConfig.delta_scales``, models.mixer) the job
+    serves what the evaluation's replay of its own examples serves, p included; the mixture
+    took effect (the plain run served other p to the same hybrid-arm impressions)."""
+    from dataclasses import replace
+
+    from pipelines.progressive import Examples, Strategy, replay
+    from transforms.artifact import TransformArtifact
+
+    mix = replace(ONLINE, delta_scales=(0.0, 0.5, 1.0), mix_share=0.01)
+    summary = run_stream(events / "ev", tmp_path / "mix", "generator", JOIN, mix)
+    assert summary["reconciliation"]["reconciles"] and summary["counts"] == run["counts"]
+    examples = sorted(read_output(tmp_path / "mix", "examples"), key=lambda e: e["seq"])
+    tick = JobConfig(event_dir="", out="", artifact="").learn_tick_ms
+    dim = TransformArtifact.load(tmp_path / "mix" / "transform").spec.dimension
+    out = replay(Examples.from_rows(examples), Strategy("mix", online=mix), dim, JOIN.window_ms, tick)
+    served = {p["event_id"]: p for p in read_output(tmp_path / "mix", "predictions")}
+    job = [served[e] for e in out.event_id]
+    # the replay scores every unit alike (no A/B arms): compared are the logits, and the job's
+    # p where it served the hybrid (the mixture's part of the delta on top of the base)
+    np.testing.assert_allclose(out.delta_logit, [p["delta_logit"] for p in job], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out.base_logit, [p["base_logit"] for p in job], rtol=0, atol=1e-12)
+    plain = {p["event_id"]: p for p in read_output(events / "run", "predictions")}
+    hybrid = [e for e in out.event_id if served[e]["served"] == "hybrid"]
+    z = np.array([served[e]["base_logit"] + served[e]["delta_logit"] for e in hybrid])
+    np.testing.assert_allclose([served[e]["p"] for e in hybrid], 1 / (1 + np.exp(-z)), rtol=1e-12)
+    assert hybrid and sum(not math.isclose(served[e]["p"], plain[e]["p"], abs_tol=1e-9) for e in hybrid) > len(hybrid) // 2

@@ -1,0 +1,82 @@
+"""How much of the online delta to serve, learned online: a mixture over delta scales.
+
+The hybrid serves sigmoid(base + delta). Over a strong base model a delta tuned on an earlier,
+weaker base can step too far (TalkingData day 3: README, "Does the hybrid win?"). The mixer
+serves instead a mixture of experts, expert k being ``sigmoid(base + s_k * delta)`` for the
+fixed scales ``s_k`` (0 is the base alone, 1 the plain hybrid), weighted by how well each has
+predicted the examples learned so far: the exponentially weighted forecaster with learning
+rate 1 (for log loss, the Bayes mixture: its loss is at most ln K above the best expert's) and
+fixed share (Herbster & Warmuth 1998: after each example a share of the weight is spread
+evenly, so the mixture can move to another expert when the best one changes, as after a
+retrain). Each expert is judged on the prediction it would have made before the example was
+learned (the FTRL's ``p_before``), in learning order: no label is used before it arrives, and
+the same event log gives the same weights.
+
+>>> m = Mixer(scales=(0.0, 1.0), share=0.0)
+>>> m.weights.tolist()
+[0.5, 0.5]
+>>> m.observe(base=[0.0], delta=[2.0], labels=[1.0])  # the delta was right: scale 1 gains
+>>> m.weights.round(3).tolist()  # in proportion to each expert's p(y): 0.5 and 0.881
+[0.362, 0.638]
+>>> float(m.logits(np.array([0.0]), np.array([2.0]))[0]) < 2.0  # still part base
+True
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from models.ftrl import LOGIT_CLIP
+
+EPS = 1e-12
+
+
+class Mixer:
+    """Weights over ``scales`` (uniform at the start); ``share``: the fixed-share rate."""
+
+    def __init__(self, scales: tuple[float, ...] = (1.0,), share: float = 0.0):
+        if not scales or any(s < 0 for s in scales):
+            raise ValueError(f"scales must be non-empty and >= 0, got {scales}")
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"share must be in [0, 1), got {share}")
+        self.scales = np.asarray(scales, np.float64)
+        self.share = float(share)
+        self.weights = np.full(len(scales), 1.0 / len(scales))
+
+    @property
+    def trivial(self) -> bool:
+        """One expert at scale 1: exactly the plain hybrid."""
+        return len(self.scales) == 1 and self.scales[0] == 1.0
+
+    def _experts(self, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """[n, K] each expert's probability."""
+        z = np.clip(np.asarray(base, np.float64)[:, None] + np.asarray(delta, np.float64)[:, None] * self.scales,
+                    -LOGIT_CLIP, LOGIT_CLIP)
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def logits(self, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """The served logit of each row: logit of the weighted mixture of the experts."""
+        base = np.broadcast_to(np.asarray(base, np.float64), np.shape(delta))
+        if self.trivial:
+            return np.clip(base + delta, -LOGIT_CLIP, LOGIT_CLIP)
+        p = np.clip(self._experts(base, delta) @ self.weights, EPS, 1.0 - EPS)
+        return np.clip(np.log(p / (1.0 - p)), -LOGIT_CLIP, LOGIT_CLIP)
+
+    def observe(self, base, delta, labels, weights=None) -> None:
+        """Examples just learned, in learning order: each expert's log loss on the prediction
+        before the update (``delta``: the FTRL's logit then), times the example's weight."""
+        delta = np.asarray(delta, np.float64)
+        if self.trivial or not len(delta):
+            return
+        base = np.broadcast_to(np.asarray(base, np.float64), delta.shape)
+        p = np.clip(self._experts(base, delta), EPS, 1.0 - EPS)
+        y = np.asarray(labels, np.float64)[:, None]
+        loss = -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+        if weights is not None:
+            loss = loss * np.asarray(weights, np.float64)[:, None]
+        lw, k, a = np.log(self.weights), len(self.scales), self.share
+        for row in loss:  # sequential: the share acts between examples
+            lw = lw - row
+            w = np.exp(lw - lw.max())
+            w = (1.0 - a) * (w / w.sum()) + a / k
+            lw = np.log(w)
+        self.weights = np.exp(lw)
