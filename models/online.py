@@ -281,8 +281,8 @@ class OnlineLayer:
             served, why = "base_only", self.guard.reason
         else:
             served, why = "hybrid", ""
-        if served == "hybrid" and not self.mixer.trivial:
-            delta = float(self.mixer.logits(np.array([base]), np.array([delta]))[0]) - base  # the part served
+        if not self.mixer.trivial:  # the delta's part served: the mixture's logit - base
+            delta = float(self.mixer.logits(np.array([base]), np.array([delta]))[0]) - base
         p = sigmoid(base + delta) if served == "hybrid" else sigmoid(base)
         return {"event_id": event_id, "event_time": int(event_time), "p": p, "base_logit": base,
                 "delta_logit": delta, "base_version": self.base_version,

@@ -238,6 +238,8 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> d
                 tuning["mix"] = tune_online(ex, cfg, bounds[0], dim, fp, base,
                                             tuple({"mix_share": s} for s in MIX_SHARES), mixed)
                 mix = replace(mixed, **tuning["mix"]["chosen"])
+    if "hybrid_mix" in cfg.strategies and mix is None:  # not tuned: the default share
+        mix = replace(delta, delta_scales=MIX_SCALES)
     chosen = strategies(swaps, online, cfg.strategies, cfg.replay_mix, cfg.replay_capacity, delta=delta, mix=mix)
     scored = {}
     for s in chosen:

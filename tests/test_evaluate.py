@@ -61,6 +61,7 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
         assert s["mix"]["ftrl"] == s["delta"]["ftrl"]
     else:  # no base model out of mid-period 1: the hybrids use online's choice, and the summary says why
         assert s["delta"] == s["online"] and s["tuning"]["delta_base"]["status"]
+        assert s["mix"] == {**s["delta"], "delta_scales": [0.0, 0.25, 0.5, 0.75, 1.0]}  # the default share
     # the tuning base model lives in a run folder of its own: never one the strategies serve
     assert not any(v.startswith("tuning-") for p in preds.values() for v in set(p["base_version"]))
     # the report: one self-contained file with every figure, rebuilt from the folder alone

@@ -131,6 +131,7 @@ def test_online_layer_batches_equal_one_at_a_time(scales):
             one = b.score(f"e{j}", 0, idx[j], x[j], units[j])
             assert (s["arm"][j], s["served"][j]) == (one["arm"], one["served"])
             assert math.isclose(s["p"][j], one["p"], abs_tol=1e-12) and s["base_logit"] == one["base_logit"]
+            assert math.isclose(s["delta_logit"][j], one["delta_logit"], abs_tol=1e-12)
         u = a.learn_batch(res, idx, x, y, np.ones(m), close)
         for j in range(m):
             one = b.learn(f"e{j}", int(res[j]), idx[j], x[j], int(y[j]), 1.0, int(close[j]))
