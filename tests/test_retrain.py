@@ -241,6 +241,14 @@ def test_savedmodel_transform_equals_the_streaming_features(run):
                                rtol=0, atol=1e-4)
 
 
+def _ephemeral_packages() -> set[str]:
+    """TFX's repackaged installs (``tfx.utils.dependency_utils.build_ephemeral_package``)."""
+    import glob
+    import tempfile
+
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "tmp*", "build", "tfx")))
+
+
 def test_worse_candidate_is_not_blessed_and_not_pushed(run):
     from pipelines.retrain import retrain, run_config
 
@@ -250,8 +258,12 @@ def test_worse_candidate_is_not_blessed_and_not_pushed(run):
     cutoff = summary["retrains"][0]["cutoff"]
     # no learning and no warm start: the candidate is the constant span rate, worse than the champion
     cfg = replace(run_config(run_dir), learning_rate=1e-12, warm_start=False)
+    packaged = _ephemeral_packages()
     o = retrain(run_dir, cutoff, cfg, source="segments")
     assert o["status"] == "ok" and o["infra"]["blessed"], o
+    # TFX did not repackage itself for remote Beam workers (pipelines.retrain.beam_args): before,
+    # three 49-MB copies per retrain were left in the temp folder
+    assert _ephemeral_packages() <= packaged
     assert not o["evaluation"]["blessed"] and o["evaluation"]["reasons"] and not o["pushed"]
     assert o["champion"] == current
     assert reg.versions("base") == before and reg.current("base") == current
