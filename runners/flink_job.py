@@ -230,6 +230,9 @@ def prometheus_options(ports: str) -> dict[str, str]:
             PROMETHEUS_PORT: ports} if ports else {}
 
 
+TMP_DIR = ".flink-tmp"  # a local job's Flink working files, in its run folder (local_options)
+
+
 def local_options(cfg: JobConfig) -> dict[str, str]:
     """The mini-cluster's own options (a cluster's conf decides them under ``flink run``): every
     endpoint on 127.0.0.1, and buffer debloating for a paced or followed stream. There the
@@ -238,12 +241,16 @@ def local_options(cfg: JobConfig) -> dict[str, str]:
     every 5 s, took p50 16.1 s per checkpoint (3 completed in ~104 s) without it, 1.2 s (10-11
     completed) with it, the job as long (README, "Slow savepoints"). An unpaced bounded replay
     leaves it off (it cost throughput there). With ``prometheus_ports``, our loopback Prometheus
-    reporter (the mini-cluster finds reporters on its class path, not in plugins/).
-    ``flink_conf`` overrides either way."""
+    reporter (the mini-cluster finds reporters on its class path, not in plugins/). Flink's
+    working files (``io.tmp.dirs``: the TaskManager's and JobManager's folders, blobs, the RPC
+    system's jar) in the run folder's ``TMP_DIR``, which ``runners.stream.run_job`` removes once
+    the job's process has ended: in /tmp a process that ends without Flink's shutdown (a kill,
+    a terminated run, the PyFlink gateway's end) left 41-163 MB of them each time (this
+    machine's /tmp held 14 GB). ``flink_conf`` overrides either way."""
     from runners.jvm import LOCAL_ENDPOINTS
 
     return {**LOCAL_ENDPOINTS, **({DEBLOAT: "true"} if cfg.follow or cfg.replay_speedup else {}),
-            **prometheus_options(cfg.prometheus_ports)}
+            **prometheus_options(cfg.prometheus_ports), "io.tmp.dirs": str(Path(cfg.out).resolve() / TMP_DIR)}
 
 
 def _restart_backoff(conf, attempts: int) -> None:

@@ -21,7 +21,7 @@ from pipelines.join import JoinConfig
 from models.online import OnlineConfig
 from models.hotswap import read_swaps
 from runners import warm
-from runners.flink_job import OUTPUTS, JobConfig
+from runners.flink_job import OUTPUTS, TMP_DIR, JobConfig
 from runners.savepoints import STOPPED
 
 
@@ -81,6 +81,8 @@ def run_job(cfg: JobConfig, run_dir: Path, timeout: float | None = None) -> floa
     finally:
         if main:
             signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+        # Flink's working files (runners.flink_job.local_options), however the job ended
+        shutil.rmtree(Path(cfg.out).resolve() / TMP_DIR, ignore_errors=True)
     if rc != 0:
         tail = (run_dir / "flink.log").read_text()[-4000:]
         raise RuntimeError(f"streaming job failed (exit {rc}); log {run_dir / 'flink.log'}:\n{tail}")

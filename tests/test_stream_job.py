@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -510,3 +511,26 @@ def test_the_job_serves_the_delta_mixture_the_replay_serves(events, run, tmp_pat
     z = np.array([served[e]["base_logit"] + served[e]["delta_logit"] for e in hybrid])
     np.testing.assert_allclose([served[e]["p"] for e in hybrid], 1 / (1 + np.exp(-z)), rtol=1e-12)
     assert hybrid and sum(not math.isclose(served[e]["p"], plain[e]["p"], abs_tol=1e-9) for e in hybrid) > len(hybrid) // 2
+
+
+def test_flinks_working_files_stay_in_the_run_folder_and_go_with_the_job(events, tmp_path, monkeypatch):
+    """The mini-cluster's working files (TaskManager and JobManager folders, blobs) go to the run
+    folder's TMP_DIR, not /tmp, and are removed when the job's process has ended."""
+    import shutil
+
+    import runners.stream as stream
+    from runners.flink_job import TMP_DIR
+
+    seen = []
+    real = shutil.rmtree
+
+    def rmtree(path, *a, **k):
+        if str(path).endswith(TMP_DIR):
+            seen.append(" ".join(sorted(p.name for p in Path(path).iterdir())) if Path(path).is_dir() else "")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(stream.shutil, "rmtree", rmtree)
+    summary = run_stream(events / "ev", tmp_path / "run", "generator", JOIN, ONLINE)
+    assert summary["reconciliation"]["reconciles"]
+    assert seen and "flink-rpc-akka" in seen[-1] and "minicluster" in seen[-1], seen  # Flink worked there
+    assert not (tmp_path / "run" / TMP_DIR).exists()
