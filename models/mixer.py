@@ -83,9 +83,9 @@ class Mixer:
         p = np.clip(self._experts(base, delta) @ self.weights, EPS, 1.0 - EPS)
         return np.clip(np.log(p / (1.0 - p)), -LOGIT_CLIP, LOGIT_CLIP)
 
-    def observe(self, base, delta, labels, weights=None) -> None:
+    def observe(self, base, delta, labels) -> None:
         """Examples just learned, in learning order: each expert's log loss on the prediction
-        before the update (``delta``: the FTRL's logit then), times the example's weight."""
+        before the update (``delta``: the FTRL's logit then)."""
         delta = np.asarray(delta, np.float64)
         if self.trivial or not len(delta):
             return
@@ -93,7 +93,5 @@ class Mixer:
         p = np.clip(self._experts(base, delta), EPS, 1.0 - EPS)
         y = np.asarray(labels, np.float64)[:, None]
         loss = -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
-        if weights is not None:
-            loss = loss * np.asarray(weights, np.float64)[:, None]
         w = np.exp(_fixed_share(np.log(self.weights), np.ascontiguousarray(loss), self.share))
         self.weights = w / w.sum()
