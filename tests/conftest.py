@@ -30,6 +30,19 @@ LONGEST_FIRST = ("test_fault_tolerance.py",  # 719 s, mostly paced and restartin
                  "test_cli.py", "test_jvm.py", "test_jvm_operators.py")  # 37 .. 25
 
 
+def pytest_configure(config):
+    """Ctrl-C reaches the processes the tests start even when the suite itself was started in
+    the background of a non-interactive shell (``(make test &)``, ``nohup ... &``): such a shell
+    starts it with SIGINT ignored, every child inherits that, and a Python child then never
+    raises KeyboardInterrupt, so the tests that stop ``driftline run`` / ``submit`` with Ctrl-C
+    failed (found so: both passed in the foreground). A handled signal is reset to the default
+    in a new program, an ignored one is not: so it is handled here (as in the foreground)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected
