@@ -40,6 +40,7 @@ def standalone(tmp_path_factory):
         stopped = cluster.down(cfg)
     assert stopped and not any(cluster._alive(p) for p in stopped)
     assert not cluster.status(cfg)["up"]
+    assert not (cfg.path / "tmp").exists()  # its working files went with it
 
 
 def test_cluster_binds_to_localhost_only(standalone):
@@ -55,6 +56,9 @@ def test_flink_runs_with_our_client_timeout_and_buffer_debloating(standalone):
     conf = {c["key"]: c["value"] for c in _rest(standalone, "/jobmanager/config")}
     assert conf["client.timeout"] == f"{cluster.CLIENT_TIMEOUT_S} s"
     assert conf["taskmanager.network.memory.buffer-debloat.enabled"] == "true"
+    # its working files in the cluster's folder (not /tmp), where the TaskManager has its own
+    assert conf["io.tmp.dirs"] == str(standalone.path / "tmp")
+    assert any(p.name.startswith("tm_") for p in (standalone.path / "tmp").iterdir())
 
 
 def test_buffer_debloating_can_be_turned_off(tmp_path):
