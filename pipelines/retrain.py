@@ -278,10 +278,11 @@ def beam_args(args: tuple[str, ...] | list[str]) -> list[str]:
     naming the workers' dependencies, each of TFX's Beam executors repackages TFX's whole
     install as an sdist for remote workers (``tfx.utils.dependency_utils``): ~1.6 s of copying
     and setuptools per component, and 49 MB left behind in the temp folder every time (its
-    ``mkdtemp`` is never removed: three per retrain, 147 MB; retrains every 2 h, ~1.8 GB a day). A local runner
-    (Beam's DirectRunner, the default) stages nothing, so for it our own ``setup.py`` is named,
-    which is what a remote runner would need anyway (driftline, and TFX through its
-    requirements). Other runners, or arguments that name dependencies, are left as given.
+    ``mkdtemp`` is never removed: three per retrain, 147 MB; retrains every 2 h, ~1.8 GB a
+    day). A local runner (Beam's DirectRunner, the default) stages nothing, so for it our own
+    ``setup.py`` is named, which is what a remote runner would need anyway (driftline, and TFX
+    through its requirements). Other runners, or arguments that name dependencies, are left as
+    given.
 
     >>> beam_args(["--direct_num_workers=1"])[-1].startswith("--setup_file=")
     True
