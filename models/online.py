@@ -365,7 +365,8 @@ class OnlineLayer:
                            np.asarray(labels)[sel])
         if not self.mixer.trivial and m:
             b = np.broadcast_to(base, m)
-            z = np.log(np.clip(p_before, 1e-12, 1 - 1e-12) / np.clip(1.0 - p_before, 1e-12, 1.0))
+            pc = np.clip(p_before, 1e-12, 1 - 1e-12)  # logit(), per row
+            z = np.clip(np.log(pc / (1.0 - pc)), -LOGIT_CLIP, LOGIT_CLIP)
             self.mixer.observe(b[sel], (z - b)[sel], np.asarray(labels)[sel])
         return {"seq": np.arange(seq0, seq0 + m), "p_before": p_before, "weights": w, "base_logit": base}
 
@@ -389,7 +390,7 @@ class OnlineLayer:
                                         weight=0.0 if self.guard.frozen else weight)
         self.guard.observe([p], [sigmoid(base)], [label])
         if not self.mixer.trivial:
-            self.mixer.observe([base], [math.log(max(p, 1e-12) / max(1.0 - p, 1e-12)) - base], [label])
+            self.mixer.observe([base], [logit(p) - base], [label])
         if window_close is not None and window_close > resolution_time:
             heapq.heappush(self._open, (window_close, self.ftrl.updates, float(label)))
         else:

@@ -358,7 +358,7 @@ def down(cfg: ClusterConfig, timeout: float = 30) -> list[int]:
             os.kill(p, signal.SIGKILL)
     for f in (cfg.path / "pid").glob("*.pid") if (cfg.path / "pid").is_dir() else []:
         f.unlink()
-    if not any(_alive(p) for p in pids(cfg)):  # the working files (write_conf), once nothing uses them
+    if not any(_alive(p) for p in mine):  # the working files (write_conf), once nothing uses them
         shutil.rmtree(cfg.path / "tmp", ignore_errors=True)
     return mine
 
