@@ -29,6 +29,13 @@ close, with its negatives; at a rebase, the replayed positives whose window is s
 held the same way. Held gradients are state (checkpointed with the layer); the order still
 depends only on the event log.
 
+**Online expert** (``OnlineConfig.online_expert``, with the mixer of ``models.mixer``): a second
+FTRL learns every example once over the prior alone, as online-only FTRL would (``expert_ftrl``;
+without the hold: it is never reset, so it has no reset to hold for). Swaps leave it alone. It
+is one more expert of the mixture, so when a retrain's base model (plus its fresh delta)
+predicts worse than the stream learned without one, the weight moves to it; the guard still
+serves the base alone when it disables the delta.
+
 >>> from models.ftrl import FTRLParams
 >>> layer = OnlineLayer(OnlineConfig(ftrl=FTRLParams(l1=0.0)), dimension=8, spec_fingerprint="f")
 >>> rec = layer.score("e1", 0, [1, 5], [1.0, 1.0], unit="u1")
@@ -74,19 +81,26 @@ class OnlineConfig:
     # ``mix_share``); the default (1.0,) serves the delta whole, the plain hybrid
     delta_scales: tuple[float, ...] = (1.0,)
     mix_share: float = 0.001
+    # one more expert in the mixture: online-only FTRL over the prior (``expert_ftrl``, default
+    # ``ftrl``), learning every example once and never rebased: served when the stream alone
+    # predicts better than base + delta (a weak retrain)
+    online_expert: bool = False
+    expert_ftrl: FTRLParams | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hybrid_share <= 1.0:
             raise ValueError(f"hybrid_share must be in [0, 1], got {self.hybrid_share}")
         if not 0.0 < self.prior_rate < 1.0 or self.prior_strength <= 0:
             raise ValueError("prior_rate must be in (0, 1) and prior_strength > 0")
-        Mixer(self.delta_scales, self.mix_share)  # validates them
+        Mixer(self.delta_scales, self.mix_share, int(self.online_expert))  # validates them
 
     @classmethod
     def from_dict(cls, d: dict) -> "OnlineConfig":
         d = dict(d)
         if isinstance(d.get("ftrl"), dict):
             d["ftrl"] = FTRLParams(**d["ftrl"])
+        if isinstance(d.get("expert_ftrl"), dict):
+            d["expert_ftrl"] = FTRLParams(**d["expert_ftrl"])
         if isinstance(d.get("guard"), dict):
             d["guard"] = GuardConfig(**d["guard"])
         if "delta_scales" in d:
@@ -130,7 +144,8 @@ class OnlineLayer:
         self._held_order = 0
         self.guard = Guard(cfg.guard)
         self.alerts: list[dict] = []  # the guard's alerts, drained by the caller
-        self.mixer = Mixer(cfg.delta_scales, cfg.mix_share)
+        self.mixer = Mixer(cfg.delta_scales, cfg.mix_share, int(cfg.online_expert))
+        self.solo = FTRL(cfg.expert_ftrl or cfg.ftrl, dimension) if cfg.online_expert else None
 
     def __setstate__(self, state: dict) -> None:
         # a layer checkpointed by a build without the guard: restored with it disabled
@@ -138,7 +153,7 @@ class OnlineLayer:
             state = {**state, "guard": Guard(GuardConfig(enabled=False)), "alerts": []}
         if "mixer" not in state:  # a build without the mixer: the plain hybrid
             state = {**state, "mixer": Mixer()}
-        self.__dict__.update(state)
+        self.__dict__.update({"solo": None, **state})  # without the online expert
 
     def reconfigure(self, cfg: OnlineConfig) -> None:
         """Apply a new build's config to a layer restored from a checkpoint or savepoint: serving
@@ -150,9 +165,20 @@ class OnlineLayer:
         self.cfg = cfg
         self.ftrl.params = cfg.ftrl
         self.guard.cfg = cfg.guard
-        if tuple(self.mixer.scales.tolist()) != tuple(cfg.delta_scales):  # other experts: weights anew
-            self.mixer = Mixer(cfg.delta_scales, cfg.mix_share)
+        expert = cfg.expert_ftrl or cfg.ftrl
+        if self.solo is not None and cfg.online_expert and expert.precision != self.solo.params.precision:
+            raise ValueError(f"the online expert's precision {self.solo.params.precision} cannot change to "
+                             f"{expert.precision} on restore")
+        if (tuple(self.mixer.scales.tolist()) != tuple(cfg.delta_scales)  # other experts: weights anew
+                or self.mixer.extra != int(cfg.online_expert)):
+            self.mixer = Mixer(cfg.delta_scales, cfg.mix_share, int(cfg.online_expert))
         self.mixer.share = cfg.mix_share
+        if not cfg.online_expert:
+            self.solo = None
+        elif self.solo is None:  # turned on: it learns from now on
+            self.solo = FTRL(expert, self.ftrl.dimension)
+        else:
+            self.solo.params = expert
 
     def guard_decide(self, at: int) -> None:
         """Let the guard decide what is served from now on (before a tick is scored)."""
@@ -282,7 +308,8 @@ class OnlineLayer:
         else:
             served, why = "hybrid", ""
         if not self.mixer.trivial:  # the delta's part served: the mixture's logit - base
-            delta = float(self.mixer.logits(np.array([base]), np.array([delta]))[0]) - base
+            solo = None if self.solo is None else [[self.base_logit() + self.solo.predict_logit(indices, values)]]
+            delta = float(self.mixer.logits(np.array([base]), np.array([delta]), solo)[0]) - base
         p = sigmoid(base + delta) if served == "hybrid" else sigmoid(base)
         return {"event_id": event_id, "event_time": int(event_time), "p": p, "base_logit": base,
                 "delta_logit": delta, "base_version": self.base_version,
@@ -302,7 +329,8 @@ class OnlineLayer:
         in_arm = np.array([a == "hybrid" for a in arms], bool)
         hybrid = in_arm & self.cfg.enabled & self.guard.serving
         if len(units) and not self.mixer.trivial:  # the delta's part served: the mixture's logit - base
-            delta = self.mixer.logits(base, delta) - base
+            solo = None if self.solo is None else self.base_logit() + self.solo.predict_logits(indices, values)
+            delta = self.mixer.logits(base, delta, solo) - base
         logits = np.clip(base + np.where(hybrid, delta, 0.0), -LOGIT_CLIP, LOGIT_CLIP)
         why = ["" if h else "disabled" if not self.cfg.enabled else "ab_arm" if not a else self.guard.reason
                for h, a in zip(hybrid, in_arm)]
@@ -323,7 +351,7 @@ class OnlineLayer:
         (``models.guard``) compares hybrid and base-only on the ``first`` rows (default: all; a
         correction repeats its event); a frozen delta learns nothing."""
         m = len(labels)
-        weights = np.asarray(weights, np.float64)
+        weights = given = np.asarray(weights, np.float64)
         if self.window_ms and m:
             if self.hold_until is None:  # a fresh layer: the stream's first example resets it
                 self.hold_until = int(resolution_times[0]) + self.window_ms
@@ -354,6 +382,11 @@ class OnlineLayer:
                 pos += lab_l[j]
                 ex += 1
         self.positives, self.examples = pos, ex
+        solo = None
+        if self.solo is not None and m:  # online-only over the prior: every example once, as given
+            sp, _ = self.solo.learn_batch(indices, values, labels, base, given, want_weights=False)
+            sp = np.clip(sp, 1e-12, 1 - 1e-12)
+            solo = np.clip(np.log(sp / (1.0 - sp)), -LOGIT_CLIP, LOGIT_CLIP)
         if self.base is not None and m:
             base = np.asarray(self.base_logits(indices, values), np.float64)
         if self.guard.frozen:
@@ -367,7 +400,7 @@ class OnlineLayer:
             b = np.broadcast_to(base, m)
             pc = np.clip(p_before, 1e-12, 1 - 1e-12)  # logit(), per row
             z = np.clip(np.log(pc / (1.0 - pc)), -LOGIT_CLIP, LOGIT_CLIP)
-            self.mixer.observe(b[sel], (z - b)[sel], np.asarray(labels)[sel])
+            self.mixer.observe(b[sel], (z - b)[sel], np.asarray(labels)[sel], None if solo is None else solo[sel])
         return {"seq": np.arange(seq0, seq0 + m), "p_before": p_before, "weights": w, "base_logit": base}
 
     def _one_base(self, indices, values) -> float:
@@ -385,12 +418,16 @@ class OnlineLayer:
         while self._open and self._open[0][0] <= resolution_time:
             self.positives += heapq.heappop(self._open)[2]
             self.examples += 1
+        solo = None
+        if self.solo is not None:  # online-only over the prior (see learn_batch)
+            solo = [[logit(self.solo.learn_one(indices, values, label, base_logit=self.base_logit(),
+                                               weight=weight)[0])]]
         base = self._one_base(indices, values)
         p, idx, w = self.ftrl.learn_one(indices, values, label, base_logit=base,
                                         weight=0.0 if self.guard.frozen else weight)
         self.guard.observe([p], [sigmoid(base)], [label])
         if not self.mixer.trivial:
-            self.mixer.observe([base], [logit(p) - base], [label])
+            self.mixer.observe([base], [logit(p) - base], [label], solo)
         if window_close is not None and window_close > resolution_time:
             heapq.heappush(self._open, (window_close, self.ftrl.updates, float(label)))
         else:

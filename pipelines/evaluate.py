@@ -9,8 +9,9 @@ compare serving strategies on the same impressions (progressive validation).
 Strategies: ``static`` (the first period's base model only), ``periodic`` (each period's base
 model, no online layer), ``online`` (FTRL from scratch over the job's constant prior),
 ``hybrid`` (periodic base + online delta, rebased at each swap), and variants of the hybrid:
-replay mixing, the fake-negative feedback policies, and ``hybrid_mix`` (a mixture over scales
-of the delta, weighted online: ``models.mixer``). A base model trained at
+replay mixing, the fake-negative feedback policies, ``hybrid_mix`` (a mixture over scales
+of the delta, weighted online: ``models.mixer``) and ``hybrid_mix_online`` (the same mixture
+with online-only FTRL as one more expert: ``OnlineConfig.online_expert``). A base model trained at
 boundary B (on the examples resolved before B) serves from B: "train day 1, serve day 2".
 Everything is written under ``RUN_DIR`` (``summary.json``, ``predictions/<strategy>.npz``,
 ``report.html``).
@@ -31,11 +32,13 @@ from pipelines.progressive import BaseSwap, Examples, Strategy, replay
 DAY = 86_400_000
 HOUR = 3_600_000
 PERIODS = {"talkingdata": DAY, "elec2": 7 * DAY, "generator": 2 * HOUR}
-STRATEGIES = ("static", "periodic", "online", "hybrid", "hybrid_replay", "hybrid_fn", "hybrid_fnw", "hybrid_mix")
+STRATEGIES = ("static", "periodic", "online", "hybrid", "hybrid_replay", "hybrid_fn", "hybrid_fnw", "hybrid_mix",
+              "hybrid_mix_online")
 # chosen on the first period only (online FTRL over the prior; no base model exists yet)
 TUNE_GRID = tuple({"alpha": a, "l1": l1} for a in (0.01, 0.03, 0.1, 0.3, 1.0) for l1 in (0.0, 1.0))
 # hybrid_mix: the experts (base + s * delta) and the fixed-share rates its share is chosen from,
-# on the first period, over the tuning base with the delta's chosen FTRL settings
+# on the first period, over the tuning base with the delta's chosen FTRL settings (hybrid_mix_online:
+# the same, with online-only FTRL at online's chosen settings as one more expert)
 MIX_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 MIX_SHARES = (0.0, 0.0001, 0.001, 0.01)
 
@@ -134,13 +137,17 @@ def _base_models(out: Path, rows: list[dict], cfg: EvalConfig, source: str, art)
 
 def strategies(swaps: list[BaseSwap], online: OnlineConfig, names: tuple[str, ...],
                replay_mix: float = 1.0, replay_capacity: int = 20_000,
-               delta: OnlineConfig | None = None, mix: OnlineConfig | None = None) -> list[Strategy]:
+               delta: OnlineConfig | None = None, mix: OnlineConfig | None = None,
+               mix_online: OnlineConfig | None = None) -> list[Strategy]:
     """(a) static, (b) periodic, (c) online, (d) hybrid, (e) hybrid_replay (replay-buffer
-    mixing), the hybrid under the fake-negative feedback policies (hybrid_fn, hybrid_fnw) and
-    hybrid_mix (a mixture over scales of the delta). ``online`` configures online-only FTRL,
-    ``delta`` (default: the same) the hybrids' delta, ``mix`` hybrid_mix's (default: ``delta``
-    over ``MIX_SCALES``)."""
+    mixing), the hybrid under the fake-negative feedback policies (hybrid_fn, hybrid_fnw),
+    hybrid_mix (a mixture over scales of the delta) and hybrid_mix_online (with online-only
+    FTRL as one more expert). ``online`` configures online-only FTRL, ``delta`` (default: the
+    same) the hybrids' delta, ``mix`` hybrid_mix's (default: ``delta`` over ``MIX_SCALES``),
+    ``mix_online`` hybrid_mix_online's (default: ``mix`` with the expert at ``online``'s FTRL)."""
     d = delta or online
+    mix = mix or replace(d, delta_scales=MIX_SCALES)
+    mix_online = mix_online or with_online_expert(mix, online)
     # the first model may come at a later boundary; each version swaps in once
     distinct = tuple(s for i, s in enumerate(swaps) if i == 0 or s.version != swaps[i - 1].version)
     all_ = {"static": Strategy("static", distinct[:1], serve_delta=False, online=online),
@@ -151,11 +158,17 @@ def strategies(swaps: list[BaseSwap], online: OnlineConfig, names: tuple[str, ..
                                       replay_capacity=replay_capacity),
             "hybrid_fn": Strategy("hybrid_fn", distinct, online=d, feedback="fake_negative"),
             "hybrid_fnw": Strategy("hybrid_fnw", distinct, online=d, feedback="fnw"),
-            "hybrid_mix": Strategy("hybrid_mix", distinct, online=mix or replace(d, delta_scales=MIX_SCALES))}
+            "hybrid_mix": Strategy("hybrid_mix", distinct, online=mix),
+            "hybrid_mix_online": Strategy("hybrid_mix_online", distinct, online=mix_online)}
     unknown = set(names) - set(all_)
     if unknown:
         raise ValueError(f"unknown strategies {sorted(unknown)}; known: {sorted(all_)}")
     return [all_[n] for n in names]
+
+
+def with_online_expert(mix: OnlineConfig, online: OnlineConfig) -> OnlineConfig:
+    """``mix`` with online-only FTRL (at ``online``'s settings) as one more expert."""
+    return replace(mix, online_expert=True, expert_ftrl=online.ftrl)
 
 
 def tune_online(ex: Examples, cfg: EvalConfig, boundary: int, dimension: int, fingerprint: str,
@@ -223,7 +236,7 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> d
     ex = Examples.from_rows(rows)
     bounds = cfg.boundaries(source, int(ex.event_time.min()), int(ex.event_time.max()))
     online = delta = cfg.online
-    mix = None  # hybrid_mix: the delta over MIX_SCALES, its share chosen with the delta's
+    mix = mix_online = None  # hybrid_mix(_online): the delta over MIX_SCALES, share chosen like the delta's
     tuning: dict | None = None
     if cfg.tune and bounds:
         dim, fp = art.spec.dimension, art.spec.fingerprint()
@@ -238,9 +251,17 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> d
                 tuning["mix"] = tune_online(ex, cfg, bounds[0], dim, fp, base,
                                             tuple({"mix_share": s} for s in MIX_SHARES), mixed)
                 mix = replace(mixed, **tuning["mix"]["chosen"])
+            if "hybrid_mix_online" in cfg.strategies:
+                mixed = with_online_expert(replace(delta, delta_scales=MIX_SCALES), online)
+                tuning["mix_online"] = tune_online(ex, cfg, bounds[0], dim, fp, base,
+                                                   tuple({"mix_share": s} for s in MIX_SHARES), mixed)
+                mix_online = replace(mixed, **tuning["mix_online"]["chosen"])
     if "hybrid_mix" in cfg.strategies and mix is None:  # not tuned: the default share
         mix = replace(delta, delta_scales=MIX_SCALES)
-    chosen = strategies(swaps, online, cfg.strategies, cfg.replay_mix, cfg.replay_capacity, delta=delta, mix=mix)
+    if "hybrid_mix_online" in cfg.strategies and mix_online is None:
+        mix_online = with_online_expert(replace(delta, delta_scales=MIX_SCALES), online)
+    chosen = strategies(swaps, online, cfg.strategies, cfg.replay_mix, cfg.replay_capacity, delta=delta, mix=mix,
+                        mix_online=mix_online)
     scored = {}
     for s in chosen:
         scored[s.name] = replay(ex, s, art.spec.dimension, cfg.join.window_ms, cfg.tick_ms, art.spec.fingerprint(),
@@ -260,6 +281,7 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> d
                     "period_ms": period, "boundaries": bounds, "tuning": tuning,
                     "online": online.to_dict(), "delta": delta.to_dict(),
                     **({"mix": mix.to_dict()} if mix else {}),
+                    **({"mix_online": mix_online.to_dict()} if mix_online else {}),
                     "swaps": [{"live_at": s.live_at, "version": s.version, "train_end": s.train_end} for s in swaps],
                     "config": {**asdict(cfg), "join": cfg.join.to_dict(), "online": cfg.online.to_dict()},
                     "periods": [], "over_time": {}}

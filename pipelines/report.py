@@ -210,7 +210,8 @@ def _section(run: Path, level: int = 1) -> str:
         "hybrid_replay = hybrid with replay-buffer mixing; hybrid_fn / hybrid_fnw = hybrid learning every "
         "impression at once as a negative and each label again as a positive when it arrives, unweighted / with "
         "fake-negative weighting (Ktena et al. 2019); hybrid_mix = hybrid serving a mixture of base + s × delta "
-        "over scales s, weighted online by each one's log loss so far (fixed share). CIs: paired bootstrap over "
+        "over scales s, weighted online by each one's log loss so far (fixed share); hybrid_mix_online = the same "
+        "mixture with online-only FTRL as one more expert. CIs: paired bootstrap over "
         "hour blocks; a negative "
         "logloss difference favours the hybrid.</p>",
         (f"<p>FTRL hyperparameters chosen on period 1 only: online-only "
@@ -218,6 +219,8 @@ def _section(run: Path, level: int = 1) -> str:
          + (f"{html.escape(json.dumps(tuning['delta']['chosen']))} (over a base model retrained at mid-period 1)"
             if tuning.get("delta") else "the same (no base model came out of mid-period 1)")
          + (f"; hybrid_mix's share {html.escape(json.dumps(tuning['mix']['chosen']))}" if tuning.get("mix") else "")
+         + (f"; hybrid_mix_online's share {html.escape(json.dumps(tuning['mix_online']['chosen']))}"
+            if tuning.get("mix_online") else "")
          + "</p>"
          if tuning and "online" in tuning else ""),
         f"<{h2}>Metrics</{h2}>", metric_table,

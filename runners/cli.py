@@ -262,6 +262,9 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
                                                    "scales s, weighted online by each one's log loss (models/mixer.py; "
                                                    "e.g. 0,0.25,0.5,0.75,1). 1: the delta whole (the plain hybrid)."),
         mix_share: float = typer.Option(0.001, help="The mixture's fixed-share rate (with --delta-scales)."),
+        online_expert: bool = typer.Option(False, help="One more expert in the mixture: online-only FTRL over the "
+                                                       "prior, never rebased (served when the stream alone "
+                                                       "predicts better than base + delta; models/online.py)."),
         follow: bool = typer.Option(False, help="Keep monitoring the event directory (unbounded)."),
         speedup: float = typer.Option(0.0, help="Replay at most this many times event-time speed (e.g. 3600: "
                                                 "an hour per second; 0: as fast as possible). Outputs are "
@@ -353,7 +356,7 @@ def run(data: str = typer.Option("generator", help="generator | talkingdata | el
 
         online = OnlineConfig(hybrid_share=hybrid_share, ftrl=FTRLParams(precision=precision), hold_after_reset=hold,
                               delta_scales=tuple(float(x) for x in delta_scales.split(",") if x.strip()),
-                              mix_share=mix_share)
+                              mix_share=mix_share, online_expert=online_expert)
     except ValueError as e:
         raise typer.BadParameter(str(e))
     try:
@@ -584,12 +587,13 @@ def evaluate(data: str = typer.Option("generator", help="generator | talkingdata
                                                         "report over all"),
              out: Path = typer.Option(Path("runs/eval"), help="Run folder for the evaluation (RUN_DIR)."),
              strategies: str = typer.Option(",".join(("static", "periodic", "online", "hybrid", "hybrid_replay",
-                                                      "hybrid_fn", "hybrid_fnw", "hybrid_mix")),
+                                                      "hybrid_fn", "hybrid_fnw", "hybrid_mix", "hybrid_mix_online")),
                                             help="Comma-separated: static, periodic, online, hybrid, hybrid_replay "
                                                  "(replay-buffer mixing), hybrid_fn / hybrid_fnw (learn negatives at "
                                                  "once: fake negatives, unweighted / fake-negative weighted), "
                                                  "hybrid_mix (serve a mixture over scales of the delta, weighted "
-                                                 "online: models.mixer)."),
+                                                 "online: models.mixer), hybrid_mix_online (the same with online-only "
+                                                 "FTRL as one more expert)."),
              events: int = typer.Option(20_000, help="Impressions to generate (--data generator)."),
              seed: int = typer.Option(7, help="Generator seed."),
              period: Optional[str] = typer.Option(None, help="Retrain period in event time (default: talkingdata "

@@ -58,11 +58,13 @@ def test_transforms_unknown_spec_is_a_clear_error():
 
 def test_run_the_streaming_job_end_to_end(tmp_path):
     r = runner.invoke(app, ["run", "--out", str(tmp_path), "--events", "1500", "--window-ms", "600000", "--no-updates",
-                            "--checkpoint-interval", "1s", "--delta-scales", "0,0.5,1", "--mix-share", "0.01"])
+                            "--checkpoint-interval", "1s", "--delta-scales", "0,0.5,1", "--mix-share", "0.01",
+                            "--online-expert"])
     assert r.exit_code == 0, r.output
     job = json.loads((tmp_path / "job.json").read_text())
     assert job["checkpoint_interval_ms"] == 1000
     assert job["online"]["delta_scales"] == [0.0, 0.5, 1.0] and job["online"]["mix_share"] == 0.01
+    assert job["online"]["online_expert"] is True
     assert "reconciles" in r.output and "progressive logloss" in r.output
     assert (tmp_path / "report.html").stat().st_size > 10_000 and "report:" in r.output  # rich wraps paths
     s = json.loads((tmp_path / "summary.json").read_text())

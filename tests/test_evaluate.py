@@ -16,7 +16,8 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     assert s["swaps"] and s["swaps"][0]["live_at"] == s["evaluated_from"]
-    names = ("static", "periodic", "online", "hybrid", "hybrid_replay", "hybrid_fn", "hybrid_fnw", "hybrid_mix")
+    names = ("static", "periodic", "online", "hybrid", "hybrid_replay", "hybrid_fn", "hybrid_fnw", "hybrid_mix",
+             "hybrid_mix_online")
     preds = {n: np.load(out / "predictions" / f"{n}.npz") for n in names}
     n = s["impressions"]
     assert n > 7_000 and all(len(p["p"]) == n for p in preds.values())
@@ -59,9 +60,15 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
         assert [g["mix_share"] for g in mix["grid"]] == list(MIX_SHARES) and mix["on"] == s["tuning"]["delta"]["on"]
         assert s["mix"]["mix_share"] == mix["chosen"]["mix_share"] and s["mix"]["delta_scales"] == list(MIX_SCALES)
         assert s["mix"]["ftrl"] == s["delta"]["ftrl"]
+        # hybrid_mix_online: the same, with online-only FTRL at online's settings as one more expert
+        mo = s["tuning"]["mix_online"]
+        assert [g["mix_share"] for g in mo["grid"]] == list(MIX_SHARES) and mo["on"] == mix["on"]
+        assert s["mix_online"] == {**s["mix"], "mix_share": mo["chosen"]["mix_share"], "online_expert": True,
+                                   "expert_ftrl": s["online"]["ftrl"]}
     else:  # no base model out of mid-period 1: the hybrids use online's choice, and the summary says why
         assert s["delta"] == s["online"] and s["tuning"]["delta_base"]["status"]
         assert s["mix"] == {**s["delta"], "delta_scales": [0.0, 0.25, 0.5, 0.75, 1.0]}  # the default share
+        assert s["mix_online"] == {**s["mix"], "online_expert": True, "expert_ftrl": s["online"]["ftrl"]}
     # the tuning base model lives in a run folder of its own: never one the strategies serve
     assert not any(v.startswith("tuning-") for p in preds.values() for v in set(p["base_version"]))
     # the report: one self-contained file with every figure, rebuilt from the folder alone

@@ -1,6 +1,8 @@
-"""The mixture over delta scales (models.mixer) and the online layer that serves it."""
+"""The mixture over delta scales (models.mixer), its online expert, and the online layer that
+serves it."""
 import math
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -88,3 +90,73 @@ def test_scales_and_share_are_checked():
     with pytest.raises(ValueError):
         OnlineConfig(delta_scales=(0.0, 1.0), mix_share=1.0)
     assert OnlineConfig.from_dict(OnlineConfig(delta_scales=(0.0, 1.0)).to_dict()).delta_scales == (0.0, 1.0)
+
+
+def test_an_extra_expert_takes_the_weight_when_it_predicts():
+    """Extra experts come as logits: labels drawn from the extra expert's p move the weight to
+    it; a wrong number of extra logits is refused; a mixer pickled before extras existed has
+    none."""
+    rng = np.random.default_rng(3)
+    m = Mixer((0.0, 1.0), share=0.001, extra=1)
+    n = 2000
+    base, delta, solo = rng.normal(-1, 1, n), rng.normal(0, 1, n), rng.normal(-1, 2, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-solo))).astype(float)
+    for i in range(0, n, 50):
+        m.observe(base[i:i + 50], delta[i:i + 50], y[i:i + 50], solo[i:i + 50, None])
+    assert len(m.weights) == 3 and m.weights[2] > 0.9, m.weights
+    p = 1 / (1 + np.exp(-m.logits(base[:5], delta[:5], solo[:5, None])))
+    experts = np.stack([1 / (1 + np.exp(-(base[:5] + s * delta[:5]))) for s in (0.0, 1.0)]
+                       + [1 / (1 + np.exp(-solo[:5]))], 1)
+    np.testing.assert_allclose(p, experts @ m.weights, rtol=1e-12)
+    with pytest.raises(ValueError, match="extra"):
+        m.logits(base[:5], delta[:5], np.zeros((5, 2)))
+    old = Mixer((0.0, 1.0))
+    del old.__dict__["extra"]
+    assert pickle.loads(pickle.dumps(old)).extra == 0 and not Mixer((1.0,), extra=1).trivial
+
+
+def _stream(rng, n, dim=32):
+    idx, x = rng.integers(0, dim, (n, 3)), np.ones((n, 3))
+    return idx, x, (idx[:, 0] < 8).astype(float)
+
+
+def test_the_online_expert_learns_like_online_only_and_survives_a_swap():
+    """The online expert is online-only FTRL: its weights equal those of an online-only layer
+    (no base model) fed the same examples, before and after a base swap (which rebases the
+    delta, not the expert); the served p is the mixture with it; it is checkpointed (pickle);
+    a build that turns it off drops it, one that turns it on starts it empty."""
+    from models.base import BaseModel
+
+    rng = np.random.default_rng(4)
+    expert = FTRLParams(alpha=0.3, l1=0.0)
+    cfg = OnlineConfig(ftrl=FTRLParams(l1=0.0), delta_scales=(0.0, 1.0), online_expert=True, expert_ftrl=expert,
+                       guard=GuardConfig(enabled=False))
+    solo_cfg = OnlineConfig(ftrl=expert, guard=GuardConfig(enabled=False))
+    layer, alone = OnlineLayer(cfg, 32, "f"), OnlineLayer(solo_cfg, 32, "f")
+    for step in range(4):
+        idx, x, y = _stream(rng, 100)
+        t = np.arange(100) + 100 * step
+        layer.learn_batch(t, idx, x, y, np.ones(100), t)
+        alone.learn_batch(t, idx, x, y, np.ones(100), t)
+        if step == 1:  # a base model arrives: the delta is rebased, the expert goes on
+            layer.swap_base(BaseModel.zeros(32, bias=-2.0), "000000000001",
+                            {"resolution_time": t, "indices": idx, "values": x, "label": y, "weight": np.ones(100)})
+        np.testing.assert_array_equal(layer.solo.z, alone.ftrl.z)
+        np.testing.assert_array_equal(layer.solo.n, alone.ftrl.n)
+    assert len(layer.mixer.weights) == 3
+    idx, x, _ = _stream(rng, 5)
+    s = layer.score_batch(idx, x, ["u"] * 5)
+    base, delta = np.asarray(s["base_logit"]), layer.ftrl.predict_logits(idx, x)
+    solo = alone.score_batch(idx, x, ["u"] * 5)["p"]
+    experts = np.stack([1 / (1 + np.exp(-(base + k * delta))) for k in (0.0, 1.0)] + [solo], 1)
+    np.testing.assert_allclose(s["p"], experts @ layer.mixer.weights, rtol=1e-12)
+    again = pickle.loads(pickle.dumps(layer))
+    np.testing.assert_array_equal(again.solo.z, layer.solo.z)
+    again.reconfigure(replace(cfg, online_expert=False))
+    assert again.solo is None and len(again.mixer.weights) == 2
+    again.reconfigure(cfg)
+    assert again.solo is not None and not again.solo.z.any() and len(again.mixer.weights) == 3
+    old = pickle.loads(pickle.dumps(OnlineLayer(OnlineConfig(), 32, "f")))
+    del old.__dict__["solo"]
+    assert pickle.loads(pickle.dumps(old)).solo is None
+    assert OnlineConfig.from_dict(cfg.to_dict()) == cfg

@@ -111,12 +111,14 @@ def test_compiled_kernel_equals_the_reference(l1):
                                [batch.predict_logit(idx[j], x[j]) for j in range(5)], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("scales", [(1.0,), (0.0, 0.5, 1.0)])
-def test_online_layer_batches_equal_one_at_a_time(scales):
+@pytest.mark.parametrize("scales,expert", [((1.0,), False), ((0.0, 0.5, 1.0), False), ((0.0, 1.0), True)])
+def test_online_layer_batches_equal_one_at_a_time(scales, expert):
     """score_batch / learn_batch (what the job runs) equal score / learn, prior included (and
-    with a mixture over delta scales, models.mixer: the same served p and mixture weights)."""
+    with a mixture over delta scales, models.mixer, and the online expert: the same served p,
+    mixture weights and expert weights)."""
     rng = np.random.default_rng(2)
-    cfg = OnlineConfig(hybrid_share=0.5, ftrl=FTRLParams(l1=0.1), delta_scales=scales, mix_share=0.01)
+    cfg = OnlineConfig(hybrid_share=0.5, ftrl=FTRLParams(l1=0.1), delta_scales=scales, mix_share=0.01,
+                       online_expert=expert, expert_ftrl=FTRLParams(alpha=0.2, l1=0.0) if expert else None)
     a, b = OnlineLayer(cfg, 64, "f"), OnlineLayer(cfg, 64, "f")
     for step in range(5):
         m = 40
@@ -138,7 +140,10 @@ def test_online_layer_batches_equal_one_at_a_time(scales):
             assert one["seq"] == u["seq"][j] and math.isclose(one["p_before"], u["p_before"][j], abs_tol=1e-12)
     assert np.array_equal(a.ftrl.z, b.ftrl.z) and a.positives == b.positives and a.examples == b.examples
     np.testing.assert_allclose(a.mixer.weights, b.mixer.weights, rtol=0, atol=1e-12)
-    assert (len(scales) > 1) == (a.mixer.weights.max() > 1.0 / len(scales) + 0.01)  # it learned
+    k = len(a.mixer.weights)
+    assert (k > 1) == (a.mixer.weights.max() > 1.0 / k + 0.01)  # it learned
+    if expert:
+        assert np.array_equal(a.solo.z, b.solo.z) and np.abs(a.solo.z).sum() > 0
 
 
 def test_swap_base_rebases_the_delta_on_the_new_residual():

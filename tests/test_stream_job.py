@@ -485,15 +485,18 @@ def test_progressive_replay_serves_what_the_job_served(events, run):
 
 
 def test_the_job_serves_the_delta_mixture_the_replay_serves(events, run, tmp_path):
-    """With a mixture over delta scales (``OnlineConfig.delta_scales``, models.mixer) the job
-    serves what the evaluation's replay of its own examples serves, p included; the mixture
-    took effect (the plain run served other p to the same hybrid-arm impressions)."""
+    """With a mixture over delta scales (``OnlineConfig.delta_scales``, models.mixer) and the
+    online expert (``online_expert``: online-only FTRL as one more expert) the job serves what
+    the evaluation's replay of its own examples serves, p included; the mixture took effect
+    (the plain run served other p to the same hybrid-arm impressions)."""
     from dataclasses import replace
 
+    from models.ftrl import FTRLParams
     from pipelines.progressive import Examples, Strategy, replay
     from transforms.artifact import TransformArtifact
 
-    mix = replace(ONLINE, delta_scales=(0.0, 0.5, 1.0), mix_share=0.01)
+    mix = replace(ONLINE, delta_scales=(0.0, 0.5, 1.0), mix_share=0.01, online_expert=True,
+                  expert_ftrl=FTRLParams(alpha=0.3, l1=0.0))
     summary = run_stream(events / "ev", tmp_path / "mix", "generator", JOIN, mix)
     assert summary["reconciliation"]["reconciles"] and summary["counts"] == run["counts"]
     examples = sorted(read_output(tmp_path / "mix", "examples"), key=lambda e: e["seq"])
