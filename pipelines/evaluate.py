@@ -41,6 +41,8 @@ TUNE_GRID = tuple({"alpha": a, "l1": l1} for a in (0.01, 0.03, 0.1, 0.3, 1.0) fo
 # the same, with online-only FTRL at online's chosen settings as one more expert)
 MIX_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 MIX_SHARES = (0.0, 0.0001, 0.001, 0.01)
+# what each hybrid is compared with: the simpler options (summary's "variants_vs")
+BASELINES = ("static", "periodic", "online")
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,11 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> d
                 entry["hybrid_vs"][n] = {k: metrics.paired_bootstrap(t[m], y[m], scored["hybrid"].p[m], scored[n].p[m],
                                                                      k, cfg.block_ms, cfg.bootstrap)
                                          for k in ("logloss", "auc")}
+        # each variant of the hybrid against the three simpler options (the question)
+        entry["variants_vs"] = {
+            v: {n: metrics.paired_bootstrap(t[m], y[m], scored[v].p[m], scored[n].p[m], "logloss", cfg.block_ms,
+                                            cfg.bootstrap) for n in BASELINES if n in scored}
+            for v in scored if v.startswith("hybrid_") and m.any()}
         result["periods"].append(entry)
     evaluated = t >= start
     result["over_time"] = {n: metrics.by_window(t[evaluated], y[evaluated], s.p[evaluated], cfg.window_ms)

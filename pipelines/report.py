@@ -172,6 +172,10 @@ def _f(x, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
 
 
+def _ci(d: dict | None) -> str:
+    return f"{d['diff']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}]" if d else ""
+
+
 def _section(run: Path, level: int = 1) -> str:
     """The report of one evaluation run folder, as HTML."""
     summary, preds, examples, outcomes = _load(run)
@@ -185,6 +189,12 @@ def _section(run: Path, level: int = 1) -> str:
                          _f(m["ne"], ".4f"), _f(m["calibration"], ".3f"), ci("logloss"), ci("auc")])
     metric_table = _table(["period", "strategy", "impressions", "positives", "logloss", "AUC", "NE", "calibration",
                            "hybrid - this: logloss [95% CI]", "hybrid - this: AUC [95% CI]"], rows)
+    variants = [[p["period"], v, *(_ci(vs.get(n)) for n in ("static", "periodic", "online"))]
+                for p in summary["periods"] for v, vs in p.get("variants_vs", {}).items()]
+    if variants:
+        metric_table += ("<p>Each variant of the hybrid − the simpler options, log loss [95% CI] (negative: the "
+                         "variant is better):</p>" + _table(["period", "variant", "− static", "− periodic",
+                                                              "− online"], variants))
     retrains = _table(["cutoff", "status", "pushed", "train / eval examples", "candidate AUC / logloss / cal.",
                        "why not pushed", "drift warnings"],
                       [[_when(o["cutoff"]), o["status"], o.get("pushed"),
@@ -257,7 +267,8 @@ def combined_summary(run_dir: str | Path) -> dict:
         out["datasets"][run.name] = {
             "data": s["data"], "impressions": s["impressions"], "period_ms": s.get("period_ms"),
             "periods": {p["period"]: {"start": p["start"], "end": p["end"], "strategies": p["strategies"],
-                                      "hybrid_vs": p.get("hybrid_vs", {})} for p in s["periods"]}}
+                                      "hybrid_vs": p.get("hybrid_vs", {}),
+                                      "variants_vs": p.get("variants_vs", {})} for p in s["periods"]}}
     return out
 
 

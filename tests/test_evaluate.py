@@ -1,6 +1,7 @@
 """`driftline evaluate` end to end on the generator: events -> Beam backfill -> TFX retrains at
 each period boundary (LocalDagRunner) -> the four strategies replayed on the same impressions."""
 import json
+import math
 
 import numpy as np
 from typer.testing import CliRunner
@@ -40,6 +41,13 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
         ci = overall["hybrid_vs"][vs]["logloss"]
         assert ci["low"] <= ci["diff"] <= ci["high"] and ci["resamples"] > 0
     assert sum(w["n"] for w in s["over_time"]["hybrid"]) == int(live.sum())
+    # each hybrid variant against the simpler options, on the same impressions
+    assert set(overall["variants_vs"]) == set(names[4:])
+    for v, vs in overall["variants_vs"].items():
+        assert set(vs) == {"static", "periodic", "online"}
+        for n, ci in vs.items():
+            diff = overall["strategies"][v]["logloss"] - overall["strategies"][n]["logloss"]
+            assert math.isclose(ci["diff"], diff, abs_tol=1e-12) and ci["low"] <= ci["diff"] <= ci["high"]
     assert "hybrid" in r.output and "logloss" in r.output
     # the hybrid variants serve the same base models as the hybrid; only their deltas differ
     for name in names[4:]:
@@ -76,6 +84,7 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
     assert page.count("data:image/png;base64,") == 5 and "<script" not in page and "http" not in page
     for name in names:
         assert f"<td>{name}</td>" in page
+    assert "the simpler options" in page
     r = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "again.html")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "again.html").read_text().count("data:image/png;base64,") == 5
