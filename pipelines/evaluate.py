@@ -227,11 +227,21 @@ def _tuning_base(out: Path, cfg: EvalConfig, source: str, art, cutoff: int) -> t
     return swap, brief
 
 
-def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None) -> dict:
-    """Run the whole evaluation into ``out``; returns (and writes) ``summary.json``."""
+def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None, overwrite: bool = False) -> dict:
+    """Run the whole evaluation into ``out``; returns (and writes) ``summary.json``. ``out``
+    must be new or empty (``overwrite``: its contents are removed first): the retrains register
+    their models in its registry, so a second run into the same folder would compete with the
+    first run's champions and serve other base models."""
+    import shutil
+
     from models import metrics
 
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty: an evaluation needs a folder of its own (its registry "
+                                  "decides which base models serve); pass --overwrite to replace its contents")
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, source, art = _examples(out, cfg, data_dir)
     swaps = _base_models(out, rows, cfg, source, art)

@@ -605,7 +605,9 @@ def evaluate(data: str = typer.Option("generator", help="generator | talkingdata
                                                      "train day 1, serve day 2) | calendar."),
              bootstrap: int = typer.Option(200, help="Bootstrap resamples for the confidence intervals."),
              tune: bool = typer.Option(True, help="Choose FTRL alpha/l1 on the first period only."),
-             data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets.")):
+             data_dir_opt: Optional[Path] = typer.Option(None, "--data-dir", help="Data folder for real data sets."),
+             overwrite: bool = typer.Option(False, help="Replace what --out holds (it must be new or empty "
+                                                        "otherwise).")):
     """Does the hybrid win? Progressive replay of a data source: strategies side by side."""
     from pipelines.evaluate import EvalConfig
     from pipelines.evaluate import evaluate as run_evaluation
@@ -618,7 +620,7 @@ def evaluate(data: str = typer.Option("generator", help="generator | talkingdata
         for name in names:
             evaluate(data=name, out=out / Path(name).name, strategies=strategies, events=events, seed=seed,
                      period=period, window_ms=window_ms, eval_hours=eval_hours, align=align, bootstrap=bootstrap,
-                     tune=tune, data_dir_opt=data_dir_opt)
+                     tune=tune, data_dir_opt=data_dir_opt, overwrite=overwrite)
         console.print(f"report over {', '.join(names)} -> {build_report(out)}; summary: {out / 'summary.json'}")
         return
     try:
@@ -629,7 +631,11 @@ def evaluate(data: str = typer.Option("generator", help="generator | talkingdata
                          retrain={} if eval_hours is None else {"eval_hours": eval_hours})
     except ValueError as e:
         raise typer.BadParameter(str(e))
-    r = run_evaluation(out, cfg, str(data_dir_opt) if data_dir_opt else None)
+    try:
+        r = run_evaluation(out, cfg, str(data_dir_opt) if data_dir_opt else None, overwrite=overwrite)
+    except FileExistsError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1)
     table = Table(title=f"progressive evaluation: {r['data']} ({r['impressions']:,} impressions)")
     for col in ("period", "strategy", "logloss", "AUC", "NE", "calibration", "hybrid - this: logloss [95% CI]"):
         table.add_column(col)

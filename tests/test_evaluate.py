@@ -136,3 +136,21 @@ def test_tuning_looks_at_the_first_period_only():
     assert [g["mix_share"] for g in mix["grid"]] == list(MIX_SHARES) and mix["chosen"]["mix_share"] in MIX_SHARES
     assert len({g["logloss"] for g in mix["grid"]}) > 1  # the share matters to the mixture
     assert tune_online(Examples.from_rows(flipped), cfg, boundary, 8, "", swap, grid, mixed) == mix
+
+
+def test_an_evaluation_needs_a_folder_of_its_own(tmp_path):
+    """A second run into a used folder would compete with the first run's registry: refused
+    with a clear error; --overwrite replaces the folder's contents."""
+    import pytest
+
+    from pipelines.evaluate import EvalConfig, evaluate
+
+    out = tmp_path / "used"
+    (out / "registry").mkdir(parents=True)
+    (out / "registry" / "stale").write_text("x")
+    r = CliRunner().invoke(app, ["evaluate", "--data", "generator", "--events", "500", "--out", str(out)])
+    assert r.exit_code == 1 and "is not empty" in " ".join(r.output.split()), r.output
+    assert (out / "registry" / "stale").exists()
+    with pytest.raises(Exception) as e:  # an unknown data source fails after the folder was cleared
+        evaluate(out, EvalConfig(data=str(tmp_path / "nowhere")), overwrite=True)
+    assert not isinstance(e.value, FileExistsError) and not (out / "registry").exists()
