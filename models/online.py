@@ -121,6 +121,12 @@ def logit(p: float) -> float:
     return max(min(math.log(p / (1 - p)), LOGIT_CLIP), -LOGIT_CLIP)
 
 
+def logit_rows(p: np.ndarray) -> np.ndarray:
+    """``logit`` per row."""
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.clip(np.log(p / (1.0 - p)), -LOGIT_CLIP, LOGIT_CLIP)
+
+
 def _prior_logit(positives: float, examples: int, c: OnlineConfig) -> float:
     """The prior's logit after ``examples`` counted examples with ``positives`` positives."""
     return logit((positives + c.prior_rate * c.prior_strength) / (examples + c.prior_strength))
@@ -384,9 +390,7 @@ class OnlineLayer:
         self.positives, self.examples = pos, ex
         solo = None
         if self.solo is not None and m:  # online-only over the prior: every example once, as given
-            sp, _ = self.solo.learn_batch(indices, values, labels, base, given, want_weights=False)
-            sp = np.clip(sp, 1e-12, 1 - 1e-12)
-            solo = np.clip(np.log(sp / (1.0 - sp)), -LOGIT_CLIP, LOGIT_CLIP)
+            solo = logit_rows(self.solo.learn_batch(indices, values, labels, base, given, want_weights=False)[0])
         if self.base is not None and m:
             base = np.asarray(self.base_logits(indices, values), np.float64)
         if self.guard.frozen:
@@ -398,9 +402,7 @@ class OnlineLayer:
                            np.asarray(labels)[sel])
         if not self.mixer.trivial and m:
             b = np.broadcast_to(base, m)
-            pc = np.clip(p_before, 1e-12, 1 - 1e-12)  # logit(), per row
-            z = np.clip(np.log(pc / (1.0 - pc)), -LOGIT_CLIP, LOGIT_CLIP)
-            self.mixer.observe(b[sel], (z - b)[sel], np.asarray(labels)[sel], None if solo is None else solo[sel])
+            self.mixer.observe(b[sel], (logit_rows(p_before) - b)[sel], np.asarray(labels)[sel], None if solo is None else solo[sel])
         return {"seq": np.arange(seq0, seq0 + m), "p_before": p_before, "weights": w, "base_logit": base}
 
     def _one_base(self, indices, values) -> float:
