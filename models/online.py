@@ -402,7 +402,8 @@ class OnlineLayer:
                            np.asarray(labels)[sel])
         if not self.mixer.trivial and m:
             b = np.broadcast_to(base, m)
-            self.mixer.observe(b[sel], (logit_rows(p_before) - b)[sel], np.asarray(labels)[sel], None if solo is None else solo[sel])
+            self.mixer.observe(b[sel], (logit_rows(p_before) - b)[sel], np.asarray(labels)[sel],
+                               None if solo is None else solo[sel])
         return {"seq": np.arange(seq0, seq0 + m), "p_before": p_before, "weights": w, "base_logit": base}
 
     def _one_base(self, indices, values) -> float:
