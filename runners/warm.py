@@ -265,6 +265,7 @@ def _serve(path: str, gateway: bool = True) -> None:
             if os.getppid() != owner:
                 return  # the owner is gone
             continue
+        free = False
         try:
             conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
             t0 = time.monotonic()
@@ -280,12 +281,17 @@ def _serve(path: str, gateway: bool = True) -> None:
                     rc = 1
             rc = _execute(req) if rc is None else rc
             print(f"warm: {req['argv']} exit {rc} in {time.monotonic() - t0:.1f} s", flush=True)
+            # free before the caller hears the exit code: its next job may come at once (freed
+            # after, a caller on a busy machine found the process still "busy")
+            slot.release()
+            free = True
             conn.sendall(json.dumps({"rc": rc}).encode() + b"\n")
         except OSError:
             pass  # the caller is gone
         finally:
             conn.close()
-            slot.release()
+            if not free:
+                slot.release()
 
 
 if __name__ == "__main__":  # python -m runners.warm SOCKET (started by ``serving``)
