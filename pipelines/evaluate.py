@@ -168,6 +168,15 @@ def strategies(swaps: list[BaseSwap], online: OnlineConfig, names: tuple[str, ..
     return [all_[n] for n in names]
 
 
+def mixture_weights(online: OnlineConfig, t: np.ndarray, weights: np.ndarray, window_ms: int) -> dict:
+    """The mixture's experts and their mean weight over the impressions of each window: which
+    part of the model served when."""
+    experts = [f"base + {s:g} delta" for s in online.delta_scales] + (["online expert"] if online.online_expert else [])
+    k = t // window_ms
+    return {"experts": experts, "over_time": [{"start": int(b * window_ms), "weights": weights[k == b].mean(0).tolist()}
+                                              for b in np.unique(k)]}
+
+
 def with_online_expert(mix: OnlineConfig, online: OnlineConfig) -> OnlineConfig:
     """``mix`` with online-only FTRL (at ``online``'s settings) as one more expert."""
     return replace(mix, online_expert=True, expert_ftrl=online.ftrl)
@@ -284,7 +293,8 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None, over
     for name, s in scored.items():
         assert s.event_id == ref.event_id  # the same impressions, in the same order
         np.savez(out / "predictions" / f"{name}.npz", event_time=s.event_time, p=s.p, label=s.label,
-                 base_version=np.array(s.base_version))
+                 base_version=np.array(s.base_version),
+                 **({} if s.mix_weights is None else {"mix_weights": s.mix_weights}))
     period = cfg.period(source)
     start = bounds[0] if bounds else int(t.min())  # period 1 trains the first model: not evaluated
     periods = [("all evaluated", start, int(t.max()) + 1)] + [
@@ -315,6 +325,9 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None, over
     evaluated = t >= start
     result["over_time"] = {n: metrics.by_window(t[evaluated], y[evaluated], s.p[evaluated], cfg.window_ms)
                            for n, s in scored.items()}
+    result["mix_weights"] = {n: mixture_weights(next(x for x in chosen if x.name == n).online, t[evaluated],
+                                                s.mix_weights[evaluated], cfg.window_ms)
+                             for n, s in scored.items() if s.mix_weights is not None}
     (out / "summary.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     if cfg.report:
         from pipelines.report import build_report

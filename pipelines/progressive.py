@@ -131,6 +131,8 @@ class Scored:
     delta_logit: np.ndarray
     base_version: list[str]
     delta_version: np.ndarray
+    # with a mixture (models.mixer): each expert's weight when the impression was scored [n, K]
+    mix_weights: np.ndarray | None = None
 
 
 def feedback_stream(ex: Examples, policy: str) -> Examples:
@@ -212,6 +214,7 @@ def replay(ex: Examples, strategy: Strategy, dimension: int, window_ms: int, tic
     n = len(imp)
     p, base, delta = np.empty(n), np.empty(n), np.empty(n)
     base_version, delta_version = [""] * n, np.empty(n, np.int64)
+    mix = None if layer.mixer.trivial else np.empty((n, len(layer.mixer.weights)))
     next_swap, learned = 0, 0  # examples [0, learned) have been learned
     for k, tick in enumerate(tqdm(ticks, desc=f"replay {strategy.name}", unit="tick", disable=not progress,
                                   mininterval=2.0, leave=False)):
@@ -233,6 +236,8 @@ def replay(ex: Examples, strategy: Strategy, dimension: int, window_ms: int, tic
             delta[s_lo[k]:s_hi[k]] = r["delta_logit"]
             base_version[s_lo[k]:s_hi[k]] = [r["base_version"]] * len(rows)
             delta_version[s_lo[k]:s_hi[k]] = r["delta_version"]
+            if mix is not None:
+                mix[s_lo[k]:s_hi[k]] = layer.mixer.weights
         if l_hi[k] > l_lo[k]:
             j = slice(l_lo[k], l_hi[k])
             if strategy.feedback == "fnw":
@@ -258,7 +263,7 @@ def replay(ex: Examples, strategy: Strategy, dimension: int, window_ms: int, tic
                             reservoir[slot] = i
     return Scored(event_id=[ex.event_id[i] for i in imp], event_time=ex.event_time[imp], p=p,
                   label=np.array([truth[ex.event_id[i]] for i in imp], np.float64), base_logit=base,
-                  delta_logit=delta, base_version=base_version, delta_version=delta_version)
+                  delta_logit=delta, base_version=base_version, delta_version=delta_version, mix_weights=mix)
 
 
 def _learn_replayed(layer: OnlineLayer, ex: Examples, weight: np.ndarray, rows: np.ndarray, scale: float) -> None:

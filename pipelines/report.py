@@ -96,6 +96,27 @@ def _metric_figures(summary: dict, preds: dict) -> list[str]:
     return figs
 
 
+def _mixture_figure(summary: dict) -> list[str]:
+    """Each mixture strategy's expert weights over time (stacked): which part served when."""
+    import matplotlib.pyplot as plt
+
+    figs = []
+    for name, m in summary.get("mix_weights", {}).items():
+        rows = m["over_time"]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(10, 3))
+        ax.stackplot(_dates(np.array([r["start"] for r in rows])), np.array([r["weights"] for r in rows]).T,
+                     labels=m["experts"], step="post")
+        for b in summary.get("boundaries", []):
+            ax.axvline(_dates(np.array([b]))[0], color="grey", ls=":", lw=1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}: each expert's mean weight per window (dotted: retrains)")
+        ax.legend(fontsize=8, ncol=6, loc="lower left")
+        figs.append(_png(fig))
+    return figs
+
+
 def _calibration_figure(summary: dict, preds: dict, bins: int = 10) -> str:
     import matplotlib.pyplot as plt
 
@@ -234,7 +255,7 @@ def _section(run: Path, level: int = 1) -> str:
          + "</p>"
          if tuning and "online" in tuning else ""),
         f"<{h2}>Metrics</{h2}>", metric_table,
-        f"<{h2}>Over time</{h2}>", *_metric_figures(summary, preds),
+        f"<{h2}>Over time</{h2}>", *_metric_figures(summary, preds), *_mixture_figure(summary),
         f"<{h2}>Calibration</{h2}>", _calibration_figure(summary, preds),
         f"<{h2}>Label delays</{h2}>", _delay_figure(examples, window_ms),
         f"<{h2}>Drift</{h2}>", drift_png,

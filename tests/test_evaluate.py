@@ -41,6 +41,14 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
         ci = overall["hybrid_vs"][vs]["logloss"]
         assert ci["low"] <= ci["diff"] <= ci["high"] and ci["resamples"] > 0
     assert sum(w["n"] for w in s["over_time"]["hybrid"]) == int(live.sum())
+    # the mixtures' expert weights when each impression was scored, and their mean per window
+    for name, k in (("hybrid_mix", 5), ("hybrid_mix_online", 6)):
+        w = preds[name]["mix_weights"]
+        assert w.shape == (n, k) and np.allclose(w.sum(1), 1.0) and w.std(0).max() > 0  # they moved
+        mw = s["mix_weights"][name]
+        assert len(mw["experts"]) == k and mw["experts"][-1] == ("online expert" if k == 6 else "base + 1 delta")
+        assert np.allclose(mw["over_time"][-1]["weights"], w[t >= mw["over_time"][-1]["start"]].mean(0))
+    assert "mix_weights" not in preds["hybrid"]
     # each hybrid variant against the simpler options, on the same impressions
     assert set(overall["variants_vs"]) == set(names[4:])
     for v, vs in overall["variants_vs"].items():
@@ -81,13 +89,13 @@ def test_evaluate_compares_the_strategies_on_the_same_impressions(tmp_path):
     assert not any(v.startswith("tuning-") for p in preds.values() for v in set(p["base_version"]))
     # the report: one self-contained file with every figure, rebuilt from the folder alone
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5 and "<script" not in page and "http" not in page
+    assert page.count("data:image/png;base64,") == 7 and "<script" not in page and "http" not in page
     for name in names:
         assert f"<td>{name}</td>" in page
     assert "the simpler options" in page
     r = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "again.html")])
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "again.html").read_text().count("data:image/png;base64,") == 5
+    assert (tmp_path / "again.html").read_text().count("data:image/png;base64,") == 7
 
 
 def test_tuning_looks_at_the_first_period_only():
