@@ -452,24 +452,40 @@ def local_broker(port: int | None = None, log: Path | None = None, log_level: st
             out.close()
 
 
-def topic_values(servers: str, topic: str, timeout_s: float = 2.0, committed: bool = False) -> list[bytes]:
-    """Every record value of ``topic`` (all partitions, each in offset order; read until none
-    came for ``timeout_s``; ``committed``: as an ``isolation.level=read_committed`` consumer):
-    tests, checks."""
+def topic_values(servers: str, topic: str, timeout_s: float = 60.0, committed: bool = False) -> list[bytes]:
+    """Every record value of ``topic`` (partition by partition, each in offset order; read at
+    least to each partition's end offset, then until none came for 2 s; within ``timeout_s``;
+    ``committed``: as an ``isolation.level=read_committed`` consumer): tests, checks."""
     return [value for _, value in topic_records(servers, topic, timeout_s, committed)]
 
 
-def topic_records(servers: str, topic: str, timeout_s: float = 2.0,
-                  committed: bool = False) -> list[tuple[bytes | None, bytes]]:
-    """Every record of ``topic`` as (key, value), as ``topic_values`` reads them."""
+def topic_records(servers: str, topic: str, timeout_s: float = 60.0, committed: bool = False,
+                  quiet_s: float = 2.0) -> list[tuple[bytes | None, bytes]]:
+    """Every record of ``topic`` as (key, value), as ``topic_values`` reads them. A pause of
+    ``quiet_s`` ends the read only once the end offsets are reached: on a busy machine the
+    first fetch alone outlasted it (a test read an empty topic that way); and the local
+    broker's end offsets can lag just after a publish (1,501 of 1,555 records), so the pause
+    is still waited for. Raises ``TimeoutError`` after ``timeout_s``."""
     from kafka import TopicPartition
 
-    c = _consumer(servers, 30.0, consumer_timeout_ms=int(timeout_s * 1000),
-                  isolation_level="read_committed" if committed else "read_uncommitted")
+    c = _consumer(servers, 30.0, isolation_level="read_committed" if committed else "read_uncommitted")
     try:
         parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         c.assign(parts)
         c.seek_to_beginning()
-        return [(m.key, m.value) for m in c]
+        ends = c.end_offsets(parts)
+        got: dict = {p: [] for p in parts}
+        start = last = time.monotonic()
+        while True:
+            batch = c.poll(timeout_ms=200)
+            for tp, msgs in batch.items():
+                got[tp].extend((m.key, m.value) for m in msgs)
+            now = time.monotonic()
+            if batch:
+                last = now
+            elif now - last >= quiet_s and all(c.position(p) >= ends[p] for p in parts):
+                return [r for p in parts for r in got[p]]
+            if now - start > timeout_s:
+                raise TimeoutError(f"{topic}: not read to its end offsets {ends} in {timeout_s} s")
     finally:
         c.close()
