@@ -41,6 +41,7 @@ TUNE_GRID = tuple({"alpha": a, "l1": l1} for a in (0.01, 0.03, 0.1, 0.3, 1.0) fo
 # the same, with online-only FTRL at online's chosen settings as one more expert)
 MIX_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 MIX_SHARES = (0.0, 0.0001, 0.001, 0.01)
+MIXES = {"mix": "hybrid_mix", "mix_online": "hybrid_mix_online"}  # summary key: strategy
 # what each hybrid is compared with: the simpler options (summary's "variants_vs")
 BASELINES = ("static", "periodic", "online")
 
@@ -257,8 +258,8 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None, over
     ex = Examples.from_rows(rows)
     bounds = cfg.boundaries(source, int(ex.event_time.min()), int(ex.event_time.max()))
     online = delta = cfg.online
-    mix = mix_online = None  # hybrid_mix(_online): the delta over MIX_SCALES, share chosen like the delta's
     tuning: dict | None = None
+    base = None
     if cfg.tune and bounds:
         dim, fp = art.spec.dimension, art.spec.fingerprint()
         tuning = {"online": tune_online(ex, cfg, bounds[0], dim, fp)}
@@ -267,22 +268,18 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None, over
         if base is not None:  # else the hybrids keep online's choice (said in the summary)
             tuning["delta"] = tune_online(ex, cfg, bounds[0], dim, fp, base)
             delta = replace(cfg.online, ftrl=replace(cfg.online.ftrl, **tuning["delta"]["chosen"]))
-            if "hybrid_mix" in cfg.strategies:
-                mixed = replace(delta, delta_scales=MIX_SCALES)
-                tuning["mix"] = tune_online(ex, cfg, bounds[0], dim, fp, base,
-                                            tuple({"mix_share": s} for s in MIX_SHARES), mixed)
-                mix = replace(mixed, **tuning["mix"]["chosen"])
-            if "hybrid_mix_online" in cfg.strategies:
-                mixed = with_online_expert(replace(delta, delta_scales=MIX_SCALES), online)
-                tuning["mix_online"] = tune_online(ex, cfg, bounds[0], dim, fp, base,
-                                                   tuple({"mix_share": s} for s in MIX_SHARES), mixed)
-                mix_online = replace(mixed, **tuning["mix_online"]["chosen"])
-    if "hybrid_mix" in cfg.strategies and mix is None:  # not tuned: the default share
-        mix = replace(delta, delta_scales=MIX_SCALES)
-    if "hybrid_mix_online" in cfg.strategies and mix_online is None:
-        mix_online = with_online_expert(replace(delta, delta_scales=MIX_SCALES), online)
-    chosen = strategies(swaps, online, cfg.strategies, cfg.replay_mix, cfg.replay_capacity, delta=delta, mix=mix,
-                        mix_online=mix_online)
+    # the mixtures: the delta over MIX_SCALES (with the online expert at online's settings), their
+    # share chosen like the delta's, over the same tuning base (without one: the default share)
+    mixes = {"mix": replace(delta, delta_scales=MIX_SCALES)}
+    mixes["mix_online"] = with_online_expert(mixes["mix"], online)
+    mixes = {k: m for k, m in mixes.items() if MIXES[k] in cfg.strategies}
+    for key, mixed in mixes.items():
+        if base is not None:
+            tuning[key] = tune_online(ex, cfg, bounds[0], dim, fp, base,
+                                      tuple({"mix_share": s} for s in MIX_SHARES), mixed)
+            mixes[key] = replace(mixed, **tuning[key]["chosen"])
+    chosen = strategies(swaps, online, cfg.strategies, cfg.replay_mix, cfg.replay_capacity, delta=delta,
+                        mix=mixes.get("mix"), mix_online=mixes.get("mix_online"))
     scored = {}
     for s in chosen:
         scored[s.name] = replay(ex, s, art.spec.dimension, cfg.join.window_ms, cfg.tick_ms, art.spec.fingerprint(),
@@ -302,8 +299,7 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None, over
     result: dict = {"data": cfg.data, "source": source, "impressions": len(y), "evaluated_from": start,
                     "period_ms": period, "boundaries": bounds, "tuning": tuning,
                     "online": online.to_dict(), "delta": delta.to_dict(),
-                    **({"mix": mix.to_dict()} if mix else {}),
-                    **({"mix_online": mix_online.to_dict()} if mix_online else {}),
+                    **{key: m.to_dict() for key, m in mixes.items()},
                     "swaps": [{"live_at": s.live_at, "version": s.version, "train_end": s.train_end} for s in swaps],
                     "config": {**asdict(cfg), "join": cfg.join.to_dict(), "online": cfg.online.to_dict()},
                     "periods": [], "over_time": {}}
