@@ -149,8 +149,8 @@ def strategies(swaps: list[BaseSwap], online: OnlineConfig, names: tuple[str, ..
     same) the hybrids' delta, ``mix`` hybrid_mix's (default: ``delta`` over ``MIX_SCALES``),
     ``mix_online`` hybrid_mix_online's (default: ``mix`` with the expert at ``online``'s FTRL)."""
     d = delta or online
-    mix = mix or replace(d, delta_scales=MIX_SCALES)
-    mix_online = mix_online or with_online_expert(mix, online)
+    default = mixtures(d, online)
+    mix, mix_online = mix or default["mix"], mix_online or default["mix_online"]
     # the first model may come at a later boundary; each version swaps in once
     distinct = tuple(s for i, s in enumerate(swaps) if i == 0 or s.version != swaps[i - 1].version)
     all_ = {"static": Strategy("static", distinct[:1], serve_delta=False, online=online),
@@ -178,9 +178,12 @@ def mixture_weights(online: OnlineConfig, t: np.ndarray, weights: np.ndarray, wi
                                               for b in np.unique(k)]}
 
 
-def with_online_expert(mix: OnlineConfig, online: OnlineConfig) -> OnlineConfig:
-    """``mix`` with online-only FTRL (at ``online``'s settings) as one more expert."""
-    return replace(mix, online_expert=True, expert_ftrl=online.ftrl)
+def mixtures(delta: OnlineConfig, online: OnlineConfig) -> dict[str, OnlineConfig]:
+    """The mixtures' configs at the default share, by summary key (``MIXES``): ``delta`` over
+    ``MIX_SCALES``, and the same with online-only FTRL (at ``online``'s settings) as one more
+    expert."""
+    mix = replace(delta, delta_scales=MIX_SCALES)
+    return {"mix": mix, "mix_online": replace(mix, online_expert=True, expert_ftrl=online.ftrl)}
 
 
 def tune_online(ex: Examples, cfg: EvalConfig, boundary: int, dimension: int, fingerprint: str,
@@ -270,9 +273,7 @@ def evaluate(out: str | Path, cfg: EvalConfig, data_dir: str | None = None, over
             delta = replace(cfg.online, ftrl=replace(cfg.online.ftrl, **tuning["delta"]["chosen"]))
     # the mixtures: the delta over MIX_SCALES (with the online expert at online's settings), their
     # share chosen like the delta's, over the same tuning base (without one: the default share)
-    mixes = {"mix": replace(delta, delta_scales=MIX_SCALES)}
-    mixes["mix_online"] = with_online_expert(mixes["mix"], online)
-    mixes = {k: m for k, m in mixes.items() if MIXES[k] in cfg.strategies}
+    mixes = {k: m for k, m in mixtures(delta, online).items() if MIXES[k] in cfg.strategies}
     for key, mixed in mixes.items():
         if base is not None:
             tuning[key] = tune_online(ex, cfg, bounds[0], dim, fp, base,

@@ -204,10 +204,8 @@ def _section(run: Path, level: int = 1) -> str:
     for p in summary["periods"]:
         for name, m in p["strategies"].items():
             vs = p.get("hybrid_vs", {}).get(name, {})
-            ci = lambda k: (f"{vs[k]['diff']:+.5f} [{vs[k]['low']:+.5f}, {vs[k]['high']:+.5f}]"  # noqa: E731
-                            if k in vs else "")
             rows.append([p["period"], name, m["n"], m["positives"], _f(m["logloss"], ".5f"), _f(m["auc"], ".4f"),
-                         _f(m["ne"], ".4f"), _f(m["calibration"], ".3f"), ci("logloss"), ci("auc")])
+                         _f(m["ne"], ".4f"), _f(m["calibration"], ".3f"), _ci(vs.get("logloss")), _ci(vs.get("auc"))])
     metric_table = _table(["period", "strategy", "impressions", "positives", "logloss", "AUC", "NE", "calibration",
                            "hybrid - this: logloss [95% CI]", "hybrid - this: AUC [95% CI]"], rows)
     variants = [[p["period"], v, *(_ci(vs.get(n)) for n in ("static", "periodic", "online"))]
@@ -310,9 +308,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         combined = combined_summary(run)
         (run / "summary.json").write_text(json.dumps(combined, indent=1, default=float) + "\n")
         rows = [[name, period, strat, _f(m["logloss"], ".5f"), _f(m["auc"], ".4f"), _f(m["calibration"], ".3f"),
-                 *(f"{d['hybrid_vs'][strat][k]['diff']:+.5f} [{d['hybrid_vs'][strat][k]['low']:+.5f}, "
-                   f"{d['hybrid_vs'][strat][k]['high']:+.5f}]" if strat in d["hybrid_vs"] else ""
-                   for k in ("logloss", "auc"))]
+                 *(_ci(d["hybrid_vs"].get(strat, {}).get(k)) for k in ("logloss", "auc"))]
                 for name, ds in combined["datasets"].items() for period, d in ds["periods"].items()
                 for strat, m in d["strategies"].items()]
         body = ("<h1>driftline evaluation: " + ", ".join(combined["datasets"]) + "</h1>"
